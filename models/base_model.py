@@ -1,0 +1,288 @@
+"""BaseModel: the life cycle every model follows (setup, set_input, optimize_parameters, test, save, load)."""
+import logging
+import os
+import warnings
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+
+from util.tiling import padded_forward, tiled_forward
+from . import networks
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: missing, unreadable, or not matching the backbone."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or Inf; training stops so that no checkpoint is overwritten with broken weights."""
+
+
+def atomic_torch_save(obj, path):
+    """Save to a temporary file in the same folder, then rename, so a crash never leaves a half-written file."""
+    tmp = f'{path}.tmp{os.getpid()}'
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def clean_state_dict(state):
+    """Strip DataParallel/DDP ('module.') and torch.compile ('_orig_mod.') prefixes."""
+    cleaned = OrderedDict()
+    for key, value in state.items():
+        for prefix in ('module.', '_orig_mod.'):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    return cleaned
+
+
+def load_backbone_state(net, path, device='cpu'):
+    """Strictly load a release-format checkpoint into `net`, naming missing, unexpected or mis-shaped keys."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f'cannot read checkpoint {path}: {exc}') from exc
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path} is not a model checkpoint (expected {{'state_dict': {{name: tensor}}}})")
+    state = clean_state_dict(state)
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}'
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or mis_shaped:
+        def head(items):
+            return ', '.join(items[:8]) + (f' ... ({len(items)} in all)' if len(items) > 8 else '')
+        problems = []
+        if missing:
+            problems.append(f'missing keys: {head(missing)}')
+        if unexpected:
+            problems.append(f'unexpected keys: {head(unexpected)}')
+        if mis_shaped:
+            problems.append(f'mis-shaped keys (checkpoint vs network): {head(mis_shaped)}')
+        raise CheckpointError(f'{path} does not match {type(net).__name__}: ' + '; '.join(problems))
+    net.load_state_dict(state, strict=True)
+    return checkpoint
+
+
+class BaseModel(ABC):
+    """Subclasses set `loss_names`, `visual_names`, `model_names` (networks are `self.net<name>`), and
+    `optimizer_names` (optimizers are `self.optimizer_<name>`), and implement set_input/forward/optimize."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.isTrain = opt.isTrain
+        self.gpu_ids = list(opt.gpu_ids)
+        self.device = torch.device('cuda', self.gpu_ids[0]) if self.gpu_ids else torch.device('cpu')
+        self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
+        self.loss_names = []
+        self.visual_names = []
+        self.model_names = []
+        self.optimizer_names = []
+        self.optimizers = []
+        self.schedulers = []
+        self.start_epoch = 0
+        self.is_main_process = getattr(opt, 'rank', 0) == 0
+        self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(getattr(opt, 'amp', 'none'))
+        if self.amp_dtype is not None and self.device.type != 'cuda':
+            logger.warning('--amp %s is for CUDA; running fp32 on the CPU', opt.amp)
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)
+        self.memory_format = (torch.channels_last if getattr(opt, 'channels_last', False)
+                              else torch.contiguous_format)
+
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        return parser
+
+    @abstractmethod
+    def set_input(self, input):
+        """Unpack a batch from the data loader and move it to the device."""
+
+    @abstractmethod
+    def forward(self):
+        """Compute the outputs (self.data_out) from the inputs."""
+
+    @abstractmethod
+    def optimize_parameters(self):
+        """One training step: forward, losses, backward, optimizer step."""
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast('cuda', dtype=self.amp_dtype)
+
+    def to_device(self, tensor):
+        tensor = tensor.to(self.device, non_blocking=True)
+        if tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=self.memory_format)
+        return tensor
+
+    def setup(self, opt):
+        """Schedulers, checkpoint loading, optimizer resume; then check that every listed name resolves."""
+        if self.isTrain:
+            self.schedulers = [networks.get_scheduler(optimizer, opt) for optimizer in self.optimizers]
+        load_iter = opt.load_iter[0] if isinstance(opt.load_iter, (list, tuple)) else opt.load_iter
+        if load_iter > 0 or opt.load_path:
+            self.load_networks(load_iter)
+            if self.isTrain:
+                self.start_epoch = load_iter
+                if opt.load_optimizers:
+                    self.load_optimizers(load_iter)
+                self.resume_schedulers(load_iter)
+        self._check_names()
+        if getattr(opt, 'verbose', False) and self.is_main_process:
+            self.print_networks()
+
+    def _check_names(self):
+        """Fail at start-up, not at the first print, when a listed loss/visual/network name does not exist."""
+        for name in self.model_names:
+            if not isinstance(getattr(self, 'net' + name, None), torch.nn.Module):
+                raise AttributeError(f'{type(self).__name__}: model_names lists {name!r} but self.net{name} is missing')
+        for name in self.optimizer_names:
+            if not isinstance(getattr(self, 'optimizer_' + name, None), torch.optim.Optimizer):
+                raise AttributeError(f'{type(self).__name__}: optimizer_names lists {name!r} '
+                                     f'but self.optimizer_{name} is missing')
+        # Subclasses initialise every loss_<name> and visual to None in __init__, so a typo fails here.
+        for name in self.loss_names:
+            if not hasattr(self, 'loss_' + name):
+                raise AttributeError(f'{type(self).__name__}: loss_names lists {name!r} but self.loss_{name} is missing')
+        for name in self.visual_names:
+            if not hasattr(self, name):
+                raise AttributeError(f'{type(self).__name__}: visual_names lists {name!r} but self.{name} is missing')
+
+    def resume_schedulers(self, epoch):
+        """Bring the learning rate to where an uninterrupted run would be after `epoch` epochs.
+
+        The release only sets `last_epoch`, which leaves the first learning rate in place when the optimizer file is
+        not loaded (the published models ship none); replaying the schedule gives the right rate either way."""
+        for optimizer, scheduler in zip(self.optimizers, self.schedulers):
+            for group in optimizer.param_groups:
+                group['lr'] = group.get('initial_lr', self.opt.lr)
+            fresh = networks.get_scheduler(optimizer, self.opt)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                for step in range(1, epoch + 1):
+                    self._step_scheduler(fresh, step)
+            scheduler.__dict__.update(fresh.__dict__)
+
+    @staticmethod
+    def _step_scheduler(scheduler, epoch, metric=None):
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if metric is not None:
+                scheduler.step(metric)
+        elif type(scheduler).__module__.startswith('timm'):
+            scheduler.step(epoch)
+        else:
+            scheduler.step()
+
+    def update_learning_rate(self, epoch, metric=None):
+        """Step every scheduler once (called at the end of each epoch); returns the new learning rate."""
+        for scheduler in self.schedulers:
+            self._step_scheduler(scheduler, epoch, metric)
+        lr = self.optimizers[0].param_groups[0]['lr'] if self.optimizers else 0.0
+        logger.info('learning rate = %.7f', lr)
+        return lr
+
+    def get_learning_rate(self):
+        return self.optimizers[0].param_groups[0]['lr'] if self.optimizers else 0.0
+
+    def eval(self):
+        for name in self.model_names:
+            getattr(self, 'net' + name).eval()
+
+    def train(self):
+        for name in self.model_names:
+            getattr(self, 'net' + name).train()
+
+    # ------------------------------------------------------------------------------------------------- test
+    def run_network(self, net, *inputs):
+        """Test-time forward of a backbone: the release's padding for windowed backbones, optional tiling."""
+        fn = net
+        if self.opt.chop:
+            fn = partial(padded_forward, net, multiple=8, mode=getattr(self.opt, 'pad_mode', 'release'))
+        with self.autocast():
+            out = tiled_forward(fn, inputs, getattr(self.opt, 'tile', 0), getattr(self.opt, 'tile_overlap', 32))
+        return out.float()
+
+    def test(self):
+        with torch.inference_mode():
+            self.forward()
+
+    def get_current_visuals(self):
+        return OrderedDict((name, getattr(self, name)) for name in self.visual_names if getattr(self, name, None) is not None)
+
+    def get_current_losses(self):
+        return OrderedDict((name, float(getattr(self, 'loss_' + name))) for name in self.loss_names)
+
+    def check_losses_finite(self, epoch, iteration):
+        for name in self.loss_names:
+            value = getattr(self, 'loss_' + name)
+            if not torch.isfinite(torch.as_tensor(value)).all():
+                raise NonFiniteLossError(f'loss {name} is {float(value)} at epoch {epoch}, iteration {iteration}; '
+                                         'training stopped, the last saved checkpoint is intact')
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def network_path(self, name, epoch):
+        return os.path.join(self.save_dir, f'{name}_model_{epoch}.pth')
+
+    def save_networks(self, epoch):
+        """`<save_dir>/<name>_model_<epoch>.pth` = {'state_dict': bare backbone state dict}, plus the optimizers."""
+        if not self.is_main_process:
+            return
+        os.makedirs(self.save_dir, exist_ok=True)
+        for name in self.model_names:
+            net = networks.unwrap(getattr(self, 'net' + name))
+            state = OrderedDict((k, v.detach().cpu()) for k, v in net.state_dict().items())
+            atomic_torch_save({'state_dict': state}, self.network_path(name, epoch))
+        self.save_optimizers(epoch)
+
+    def load_networks(self, epoch):
+        for name in self.model_names:
+            path = self.opt.load_path or self.network_path(name, epoch)
+            net = networks.unwrap(getattr(self, 'net' + name))
+            load_backbone_state(net, path, device='cpu')
+            logger.info('loaded %s from %s', name, path)
+
+    def optimizer_path(self, name):
+        return os.path.join(self.save_dir, f'SelfHDR_optimizer_{name}.pth')
+
+    def save_optimizers(self, epoch):
+        for name in self.optimizer_names:
+            optimizer = getattr(self, 'optimizer_' + name)
+            entry = {'name': f'SelfHDR_optimizer_{name}', 'epoch': epoch, 'state_dict': optimizer.state_dict()}
+            atomic_torch_save(entry, self.optimizer_path(name))
+
+    def load_optimizers(self, epoch):
+        """Optional: the published models ship no optimizer file, so a missing one only warns."""
+        for name in self.optimizer_names:
+            path = self.optimizer_path(name)
+            if not os.path.isfile(path):
+                logger.warning('no optimizer state at %s; resuming with a fresh optimizer', path)
+                continue
+            entry = torch.load(path, map_location=self.device, weights_only=True)
+            if entry.get('name') != f'SelfHDR_optimizer_{name}' or entry.get('epoch') != epoch:
+                raise CheckpointError(f"{path} holds {entry.get('name')} of epoch {entry.get('epoch')}, "
+                                      f'not SelfHDR_optimizer_{name} of epoch {epoch}')
+            getattr(self, 'optimizer_' + name).load_state_dict(entry['state_dict'])
+            logger.info('loaded optimizer state from %s', path)
+
+    def print_networks(self):
+        for name in self.model_names:
+            net = getattr(self, 'net' + name)
+            count = sum(p.numel() for p in net.parameters())
+            logger.info('%s', net)
+            logger.info('[Network %s] total number of parameters: %.3f M', name, count / 1e6)

@@ -1,0 +1,64 @@
+"""Stage 2 of SelfHDR: the reconstruction network, trained from scratch.
+
+Supervised by the colour component (`label`, masked where it disagrees with the structure component) and by the
+structure component (`other_label`, the stage-1 output on aligned frames) through a VGG19 perceptual loss. The
+medium LDR gets Gaussian noise (sigma 0.5/255) in training.
+"""
+import torch
+
+from options.base_options import str2bool
+from . import networks
+from .hdr_common import HDRBackboneModel
+
+COLOUR_THRESHOLD = 10 / 255
+
+
+def colour_mask(colour_label, structure_label):
+    """1 where the mu-law colour and structure components agree within 10/255 (channel mean)."""
+    diff = (networks.mu_tonemap(colour_label) - networks.mu_tonemap(structure_label)).abs()
+    return (diff.mean(dim=1, keepdim=True) < COLOUR_THRESHOLD).float()
+
+
+class SelfHDR2Model(HDRBackboneModel):
+    @staticmethod
+    def modify_commandline_options(parser, is_train):
+        parser.add_argument('--noise', type=str, default='gauss0.5',
+                            help="training noise on the medium LDR: 'gauss<sigma*255>' or 'none'")
+        parser.add_argument('--vgg_rgb', type=str2bool, default=False,
+                            help='flip BGR to RGB before the VGG (the release does not: known flaw 4)')
+        return parser
+
+    def __init__(self, opt, vgg_features=None):
+        super().__init__(opt)
+        self.visual_names = ['data_out', 'label', 'other_label']
+        self.loss_names = ['Color', 'Stru', 'Total']
+        self.loss_Color = self.loss_Stru = self.loss_Total = None
+        if self.isTrain:
+            self.criterionL1 = networks.L1MuLoss()
+            if vgg_features is None:
+                vgg_features = networks.build_vgg19_features(opt.vgg_weights, opt.vgg_path)
+            self.criterionVGG = networks.VGGLoss(vgg_features, rgb=getattr(opt, 'vgg_rgb', False)).to(self.device)
+            noise = getattr(opt, 'noise', 'gauss0.5')
+            self.augment_noise = None if noise == 'none' else networks.AugmentNoise(noise)
+
+    def network_inputs(self):
+        if not (self.netSelfHDR.training and self.isTrain and self.augment_noise is not None):
+            return self.input0, self.input1, self.input2
+        # Noise on the medium LDR only; its linear half is recomputed from the noisy LDR.
+        ldr = self.input1[:, 3:]
+        noise = self.augment_noise(ldr.shape).to(ldr.device)
+        noisy_ldr = (ldr + noise).clamp(0, 1)
+        t_mid = self.expo[:, 1].view(-1, 1, 1, 1).to(ldr.dtype)
+        noisy = torch.cat([noisy_ldr ** 2.2 / (t_mid + 1e-8), noisy_ldr], dim=1).contiguous(memory_format=self.memory_format)
+        return self.input0, noisy, self.input2
+
+    def compute_losses(self):
+        if self.label is None or self.other_label is None:
+            raise ValueError('stage 2 needs `label` (colour) and `other_label` (structure, --stru_lable_path)')
+        out = self.data_out.float()
+        mask = colour_mask(self.label, self.other_label)
+        self.loss_Color = self.criterionL1(out, self.label, mask)
+        self.loss_Stru = self.criterionVGG(out, self.other_label)
+        self.loss_Total = self.loss_Color + self.loss_Stru
+        return self.loss_Total
+

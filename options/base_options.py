@@ -1,0 +1,156 @@
+"""Flags shared by train.py and test.py, with the release's names, meanings and defaults."""
+import argparse
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+NETWORK_CHOICES = ('AHDRNet', 'FSHDR', 'HDR-Transformer', 'SCTNet')
+
+
+def str2bool(value):
+    """The release's lenient boolean: 'yes', 'y', 'true', 't', '1' (any case) are true, anything else false."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ('yes', 'y', 'true', 't', '1')
+
+
+def parse_gpu_ids(text):
+    """'0' -> [0], '2,3' -> [2, 3], '-1' -> [] (CPU), 'all' -> every visible GPU, 'auto' -> GPU 0 if any."""
+    text = str(text).strip().lower()
+    if text == 'auto':
+        return [0] if torch.cuda.is_available() else []
+    if text == 'all':
+        return list(range(torch.cuda.device_count()))
+    ids = []
+    for part in text.split(','):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise ValueError(f"--gpu_ids: '{part}' is not an integer (use e.g. '0', '2,3', '-1' or 'all')") from None
+        if value >= 0:
+            ids.append(value)
+    return ids
+
+
+class BaseOptions:
+    """Defines the common flags and parses them; `parse()` has no side effect besides printing."""
+
+    def __init__(self):
+        self.isTrain = False
+
+    def initialize(self, parser):
+        # data
+        parser.add_argument('--dataroot', type=str, default='', help='root of the data set folders')
+        parser.add_argument('--dataset_name', type=str, nargs='+', default=['eth'],
+                            help='data set(s): sig17align, sen, tursun (data/<name>_dataset.py)')
+        parser.add_argument('--max_dataset_size', type=float, default=float('inf'),
+                            help='use at most this many scenes of a data set')
+        parser.add_argument('--batch_size', type=int, default=16, help='training batch size')
+        parser.add_argument('--patch_size', type=int, default=128, help='training crop size')
+        parser.add_argument('--shuffle', type=str2bool, default=True, help='shuffle the training set')
+        parser.add_argument('-j', '--num_dataloader', type=int, default=8, help='DataLoader worker processes')
+        parser.add_argument('--drop_last', type=str2bool, default=True, help='drop the last incomplete batch')
+        # device
+        parser.add_argument('--gpu_ids', type=str, default='auto',
+                            help="'0', '2,3', '-1' for CPU, 'all'; default: GPU 0 when CUDA exists, else CPU")
+        # experiment
+        parser.add_argument('--checkpoints_dir', type=str, default='./ckpt', help='where runs are stored')
+        parser.add_argument('-v', '--verbose', type=str2bool, default=True, help='print the network')
+        parser.add_argument('--suffix', type=str, default='',
+                            help='formatted with the options and appended to --name, e.g. {network}_{lr}')
+        parser.add_argument('--name', type=str, required=True, help='experiment name (lower-cased)')
+        parser.add_argument('--model', type=str, required=True,
+                            help='selfhdr1, selfhdr2 or supervised (models/<model>_model.py)')
+        parser.add_argument('--network', type=str, required=True, choices=NETWORK_CHOICES, help='backbone')
+        parser.add_argument('--load_path', type=str, default='', help='explicit checkpoint to load')
+        parser.add_argument('--load_iter', type=int, nargs='+', default=[0],
+                            help='epoch(s) to load; >0 loads SelfHDR_model_<n>.pth')
+        parser.add_argument('--chop', type=str2bool, default=False,
+                            help='pad test inputs to a multiple of 8 (set by the model for transformer backbones)')
+        parser.add_argument('--stage0_inference', type=str2bool, default=False,
+                            help='run on Training_align to produce the structure labels')
+        parser.add_argument('--stru_lable_path', type=str, default='',
+                            help='(sic) folder of structure-label .hdr files for stage 2')
+        parser.add_argument('--init_type', type=str, default='default',
+                            choices=('default', 'normal', 'xavier', 'kaiming', 'orthogonal', 'uniform'),
+                            help='weight initialisation; default keeps the constructors\' own')
+        parser.add_argument('--init_gain', type=float, default=0.02, help='gain for normal/xavier/orthogonal')
+        parser.add_argument('--calc_metrics', type=str2bool, default=True, help='compute metrics when a label exists')
+        parser.add_argument('--save_imgs', type=str2bool, default=False, help='write output images')
+        # additions of ours (not in the release)
+        parser.add_argument('--seed', type=int, default=0, help='random seed')
+        parser.add_argument('--iters_per_epoch', type=int, default=1200,
+                            help='training iterations per epoch (the data set length is this x batch size)')
+        parser.add_argument('--pad_mode', type=str, default='release', choices=('release', 'clean'),
+                            help="transformer test padding: 'release' pads 8 when a side is already a multiple "
+                                 "of 8 (reproduces the release); 'clean' pads only what is needed")
+        parser.add_argument('--tile', type=int, default=0,
+                            help='test in overlapping tiles of this size (0: whole image, as the release)')
+        parser.add_argument('--tile_overlap', type=int, default=32, help='overlap between tiles, in pixels')
+        parser.add_argument('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16'),
+                            help='CUDA autocast precision (fp16 uses gradient scaling)')
+        parser.add_argument('--channels_last', type=str2bool, default=False, help='channels_last memory format')
+        parser.add_argument('--vgg_weights', type=str, default='imagenet', choices=('imagenet', 'auto', 'random'),
+                            help="VGG19 for the structure loss: 'imagenet' needs the weights (torchvision cache or "
+                                 "--vgg_path); 'auto' falls back to random weights with a warning; 'random' is explicit")
+        parser.add_argument('--vgg_path', type=str, default='', help='file with torchvision VGG19 ImageNet weights')
+        return parser
+
+    def gather_options(self, args=None):
+        parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        parser = self.initialize(parser)
+        opt, _ = parser.parse_known_args(args)
+
+        # Let the model and the data sets add their flags (import here: models import options only lazily).
+        import models
+        import data
+        parser = models.get_option_setter(opt.model)(parser, self.isTrain)
+        opt, _ = parser.parse_known_args(args)
+        for name in opt.dataset_name:
+            parser = data.get_option_setter(name)(parser, self.isTrain)
+        self.parser = parser
+        return parser.parse_args(args)
+
+    def format_options(self, opt):
+        lines = ['----------------- Options ---------------']
+        for key, value in sorted(vars(opt).items()):
+            default = self.parser.get_default(key)
+            note = '' if value == default else f'\t[default: {default}]'
+            lines.append(f'{key:>25}: {value!s:<30}{note}')
+        lines.append('----------------- End -------------------')
+        return '\n'.join(lines)
+
+    def parse(self, args=None):
+        opt = self.gather_options(args)
+        opt.isTrain = self.isTrain
+        opt.name = opt.name.lower()
+        if opt.suffix:
+            opt.name = (opt.name + '_' + opt.suffix.format(**vars(opt))).lower()
+        opt.load_iter = list(opt.load_iter)
+        requested = opt.gpu_ids
+        opt.gpu_ids = parse_gpu_ids(requested)
+        if opt.gpu_ids and not torch.cuda.is_available():
+            raise ValueError(f"--gpu_ids {requested} asks for CUDA, but no CUDA device is available; "
+                             "use --gpu_ids -1 for the CPU")
+        # The transformer backbones need inputs padded to a multiple of 8 at test time.
+        opt.chop = opt.chop or opt.network in ('HDR-Transformer', 'SCTNet')
+        print('Device: ' + (f'CUDA GPU(s) {opt.gpu_ids}' if opt.gpu_ids else 'CPU'))
+        print(self.format_options(opt))
+        return opt
+
+    def save(self, opt, phase):
+        """Write the options to `<checkpoints_dir>/<name>/opt_<phase>.txt` (called by the entry points)."""
+        folder = os.path.join(opt.checkpoints_dir, opt.name)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f'opt_{phase}.txt')
+        tmp = path + '.tmp'
+        with open(tmp, 'w') as handle:
+            handle.write(self.format_options(opt) + '\n')
+        os.replace(tmp, path)
+        return path
