@@ -113,7 +113,11 @@ class BaseOptions:
         parser = models.get_option_setter(opt.model)(parser, self.isTrain)
         opt, _ = parser.parse_known_args(args)
         for name in opt.dataset_name:
-            parser = data.get_option_setter(name)(parser, self.isTrain)
+            try:
+                setter = data.get_option_setter(name)
+            except ValueError:
+                continue  # an unknown data set is reported when it is created, not while parsing
+            parser = setter(parser, self.isTrain)
         self.parser = parser
         return parser.parse_args(args)
 

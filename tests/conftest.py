@@ -1,0 +1,42 @@
+"""Shared test helpers: where the golden reference lives, and option namespaces for tiny runs."""
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT.parent / 'shared' / 'golden'
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def golden_dir():
+    if not GOLDEN.is_dir():
+        pytest.skip(f'golden reference not found at {GOLDEN} (it sits beside the checkout in CI)')
+    return GOLDEN
+
+
+def make_opt(**overrides):
+    """Parse the real option classes with the given flags (no side effects besides printing)."""
+    from options.test_options import TestOptions
+    from options.train_options import TrainOptions
+    is_train = overrides.pop('is_train', True)
+    args = []
+    for key, value in overrides.items():
+        args.append(f'--{key}')
+        if isinstance(value, (list, tuple)):
+            args.extend(str(v) for v in value)
+        else:
+            args.append(str(value))
+    options = TrainOptions() if is_train else TestOptions()
+    return options.parse(args)
+
+
+@pytest.fixture
+def opt_factory():
+    return make_opt

@@ -1,0 +1,89 @@
+"""Release-format checkpoints: save then load is bit-exact; foreign, truncated or mismatched files fail clearly."""
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from models.ahdrnet import AHDR
+from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state
+
+
+def small_inputs():
+    torch.manual_seed(3)
+    return [torch.rand(1, 6, 16, 16) for _ in range(3)]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    net = AHDR().eval()
+    path = tmp_path / 'SelfHDR_model_3.pth'
+    atomic_torch_save({'state_dict': net.state_dict()}, path)
+    return net, path
+
+
+def test_save_then_load_is_bit_identical(saved):
+    net, path = saved
+    torch.manual_seed(1)
+    other = AHDR().eval()
+    load_backbone_state(other, path)
+    x = small_inputs()
+    with torch.no_grad():
+        assert torch.equal(net(*x), other(*x))
+    content = torch.load(path, weights_only=True)
+    assert list(content) == ['state_dict'] and not any(k.startswith('module.') for k in content['state_dict'])
+
+
+def test_loads_module_prefixed_and_bare_state_dicts(saved, tmp_path):
+    net, _ = saved
+    prefixed = OrderedDict(('module.' + k, v) for k, v in net.state_dict().items())
+    path = tmp_path / 'dp.pth'
+    torch.save({'state_dict': prefixed}, path)
+    other = AHDR()
+    load_backbone_state(other, path)
+    assert torch.equal(other.conv1.weight, net.conv1.weight)
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(saved, tmp_path):
+    net, _ = saved
+    state = net.state_dict()
+    state.pop('conv3.bias')
+    state['extra.weight'] = torch.zeros(1)
+    state['conv1.weight'] = torch.zeros(64, 3, 3, 3)
+    path = tmp_path / 'bad.pth'
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_state(AHDR(), path)
+    message = str(err.value)
+    assert 'conv3.bias' in message and 'extra.weight' in message and 'conv1.weight (64, 3, 3, 3)' in message
+    assert 'bad.pth' in message
+
+
+def test_truncated_missing_and_foreign_files(saved, tmp_path):
+    _, path = saved
+    truncated = tmp_path / 'cut.pth'
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match='cannot read checkpoint .*cut.pth'):
+        load_backbone_state(AHDR(), truncated)
+    with pytest.raises(CheckpointError, match='not found'):
+        load_backbone_state(AHDR(), tmp_path / 'nope.pth')
+    foreign = tmp_path / 'opt.pth'
+    torch.save({'name': 'SelfHDR_optimizer_Adam', 'epoch': 1, 'state_dict': {'state': {}, 'param_groups': []}},
+               foreign)
+    with pytest.raises(CheckpointError, match='not a model checkpoint'):
+        load_backbone_state(AHDR(), foreign)
+
+
+def test_atomic_save_leaves_old_file_when_writing_fails(saved, monkeypatch):
+    _, path = saved
+    before = path.read_bytes()
+
+    def broken(obj, f, *a, **k):
+        open(f, 'wb').write(b'partial')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', broken)
+    with pytest.raises(OSError):
+        atomic_torch_save({'state_dict': {}}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

@@ -1,0 +1,152 @@
+"""Train a SelfHDR model (stage 1, stage 2 or the supervised baseline).
+
+    python train.py --dataroot D --dataset_name sig17align --model selfhdr1 --network AHDRNet --name run ...
+    torchrun --nproc_per_node 2 train.py ...        # DistributedDataParallel (NCCL on GPUs, gloo on CPU)
+"""
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import data
+import models
+from models.base_model import NonFiniteLossError
+from options.train_options import TrainOptions
+from util import metrics
+from util.visualizer import Visualizer, setup_logging
+
+logger = logging.getLogger('train')
+
+
+def setup_distributed(opt):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process per GPU (or per CPU worker with gloo)."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    opt.distributed = world_size > 1
+    opt.rank = int(os.environ.get('RANK', '0'))
+    opt.world_size = world_size
+    if not opt.distributed:
+        return
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    if opt.gpu_ids:
+        opt.gpu_ids = [local_rank]
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group('nccl')
+    else:
+        dist.init_process_group('gloo')
+
+
+def set_epoch_seed(opt, epoch):
+    """Seed each epoch from (seed, epoch, rank) so that a resumed run replays the same epoch exactly."""
+    seed = opt.seed + 1000 * epoch + 100003 * opt.rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+
+
+def validate(model, loader):
+    """Mean PSNR-mu of the validation crops (monitoring only, as in the release)."""
+    model.eval()
+    scores = []
+    for batch in loader:
+        model.set_input(batch)
+        model.test()
+        out = model.data_out[0].float().cpu().permute(1, 2, 0).numpy()
+        label = model.label[0].float().cpu().permute(1, 2, 0).numpy()
+        scores.append(metrics.psnr_mu(out, label))
+    model.train()
+    return float(np.mean(scores)) if scores else float('nan')
+
+
+def train(opt):
+    main = opt.rank == 0
+    torch.manual_seed(opt.seed)  # the backbone's seeded construction reproduces the release's initial weights
+    np.random.seed(opt.seed)
+    if opt.gpu_ids:
+        torch.backends.cudnn.benchmark = True
+
+    dataset_name = opt.dataset_name[0]
+    train_set = data.create_dataset(dataset_name, 'train', opt)
+    sampler = None
+    if opt.distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(train_set, shuffle=opt.shuffle, seed=opt.seed,
+                                                                  drop_last=opt.drop_last)
+    train_loader = data.create_dataloader(train_set, opt, 'train', sampler=sampler)
+    val_loader = None
+    if opt.calc_metrics and main:
+        try:
+            val_set = data.create_dataset(dataset_name, 'val', opt)
+            val_loader = data.create_dataloader(val_set, opt, 'val')
+        except (FileNotFoundError, ValueError) as exc:
+            logger.warning('no validation: %s', exc)
+
+    model = models.create_model(opt)
+    model.setup(opt)
+    visualizer = Visualizer(opt, enabled=main)
+    total_epochs = opt.niter + opt.niter_decay
+    iters = len(train_loader)
+    for epoch in range(model.start_epoch + 1, total_epochs + 1):
+        set_epoch_seed(opt, epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        if getattr(model, 'augment_noise', None) is not None:
+            model.augment_noise.calls = (epoch - 1) * iters  # the release's global counter, as if never stopped
+        model.train()
+        epoch_start = data_start = time.time()
+        progress = tqdm(train_loader, desc=f'epoch {epoch}/{total_epochs}', disable=not main, leave=False)
+        for i, batch in enumerate(progress, start=1):
+            t_data = time.time() - data_start
+            step_start = time.time()
+            model.set_input(batch)
+            try:
+                model.optimize_parameters()
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped, the last saved '
+                                         f'checkpoint in {model.save_dir} is intact') from None
+            if i % opt.print_freq == 0 or i == iters:
+                losses = model.get_current_losses()
+                progress.set_postfix({k: f'{v:.4f}' for k, v in losses.items()})
+                visualizer.print_current_losses(epoch, i, losses, time.time() - step_start, t_data,
+                                                lr=model.get_learning_rate(), global_step=(epoch - 1) * iters + i)
+            data_start = time.time()
+        visualizer.log_images(model.get_current_visuals(), epoch)
+        if epoch % opt.save_epoch_freq == 0 or epoch == total_epochs:
+            model.save_networks(epoch)
+        metric = None
+        if val_loader is not None and (epoch % opt.test_every == 0 or epoch == total_epochs):
+            metric = validate(model, val_loader)
+            visualizer.log_scalar('val/psnr_mu', metric, epoch,
+                                  f'epoch {epoch}: validation PSNR-mu {metric:.3f} dB')
+        lr = model.update_learning_rate(epoch, metric)
+        if main:
+            logger.info('end of epoch %d / %d (%.1f s), learning rate %.3e', epoch, total_epochs,
+                        time.time() - epoch_start, lr)
+    visualizer.close()
+    return model
+
+
+def main(argv=None):
+    options = TrainOptions()
+    opt = options.parse(argv)
+    setup_distributed(opt)
+    if opt.rank == 0:
+        options.save(opt, 'train')
+        setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'train.log'))
+    else:
+        setup_logging(level=logging.WARNING)
+    try:
+        train(opt)
+    except NonFiniteLossError as exc:
+        logger.error('%s', exc)
+        return 1
+    finally:
+        if opt.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
