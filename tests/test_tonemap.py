@@ -1,0 +1,169 @@
+"""Tests for util/tonemap.py and tools/tonemap.py (CPU, tiny, seeded)."""
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from util.tonemap import (DEFAULT_GAMMA, OPERATORS, display_tonemap, luminance, mu_law, mu_law_torch,
+                          reinhard, to_uint8, tonemap, write_png)
+
+GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden'
+
+
+def _random_hdr(h=24, w=32, seed=0, scale=4.0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((h, w, 3)) ** 3 * scale).astype(np.float32)
+
+
+def _ramp(h=8, w=64):
+    ramp = np.logspace(-4, 0, w, dtype=np.float32)
+    return np.repeat(np.repeat(ramp[None, :, None], h, 0), 3, 2)
+
+
+def test_mu_law_hand_values():
+    x = np.array([0.0, 1.0, 0.5, 1e-3], dtype=np.float32)
+    y = mu_law(x)
+    assert y.dtype == np.float32
+    assert y[0] == 0.0
+    assert y[1] == pytest.approx(1.0, abs=1e-7)
+    assert y[2] == pytest.approx(math.log(2501) / math.log(5001), rel=1e-6)
+    assert y[3] == pytest.approx(math.log(6) / math.log(5001), rel=1e-6)
+
+
+def test_mu_law_numpy_torch_twins_equal():
+    x = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    t = mu_law_torch(torch.from_numpy(x))
+    assert t.dtype == torch.float32
+    # NumPy's and torch's float32 log may differ by one ulp.
+    np.testing.assert_allclose(t.numpy(), mu_law(x), rtol=0, atol=2.5e-7)
+    # The losses rely on this exact expression.
+    ref = torch.log(1 + 5000 * torch.from_numpy(x)) / math.log(1 + 5000)
+    assert torch.equal(t, ref)
+
+
+def test_mu_law_torch_reproduces_golden_losses():
+    path = GOLDEN / 'losses.pt'
+    if not path.exists():
+        pytest.skip(f'golden data not found at {path} (needs ../shared/golden)')
+    d = torch.load(path, weights_only=False)
+    mu = mu_law_torch
+    mask = (torch.mean(torch.abs(mu(d['color_label']) - mu(d['stru_label'])), 1, keepdim=True) < 10 / 255).float()
+    assert torch.equal(mask, d['s2_label_mask'])
+    color = torch.mean(torch.abs(mu(d['out']) * mask - mu(d['color_label']) * mask))
+    assert color.item() == pytest.approx(d['s2_loss_Color'].item(), abs=1e-7)
+    ref_hdr, ref_ldr = d['input1'][:, :3], d['input1'][:, 3:]
+    w = torch.where(ref_ldr < 0.5, 2 * ref_ldr, 2 - 2 * ref_ldr)
+    preserve = 4 * torch.mean(torch.abs(mu(d['out']) * w - mu(ref_hdr) * w))
+    assert preserve.item() == pytest.approx(d['s1_loss_StruPrese'].item(), abs=1e-7)
+
+
+@pytest.mark.parametrize('operator', sorted(OPERATORS))
+@pytest.mark.parametrize('exposure', [-2.0, 0.0, 1.5])
+def test_operators_map_to_unit_range(operator, exposure):
+    x = _random_hdr()
+    out = tonemap(x, operator, exposure=exposure)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize('operator', ['mu', 'reinhard'])
+def test_global_operators_monotonic_in_luminance(operator):
+    # Same-colour pixels: the output luminance must not decrease when the input luminance grows.
+    x = _random_hdr(seed=2)
+    grey = np.repeat(x[:, :, :1], 3, axis=2)
+    out = tonemap(grey, operator)
+    order = np.argsort(luminance(grey).ravel(), kind='stable')
+    assert np.diff(luminance(out).ravel()[order]).min() >= -1e-6
+    # And strictly increasing along a ramp.
+    ramp_out = tonemap(_ramp(), operator)
+    assert np.diff(ramp_out[4, :, 1]).min() > 0
+
+
+def test_display_operator_monotonic_with_one_tile():
+    # With a single CLAHE tile the operator is a global curve of log luminance, monotone up to
+    # one of scikit-image's 2**14 internal grey levels (6.1e-5).
+    x = _random_hdr(seed=3)
+    grey = np.repeat(x[:, :, :1], 3, axis=2) * np.array([0.5, 1.0, 2.0], np.float32)
+    out = display_tonemap(grey, tiles=(1, 1))
+    order = np.argsort(luminance(grey).ravel(), kind='stable')
+    assert np.diff(luminance(out).ravel()[order]).min() >= -1e-4
+
+
+def test_display_operator_default_tiles_nearly_monotone_on_ramp():
+    # With 4 x 4 tiles CLAHE is local (as MATLAB's tonemap): tile blending may cost a few 1e-3
+    # of monotonicity on a ramp, but the ramp must still go from dark to bright.
+    out = display_tonemap(_ramp(16, 64))[8, :, 1]
+    assert out[-1] - out[0] > 0.8
+    assert np.diff(out).min() > -0.01
+
+
+def test_display_operator_scale_invariant_and_saturation():
+    # Kept well above the eps floor of the log so that only the normalisation acts. On a tiny
+    # image a rounding-level change can move a pixel to the next of CLAHE's 256 bins, which
+    # shifts a 48-pixel tile's curve a little: compare the mean, not every pixel.
+    x = _random_hdr(seed=4) + 0.01
+    assert np.abs(display_tonemap(x) - display_tonemap(x * 8)).mean() < 2e-3
+    # saturation 0 removes colour: all channels equal the new luminance.
+    grey = display_tonemap(x, saturation=0.0)
+    np.testing.assert_allclose(grey[:, :, 0], grey[:, :, 2], atol=1e-6)
+
+
+def test_exposure_and_gamma_controls():
+    x = np.full((4, 4, 3), 0.01, np.float32)
+    base = tonemap(x, 'mu')
+    brighter = tonemap(x, 'mu', exposure=2.0)
+    np.testing.assert_allclose(brighter, mu_law(np.full_like(x, 0.04)), rtol=1e-6)
+    assert (brighter > base).all()
+    assert tonemap(x, 'mu', gamma=2.2)[0, 0, 0] == pytest.approx(float(base[0, 0, 0]) ** (1 / 2.2), rel=1e-5)
+    assert DEFAULT_GAMMA['reinhard'] == 2.2
+
+
+def test_reinhard_hand_value():
+    # Uniform grey: log-average = value, so L = key and Ld = key (1 + key / white^2) / (1 + key).
+    x = np.full((4, 4, 3), 0.3, np.float32)
+    key, white = 0.18, 2.0
+    out = reinhard(x, gamma=1.0, key=key, white=white, eps=1e-12)
+    np.testing.assert_allclose(out, key * (1 + key / white ** 2) / (1 + key), rtol=1e-5)
+    # Default white point = the largest scaled luminance, which then maps to exactly 1.
+    np.testing.assert_allclose(reinhard(x, gamma=1.0, eps=1e-12), 1.0, rtol=1e-5)
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match='unknown tone-mapping operator'):
+        tonemap(_random_hdr(), 'nope')
+    with pytest.raises(ValueError, match='H x W x 3'):
+        tonemap(np.zeros((4, 4), np.float32), 'mu')
+    with pytest.raises(ValueError, match='gamma'):
+        tonemap(_random_hdr(), 'mu', gamma=0.0)
+
+
+def test_write_png_roundtrip(tmp_path):
+    img = np.zeros((3, 5, 3), np.float32)
+    img[..., 0] = 1.0  # blue in BGR
+    img[1, 2] = 0.5
+    path = tmp_path / 'x.png'
+    write_png(path, img)
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint8 and back.shape == (3, 5, 3)
+    np.testing.assert_array_equal(back, to_uint8(img))
+    assert back[0, 0].tolist() == [255, 0, 0] and back[1, 2].tolist() == [128, 128, 128]
+    with pytest.raises(ValueError, match='.png'):
+        write_png(tmp_path / 'x.jpg', img)
+
+
+def test_cli_tonemap(tmp_path):
+    hdr_io = pytest.importorskip('util.hdr_io')
+    from tools.tonemap import main
+
+    src = tmp_path / 'in.hdr'
+    hdr_io.write_hdr(src, _random_hdr(12, 16, seed=5, scale=1.0))
+    for op in sorted(OPERATORS):
+        out = tmp_path / f'out_{op}.png'
+        assert main([str(src), '-o', str(out), '--operator', op, '--exposure', '0.5']) == 0
+        png = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert png.shape == (12, 16, 3) and png.dtype == np.uint8
+    assert main([str(tmp_path / 'missing.hdr'), '-o', str(tmp_path / 'm.png')]) == 1

@@ -1,0 +1,173 @@
+"""Tone mapping: the mu-law of the losses and PSNR-mu, and two display operators for viewing.
+
+All NumPy functions take linear radiance as float32 ``H x W x 3`` **BGR** arrays (any
+non-negative scale; the SelfHDR outputs and labels are in [0, 1]) and return float32 images in
+[0, 1]. ``exposure`` is in stops (the radiance is multiplied by ``2 ** exposure`` first) and
+``gamma`` is a display gamma (the output is raised to ``1 / gamma``).
+
+* :func:`mu_law` / :func:`mu_law_torch`: ``T(x) = log(1 + 5000 x) / log(1 + 5000)``
+  (method.md). The torch twin is used by the losses and must stay exactly this expression.
+* :func:`reinhard`: Reinhard et al. 2002, global photographic operator with key and white point.
+* :func:`display_tonemap`: an equivalent of MATLAB's ``tonemap`` (log luminance, contrast-limited
+  adaptive histogram equalisation, saturation control), then gamma.
+* :func:`write_png`: 8-bit BGR PNG through ``cv2.imwrite``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['MU', 'mu_law', 'mu_law_torch', 'luminance', 'reinhard', 'display_tonemap',
+           'tonemap', 'OPERATORS', 'DEFAULT_GAMMA', 'to_uint8', 'write_png']
+
+MU = 5000.0
+_LOG_1P_MU = math.log(1.0 + MU)
+
+# Rec. 601 luma weights (MATLAB rgb2gray's exact values, summing to 1), in B, G, R order.
+_LUMA_BGR = np.array([0.114020904255103, 0.587043074451121, 0.298936021293775], dtype=np.float32)
+
+
+def mu_law(x: np.ndarray) -> np.ndarray:
+    """NumPy mu-law ``log(1 + 5000 x) / log(5001)``; keeps float32 (no clipping: x in [0, 1] -> [0, 1])."""
+    x = np.asarray(x)
+    if x.dtype != np.float64:
+        x = x.astype(np.float32, copy=False)
+    return np.log(1 + MU * x) / _LOG_1P_MU
+
+
+def mu_law_torch(x):
+    """Torch twin of :func:`mu_law`, differentiable; the losses rely on this exact expression."""
+    import torch  # lazy: the NumPy side of this module must not need torch
+
+    return torch.log(1 + 5000 * x) / math.log(1 + 5000)
+
+
+def _check_image(x: np.ndarray, name: str = 'image') -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f'{name}: expected an H x W x 3 BGR array, got shape {x.shape}')
+    if x.size == 0:
+        raise ValueError(f'{name}: empty image (shape {x.shape})')
+    if not np.isfinite(x).all():
+        raise ValueError(f'{name}: contains NaN or Inf')
+    return x.astype(np.float32, copy=False)
+
+
+def _expose(x: np.ndarray, exposure: float) -> np.ndarray:
+    # Negative radiance is noise (or a network artefact): it has no luminance, clip it.
+    return np.maximum(x, 0) * np.float32(2.0 ** exposure)
+
+
+def _gamma(x: np.ndarray, gamma: float) -> np.ndarray:
+    if gamma <= 0:
+        raise ValueError(f'gamma must be > 0, got {gamma}')
+    x = np.clip(x, 0.0, 1.0)
+    if gamma != 1.0:
+        x = x ** np.float32(1.0 / gamma)
+    return x.astype(np.float32, copy=False)
+
+
+def luminance(x_bgr: np.ndarray) -> np.ndarray:
+    """Luminance (Rec. 601 weights, as MATLAB's rgb2gray) of a BGR image, H x W float32."""
+    return np.asarray(x_bgr, dtype=np.float32) @ _LUMA_BGR
+
+
+def reinhard(x: np.ndarray, exposure: float = 0.0, gamma: float = 2.2, key: float = 0.18,
+             white: float | None = None, eps: float = 1e-6) -> np.ndarray:
+    """Reinhard 2002 global photographic operator.
+
+    ``L = key / Lavg * Lw`` with ``Lavg`` the log-average luminance, then
+    ``Ld = L (1 + L / white**2) / (1 + L)``; colour keeps the ratios ``C * Ld / Lw``.
+    ``white`` is the smallest scaled luminance mapped to 1 (default: the image's maximum scaled
+    luminance, the paper's default, so nothing burns out). Returns [0, 1] float32.
+    """
+    x = _expose(_check_image(x), exposure)
+    lw = luminance(x)
+    lavg = float(np.exp(np.mean(np.log(eps + lw.astype(np.float64)))))
+    lum = (key / lavg) * lw
+    if white is None:
+        white = float(lum.max())
+    white = max(float(white), eps)
+    ld = lum * (1.0 + lum / (white * white)) / (1.0 + lum)
+    ratio = ld / np.maximum(lw, eps)
+    out = x * ratio[:, :, None]
+    return _gamma(out, gamma)
+
+
+def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, saturation: float = 1.0,
+                    tiles: tuple[int, int] = (4, 4), clip_limit: float = 0.01, nbins: int = 256,
+                    eps: float = 1e-6) -> np.ndarray:
+    """Display-referred operator equivalent to MATLAB's ``tonemap``.
+
+    Steps: luminance, log luminance normalised to [0, 1] over the image, CLAHE of the log
+    luminance (``tiles`` grid, ``clip_limit`` as MATLAB's ``ClipLimit``: scikit-image's
+    ``equalize_adapthist`` uses the same normalised clip limit), colour restored as
+    ``(C / L) ** saturation * L_new``, then ``gamma``. MATLAB's defaults are 4 x 4 tiles,
+    saturation 1 and no gamma (CLAHE output is already display-referred), hence ``gamma=1``.
+    The result is invariant to a global scale of the radiance (the log range is normalised),
+    so ``exposure`` matters only through the ``eps`` floor.
+    """
+    from skimage.exposure import equalize_adapthist  # lazy: only this operator needs it
+
+    x = _expose(_check_image(x), exposure)
+    h, w = x.shape[:2]
+    lum = luminance(x)
+    log_lum = np.log(lum + eps)
+    lo, hi = float(log_lum.min()), float(log_lum.max())
+    if hi - lo < 1e-12:
+        # A flat image has no contrast to redistribute: show it at mid grey.
+        new_lum = np.full((h, w), 0.5, dtype=np.float32)
+    else:
+        norm = ((log_lum - lo) / (hi - lo)).astype(np.float64)
+        kernel = (max(1, math.ceil(h / tiles[0])), max(1, math.ceil(w / tiles[1])))
+        new_lum = equalize_adapthist(norm, kernel_size=kernel, clip_limit=clip_limit,
+                                     nbins=nbins).astype(np.float32)
+    ratio = x / np.maximum(lum, eps)[:, :, None]
+    if saturation != 1.0:
+        ratio = ratio ** np.float32(saturation)
+    out = ratio * new_lum[:, :, None]
+    return _gamma(out, gamma)
+
+
+def _mu_operator(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0) -> np.ndarray:
+    x = _expose(_check_image(x), exposure)
+    return _gamma(mu_law(x), gamma)
+
+
+OPERATORS = {'mu': _mu_operator, 'reinhard': reinhard, 'display': display_tonemap}
+DEFAULT_GAMMA = {'mu': 1.0, 'reinhard': 2.2, 'display': 1.0}
+
+
+def tonemap(x: np.ndarray, operator: str = 'mu', exposure: float = 0.0, gamma: float | None = None,
+            **kwargs) -> np.ndarray:
+    """Apply the named operator (``mu``, ``reinhard`` or ``display``); ``gamma=None`` uses its default."""
+    if operator not in OPERATORS:
+        raise ValueError(f'unknown tone-mapping operator {operator!r}; choose from {sorted(OPERATORS)}')
+    if gamma is None:
+        gamma = DEFAULT_GAMMA[operator]
+    return OPERATORS[operator](x, exposure=exposure, gamma=gamma, **kwargs)
+
+
+def to_uint8(x01: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8 with rounding (values outside [0, 1] are clipped)."""
+    return np.clip(np.rint(np.asarray(x01, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_png(path, x01_bgr: np.ndarray) -> None:
+    """Write a [0, 1] BGR image as an 8-bit PNG with ``cv2.imwrite``."""
+    path = Path(path)
+    img = np.asarray(x01_bgr)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f'{path}: expected an H x W x 3 BGR image, got shape {img.shape}')
+    if path.suffix.lower() != '.png':
+        raise ValueError(f'{path}: write_png writes .png files only')
+    if not path.parent.is_dir():
+        raise OSError(f'{path}: destination folder {path.parent} does not exist')
+    if not cv2.imwrite(str(path), to_uint8(img)):
+        raise OSError(f'{path}: cv2.imwrite failed')
