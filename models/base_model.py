@@ -226,7 +226,7 @@ class BaseModel(ABC):
         return OrderedDict((name, getattr(self, name)) for name in self.visual_names if getattr(self, name, None) is not None)
 
     def get_current_losses(self):
-        return OrderedDict((name, float(getattr(self, 'loss_' + name))) for name in self.loss_names)
+        return OrderedDict((name, float(getattr(self, 'loss_' + name).detach())) for name in self.loss_names)
 
     def check_losses_finite(self, epoch, iteration):
         for name in self.loss_names:

@@ -1,0 +1,229 @@
+"""Tests of util/align.py and tools/prepare_data.py on tiny synthetic scenes."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tools.prepare_data import SceneError, prepare_scene, prepare_split
+from util.align import (AlignConfig, RAFTFlow, align_frames, align_pair, equalise_exposure, exposure_equalised_pair,
+                        fb_consistency, warp)
+from util.colour import merge_colour_component
+from util.hdr_io import read_hdr, read_ldr, write_ldr8, write_ldr16
+
+TIMES = (1.0, 4.0, 16.0)
+H, W = 96, 128
+
+
+def _radiance(seed=0, h=H, w=W):
+    """Smooth textured radiance (short-exposure scale) with a bright corner."""
+    rng = np.random.default_rng(seed)
+    log2 = sum(a * cv2.resize(rng.standard_normal((h // s, w // s)).astype(np.float32), (w, h),
+                              interpolation=cv2.INTER_CUBIC) for s, a in ((16, 1.5), (4, 0.7), (2, 0.3)))
+    rad = 0.05 * np.exp2(log2)[:, :, None] * np.array([0.8, 1.0, 0.9], np.float32)
+    rad[: h // 4, : w // 4] *= 8
+    return np.ascontiguousarray(rad.astype(np.float32))
+
+
+def _expose(rad, t):
+    return (np.clip(rad * t, 0, 1) ** (1 / 2.2)).astype(np.float32)
+
+
+def _shift(img, dx, dy):
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(img, m, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _interior(x, m=8):
+    return x[m:-m, m:-m]
+
+
+def test_equalise_exposure():
+    x = np.array([[[0.0, 0.5, 1.0]]], np.float32)
+    np.testing.assert_allclose(equalise_exposure(x, 1, 4), [[[0, min(1, 0.5 * 4 ** (1 / 2.2)), 1]]], rtol=1e-6)
+    np.testing.assert_allclose(equalise_exposure(x, 4, 1)[0, 0, 1], (0.5 ** 2.2 / 4) ** (1 / 2.2), rtol=1e-6)
+    ref, src = exposure_equalised_pair(x, x, 4.0, 1.0)  # darker source is raised
+    assert ref is x or np.array_equal(ref, x)
+    assert src[0, 0, 1] > 0.5
+
+
+def test_warp_integer_shift_and_inside_mask():
+    img = np.random.default_rng(0).uniform(size=(10, 12, 3)).astype(np.float32)
+    flow = np.zeros((10, 12, 2), np.float32)
+    flow[..., 0] = 2.0  # sample two pixels to the right
+    out, inside = warp(img, flow)
+    np.testing.assert_array_equal(out[:, :10], img[:, 2:])
+    assert inside[:, :10].all() and not inside[:, 10:].any()
+
+
+def test_fb_consistency():
+    f = np.full((6, 7, 2), 1.5, np.float32)
+    assert fb_consistency(f, -f).all()
+    assert not fb_consistency(f, f, alpha=0.01, beta=1.0).any()  # |f + b| = 3*sqrt(2)
+
+
+@pytest.mark.parametrize('dx,dy', [(3.0, -2.0), (-4.5, 1.5)])
+def test_align_recovers_translation(dx, dy):
+    rad = _radiance(1)
+    ideal = [_expose(rad, t) for t in TIMES]
+    # the source frames see the scene moved; alignment must bring them back
+    frames = [_shift(ideal[0], dx, dy), ideal[1], _shift(ideal[2], -dy, dx)]
+    cfg = AlignConfig(flow_scale=1.0)
+    res = align_frames(*frames, TIMES, cfg)
+    assert res.frames[1] is frames[1] or np.array_equal(res.frames[1], frames[1])
+    for k, i in ((0, 0), (2, 2)):
+        err_unal = np.abs(_interior(frames[k] - ideal[i])).mean()
+        err_al = np.abs(_interior(res.frames[k] - ideal[i])).mean()
+        assert err_al < 0.2 * err_unal, (k, err_al, err_unal)
+    # the recovered flow is the translation (reference -> source), in the textured interior
+    fs = _interior(res.flows[0], 16)
+    np.testing.assert_allclose(np.median(fs[..., 0]), dx, atol=0.3)
+    np.testing.assert_allclose(np.median(fs[..., 1]), dy, atol=0.3)
+    # Y_color from aligned frames is much closer to the ideal one
+    y_ideal = merge_colour_component(*ideal, TIMES)
+    e_al = np.abs(_interior(merge_colour_component(*res.frames, TIMES) - y_ideal)).mean()
+    e_un = np.abs(_interior(merge_colour_component(*frames, TIMES) - y_ideal)).mean()
+    assert e_al < 0.25 * e_un
+
+
+def test_align_recovers_local_warp():
+    rad = _radiance(2)
+    ideal = [_expose(rad, t) for t in TIMES]
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    # smooth non-rigid displacement, up to ~3 px
+    fx = 3.0 * np.sin(yy / H * np.pi) * np.cos(xx / W * np.pi)
+    fy = 2.0 * np.sin(xx / W * 2 * np.pi)
+    # src(p + f(p)) = ref(p)  <=>  src(q) = ref(q - f(q)) (f is smooth)
+    src = cv2.remap(ideal[2], xx - fx, yy - fy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    out, valid, flow = align_pair(ideal[1], src, TIMES[1], TIMES[2], cfg=AlignConfig(flow_scale=1.0))
+    assert np.abs(_interior(out - ideal[2])).mean() < 0.25 * np.abs(_interior(src - ideal[2])).mean()
+    assert np.abs(_interior(flow[..., 0] - fx, 16)).mean() < 0.5
+    assert valid.dtype == np.float32 and 0 <= valid.min() and valid.max() <= 1
+
+
+def test_fallback_outside_frame_uses_reference_at_source_exposure():
+    rad = _radiance(3)
+    mid = _expose(rad, TIMES[1])
+    src = _shift(_expose(rad, TIMES[0]), 6.0, 0.0)
+    cfg = AlignConfig(flow_scale=1.0, feather_sigma=0.0)
+    out, valid, flow = align_pair(mid, src, TIMES[1], TIMES[0], cfg=cfg)
+    fallback = equalise_exposure(mid, TIMES[1], TIMES[0])
+    inval = valid == 0
+    assert inval[:, -3:].all()  # the right border maps outside the source frame
+    np.testing.assert_allclose(out[inval], fallback[inval], atol=1e-6)
+
+
+def test_both_black_falls_back_and_inputs_untouched():
+    mid = np.zeros((40, 48, 3), np.float32)
+    mid[10:30, 10:30] = 0.6
+    src = np.zeros_like(mid)
+    src[10:30, 10:30] = 0.3
+    mid_c, src_c = mid.copy(), src.copy()
+    out, valid, _ = align_pair(mid, src, 4.0, 1.0, cfg=AlignConfig(flow_scale=1.0, feather_sigma=0.0))
+    assert (valid[:5] == 0).all() and np.all(out[:5] == 0)
+    np.testing.assert_array_equal(mid, mid_c)
+    np.testing.assert_array_equal(src, src_c)
+
+
+def test_align_config_and_raft_errors(tmp_path):
+    with pytest.raises(ValueError, match='flow'):
+        AlignConfig(flow='farneback')
+    with pytest.raises(ValueError, match='dis_preset'):
+        AlignConfig(dis_preset='slow')
+    with pytest.raises(ValueError, match='weights file'):
+        RAFTFlow(None)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        RAFTFlow(tmp_path / 'nope.pth')
+    bad = tmp_path / 'bad.pth'
+    torch.save({'x': torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match='raft_small state_dict'):
+        RAFTFlow(bad, model='small')
+
+
+def test_raft_small_from_local_file_runs(tmp_path):
+    from torchvision.models.optical_flow import raft_small
+    torch.manual_seed(0)
+    path = tmp_path / 'raft_small.pth'
+    torch.save(raft_small(weights=None).state_dict(), path)  # random weights: checks plumbing only
+    est = RAFTFlow(path, model='small', iters=2)
+    a = np.random.default_rng(0).uniform(size=(36, 44, 3)).astype(np.float32)  # not /8: padded inside
+    flow = est(a, a)
+    assert flow.shape == (36, 44, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/prepare_data.py
+# ----------------------------------------------------------------------------------------------
+
+def _make_split(root, split='Training', n=2, bits=16):
+    names = ('a_short.tif', 'b_mid.tif', 'c_long.tif')
+    for s in range(n):
+        d = root / split / f'scene{s:03d}'
+        d.mkdir(parents=True)
+        rad = _radiance(10 + s, 64, 80)
+        ideal = [_expose(rad, t) for t in TIMES]
+        frames = [_shift(ideal[0], 2.0, 1.0), ideal[1], _shift(ideal[2], -1.0, 2.0)]
+        for name, f in zip(names, frames):
+            (write_ldr16 if bits == 16 else write_ldr8)(d / name, f)
+        (d / 'exposure.txt').write_text('0\n2\n4\n')
+    return names
+
+
+def test_prepare_split_layout(tmp_path):
+    names = _make_split(tmp_path)
+    reports = prepare_split(tmp_path, 'Training', progress=False)
+    assert [r['status'] for r in reports] == ['done', 'done']
+    for s in ('scene000', 'scene001'):
+        src, dst = tmp_path / 'Training' / s, tmp_path / 'Training_align' / s
+        assert sorted(p.name for p in dst.iterdir()) == sorted([*names, 'HDRImg.hdr'])
+        assert (dst / 'b_mid.tif').read_bytes() == (src / 'b_mid.tif').read_bytes()  # medium unchanged
+        frames = [read_ldr(dst / n, expect_bits=16) for n in names]
+        y = read_hdr(dst / 'HDRImg.hdr')
+        y_expected = merge_colour_component(*frames, TIMES)
+        assert np.all(np.abs(y - y_expected) <= y_expected.max(axis=2, keepdims=True) / 64 + 1e-12)
+        # aligned short is closer to the unshifted truth than the source was
+        ideal_short = _expose(_radiance(10 + int(s[-1]), 64, 80), 1.0)
+        src_short = read_ldr(src / names[0])
+        assert np.abs(_interior(frames[0] - ideal_short)).mean() < np.abs(_interior(src_short - ideal_short)).mean()
+    assert not [p for p in (tmp_path / 'Training_align').iterdir() if p.name.startswith('.')]
+    # second run skips; --overwrite redoes
+    assert [r['status'] for r in prepare_split(tmp_path, 'Training', progress=False)] == ['skipped'] * 2
+    assert [r['status'] for r in prepare_split(tmp_path, 'Training', overwrite=True, progress=False)] == ['done'] * 2
+
+
+def test_prepare_test_split_has_no_colour_label_and_cli(tmp_path):
+    from tools.prepare_data import main
+    _make_split(tmp_path, 'Test', n=1)
+    assert main(['--dataroot', str(tmp_path), '--split', 'Test']) == 0
+    dst = tmp_path / 'Test_align' / 'scene000'
+    assert sorted(p.name for p in dst.iterdir()) == ['a_short.tif', 'b_mid.tif', 'c_long.tif']
+    assert main(['--dataroot', str(tmp_path / 'nowhere')]) == 2
+
+
+def test_prepare_scene_errors_name_the_scene(tmp_path):
+    _make_split(tmp_path, n=1)
+    scene = tmp_path / 'Training' / 'scene000'
+    (scene / 'exposure.txt').write_text('0\n4\n2\n')
+    with pytest.raises(SceneError, match='scene000.*must increase'):
+        prepare_scene(scene, tmp_path / 'out' / 'scene000')
+    (scene / 'exposure.txt').write_text('0\n2\n4\n')
+    write_ldr8(scene / 'a_short.tif', np.zeros((64, 80, 3), np.float32))
+    with pytest.raises(SceneError, match='scene000.*8-bit image, expected 16-bit'):
+        prepare_scene(scene, tmp_path / 'out' / 'scene000')
+    assert not (tmp_path / 'out' / 'scene000').exists()
+    reports = prepare_split(tmp_path, 'Training', keep_going=True, progress=False)
+    assert reports[0]['status'] == 'failed' and 'scene000' in reports[0]['error']
+
+
+def test_prepare_sen_layout_8bit(tmp_path):
+    root = tmp_path
+    d = root / 'Scenes' / 'office'
+    d.mkdir(parents=True)
+    rad = _radiance(20, 48, 64)
+    for i, stop in enumerate((-2, 0, 2, 4, 6)):
+        write_ldr8(d / f'img{i}.tif', _expose(rad, 2.0 ** stop))
+    (d / 'exposures.txt').write_text('-2 0 2 4 6\n')
+    reports = prepare_split(root, dataset='sen', progress=False)
+    assert reports[0]['times'] == [1.0, 4.0, 16.0]  # middle three, normalised by the first
+    dst = root / 'Scenes_align' / 'office'
+    assert sorted(p.name for p in dst.iterdir()) == ['img1.tif', 'img2.tif', 'img3.tif']
+    assert read_ldr(dst / 'img1.tif', expect_bits=8).shape == (48, 64, 3)
