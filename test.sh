@@ -1,0 +1,24 @@
+#!/bin/sh
+# Evaluate a SelfHDR stage-2 checkpoint and print the metric table.
+# By default: the demo AHDRNet checkpoint shipped in pretrained_models/ on the bundled demo test set.
+# The authors' published models work the same way once placed at
+#   pretrained_models/<backbone>_stage2/SelfHDR_model_1.pth
+# e.g.  dataroot=/data/sig17 net=SCTNet name=sctnet_stage2 sh test.sh
+set -e
+
+dataroot=${dataroot:-./datasets/demo}
+ckpt=${ckpt:-./pretrained_models}
+gpu=${gpu:-auto}
+net=${net:-AHDRNet}
+name=${name:-demo_ahdrnet_stage2}
+epoch=${epoch:-1}
+dataset=${dataset:-sig17align}         # sig17align, sen, tursun
+extra=${extra:-}                       # e.g. "--tile 512" or "--extra_metrics pu21"
+
+if [ "$dataroot" = "./datasets/demo" ]; then
+    python tools/make_demo_data.py --root "$dataroot"
+fi
+
+python test.py --dataroot $dataroot --dataset_name $dataset --model selfhdr2 --network $net \
+    --checkpoints_dir $ckpt --name $name --load_iter $epoch --gpu_ids $gpu -j 0 --verbose False \
+    --save_imgs True $extra
