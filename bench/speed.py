@@ -147,10 +147,14 @@ def main():
                     entry['error'] = (done.stderr or done.stdout)[-500:]
                 else:
                     entry.update(json.loads(line[0][len('RESULT '):]))
+                    if mode == 'train':
+                        entry['samples_per_second'] = args.batch / entry['seconds_median']
                     release = RELEASE.get(network, {}).get(mode)
-                    if release and args.device == 'cpu':
+                    if release and args.device == 'cpu' and tile == 0 and args.batch == 4:
                         entry['release_seconds'] = release
                         entry['speedup_vs_release'] = release / entry['seconds_median']
+                        if mode == 'train':
+                            entry['release_samples_per_second'] = 4 / release
                 results.append(entry)
                 print(json.dumps({k: v for k, v in entry.items() if k != 'seconds_all'}), flush=True)
     report = {'device': args.device, 'cpu': platform.processor() or platform.machine(), 'threads': args.threads,
