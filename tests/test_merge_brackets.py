@@ -1,0 +1,270 @@
+"""tools/merge_brackets.py: users' own brackets (JPEG with EXIF, 16-bit TIFF with --exposures) -> .hdr/.exr/.png."""
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, TiffImagePlugin
+
+from models.ahdrnet import AHDR
+from tools.merge_brackets import (MergeError, _exif_value_to_seconds, load_bracket, main, merge,
+                                  read_exposure_time)
+from util.hdr_io import read_exr, read_hdr, read_ldr, write_ldr16
+
+H, W = 48, 64
+EXIF_TIMES = ((1, 100), (1, 25), (4, 25))  # 0.01, 0.04, 0.16 s: relative 1, 4, 16 as in the training data
+
+
+def _radiance(seed=0):
+    """Smooth BGR radiance (short-exposure scale) from 0.004 to ~1, with a coloured patch."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    base = 0.004 * (250.0 ** (xx / (W - 1)))  # log ramp across the width
+    img = np.stack([base * 0.8, base, base * 1.1 * (0.6 + 0.4 * yy / (H - 1))], axis=2)
+    img[10:22, 12:30] *= np.array([0.3, 1.0, 1.6], np.float32)
+    img *= 1 + 0.02 * rng.standard_normal(img.shape).astype(np.float32)
+    return np.clip(img, 1e-4, None).astype(np.float32)
+
+
+def _ldr(radiance, t):
+    return np.clip((radiance * t) ** (1 / 2.2), 0, 1).astype(np.float32)
+
+
+def _save_jpeg(path, ldr_bgr, exposure=None):
+    rgb = np.clip(np.rint(ldr_bgr[:, :, ::-1] * 255), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    if exposure is not None:
+        exif.get_ifd(0x8769)[0x829A] = TiffImagePlugin.IFDRational(*exposure)  # Exif sub-IFD, as cameras write
+    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+
+
+@pytest.fixture(scope='module')
+def bracket(tmp_path_factory):
+    """JPEGs with EXIF, 16-bit TIFFs without, and an AHDR(seed 0) release-format checkpoint."""
+    folder = tmp_path_factory.mktemp('bracket')
+    rad = _radiance()
+    jpgs, tifs = [], []
+    for name, (num, den) in zip(('short', 'medium', 'long'), EXIF_TIMES):
+        ldr = _ldr(rad, 100.0 * num / den)  # 100 x seconds = 1, 4, 16
+        jpgs.append(folder / f'{name}.jpg')
+        _save_jpeg(jpgs[-1], ldr, (num, den))
+        tifs.append(folder / f'{name}.tif')
+        write_ldr16(tifs[-1], ldr)
+    torch.manual_seed(0)
+    ckpt = folder / 'SelfHDR_model_1.pth'
+    torch.save({'state_dict': AHDR().state_dict()}, ckpt)
+    return {'dir': folder, 'jpg': jpgs, 'tif': tifs, 'ckpt': ckpt}
+
+
+@pytest.fixture(scope='module')
+def jpeg_result(bracket):
+    return merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'])
+
+
+def _run(capsys, args):
+    rc = main([str(a) for a in args])
+    return rc, capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------------ EXIF
+
+def test_exif_exposure_times_read_back(bracket):
+    times = [read_exposure_time(p) for p in bracket['jpg']]
+    assert times == pytest.approx([n / d for n, d in EXIF_TIMES], rel=1e-12)
+
+
+def test_exif_in_tiff_ifd0(tmp_path):
+    # Some TIFF writers put ExposureTime in IFD0 rather than in the Exif sub-IFD.
+    path = tmp_path / 'frame.tif'
+    tags = Image.Exif()
+    tags[0x829A] = TiffImagePlugin.IFDRational(1, 60)
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(path, tiffinfo=tags)
+    assert read_exposure_time(path) == pytest.approx(1 / 60, rel=1e-12)
+
+
+def test_no_exif_gives_none(tmp_path):
+    path = tmp_path / 'plain.jpg'
+    cv2.imwrite(str(path), np.full((8, 8, 3), 100, np.uint8))
+    assert read_exposure_time(path) is None
+
+
+@pytest.mark.parametrize('value, seconds', [(TiffImagePlugin.IFDRational(1, 250), 0.004), ((1, 8), 0.125),
+                                            (2, 2.0), ('1/50', 0.02), (b'1/4\x00', 0.25)])
+def test_exif_value_forms(value, seconds):
+    assert _exif_value_to_seconds(value, Path('x.jpg')) == pytest.approx(seconds, rel=1e-12)
+
+
+@pytest.mark.parametrize('value', [(1, 0), 0, -0.5, 'fast'])
+def test_exif_invalid_value_names_file(value):
+    with pytest.raises(MergeError, match='x.jpg'):
+        _exif_value_to_seconds(value, Path('x.jpg'))
+
+
+# ------------------------------------------------------------------------------------------ merging
+
+def test_main_jpeg_writes_consistent_outputs(bracket, jpeg_result, tmp_path, capsys):
+    out_dir = tmp_path / 'out'
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', out_dir, '--name', 'scene'])
+    assert rc == 0, cap.err
+    exr = read_exr(out_dir / 'scene.exr')
+    hdr = read_hdr(out_dir / 'scene.hdr')
+    png = cv2.imread(str(out_dir / 'scene.png'), cv2.IMREAD_UNCHANGED)
+    assert exr.shape == hdr.shape == (H, W, 3) and png.shape == (H, W, 3) and png.dtype == np.uint8
+    assert np.isfinite(exr).all() and exr.min() > 0 and exr.max() < 1  # sigmoid output
+    np.testing.assert_array_equal(exr, jpeg_result.hdr)  # float32 EXR is lossless
+    # RGBE keeps an 8-bit mantissa per pixel's largest channel and truncates downwards
+    step = exr.max(axis=2, keepdims=True) / 128
+    assert np.all(hdr <= exr + 1e-7) and np.all(exr - hdr <= step)
+    assert png.std() > 5  # the preview is not blank
+
+
+def test_default_name_and_folder(bracket, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--tonemap', 'mu', '--tile', '64', '-q'])
+    assert rc == 0, cap.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['medium_hdr.exr', 'medium_hdr.hdr', 'medium_hdr.png']
+
+
+def test_merge_equals_direct_network_call(bracket, jpeg_result):
+    # Times normalised by the shortest (1, 4, 16), H = X**2.2 / (t + 1e-8), input cat([H, X]) in BGR.
+    assert jpeg_result.bracket.times_source == 'exif'
+    np.testing.assert_allclose(jpeg_result.bracket.times, [1, 4, 16], rtol=1e-12)
+    xs = []
+    for path, t in zip(bracket['jpg'], (1.0, 4.0, 16.0)):
+        x = torch.from_numpy(read_ldr(path)).permute(2, 0, 1)[None]
+        xs.append(torch.cat([x ** 2.2 / (t + 1e-8), x], 1))
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        ref = AHDR().eval()(*xs)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(jpeg_result.hdr, ref, rtol=0, atol=2e-6)
+
+
+def test_shuffled_inputs_are_sorted(bracket, jpeg_result, caplog):
+    short, medium, long_ = bracket['jpg']
+    with caplog.at_level(logging.WARNING):
+        res = merge([long_, short, medium], 'AHDRNet', bracket['ckpt'])
+    assert res.bracket.order == [1, 2, 0] and res.bracket.reordered
+    assert res.bracket.paths == [short, medium, long_]
+    np.testing.assert_array_equal(res.hdr, jpeg_result.hdr)
+    assert 'sorted by exposure time' in caplog.text and 'long.jpg' in caplog.text
+
+
+def test_strict_order_refuses_shuffled(bracket, tmp_path, capsys):
+    short, medium, long_ = bracket['jpg']
+    rc, cap = _run(capsys, ['--inputs', medium, short, long_, '--network', 'AHDRNet', '--checkpoint',
+                            bracket['ckpt'], '--output_dir', tmp_path, '--strict_order'])
+    assert rc == 2 and '--strict_order' in cap.err and 'short.jpg' in cap.err
+    assert not any(tmp_path.iterdir())
+
+
+def test_tiff16_with_exposures_seconds_and_stops(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, ['--inputs', *bracket['tif'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--exposures', '1/100', '0.04', '4/25', '--output_dir', tmp_path, '--name', 'tif'])
+    assert rc == 0, cap.err
+    hdr_seconds = read_exr(tmp_path / 'tif.exr')
+    res = merge(bracket['tif'], 'AHDRNet', bracket['ckpt'], exposures=['0', '2', '4'], exposures_in='stops')
+    assert res.bracket.times_source == 'stops'
+    np.testing.assert_array_equal(res.bracket.times, [1.0, 4.0, 16.0])
+    np.testing.assert_allclose(res.hdr, hdr_seconds, rtol=0, atol=1e-5)
+    # --exposures overrides EXIF: the TIFFs have none, and the JPEGs' EXIF would give the same times.
+    assert all(read_exposure_time(p) is None for p in bracket['tif'])
+
+
+def test_gamma_other_than_22_warns_and_changes_output(bracket, jpeg_result, caplog):
+    with caplog.at_level(logging.WARNING):
+        res = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], gamma=2.0)
+    assert 'trained with inputs linearised by gamma 2.2' in caplog.text
+    assert np.abs(res.hdr - jpeg_result.hdr).max() > 1e-4
+
+
+def test_align_runs(bracket):
+    res = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], align=True)
+    assert res.aligned and res.hdr.shape == (H, W, 3) and np.isfinite(res.hdr).all()
+
+
+# ------------------------------------------------------------------------------------------ clear errors
+
+def _args(bracket, inputs, *extra):
+    return ['--inputs', *inputs, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'], *extra]
+
+
+def test_error_missing_file(bracket, tmp_path, capsys):
+    missing = tmp_path / 'nope.jpg'
+    rc, cap = _run(capsys, _args(bracket, [bracket['jpg'][0], missing, bracket['jpg'][2]], '--output_dir', tmp_path))
+    assert rc == 2 and 'nope.jpg' in cap.err and 'does not exist' in cap.err
+
+
+def test_error_unreadable_file(bracket, tmp_path, capsys):
+    bad = tmp_path / 'broken.jpg'
+    bad.write_bytes(b'this is not a JPEG')
+    rc, cap = _run(capsys, _args(bracket, [bracket['jpg'][0], bracket['jpg'][1], bad], '--output_dir', tmp_path))
+    assert rc == 2 and 'broken.jpg' in cap.err
+
+
+def test_error_sizes_differ(bracket, tmp_path, capsys):
+    small = tmp_path / 'small.jpg'
+    _save_jpeg(small, _ldr(_radiance()[:40], 16.0), EXIF_TIMES[2])
+    rc, cap = _run(capsys, _args(bracket, [*bracket['jpg'][:2], small], '--output_dir', tmp_path))
+    assert rc == 2 and 'small.jpg is 64x40' in cap.err and 'medium.jpg is 64x48' in cap.err
+
+
+@pytest.mark.parametrize('n', [2, 4])
+def test_error_not_three_inputs(bracket, tmp_path, capsys, n):
+    inputs = (bracket['jpg'] + bracket['jpg'])[:n]
+    rc, cap = _run(capsys, _args(bracket, inputs, '--output_dir', tmp_path))
+    assert rc == 2 and 'exactly 3 frames' in cap.err and f'got {n}' in cap.err
+
+
+def test_error_no_exif_and_no_exposures(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['tif'], '--output_dir', tmp_path))
+    assert rc == 2 and 'no EXIF ExposureTime' in cap.err and '--exposures' in cap.err
+    assert all(str(p) in cap.err for p in bracket['tif'])
+
+
+def test_error_wrong_number_of_exposures(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['tif'], '--exposures', '1', '2', '--output_dir', tmp_path))
+    assert rc == 2 and 'expected 3 values' in cap.err
+
+
+def test_error_equal_exposures(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['tif'], '--exposures', '1/100', '1/25', '0.04',
+                                 '--output_dir', tmp_path))
+    assert rc == 2 and 'same exposure' in cap.err and 'medium.tif' in cap.err and 'long.tif' in cap.err
+
+
+def test_error_equal_exif_exposures(bracket, tmp_path):
+    twin = tmp_path / 'twin.jpg'
+    _save_jpeg(twin, _ldr(_radiance(), 4.0), EXIF_TIMES[1])
+    with pytest.raises(MergeError, match='twin.jpg'):
+        load_bracket([bracket['jpg'][0], bracket['jpg'][1], twin])
+
+
+@pytest.mark.parametrize('state', ['other_width', 'foreign_keys'])
+def test_error_checkpoint_does_not_match(bracket, tmp_path, capsys, state):
+    ckpt = tmp_path / f'{state}.pth'
+    sd = AHDR(nFeat=16).state_dict() if state == 'other_width' else {'encoder.weight': torch.zeros(3)}
+    torch.save({'state_dict': sd}, ckpt)
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', ckpt,
+                            '--output_dir', tmp_path])
+    assert rc == 2 and f'{state}.pth' in cap.err and 'does not match AHDR' in cap.err
+    assert not list(tmp_path.glob('*.hdr'))
+
+
+def test_error_missing_checkpoint(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint',
+                            tmp_path / 'absent.pth', '--output_dir', tmp_path])
+    assert rc == 2 and 'absent.pth' in cap.err
+
+
+def test_error_bad_tile_overlap(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--tile', '32', '--tile_overlap', '32'))
+    assert rc == 2 and '--tile_overlap' in cap.err
+
+
+def test_bad_flag_returns_2_not_exit(capsys):
+    assert main(['--inputs', 'a.jpg', '--network', 'NoSuchNet', '--checkpoint', 'c.pth']) == 2
+    assert 'NoSuchNet' in capsys.readouterr().err

@@ -1,0 +1,393 @@
+"""Merge a user's own three-exposure bracket into an HDR image with a trained SelfHDR backbone.
+
+    python tools/merge_brackets.py --inputs a.jpg b.jpg c.jpg --network AHDRNet \
+        --checkpoint pretrained_models/ahdrnet_stage2/SelfHDR_model_1.pth [--output_dir D] [--name N]
+
+Inputs: exactly three frames of one scene, 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
+(``util.hdr_io.read_ldr``). Outputs in ``--output_dir`` (default: the current folder):
+``<name>.hdr`` and ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1)) and a
+tone-mapped 8-bit preview ``<name>.png``. ``<name>`` defaults to the medium frame's file name + ``_hdr``.
+
+Behaviour, and the choices made here:
+
+* **Exposure times** come from EXIF ``ExposureTime`` (Exif sub-IFD, or IFD0 as some TIFF writers
+  store it) unless ``--exposures`` is given, in seconds (``1/100`` or ``0.01``) or, with
+  ``--exposures_in stops``, in stops (``t = 2 ** value``). They are divided by the shortest, so the
+  short frame has ``t = 1``: the networks were trained on that radiance scale (Kalantari's data).
+* **Order.** Frames are sorted by exposure time (short, medium, long; the medium is the reference
+  whose geometry the output keeps). When the given order differs, a warning lists the order used.
+  ``--strict_order`` refuses instead (exit code 2), for scripts that must not be second-guessed.
+* **Linearisation** ``H = X ** gamma / (t + 1e-8)`` and network input ``cat([H, X])``, as in
+  training. ``--gamma`` (default 2.2) approximates the camera's response; the networks were trained
+  with 2.2, so other values warn. JPEGs carry an unknown camera tone curve and 8-bit quantisation,
+  so results are an approximation of what the networks see on 16-bit TIFFs.
+* **Alignment** (``--align``) warps short and long onto the medium frame with ``util.align``
+  before the network. FSHDR expects aligned inputs (a warning says so when it is off); AHDRNet,
+  HDR-Transformer and SCTNet deghost by themselves.
+* Transformer backbones get the release's test-time reflection padding (``util.tiling.padded_forward``);
+  ``--tile N`` runs overlapping tiles (``util.tiling.tiled_forward``) to bound memory on large photos.
+* **Preview** operator ``--tonemap``: ``display`` (default; MATLAB-like local operator, readable for any
+  scene), ``reinhard``, or ``mu`` (the mu-law of the losses and of the release's PNGs).
+
+Errors a user can cause (missing or unreadable file, sizes that differ, not three inputs, no exposure
+times, equal exposures, a checkpoint that does not fit the network, ...) exit with code 2 and a message
+naming the file. ``main(argv) -> int`` and ``merge(...)`` are importable.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+# Allow `python tools/merge_brackets.py` from the repository root as well as `python -m tools.merge_brackets`.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from util.colour import EPS_T, GAMMA  # noqa: E402
+from util.hdr_io import read_ldr, write_exr, write_hdr  # noqa: E402
+from util.tonemap import OPERATORS, tonemap, write_png  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+__all__ = ['MergeError', 'BracketFrames', 'MergeResult', 'read_exposure_time', 'parse_exposures',
+           'load_bracket', 'merge', 'write_outputs', 'build_parser', 'main']
+
+EXIF_IFD = 0x8769        # pointer to the Exif sub-IFD
+EXPOSURE_TIME = 0x829A   # ExposureTime, seconds, RATIONAL
+N_FRAMES = 3
+EXIT_USAGE = 2
+
+
+class MergeError(ValueError):
+    """A problem with the user's inputs (files, exposure times, options); the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------
+# exposure times
+# ----------------------------------------------------------------------------------------------
+
+def _exif_value_to_seconds(value, path: Path) -> float:
+    """EXIF RATIONAL (Pillow's IFDRational, a (num, den) pair, or a plain number) -> seconds."""
+    raw = value
+    if isinstance(value, (tuple, list)):
+        if len(value) == 2 and all(isinstance(v, int) for v in value):
+            num, den = value
+            value = num / den if den else math.nan
+        elif len(value) >= 1:
+            return _exif_value_to_seconds(value[0], path)  # several values: the first is the frame's
+        else:
+            value = math.nan
+    elif isinstance(value, bytes):
+        value = value.decode('ascii', errors='replace').strip('\x00 ')
+    try:
+        seconds = float(Fraction(value)) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise MergeError(f'{path}: EXIF ExposureTime {raw!r} is not a positive number of seconds; '
+                         'pass the times with --exposures')
+    return seconds
+
+
+def read_exposure_time(path) -> float | None:
+    """Exposure time in seconds from the file's EXIF ``ExposureTime``; None when the file has none.
+
+    Looks in the Exif sub-IFD (JPEG, camera TIFFs) and then IFD0 (some TIFF writers put it there).
+    Raises :class:`MergeError` when the tag exists but holds no valid time.
+    """
+    from PIL import Image, UnidentifiedImageError  # lazy: only EXIF reading needs Pillow
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            value = exif.get_ifd(EXIF_IFD).get(EXPOSURE_TIME)
+            if value is None:
+                value = exif.get(EXPOSURE_TIME)
+            if value is None and img.format == 'PNG':
+                img.load()  # a PNG's eXIf chunk may follow the image data
+                exif = img.getexif()
+                value = exif.get_ifd(EXIF_IFD).get(EXPOSURE_TIME, exif.get(EXPOSURE_TIME))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # OpenCV may still read frames Pillow cannot parse; they just have no usable EXIF.
+        logger.debug('%s: no EXIF read (%s)', path, exc)
+        return None
+    if value is None:
+        return None
+    return _exif_value_to_seconds(value, path)
+
+
+def parse_exposures(values: Sequence, unit: str = 'seconds') -> list[float]:
+    """``--exposures`` values -> exposure times in seconds (``unit='seconds'``; fractions such as
+    ``1/100`` allowed) or relative times ``2 ** v`` (``unit='stops'``)."""
+    if unit not in ('seconds', 'stops'):
+        raise MergeError(f"--exposures_in must be 'seconds' or 'stops', got {unit!r}")
+    times = []
+    for v in values:
+        try:
+            number = float(Fraction(str(v).strip()))
+        except (ValueError, ZeroDivisionError):
+            raise MergeError(f'--exposures: {v!r} is not a number') from None
+        if not math.isfinite(number):
+            raise MergeError(f'--exposures: {v!r} is not finite')
+        if unit == 'seconds':
+            if number <= 0:
+                raise MergeError(f'--exposures: exposure time {v!r} s must be positive')
+            times.append(number)
+        else:
+            times.append(2.0 ** number)
+    return times
+
+
+# ----------------------------------------------------------------------------------------------
+# reading the bracket
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class BracketFrames:
+    """Three frames sorted short, medium, long, with their times (``times[0] == 1``)."""
+
+    paths: list[Path]               # sorted order
+    frames: list[np.ndarray]        # H x W x 3 BGR float32 in [0, 1], sorted order
+    times: np.ndarray               # float64 (3,), normalised by the shortest
+    times_source: str               # 'exif', 'seconds' or 'stops'
+    order: list[int]                # order[k] = index in the given inputs of the k-th sorted frame
+    raw_times: list[float] = field(default_factory=list)  # as read/given, in the given input order
+
+    @property
+    def reordered(self) -> bool:
+        return self.order != list(range(len(self.order)))
+
+
+def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_in: str = 'seconds',
+                 strict_order: bool = False) -> BracketFrames:
+    """Read three frames and their exposure times, check them, sort them by exposure time."""
+    paths = [Path(p) for p in inputs]
+    if len(paths) != N_FRAMES:
+        raise MergeError(f'--inputs: expected exactly {N_FRAMES} frames (short, medium, long exposure), '
+                         f'got {len(paths)}: {", ".join(map(str, paths)) or "none"}')
+    for p in paths:
+        if not p.is_file():
+            raise MergeError(f'{p}: file does not exist' if not p.exists() else f'{p}: not a regular file')
+    frames = [read_ldr(p) for p in paths]  # ImageReadError names the file
+    shapes = {tuple(f.shape[:2]) for f in frames}
+    if len(shapes) != 1:
+        sizes = ', '.join(f'{p} is {f.shape[1]}x{f.shape[0]}' for p, f in zip(paths, frames))
+        raise MergeError(f'frames differ in size ({sizes}); all three must have the same width and height')
+
+    if exposures is not None:
+        if len(exposures) != N_FRAMES:
+            raise MergeError(f'--exposures: expected {N_FRAMES} values, one per input, got {len(exposures)}')
+        raw = parse_exposures(exposures, exposures_in)
+        source = exposures_in
+    else:
+        raw = [read_exposure_time(p) for p in paths]
+        missing = [str(p) for p, t in zip(paths, raw) if t is None]
+        if missing:
+            raise MergeError(f'{", ".join(missing)}: no EXIF ExposureTime; give the times with --exposures '
+                             '(seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
+        source = 'exif'
+
+    for i in range(N_FRAMES):
+        for j in range(i + 1, N_FRAMES):
+            if math.isclose(raw[i], raw[j], rel_tol=1e-6):
+                raise MergeError(f'{paths[i]} and {paths[j]} have the same exposure ({raw[i]:g} '
+                                 f'{"s" if source != "stops" else "relative"}); a bracket needs three '
+                                 'different exposures')
+
+    order = sorted(range(N_FRAMES), key=lambda k: raw[k])
+    if order != list(range(N_FRAMES)):
+        used = ', '.join(f'{name} = {paths[k]} ({raw[k]:g})' for name, k in zip(('short', 'medium', 'long'), order))
+        if strict_order:
+            raise MergeError(f'--strict_order: inputs are not given short, medium, long; by exposure they are {used}')
+        logger.warning('inputs were not in short, medium, long order; sorted by exposure time: %s', used)
+    times = np.array([raw[k] for k in order], dtype=np.float64)
+    times = times / times[0]  # the networks expect t_short = 1 (training data's radiance scale)
+    return BracketFrames(paths=[paths[k] for k in order], frames=[frames[k] for k in order], times=times,
+                         times_source=source, order=order, raw_times=list(raw))
+
+
+# ----------------------------------------------------------------------------------------------
+# merging
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class MergeResult:
+    """The merged radiance (H x W x 3 BGR float32, short exposure's scale) and how it was made."""
+
+    hdr: np.ndarray
+    bracket: BracketFrames
+    network: str
+    gamma: float
+    aligned: bool
+
+
+def _build_inputs(frames, times, gamma: float):
+    """Per frame the network input ``cat([X ** gamma / (t + 1e-8), X])`` as a (1, 6, H, W) tensor."""
+    import torch
+
+    inputs = []
+    for x, t in zip(frames, times):
+        x = np.asarray(x, dtype=np.float32)
+        h = np.power(x, np.float32(gamma)) / np.float32(float(t) + EPS_T)
+        six = np.concatenate([h, x], axis=2).transpose(2, 0, 1)  # (6, H, W): linear first, LDR second
+        inputs.append(torch.from_numpy(np.ascontiguousarray(six)).unsqueeze(0))  # (1, 6, H, W)
+    return inputs
+
+
+def _load_network(network: str, checkpoint, device):
+    from models.base_model import load_backbone_state
+    from models.networks import NETWORKS, define_network
+
+    if network not in NETWORKS:
+        raise MergeError(f"--network '{network}' is unknown; available: {', '.join(NETWORKS)}")
+    try:
+        net = define_network(network)
+    except ImportError as exc:
+        raise MergeError(f'--network {network}: backbone module {NETWORKS[network][0]} cannot be imported '
+                         f'({exc})') from exc
+    load_backbone_state(net, str(checkpoint), device='cpu')  # CheckpointError names the file and keys
+    return net.eval().to(device)
+
+
+def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
+          exposures_in: str = 'seconds', gamma: float = GAMMA, device: str = 'cpu', tile: int = 0,
+          tile_overlap: int = 32, align: bool = False, strict_order: bool = False) -> MergeResult:
+    """Merge three exposures into HDR radiance with a trained backbone. See the module docstring.
+
+    Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
+    :class:`models.base_model.CheckpointError` for a checkpoint that does not fit ``network``.
+    """
+    import torch
+
+    from models.networks import PADDED_NETWORKS
+    from util.tiling import padded_forward, tiled_forward
+
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise MergeError(f'--gamma must be a positive number, got {gamma}')
+    if gamma != GAMMA:
+        logger.warning('--gamma %g: the networks were trained with inputs linearised by gamma %g; other values '
+                       'change the radiance the network sees', gamma, GAMMA)
+    if tile < 0 or (tile > 0 and not 0 <= tile_overlap < tile):
+        raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise MergeError(f'--device {device}: CUDA is not available on this machine; use --device cpu')
+    if network == 'FSHDR' and not align:
+        logger.warning('FSHDR was trained on aligned frames; consider --align for dynamic scenes')
+
+    bracket = load_bracket(inputs, exposures, exposures_in, strict_order)
+    logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s)',
+                ', '.join(map(str, bracket.paths)), ', '.join(f'{t:g}' for t in bracket.times),
+                bracket.times_source)
+    frames = bracket.frames
+    if align:
+        from util.align import align_frames
+
+        frames = list(align_frames(*frames, bracket.times).frames)
+
+    net = _load_network(network, checkpoint, device)
+    xs = [x.to(device) for x in _build_inputs(frames, bracket.times, gamma)]
+    fn = partial(padded_forward, net, multiple=8, mode='release') if network in PADDED_NETWORKS else net
+    height, width = frames[0].shape[:2]
+    with torch.inference_mode():
+        try:
+            out = tiled_forward(fn, xs, tile, tile_overlap)
+        except ValueError as exc:  # e.g. a frame too small for the transformers' padding
+            raise MergeError(f'{bracket.paths[1]}: {network} cannot process {width}x{height} frames ({exc})') from exc
+    hdr = out[0].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) BGR
+    if not np.isfinite(hdr).all():
+        raise MergeError(f'{checkpoint}: the network produced NaN/Inf values (broken checkpoint?)')
+    return MergeResult(hdr=np.ascontiguousarray(hdr, dtype=np.float32), bracket=bracket, network=network,
+                       gamma=gamma, aligned=align)
+
+
+def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
+                  preview_exposure: float = 0.0) -> dict[str, Path]:
+    """Write ``<name>.hdr``, ``<name>.exr`` and the tone-mapped ``<name>.png``; return their paths."""
+    if operator not in OPERATORS:
+        raise MergeError(f'--tonemap {operator!r} is unknown; choose from {sorted(OPERATORS)}')
+    if not name or Path(name).name != name:
+        raise MergeError(f'--name {name!r} must be a plain file name without folders')
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MergeError(f'{output_dir}: cannot create the output folder ({exc})') from exc
+    paths = {ext: output_dir / f'{name}.{ext}' for ext in ('hdr', 'exr', 'png')}
+    write_hdr(paths['hdr'], result.hdr)
+    write_exr(paths['exr'], result.hdr)
+    write_png(paths['png'], tonemap(result.hdr, operator, exposure=preview_exposure))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from models.networks import NETWORKS
+
+    p = argparse.ArgumentParser(description='Merge a three-exposure bracket (JPEG/PNG/TIFF) into HDR with a '
+                                            'trained SelfHDR backbone.')
+    p.add_argument('--inputs', type=str, nargs='+', required=True,
+                   help='three frames of one scene (any order; they are sorted by exposure time)')
+    p.add_argument('--network', type=str, required=True, choices=list(NETWORKS), help='backbone of the checkpoint')
+    p.add_argument('--checkpoint', type=str, required=True,
+                   help="release-format checkpoint {'state_dict': ...}, e.g. SelfHDR_model_1.pth")
+    p.add_argument('--exposures', type=str, nargs='+', default=None,
+                   help='exposure of each input, in --inputs order (default: EXIF ExposureTime)')
+    p.add_argument('--exposures_in', type=str, default='seconds', choices=['seconds', 'stops'],
+                   help='unit of --exposures: seconds (1/100 or 0.01) or stops (t = 2**value)')
+    p.add_argument('--strict_order', action='store_true',
+                   help='refuse inputs not given short, medium, long instead of sorting them')
+    p.add_argument('--gamma', type=float, default=GAMMA,
+                   help='camera gamma for linearisation X**gamma / t (the networks were trained with 2.2)')
+    p.add_argument('--align', action='store_true',
+                   help='align short and long frames to the medium one first (util.align; advised for FSHDR)')
+    p.add_argument('--output_dir', type=str, default='.', help='folder for the outputs (created if needed)')
+    p.add_argument('--name', type=str, default=None,
+                   help='output file name without extension (default: <medium frame name>_hdr)')
+    p.add_argument('--tonemap', type=str, default='display', choices=sorted(OPERATORS),
+                   help='operator of the PNG preview: display (MATLAB-like), reinhard, or mu (mu-law)')
+    p.add_argument('--preview_exposure', type=float, default=0.0, help='exposure of the preview, in stops')
+    p.add_argument('--device', type=str, default='cpu', choices=['cpu', 'cuda'], help='where the network runs')
+    p.add_argument('--tile', type=int, default=0, help='tile side in pixels for bounded memory (0: whole image)')
+    p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
+    p.add_argument('-q', '--quiet', action='store_true', help='only warnings and errors')
+    return p
+
+
+def main(argv=None) -> int:
+    from models.base_model import CheckpointError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad flags, 0 on --help; return it instead
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='%(levelname)s %(message)s')
+    try:
+        result = merge(args.inputs, args.network, args.checkpoint, exposures=args.exposures,
+                       exposures_in=args.exposures_in, gamma=args.gamma, device=args.device, tile=args.tile,
+                       tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order)
+        name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
+        paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure)
+    except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
+        print(f'error: {exc}', file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        print('wrote ' + ', '.join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
