@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import data
 import models
+from models.base_model import CheckpointError
 from options.test_options import TestOptions
 from util import metrics
 from util.hdr_io import write_hdr
@@ -144,14 +145,19 @@ def main(argv=None):
                      os.path.join(opt.checkpoints_dir, opt.name))
         return 2
     model = models.create_model(opt)
-    model.setup(opt)
-    model.eval()
     summaries = []
-    for epoch in opt.load_iter:
-        if epoch > 0 or opt.load_path:
-            model.load_networks(epoch)
-        for dataset_name in opt.dataset_name:
-            summaries.append(evaluate(model, opt, dataset_name, epoch))
+    try:
+        model.setup(opt)
+        model.eval()
+        for epoch in opt.load_iter:
+            if epoch > 0 or opt.load_path:
+                model.load_networks(epoch)
+            for dataset_name in opt.dataset_name:
+                summaries.append(evaluate(model, opt, dataset_name, epoch))
+    except CheckpointError as exc:
+        # a missing or mismatched checkpoint is a user error: a clear message and a failing exit status
+        logger.error('%s', exc)
+        return 1
     print_table(summaries)
     return 0
 

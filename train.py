@@ -1,8 +1,10 @@
 """Train a SelfHDR model (stage 1, stage 2 or the supervised baseline).
 
     python train.py --dataroot D --dataset_name sig17align --model selfhdr1 --network AHDRNet --name run ...
-    torchrun --nproc_per_node 2 train.py ...        # DistributedDataParallel (NCCL on GPUs, gloo on CPU)
+    torchrun --nproc_per_node 2 train.py ...        # DistributedDataParallel (NCCL on GPUs, gloo on CPU);
+                                                    # --batch_size stays the global batch, split over the ranks
 """
+import copy
 import logging
 import os
 import sys
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 import data
 import models
-from models.base_model import NonFiniteLossError
+from models.base_model import CheckpointError, NonFiniteLossError
 from options.train_options import TrainOptions
 from util import metrics
 from util.visualizer import Visualizer, setup_logging
@@ -71,10 +73,17 @@ def train(opt):
     dataset_name = opt.dataset_name[0]
     train_set = data.create_dataset(dataset_name, 'train', opt)
     sampler = None
+    loader_opt = opt
     if opt.distributed:
+        # --batch_size is the global batch: each rank loads its share, so an epoch keeps --iters_per_epoch steps
+        # of --batch_size crops (the single-process protocol) whatever the number of processes.
+        if opt.batch_size % opt.world_size:
+            raise ValueError(f'--batch_size {opt.batch_size} is not divisible by the {opt.world_size} processes')
         sampler = torch.utils.data.distributed.DistributedSampler(train_set, shuffle=opt.shuffle, seed=opt.seed,
                                                                   drop_last=opt.drop_last)
-    train_loader = data.create_dataloader(train_set, opt, 'train', sampler=sampler)
+        loader_opt = copy.copy(opt)
+        loader_opt.batch_size = opt.batch_size // opt.world_size
+    train_loader = data.create_dataloader(train_set, loader_opt, 'train', sampler=sampler)
     val_loader = None
     if opt.calc_metrics and main:
         try:
@@ -96,6 +105,7 @@ def train(opt):
             model.augment_noise.calls = (epoch - 1) * iters  # the release's global counter, as if never stopped
         model.train()
         epoch_start = data_start = time.time()
+        epoch_loss = 0.0
         progress = tqdm(train_loader, desc=f'epoch {epoch}/{total_epochs}', disable=not main, leave=False)
         for i, batch in enumerate(progress, start=1):
             t_data = time.time() - data_start
@@ -103,6 +113,7 @@ def train(opt):
             model.set_input(batch)
             try:
                 model.optimize_parameters()
+                epoch_loss += float(model.loss_Total.detach())
             except NonFiniteLossError as exc:
                 raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped, the last saved '
                                          f'checkpoint in {model.save_dir} is intact') from None
@@ -120,7 +131,15 @@ def train(opt):
             metric = validate(model, val_loader)
             visualizer.log_scalar('val/psnr_mu', metric, epoch,
                                   f'epoch {epoch}: validation PSNR-mu {metric:.3f} dB')
-        lr = model.update_learning_rate(epoch, metric)
+        # The plateau policy ('min') watches the epoch's mean training loss, averaged over the ranks.
+        plateau_value = None
+        if opt.lr_policy == 'plateau':
+            shared = torch.tensor([epoch_loss / max(1, iters)], device=model.device)
+            if opt.distributed:
+                dist.all_reduce(shared)
+                shared /= opt.world_size
+            plateau_value = shared.item()
+        lr = model.update_learning_rate(epoch, plateau_value)
         if main:
             logger.info('end of epoch %d / %d (%.1f s), learning rate %.3e', epoch, total_epochs,
                         time.time() - epoch_start, lr)
@@ -139,7 +158,7 @@ def main(argv=None):
         setup_logging(level=logging.WARNING)
     try:
         train(opt)
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, CheckpointError) as exc:
         logger.error('%s', exc)
         return 1
     finally:

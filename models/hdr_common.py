@@ -63,7 +63,7 @@ class HDRBackboneModel(BaseModel):
         self.forward()
         total = self.compute_losses()
         if not torch.isfinite(total.detach()).all():
-            values = ', '.join(f'{n}={float(getattr(self, "loss_" + n)):.4g}' for n in self.loss_names)
+            values = ', '.join(f'{n}={float(getattr(self, "loss_" + n).detach()):.4g}' for n in self.loss_names)
             raise NonFiniteLossError(f'non-finite loss ({values})')
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)

@@ -40,3 +40,10 @@ def make_opt(**overrides):
 @pytest.fixture
 def opt_factory():
     return make_opt
+
+
+@pytest.fixture(scope='session')
+def tiny_dataroot(tmp_path_factory):
+    """A 48 x 64 SIGGRAPH17-layout data set (3 training, 2 test scenes, with the _align folders); see tiny_data.py."""
+    from tiny_data import make_tiny_dataset
+    return make_tiny_dataset(tmp_path_factory.mktemp('tiny_sig17'))

@@ -1,0 +1,203 @@
+"""End to end per model (selfhdr1, selfhdr2, supervised) on tiny batches of the tiny data set.
+
+set_input -> optimize_parameters -> finite losses whose names resolve -> save -> load into a fresh model -> the same
+test output; a short fit lowers the loss; stage 2's training noise; the supervised label; a NaN loss stops before
+the optimizer step.
+"""
+import numpy as np
+import pytest
+import torch
+
+import data
+from models import create_model
+from models.base_model import NonFiniteLossError
+from models.losses import AugmentNoise
+from tiny_data import TRAIN_SCENES, make_stand_in_structure_labels, single_thread, tiny_opt, use_tiny_backbone
+from util.hdr_io import read_hdr
+
+MODELS = ('selfhdr1', 'selfhdr2', 'supervised')
+
+
+@pytest.fixture(autouse=True)
+def tiny_backbone(monkeypatch):
+    use_tiny_backbone(monkeypatch)
+    with single_thread():
+        yield
+
+
+@pytest.fixture(scope='module')
+def stru_dir(tiny_dataroot, tmp_path_factory):
+    return make_stand_in_structure_labels(tiny_dataroot, tmp_path_factory.mktemp('stru'))
+
+
+def make_opt(model, root, ckpt, stru_dir, **flags):
+    if model == 'selfhdr2':
+        flags.setdefault('stru_lable_path', stru_dir)
+    return tiny_opt(root, ckpt, f'{model}_run', model, **flags)
+
+
+def train_batch(opt, batch_size=2, seed=0):
+    """One fixed training batch (random crops drawn under a fixed seed)."""
+    torch.manual_seed(seed)
+    dataset = data.create_dataset('sig17align', 'train', opt)
+    return next(iter(torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)))
+
+
+def eval_batch(opt):
+    dataset = data.create_dataset('sig17align', 'test', opt)
+    return next(iter(torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False)))
+
+
+def build(opt, seed=0):
+    torch.manual_seed(seed)
+    model = create_model(opt)
+    model.setup(opt)
+    return model
+
+
+def weights(model):
+    return {k: v.detach().clone() for k, v in model.netSelfHDR.state_dict().items()}
+
+
+@pytest.mark.parametrize('model_name', MODELS)
+def test_step_save_load_test(model_name, tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt(model_name, tiny_dataroot, tmp_path, stru_dir)
+    model = build(opt)
+    batch = train_batch(opt)
+    before = weights(model)
+    model.set_input(batch)
+    model.optimize_parameters()
+
+    losses = model.get_current_losses()
+    assert list(losses) == model.loss_names and 'Total' in losses
+    assert all(np.isfinite(v) and v > 0 for v in losses.values()), losses
+    parts = sum(v for k, v in losses.items() if k != 'Total')
+    assert losses['Total'] == pytest.approx(parts, rel=1e-6)
+    visuals = model.get_current_visuals()
+    assert set(visuals) <= set(model.visual_names) and visuals['data_out'].shape == (2, 3, 32, 32)
+    after = weights(model)
+    assert any(not torch.equal(before[k], after[k]) for k in before), 'the optimizer step changed nothing'
+
+    model.save_networks(1)
+    path = tmp_path / opt.name / 'SelfHDR_model_1.pth'
+    content = torch.load(path, weights_only=True)
+    assert list(content) == ['state_dict']
+    assert list(content['state_dict']) == list(after)
+    assert all(torch.equal(content['state_dict'][k], after[k]) for k in after)
+
+    fresh = build(tiny_opt(tiny_dataroot, tmp_path, opt.name, model_name, is_train=False, load_iter=1), seed=5)
+    assert fresh.optimizers == [] and not hasattr(fresh, 'criterionL1')
+    fresh.eval()
+    model.eval()
+    sample = eval_batch(opt)
+    fresh.set_input(sample)
+    fresh.test()
+    model.set_input(sample)
+    model.test()
+    assert fresh.data_out.shape == (1, 3, 48, 64)
+    assert torch.equal(fresh.data_out, model.data_out)
+    assert not fresh.data_out.requires_grad and torch.isfinite(fresh.data_out).all()
+
+
+@pytest.mark.parametrize('model_name', MODELS)
+def test_short_fit_lowers_loss(model_name, tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt(model_name, tiny_dataroot, tmp_path, stru_dir, lr=2e-3)
+    model = build(opt)
+    batch = train_batch(opt)
+    totals = []
+    for _ in range(20):
+        model.set_input(batch)
+        model.optimize_parameters()
+        totals.append(model.get_current_losses()['Total'])
+    assert np.isfinite(totals).all()
+    assert np.mean(totals[-3:]) < 0.8 * totals[0], totals
+
+
+def test_listed_names_resolve_at_setup(tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt('selfhdr1', tiny_dataroot, tmp_path, stru_dir)
+    torch.manual_seed(0)
+    model = create_model(opt)
+    model.loss_names = model.loss_names + ['StruExpn']  # a typo
+    with pytest.raises(AttributeError, match='StruExpn'):
+        model.setup(opt)
+
+
+def test_stage2_noise_on_medium_ldr_in_training_only(tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt('selfhdr2', tiny_dataroot, tmp_path, stru_dir)
+    model = build(opt)
+    seen = []
+    model.netSelfHDR.register_forward_pre_hook(lambda module, args: seen.append([a.detach().clone() for a in args]))
+    batch = train_batch(opt)
+    assert model.augment_noise.calls == 0
+    for step in (1, 2):
+        model.set_input(batch)
+        model.optimize_parameters()
+        assert model.augment_noise.calls == step
+
+    reference = AugmentNoise('gauss0.5')
+    t_mid = batch['expo'][:, 1].view(-1, 1, 1, 1)
+    for step, (in0, in1, in2) in enumerate(seen, start=1):
+        assert torch.equal(in0, batch['input0']) and torch.equal(in2, batch['input2'])
+        reference.calls = step - 1  # the release's generator is seeded with the call count
+        noisy_ldr = (batch['input1'][:, 3:] + reference(batch['input1'][:, 3:].shape)).clamp(0, 1)
+        torch.testing.assert_close(in1[:, 3:], noisy_ldr, rtol=0, atol=1e-7)
+        torch.testing.assert_close(in1[:, :3], noisy_ldr ** 2.2 / (t_mid + 1e-8), rtol=1e-5, atol=1e-7)
+        assert not torch.equal(in1, batch['input1'])
+    assert not torch.equal(seen[0][1], seen[1][1])  # a new draw each step
+
+    seen.clear()
+    model.eval()
+    model.set_input(batch)
+    model.test()
+    assert model.augment_noise.calls == 2  # evaluation draws no noise
+    assert all(torch.equal(a, batch[f'input{i}']) for i, a in enumerate(seen[0]))
+
+
+def test_stage2_without_noise(tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt('selfhdr2', tiny_dataroot, tmp_path, stru_dir, noise='none')
+    model = build(opt)
+    assert model.augment_noise is None
+    batch = train_batch(opt)
+    model.set_input(batch)
+    assert all(torch.equal(a, batch[f'input{i}']) for i, a in enumerate(model.network_inputs()))
+
+
+def test_supervised_label_is_ground_truth(tiny_dataroot, stru_dir, tmp_path):
+    """`--model supervised` sets opt.supervised, so the data set takes Training/*/HDRImg.hdr; stage 1 Y_color."""
+    sup = make_opt('supervised', tiny_dataroot, tmp_path, stru_dir)
+    selfsup = make_opt('selfhdr1', tiny_dataroot, tmp_path, stru_dir)
+    assert sup.supervised is True and not getattr(selfsup, 'supervised', False)
+    sup_set = data.create_dataset('sig17align', 'train', sup)
+    self_set = data.create_dataset('sig17align', 'train', selfsup)
+    for scene in TRAIN_SCENES:
+        truth = read_hdr(tiny_dataroot / 'Training' / scene / 'HDRImg.hdr')
+        colour = read_hdr(tiny_dataroot / 'Training_align' / scene / 'HDRImg.hdr')
+        np.testing.assert_array_equal(sup_set.labels[scene], truth)
+        np.testing.assert_array_equal(self_set.labels[scene], colour)
+        assert not np.array_equal(truth, colour)
+
+    model = build(sup)
+    torch.manual_seed(3)
+    sample = sup_set[0]  # scene 001, a random crop: the label must be that crop of the ground truth
+    truth = torch.from_numpy(read_hdr(tiny_dataroot / 'Training' / '001' / 'HDRImg.hdr')).permute(2, 0, 1)
+    batch = torch.utils.data.default_collate([sample])
+    model.set_input(batch)
+    label = model.label[0]
+    hits = [(y, x) for y in range(truth.shape[1] - 31) for x in range(truth.shape[2] - 31)
+            if torch.equal(truth[:, y:y + 32, x:x + 32], label)]
+    assert len(hits) == 1
+
+
+@pytest.mark.parametrize('model_name', MODELS)
+def test_nan_loss_stops_before_the_step(model_name, tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt(model_name, tiny_dataroot, tmp_path, stru_dir)
+    model = build(opt)
+    batch = train_batch(opt)
+    batch['label'] = batch['label'].clone()
+    batch['label'][0, 1, 5, 7] = float('nan')  # a corrupt label pixel
+    before = weights(model)
+    model.set_input(batch)
+    with pytest.raises(NonFiniteLossError, match='non-finite loss'):
+        model.optimize_parameters()
+    assert all(torch.equal(before[k], v) for k, v in weights(model).items())
+    assert model.optimizer.state_dict()['state'] == {}  # Adam never stepped
