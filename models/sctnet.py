@@ -1,0 +1,633 @@
+"""SCTNet: alignment-free HDR deghosting with a semantics consistent transformer.
+
+Network of Tel et al., "Alignment-free HDR Deghosting with Semantics Consistent
+Transformer" (ICCV 2023), as used by SelfHDR (``--network SCTNet``). Three
+exposures (N, 6, H, W) each go through their own 3x3 conv; the 60-channel stack
+goes through four spatial window-attention groups (GSAB, Swin blocks), each
+followed by two cross-frame channel-attention blocks (SCAB: reference frame vs.
+frame 1 and vs. frame 3) and a token MLP. Output: sigmoid, (N, 3, H', W') with
+H', W' rounded up to multiples of 8 (internal reflect padding, never cropped).
+
+Attribute names are checkpoint keys of the release; do not rename them.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as checkpoint
+from timm.layers import DropPath, to_2tuple, trunc_normal_
+
+__all__ = ['SCTNet']
+
+
+def window_partition(x, window_size):
+    """(B, H, W, C) -> (B * nW, M, M, C); windows batch-major, then row-major."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window_size, window_size, W // window_size, window_size, C)  # (B, H/M, M, W/M, M, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)  # (B*nW, M, M, C)
+
+
+def window_reverse(windows, window_size, H, W):
+    """(B * nW, M, M, C) -> (B, H, W, C); inverse of ``window_partition``."""
+    B = windows.shape[0] // ((H // window_size) * (W // window_size))
+    x = windows.view(B, H // window_size, W // window_size, window_size, window_size, -1)  # (B, H/M, W/M, M, M, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)  # (B, H, W, C)
+
+
+def shifted_window_mask(H, W, window_size, shift_size, device=None):
+    """Attention mask (nW, M*M, M*M) for shifted windows: 0 within a region, -100 across."""
+    M, s = window_size, shift_size
+    img_mask = torch.zeros((1, H, W, 1), device=device)
+    slices = (slice(0, -M), slice(-M, -s), slice(-s, None))
+    cnt = 0
+    for h in slices:
+        for w in slices:
+            img_mask[:, h, w, :] = cnt
+            cnt += 1
+    mask_windows = window_partition(img_mask, M).view(-1, M * M)  # (nW, M*M)
+    attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)  # (nW, M*M, M*M)
+    return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
+
+
+class Mlp(nn.Module):
+    """Token-wise two-layer MLP: fc2(GELU(fc1(x)))."""
+
+    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.):
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        x = self.act(self.fc1(x))
+        if self.drop.p > 0:  # p = 0 everywhere in SelfHDR: skip the no-op calls
+            x = self.drop(x)
+        x = self.fc2(x)
+        if self.drop.p > 0:
+            x = self.drop(x)
+        return x
+
+
+# Windows per chunk in the fused window attention: keeps each (chunk * heads, 64, 64) score
+# tensor at a few MB (cache-resident, never a fresh mmap) instead of one tensor for all windows.
+_ATTN_CHUNK = 64
+
+
+def _window_chunks(num_windows, nW, chunk):
+    """Yield (w0, w1, m0, m1): windows [w0, w1) of the batch and mask rows [m0, m1) they use.
+
+    A chunk is either whole images (m0, m1 = 0, nW) or part of one image, so the mask slice
+    broadcasts over the chunk's images as (images, m1 - m0) windows.
+    """
+    if nW <= chunk:
+        step = (chunk // nW) * nW
+        for w0 in range(0, num_windows, step):
+            yield w0, min(w0 + step, num_windows), 0, nW
+    else:
+        for img0 in range(0, num_windows, nW):
+            for m0 in range(0, nW, chunk):
+                m1 = min(m0 + chunk, nW)
+                yield img0 + m0, img0 + m1, m0, m1
+
+
+def _bias_and_mask(bias, mask):
+    """Additive logits term: bias (nH, T, T), or bias + mask as (nW, nH, T, T) for shifted windows.
+
+    Adding bias + mask at once instead of bias, then mask, changes only logits that the -100 mask
+    pushes to exp(-100) ~ 4e-44 of the row sum, so softmax outputs are unchanged.
+    """
+    if mask is None:
+        return bias.unsqueeze(0)  # (1, nH, T, T)
+    return bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, nH, T, T)
+
+
+def _chunk_probs(q, k, bm_c, num_heads):
+    """softmax((q*scale) k^T + bm) for one chunk: (b*nH, T, T); bm_c (nWc or 1, nH, T, T)."""
+    attn = torch.bmm(q, k.transpose(1, 2))  # (b*nH, T, T)
+    T = attn.shape[-1]
+    attn.view(-1, bm_c.shape[0], num_heads, T, T).add_(bm_c)  # (images, nWc, nH, T, T)
+    return torch.softmax(attn, dim=-1)
+
+
+class _WindowAttentionFn(torch.autograd.Function):
+    """Window attention core, chunked over windows; probabilities are recomputed in backward.
+
+    Same values as softmax((q * scale) k^T + bias + mask) v computed on one (B', nH, T, T)
+    tensor, but only the head-major q, k, v (one copy of qkv) are kept for backward. The release
+    keeps every block's attention map, which dominates memory and time of a training step.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, bias, mask, num_heads, scale, chunk):
+        # qkv (B', T, 3C); bias (nH, T, T); mask (nW, T, T) or None.
+        B_, T, C3 = qkv.shape
+        d = C3 // (3 * num_heads)
+        nW = mask.shape[0] if mask is not None else B_
+        if B_ % nW:
+            raise ValueError(f'sctnet.py: {B_} windows are not a multiple of the mask\'s {nW} windows')
+        src = qkv.view(B_, T, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # (3, B', nH, T, d) view
+        heads = qkv.new_empty(3, B_, num_heads, T, d)
+        torch.mul(src[0], scale, out=heads[0])  # q scaled before the product, as released
+        heads[1:].copy_(src[1:])
+        q, k, v = (t.view(B_ * num_heads, T, d) for t in heads)  # (B'*nH, T, d) each
+        out = qkv.new_empty(B_ * num_heads, T, d)
+        nH = num_heads
+        bm = _bias_and_mask(bias, mask)
+        for w0, w1, m0, m1 in _window_chunks(B_, nW, chunk):
+            r = slice(w0 * nH, w1 * nH)
+            attn = _chunk_probs(q[r], k[r], bm if mask is None else bm[m0:m1], nH)
+            torch.bmm(attn, v[r], out=out[r])
+        ctx.save_for_backward(heads, bias, mask)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out.view(B_, nH, T, d).transpose(1, 2).reshape(B_, T, nH * d)  # (B', T, C), channel = head*d + i
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        heads, bias, mask = ctx.saved_tensors
+        _, B_, nH, T, d = heads.shape
+        nW = mask.shape[0] if mask is not None else B_
+        q, k, v = (t.view(B_ * nH, T, d) for t in heads)  # (B'*nH, T, d) each
+        g = grad_out.view(B_, T, nH, d).transpose(1, 2).reshape(B_ * nH, T, d)  # (B'*nH, T, d)
+        grads = heads.new_empty(3, B_ * nH, T, d)
+        grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[1] else None
+        bm = _bias_and_mask(bias, mask)
+        for w0, w1, m0, m1 in _window_chunks(B_, nW, ctx.chunk):
+            r = slice(w0 * nH, w1 * nH)
+            attn = _chunk_probs(q[r], k[r], bm if mask is None else bm[m0:m1], nH)
+            torch.bmm(attn.transpose(1, 2), g[r], out=grads[2, r])  # dv
+            grad_s = torch._softmax_backward_data(torch.bmm(g[r], v[r].transpose(1, 2)), attn, -1, attn.dtype)
+            if grad_bias is not None:
+                grad_bias += grad_s.view(-1, nH, T, T).sum(0)  # (nH, T, T)
+            torch.bmm(grad_s, k[r], out=grads[0, r])  # d(q*scale)
+            torch.bmm(grad_s.transpose(1, 2), q[r], out=grads[1, r])  # dk
+        grads[0].mul_(ctx.scale)
+        grad_qkv = grads.view(3, B_, nH, T, d).permute(1, 3, 0, 2, 4).reshape(B_, T, 3 * nH * d)  # (B', T, 3C)
+        return grad_qkv, grad_bias, None, None, None, None
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside M x M windows with a relative position bias."""
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size  # (Mh, Mw)
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = qk_scale or head_dim ** -0.5
+
+        Mh, Mw = window_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * Mh - 1) * (2 * Mw - 1), num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(Mh), torch.arange(Mw), indexing='ij'))  # (2, Mh, Mw)
+        coords = coords.flatten(1)  # (2, Mh*Mw)
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (Mh*Mw, Mh*Mw, 2)
+        index = (rel[..., 0] + Mh - 1) * (2 * Mw - 1) + (rel[..., 1] + Mw - 1)
+        self.register_buffer('relative_position_index', index)
+
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # The release initialises the table after qkv/proj exist: keeps the seeded RNG order.
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def relative_position_bias(self):
+        """(nH, T, T) bias gathered from the table."""
+        T = self.window_size[0] * self.window_size[1]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (T*T, nH)
+        return bias.view(T, T, -1).permute(2, 0, 1).contiguous()  # (nH, T, T)
+
+    def forward(self, x, mask=None):
+        """x: (B*nW, T, C); mask: (nW, T, T) additive or None."""
+        if self.attn_drop.p > 0 and self.training:
+            return self.forward_reference(x, mask)
+        qkv = self.qkv(x)  # (B', T, 3C)
+        x = _WindowAttentionFn.apply(qkv, self.relative_position_bias(), mask, self.num_heads, self.scale,
+                                     _ATTN_CHUNK)  # (B', T, C)
+        x = self.proj(x)
+        if self.proj_drop.p > 0:
+            x = self.proj_drop(x)
+        return x
+
+    def forward_reference(self, x, mask=None):
+        """Unfused attention, one (B', nH, T, T) tensor (the release's formulation; also for attn dropout)."""
+        B_, T, C = x.shape
+        qkv = self.qkv(x).reshape(B_, T, 3, self.num_heads, C // self.num_heads)  # (B', T, 3, nH, d)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B', nH, T, d)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * self.scale  # scaled before the product, as the release does
+        attn = q @ k.transpose(-2, -1)  # (B', nH, T, T)
+        attn = attn + self.relative_position_bias().unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(B_ // nW, nW, self.num_heads, T, T) + mask.unsqueeze(1).unsqueeze(0)  # (N, nW, nH, T, T)
+            attn = attn.view(-1, self.num_heads, T, T)  # (B', nH, T, T)
+        attn = self.softmax(attn)
+        if self.attn_drop.p > 0:
+            attn = self.attn_drop(attn)
+        x = (attn @ v).transpose(1, 2).reshape(B_, T, C)  # (B', nH, T, d) -> (B', T, C)
+        x = self.proj(x)
+        if self.proj_drop.p > 0:
+            x = self.proj_drop(x)
+        return x
+
+
+class SwinTransformerBlock(nn.Module):
+    """(Shifted-)window attention + MLP, both pre-norm with residuals."""
+
+    def __init__(self, dim, input_resolution, num_heads, window_size=8, shift_size=0, mlp_ratio=4., qkv_bias=True,
+                 qk_scale=None, drop=0., attn_drop=0., drop_path=0., act_layer=nn.GELU, norm_layer=nn.LayerNorm):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.mlp_ratio = mlp_ratio
+        if min(self.input_resolution) <= self.window_size:
+            # Window larger than the image: no partition and no shift.
+            self.shift_size = 0
+            self.window_size = min(self.input_resolution)
+        if not 0 <= self.shift_size < self.window_size:
+            raise ValueError(f'sctnet.py: shift_size {self.shift_size} must be in [0, window_size '
+                             f'{self.window_size})')
+
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, window_size=to_2tuple(self.window_size), num_heads=num_heads,
+                                    qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+
+        if self.shift_size > 0:
+            attn_mask = shifted_window_mask(*self.input_resolution, self.window_size, self.shift_size)
+        else:
+            attn_mask = None
+        self.register_buffer('attn_mask', attn_mask)
+
+    def forward(self, x, x_size, mask=None):
+        """x: (N, H*W, C) tokens; ``mask`` is this size's shifted-window mask when it is not the stored one."""
+        H, W = x_size
+        B, L, C = x.shape
+        M, s = self.window_size, self.shift_size
+        shortcut = x
+        x = self.norm1(x).view(B, H, W, C)  # (N, H, W, C)
+        if s > 0:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+        x_windows = window_partition(x, M).view(-1, M * M, C)  # (N*nW, M*M, C)
+
+        if s == 0:
+            attn_mask = None
+        elif tuple(self.input_resolution) == (H, W):
+            attn_mask = self.attn_mask
+        else:
+            attn_mask = mask if mask is not None else shifted_window_mask(H, W, M, s, device=x.device)
+        attn_windows = self.attn(x_windows, mask=attn_mask)  # (N*nW, M*M, C)
+
+        x = window_reverse(attn_windows.view(-1, M, M, C), M, H, W)  # (N, H, W, C)
+        if s > 0:
+            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
+        x = shortcut + self.drop_path(x.view(B, H * W, C))  # (N, L, C)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class BasicLayer(nn.Module):
+    """A stack of Swin blocks alternating unshifted / shifted windows."""
+
+    def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio=4., qkv_bias=True,
+                 qk_scale=None, drop=0., attn_drop=0., drop_path=0., norm_layer=nn.LayerNorm, downsample=None,
+                 use_checkpoint=False):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList([
+            SwinTransformerBlock(dim=dim, input_resolution=input_resolution, num_heads=num_heads,
+                                 window_size=window_size, shift_size=0 if (i % 2 == 0) else window_size // 2,
+                                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop,
+                                 attn_drop=attn_drop,
+                                 drop_path=drop_path[i] if isinstance(drop_path, list) else drop_path,
+                                 norm_layer=norm_layer)
+            for i in range(depth)])
+        if downsample is not None:
+            self.downsample = downsample(input_resolution, dim=dim, norm_layer=norm_layer)
+        else:
+            self.downsample = None
+
+    def forward(self, x, x_size, mask=None):
+        for blk in self.blocks:
+            if self.use_checkpoint:
+                x = checkpoint.checkpoint(blk, x, x_size, mask, use_reentrant=False)
+            else:
+                x = blk(x, x_size, mask)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+
+class PatchEmbed(nn.Module):
+    """Image (N, C, H, W) -> tokens (N, H*W, C), optional LayerNorm (patch size 1: no parameters)."""
+
+    def __init__(self, img_size=128, patch_size=1, in_chans=60, embed_dim=60, norm_layer=None):
+        super().__init__()
+        img_size = to_2tuple(img_size)
+        patch_size = to_2tuple(patch_size)
+        patches_resolution = [img_size[0] // patch_size[0], img_size[1] // patch_size[1]]
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.patches_resolution = patches_resolution
+        self.num_patches = patches_resolution[0] * patches_resolution[1]
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else None
+
+    def forward(self, x):
+        x = x.flatten(2).transpose(1, 2)  # (N, C, H, W) -> (N, H*W, C) view
+        if self.norm is not None:
+            x = self.norm(x)
+        return x
+
+
+class PatchUnEmbed(nn.Module):
+    """Tokens (N, H*W, C) -> image (N, C, H, W) as a view (no parameters)."""
+
+    def __init__(self, img_size=128, patch_size=1, in_chans=60, embed_dim=60, norm_layer=None):
+        super().__init__()
+        img_size = to_2tuple(img_size)
+        patch_size = to_2tuple(patch_size)
+        patches_resolution = [img_size[0] // patch_size[0], img_size[1] // patch_size[1]]
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.patches_resolution = patches_resolution
+        self.num_patches = patches_resolution[0] * patches_resolution[1]
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+
+    def forward(self, x, x_size):
+        B, HW, C = x.shape
+        return x.transpose(1, 2).view(B, self.embed_dim, x_size[0], x_size[1])  # (N, C, H, W) view
+
+
+class GSAB(nn.Module):
+    """Global spatial attention block: six Swin blocks, a 3x3 conv and a residual."""
+
+    def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio=4., qkv_bias=True,
+                 qk_scale=None, drop=0., attn_drop=0., drop_path=0., norm_layer=nn.LayerNorm, downsample=None,
+                 use_checkpoint=False, img_size=128, patch_size=1, resi_connection='1conv'):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.residual_group = BasicLayer(dim=dim, input_resolution=input_resolution, depth=depth,
+                                         num_heads=num_heads, window_size=window_size, mlp_ratio=mlp_ratio,
+                                         qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop, attn_drop=attn_drop,
+                                         drop_path=drop_path, norm_layer=norm_layer, downsample=downsample,
+                                         use_checkpoint=use_checkpoint)
+        if resi_connection != '1conv':
+            raise ValueError(f"sctnet.py: resi_connection {resi_connection!r} is not supported (only '1conv')")
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=0, embed_dim=dim,
+                                      norm_layer=None)
+        self.patch_unembed = PatchUnEmbed(img_size=img_size, patch_size=patch_size, in_chans=0, embed_dim=dim,
+                                          norm_layer=None)
+
+    def forward(self, x, x_size, mask=None):
+        y = self.residual_group(x, x_size, mask)
+        return self.patch_embed(self.conv(self.patch_unembed(y, x_size))) + x
+
+
+class WithBias_LayerNorm(nn.Module):
+    """LayerNorm over the last axis written as (x - mean) / sqrt(var + eps) * w + b (release's rounding)."""
+
+    def __init__(self, normalized_shape):
+        super().__init__()
+        if isinstance(normalized_shape, int):
+            normalized_shape = (normalized_shape,)
+        normalized_shape = torch.Size(normalized_shape)
+        if len(normalized_shape) != 1:
+            raise ValueError(f'sctnet.py: WithBias_LayerNorm needs a 1-D shape, got {tuple(normalized_shape)}')
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.normalized_shape = normalized_shape
+
+    def forward(self, x):
+        mu = x.mean(-1, keepdim=True)
+        sigma = x.var(-1, keepdim=True, unbiased=False)
+        return (x - mu) / torch.sqrt(sigma + 1e-5) * self.weight + self.bias
+
+
+class LayerNorm(nn.Module):
+    """Channel LayerNorm for (N, C, H, W) images: normalise each pixel over C."""
+
+    def __init__(self, dim, LayerNorm_type='WithBias'):
+        super().__init__()
+        if LayerNorm_type != 'WithBias':
+            raise ValueError(f"sctnet.py: LayerNorm_type {LayerNorm_type!r} is not supported (only 'WithBias')")
+        self.body = WithBias_LayerNorm(dim)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        # permute -> reshape (not flatten/transpose): keeps the release's memory layout and rounding.
+        y = self.body(x.permute(0, 2, 3, 1).reshape(b, h * w, c))  # (b, h*w, c)
+        return y.reshape(b, h, w, c).permute(0, 3, 1, 2)  # (b, c, h, w) channels-last view
+
+
+class Mutual_Attention(nn.Module):
+    """Channel-to-channel attention across the whole image: query from x, key/value from y."""
+
+    def __init__(self, dim, num_heads, bias):
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.q = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.k = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.v = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x, y):
+        b, c, h, w = x.shape
+        nh = self.num_heads
+        q = self.q(x).reshape(b, nh, c // nh, h * w)  # (b, head, c', h*w)
+        k = self.k(y).reshape(b, nh, c // nh, h * w)  # (b, head, c', h*w)
+        v = self.v(y).reshape(b, nh, c // nh, h * w)  # (b, head, c', h*w)
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1)) * self.temperature  # (b, head, c', c')
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).reshape(b, c, h, w)  # (b, head, c', h*w) -> (b, c, h, w)
+        return self.project_out(out)
+
+
+class SCAB(nn.Module):
+    """Semantic consistency attention block: reference stream x attends to frame stream y over channels."""
+
+    def __init__(self, dim, num_heads, ffn_expansion_factor, bias, LayerNorm_type):
+        super().__init__()
+        self.norm1_x = LayerNorm(dim, LayerNorm_type)
+        self.norm1_y = LayerNorm(dim, LayerNorm_type)
+        self.attn = Mutual_Attention(dim, num_heads, bias)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = Mlp(in_features=dim, hidden_features=int(dim * ffn_expansion_factor), act_layer=nn.GELU, drop=0.)
+
+    def forward(self, x, y, x_size):
+        """x, y: (N, H*W, c) tokens -> (N, H*W, c)."""
+        h, w = x_size
+        b, _, c = x.shape
+        x = x.transpose(1, 2).view(b, c, h, w)  # (b, c, h, w) view
+        y = y.transpose(1, 2).view(b, c, h, w)  # (b, c, h, w) view
+        fused = x + self.attn(self.norm1_x(x), self.norm1_y(y))  # (b, c, h, w)
+        fused = fused.permute(0, 2, 3, 1).reshape(b, h * w, c)  # (b, h*w, c)
+        return fused + self.ffn(self.norm2(fused))
+
+
+class UpsampleOneStep(nn.Sequential):
+    """A single 3x3 conv to num_out_ch * scale^2 channels (scale 1 here: no pixel shuffle)."""
+
+    def __init__(self, scale, num_feat, num_out_ch, input_resolution=None):
+        m = [nn.Conv2d(num_feat, (scale ** 2) * num_out_ch, 3, 1, 1)]
+        super().__init__(*m)
+        self.num_feat = num_feat
+        self.input_resolution = input_resolution
+
+
+class SCTNet(nn.Module):
+    """SCTNet backbone. forward(x1, x2, x3) with (N, 6, H, W) inputs, x2 the reference exposure.
+
+    Returns (N, 3, ceil(H/8)*8, ceil(W/8)*8) in (0, 1); H and W must be >= 5 (reflect padding).
+    """
+
+    def __init__(self, img_size=128, patch_size=1, in_chans=18, embed_dim=60, depths=(6, 6, 6, 6),
+                 num_heads=(6, 6, 6, 6), window_size=8, mlp_ratio=2., qkv_bias=True, qk_scale=None, drop_rate=0.,
+                 attn_drop_rate=0., drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True,
+                 use_checkpoint=False, upscale=1, img_range=1., upsampler='', resi_connection='1conv', **kwargs):
+        super().__init__()
+        if in_chans % 3 or embed_dim % 3:
+            raise ValueError(f'sctnet.py: in_chans {in_chans} and embed_dim {embed_dim} must split into 3 frames')
+        if ape:
+            raise ValueError('sctnet.py: ape=True (absolute position embedding) is not supported')
+        depths, num_heads = list(depths), list(num_heads)
+        num_in_ch = in_chans // 3
+        num_out_ch = 3
+        num_feat = embed_dim // 3
+        c_num_heads = [4, 4, 4, 4]
+        self.img_range = img_range
+        self.upscale = upscale
+        self.upsampler = upsampler
+        self.window_size = window_size
+
+        # Shallow per-frame features.
+        self.conv1 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.conv_end = nn.Conv2d(num_feat, embed_dim, 3, 1, 1)
+        self.conv_first = Mlp(in_features=embed_dim, hidden_features=embed_dim, out_features=embed_dim,
+                              act_layer=nn.GELU, drop=drop_rate)
+
+        # Deep features.
+        self.num_layers = len(depths)
+        self.embed_dim = embed_dim
+        self.ape = ape
+        self.patch_norm = patch_norm
+        self.num_features = embed_dim
+        self.mlp_ratio = mlp_ratio
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=embed_dim,
+                                      embed_dim=embed_dim, norm_layer=norm_layer if self.patch_norm else None)
+        num_patches = self.patch_embed.num_patches
+        patches_resolution = self.patch_embed.patches_resolution
+        self.patches_resolution = patches_resolution
+        self.patch_unembed = PatchUnEmbed(img_size=img_size, patch_size=patch_size, in_chans=embed_dim,
+                                          embed_dim=embed_dim, norm_layer=norm_layer if self.patch_norm else None)
+        del num_patches
+        self.pos_drop = nn.Dropout(p=drop_rate)
+
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]  # stochastic depth rates
+        self.layers = nn.ModuleList()
+        for i_layer in range(self.num_layers):
+            self.layers.append(GSAB(
+                dim=embed_dim, input_resolution=(patches_resolution[0], patches_resolution[1]),
+                depth=depths[i_layer], num_heads=num_heads[i_layer], window_size=window_size,
+                mlp_ratio=self.mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
+                attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i_layer]):sum(depths[:i_layer + 1])],
+                norm_layer=norm_layer, downsample=None, use_checkpoint=use_checkpoint, img_size=img_size,
+                patch_size=patch_size, resi_connection=resi_connection))
+        self.channel_layers_lm = nn.ModuleList([
+            SCAB(dim=num_feat, num_heads=c_num_heads[i], ffn_expansion_factor=4, bias=False,
+                 LayerNorm_type='WithBias') for i in range(self.num_layers)])
+        self.channel_layers_rm = nn.ModuleList([
+            SCAB(dim=num_feat, num_heads=c_num_heads[i], ffn_expansion_factor=4, bias=False,
+                 LayerNorm_type='WithBias') for i in range(self.num_layers)])
+        self.mlps = nn.ModuleList([
+            Mlp(in_features=embed_dim, hidden_features=embed_dim, out_features=embed_dim, act_layer=nn.GELU,
+                drop=drop_rate) for _ in range(self.num_layers)])
+        self.norm = norm_layer(self.num_features)
+
+        if resi_connection != '1conv':
+            raise ValueError(f"sctnet.py: resi_connection {resi_connection!r} is not supported (only '1conv')")
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+        self.upsample = UpsampleOneStep(upscale, embed_dim, num_out_ch,
+                                        (patches_resolution[0], patches_resolution[1]))
+
+        self.apply(self._init_weights)
+        # Registered after the init pass, as in the release (parameter-free, order irrelevant to keys).
+        self.sigmoid = nn.Sigmoid()
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    def check_image_size(self, x):
+        """Reflect-pad bottom/right up to multiples of the window size."""
+        _, _, h, w = x.shape
+        M = self.window_size
+        mod_pad_h = (M - h % M) % M
+        mod_pad_w = (M - w % M) % M
+        if mod_pad_h == 0 and mod_pad_w == 0:
+            return x
+        if mod_pad_h >= h or mod_pad_w >= w:
+            raise RuntimeError(f'sctnet.py: input {h}x{w} needs reflect padding ({mod_pad_h}, {mod_pad_w}) to a '
+                               f'multiple of {M}; padding must be smaller than the size (use H, W >= {M // 2 + 1})')
+        return F.pad(x, (0, mod_pad_w, 0, mod_pad_h), 'reflect')
+
+    def forward_features(self, x):
+        x_size = (x.shape[2], x.shape[3])
+        x = self.patch_embed(x)  # (N, L, C), LayerNorm-ed
+        x = self.pos_drop(x) if self.pos_drop.p > 0 else x
+        c = self.embed_dim // 3
+        t1, t2, t3 = x[..., :c], x[..., c:2 * c], x[..., 2 * c:]  # per-frame token streams, reused every stage
+        # One shifted-window mask for this size, shared by all shifted blocks (stored buffers cover img_size).
+        mask = None
+        if x_size != tuple(self.patches_resolution):
+            mask = shifted_window_mask(x_size[0], x_size[1], self.window_size, self.window_size // 2,
+                                       device=x.device)
+        x = self.conv_first(x)
+        for i in range(self.num_layers):
+            x = self.layers[i](x, x_size, mask)
+            u1, u2, u3 = x[..., :c], x[..., c:2 * c], x[..., 2 * c:]
+            ref = t2 + u2
+            a_l = self.channel_layers_lm[i](ref, t1 + u1, x_size)
+            a_r = self.channel_layers_rm[i](ref, t3 + u3, x_size)
+            x = self.mlps[i](torch.cat([a_l, ref, a_r], dim=-1))  # no residual around mlps, as released
+        x = self.norm(x)
+        return self.patch_unembed(x, x_size)
+
+    def forward(self, x1, x2, x3):
+        for name, t in (('x1', x1), ('x2', x2), ('x3', x3)):
+            if t.dim() != 4 or t.shape[1] != self.conv1.in_channels or t.shape != x1.shape:
+                raise ValueError(f'sctnet.py: {name} has shape {tuple(t.shape)}; expected three equal '
+                                 f'(N, {self.conv1.in_channels}, H, W) tensors')
+        # Padding each frame equals padding their concatenation (reflect padding is per channel).
+        x1, x2, x3 = self.check_image_size(x1), self.check_image_size(x2), self.check_image_size(x3)
+        e1, e2, e3 = self.conv1(x1), self.conv2(x2), self.conv3(x3)
+        x = torch.cat([e1, e2, e3], dim=1)  # (N, 60, H', W')
+        x = self.conv_after_body(self.forward_features(x)) + self.conv_end(e2)
+        return self.sigmoid(self.upsample(x))
