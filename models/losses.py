@@ -58,20 +58,17 @@ def build_vgg19_features(weights='imagenet', path=''):
     weights: 'imagenet' (error when no weights file is found), 'auto' (random with a warning when none is found),
     'random'. Nothing is downloaded: this machine class has no network.
     """
-    import torchvision
-
-    net = torchvision.models.vgg19(weights=None)
+    features = _vgg19_features()
     if weights == 'random':
         logger.warning('VGG19 structure loss uses RANDOM weights (--vgg_weights random)')
-        return net.features
+        return features
     candidates = [path] if path else []
     candidates.append(os.path.join(torch.hub.get_dir(), 'checkpoints', VGG19_WEIGHTS_FILE))
     for candidate in candidates:
         if candidate and os.path.isfile(candidate):
-            state = torch.load(candidate, map_location='cpu', weights_only=True)
-            net.load_state_dict(state)
+            _load_vgg19_features(features, candidate)
             logger.info('VGG19 ImageNet weights loaded from %s', candidate)
-            return net.features
+            return features
     if path:
         raise VGGNotAvailableError(f'--vgg_path {path}: file not found')
     message = ('VGG19 ImageNet weights not found (looked in %s). Get them on a machine with internet with '
@@ -80,8 +77,35 @@ def build_vgg19_features(weights='imagenet', path=''):
                'weights (for demos only).' % (os.path.dirname(candidates[-1]), VGG19_WEIGHTS_FILE))
     if weights == 'auto':
         logger.warning('!!! %s Falling back to RANDOM VGG19 weights (--vgg_weights auto). !!!', message)
-        return net.features
+        return features
     raise VGGNotAvailableError(message)
+
+
+def _vgg19_features():
+    """torchvision's VGG19 `features` with torchvision's initialisation scheme, without building the
+    120M-parameter classifier (its random init dominates start-up time). The random values differ from
+    vgg19(weights=None) for the same seed; ImageNet weights load identically."""
+    from torchvision.models import vgg
+
+    features = vgg.make_layers(vgg.cfgs['E'], batch_norm=False)
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+            nn.init.constant_(module.bias, 0)
+    return features
+
+
+def _load_vgg19_features(features, path):
+    """Load the `features.*` entries of a torchvision VGG19 state dict (the classifier is not needed)."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:
+        raise VGGNotAvailableError(f'cannot read VGG19 weights {path}: {exc}') from exc
+    own = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')}
+    try:
+        features.load_state_dict(own, strict=True)
+    except RuntimeError as exc:
+        raise VGGNotAvailableError(f'{path} is not a torchvision VGG19 state dict: {exc}') from exc
 
 
 class VGGLoss(nn.Module):

@@ -125,10 +125,24 @@ def test_vgg_weights_offline_choices(tmp_path, monkeypatch):
     with pytest.raises(VGGNotAvailableError, match='not found'):
         build_vgg19_features('imagenet', str(tmp_path / 'missing.pth'))
     assert len(build_vgg19_features('auto')) == 37
-    # a weights file given with --vgg_path is used
+    # a torchvision-format file given with --vgg_path is used (classifier entries are ignored)
     torch.manual_seed(5)
-    state = torchvision.models.vgg19(weights=None).state_dict()
+    state = {'features.' + k: v for k, v in build_vgg19_features('random').state_dict().items()}
+    state['classifier.0.weight'] = torch.zeros(2, 2)
     path = tmp_path / 'vgg.pth'
     torch.save(state, path)
     features = build_vgg19_features('imagenet', str(path))
     assert torch.equal(features[0].weight, state['features.0.weight'])
+    state.pop('features.0.weight')
+    torch.save(state, path)
+    with pytest.raises(VGGNotAvailableError, match='not a torchvision VGG19'):
+        build_vgg19_features('imagenet', str(path))
+
+
+
+def test_features_only_vgg_has_torchvision_layout():
+    ours = build_vgg19_features('random')
+    reference = torchvision.models.vgg19(weights=None).features
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == \
+        [(k, v.shape) for k, v in reference.state_dict().items()]
+    assert all(torch.count_nonzero(m.bias) == 0 for m in ours if isinstance(m, torch.nn.Conv2d))
