@@ -27,9 +27,9 @@ from timm.layers import DropPath, to_2tuple, trunc_normal_
 
 logger = logging.getLogger(__name__)
 
-# Windows per attention chunk (per head): 256 x 64 x 64 floats = 4 MiB per attention-sized temporary, small
+# Windows per attention chunk (per head): 512 x 64 x 64 floats = 8 MiB per attention-sized temporary, small
 # enough to stay in the last-level cache, large enough that the per-chunk Python overhead is negligible.
-_CHUNK_WINDOWS = 256
+_CHUNK_WINDOWS = 512
 
 
 def _check_window_multiple(height, width, window_size):
@@ -102,22 +102,23 @@ def _chunks(batch, num_windows, target):
 
 
 class _WindowAttentionFunction(torch.autograd.Function):
-    """softmax(scale*q k^T + bias + mask) v for every window and head, on channel-major q/k/v.
+    """softmax(scale*q k^T + bias + mask) v for every window and head, from channel-major q/k/v.
 
     qkv_t: (3C, B'*T), row (j*C + h*d + i) for j in (q, k, v), head h, channel i; column b*T + p for window b
     and token p; window b belongs to image b // nW and uses mask[b % nW]. bias: (nH, T, T); mask: (nW, T, T)
     or None (never differentiated); mask_flags: (nW,) bool, which windows' masks hold non-zeros.
     Returns out_t (C, B'*T), rows (h*d + i).
 
-    In this layout every head's q, k, v, output and gradients are plain strided matrices, so all products are
-    batched GEMMs without layout copies. The work runs per head and per chunk of windows, so the attention-sized
-    temporaries stay a few MiB. The per-element operation order is the release's (q scaled before the product,
-    bias added before the mask). Under autograd the probabilities are kept, (nH, B', T, T), for the backward.
+    Windows are processed in chunks; within a chunk q/k/v are copied once to (head, window, d, T) so that
+    every product is one batched GEMM over all heads and windows in a layout MKL handles fast, and the
+    attention-sized work is a handful of large ops. The per-element operation order is the release's (q scaled
+    before the product, bias added before the mask). Under autograd the probabilities are kept for the
+    backward; without autograd they live one chunk at a time.
     """
 
     @staticmethod
-    def _mask_plan(mask, mask_flags, batch, num_windows):
-        """Per chunk: the masked windows (local indices) and their mask rows, or None."""
+    def _plan(mask, mask_flags, batch, num_windows):
+        """Chunks (n0, n1, w0, w1) with the chunk's masked windows (local indices) and their mask rows."""
         masked = torch.nonzero(mask_flags).flatten().tolist() if mask is not None else []
         plan = []
         for n0, n1, w0, w1 in _chunks(batch, num_windows, _CHUNK_WINDOWS):
@@ -130,74 +131,76 @@ class _WindowAttentionFunction(torch.autograd.Function):
         return plan
 
     @staticmethod
+    def _heads(qkv_t, cols, num_heads, tokens, scale):
+        """Chunk columns -> (3, nH, nb, d, T) contiguous, q already scaled."""
+        c3 = qkv_t.shape[0]
+        d = c3 // (3 * num_heads)
+        nb = (cols.stop - cols.start) // tokens
+        heads = qkv_t[:, cols].view(3, num_heads, d, nb, tokens).permute(0, 1, 3, 2, 4).contiguous()  # (3, nH, nb, d, T)
+        heads[0].mul_(scale)  # same rounding as the release's q * scale
+        return heads
+
+    @staticmethod
     def forward(ctx, qkv_t, bias, mask, mask_flags, num_windows, num_heads, scale):
         c3, total = qkv_t.shape
         dim = c3 // 3
         d = dim // num_heads
         tokens = bias.shape[-1]
-        windows = total // tokens
-        batch = windows // num_windows
+        batch = total // tokens // num_windows
         keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        q_scaled = qkv_t[:dim] * scale  # (C, B'T)
-        probs_all = qkv_t.new_empty(num_heads, windows, tokens, tokens) if keep else None  # (nH, B', T, T)
         out_t = qkv_t.new_empty(dim, total)  # (C, B'T)
-        plan = _WindowAttentionFunction._mask_plan(mask, mask_flags, batch, num_windows)
+        plan = _WindowAttentionFunction._plan(mask, mask_flags, batch, num_windows)
+        kept = []
         for n0, n1, w0, w1, index, mask_rows in plan:
-            nb = (n1 - 1 - n0) * num_windows + (w1 - w0)
+            n, w = n1 - n0, w1 - w0
+            nb = (n - 1) * num_windows + w
             b0 = n0 * num_windows + w0
             cols = slice(b0 * tokens, (b0 + nb) * tokens)
-            scratch = None if keep else qkv_t.new_empty(nb, tokens, tokens)  # (nb, T, T)
-            for h in range(num_heads):
-                rows = slice(h * d, (h + 1) * d)
-                q = q_scaled[rows, cols].view(d, nb, tokens).transpose(0, 1)  # (nb, d, T)
-                k = qkv_t[dim:][rows, cols].view(d, nb, tokens).transpose(0, 1)  # (nb, d, T)
-                v = qkv_t[2 * dim:][rows, cols].view(d, nb, tokens).transpose(0, 1)  # (nb, d, T)
-                probs = probs_all[h, b0:b0 + nb] if keep else scratch  # (nb, T, T)
-                torch.bmm(q.transpose(1, 2), k, out=probs)  # logits (nb, T, T)
-                probs += bias[h]
-                if index is not None:
-                    probs.view(n1 - n0, w1 - w0, tokens, tokens).index_add_(
-                        1, index, mask_rows.expand(n1 - n0, -1, -1, -1))  # (n, w, T, T)
-                torch._softmax(probs, -1, False, out=probs)  # in place: the logits are not needed again
-                o_t = torch.bmm(v, probs.transpose(1, 2))  # (nb, d, T) = (P V)^T
-                out_t[rows, cols].view(d, nb, tokens).copy_(o_t.transpose(0, 1))  # (d, nb, T)
+            heads = _WindowAttentionFunction._heads(qkv_t, cols, num_heads, tokens, scale)
+            q, k, v = (heads[j].view(num_heads * nb, d, tokens) for j in range(3))  # (nH*nb, d, T) each
+            probs = torch.bmm(q.transpose(1, 2), k)  # logits (nH*nb, T, T)
+            probs.view(num_heads, nb, tokens, tokens).add_(bias.unsqueeze(1))  # += (nH, 1, T, T)
+            if index is not None:
+                probs.view(num_heads, n, w, tokens, tokens).index_add_(
+                    2, index, mask_rows.expand(num_heads, n, -1, -1, -1))  # masked windows += their rows
+            torch._softmax(probs, -1, False, out=probs)  # in place: the logits are not needed again
+            o_t = torch.bmm(v, probs.transpose(1, 2))  # (nH*nb, d, T) = (P V)^T
+            out_t[:, cols].view(num_heads, d, nb, tokens).copy_(
+                o_t.view(num_heads, nb, d, tokens).transpose(1, 2))  # (nH, d, nb, T)
+            if keep:
+                kept.append(probs)
         if keep:
-            ctx.save_for_backward(qkv_t, probs_all)
-            ctx.num_windows, ctx.num_heads, ctx.scale = num_windows, num_heads, scale
+            ctx.save_for_backward(qkv_t, *kept)
+            ctx.plan = [(n0, n1, w0, w1) for n0, n1, w0, w1, _, _ in plan]
+            ctx.num_windows, ctx.num_heads, ctx.scale, ctx.tokens = num_windows, num_heads, scale, tokens
         return out_t
 
     @staticmethod
     def backward(ctx, grad_out_t):
-        qkv_t, probs_all = ctx.saved_tensors
-        num_windows, num_heads, scale = ctx.num_windows, ctx.num_heads, ctx.scale
-        c3, total = qkv_t.shape
-        dim = c3 // 3
+        qkv_t, *kept = ctx.saved_tensors
+        num_windows, num_heads, scale, tokens = ctx.num_windows, ctx.num_heads, ctx.scale, ctx.tokens
+        dim = qkv_t.shape[0] // 3
         d = dim // num_heads
-        _, windows, tokens, _ = probs_all.shape
-        batch = windows // num_windows
-        q_scaled = qkv_t[:dim] * scale  # (C, B'T)
         grad_qkv_t = torch.empty_like(qkv_t)  # (3C, B'T)
         grad_bias = qkv_t.new_zeros(num_heads, tokens, tokens)  # (nH, T, T)
-        for n0, n1, w0, w1 in _chunks(batch, num_windows, _CHUNK_WINDOWS):
+        for (n0, n1, w0, w1), probs in zip(ctx.plan, kept):
             nb = (n1 - 1 - n0) * num_windows + (w1 - w0)
             b0 = n0 * num_windows + w0
             cols = slice(b0 * tokens, (b0 + nb) * tokens)
-            for h in range(num_heads):
-                rows = slice(h * d, (h + 1) * d)
-                q = q_scaled[rows, cols].view(d, nb, tokens).transpose(0, 1)  # (nb, d, T)
-                k = qkv_t[dim:][rows, cols].view(d, nb, tokens).transpose(0, 1)  # (nb, d, T)
-                v = qkv_t[2 * dim:][rows, cols].view(d, nb, tokens).transpose(0, 1)  # (nb, d, T)
-                g = grad_out_t[rows, cols].reshape(d, nb, tokens).transpose(0, 1)  # (nb, d, T) = dO^T
-                probs = probs_all[h, b0:b0 + nb]  # (nb, T, T)
-                grad_v_t = torch.bmm(g, probs)  # (nb, d, T) = (P^T dO)^T
-                grad_logits = torch.bmm(g.transpose(1, 2), v)  # (nb, T, T) = dO V^T, gradient of P
-                # softmax backward in place: P * (dP - sum(dP * P)) is the gradient of the logits
-                torch._softmax_backward_data(grad_logits, probs, -1, probs.dtype, grad_input=grad_logits)
-                grad_bias[h] += grad_logits.sum(dim=0)
-                grad_q_t = torch.bmm(k, grad_logits.transpose(1, 2)).mul_(scale)  # (nb, d, T) = (dS K)^T * scale
-                grad_k_t = torch.bmm(q, grad_logits)  # (nb, d, T) = (dS^T q)^T
-                for j, grad in enumerate((grad_q_t, grad_k_t, grad_v_t)):
-                    grad_qkv_t[j * dim:][rows, cols].view(d, nb, tokens).copy_(grad.transpose(0, 1))  # (d, nb, T)
+            heads = _WindowAttentionFunction._heads(qkv_t, cols, num_heads, tokens, scale)
+            q, k, v = (heads[j].view(num_heads * nb, d, tokens) for j in range(3))  # (nH*nb, d, T) each
+            g = grad_out_t[:, cols].reshape(num_heads, d, nb, tokens).transpose(1, 2)  # (nH, nb, d, T)
+            g = g.contiguous().view(num_heads * nb, d, tokens)  # dO^T per head and window
+            grads = torch.empty_like(heads)  # (3, nH, nb, d, T)
+            torch.bmm(g, probs, out=grads[2].view(num_heads * nb, d, tokens))  # dV^T = (P^T dO)^T
+            grad_logits = torch.bmm(g.transpose(1, 2), v)  # (nH*nb, T, T) = dO V^T, gradient of P
+            # softmax backward in place: P * (dP - sum(dP * P)) is the gradient of the logits
+            torch._softmax_backward_data(grad_logits, probs, -1, probs.dtype, grad_input=grad_logits)
+            grad_bias += grad_logits.view(num_heads, nb, tokens, tokens).sum(dim=1)
+            torch.bmm(k, grad_logits.transpose(1, 2), out=grads[0].view(num_heads * nb, d, tokens))  # (dS K)^T
+            grads[0].mul_(scale)
+            torch.bmm(q, grad_logits, out=grads[1].view(num_heads * nb, d, tokens))  # (dS^T q)^T
+            grad_qkv_t[:, cols].view(3, num_heads, d, nb, tokens).copy_(grads.permute(0, 1, 3, 2, 4))  # (3, nH, d, nb, T)
         return grad_qkv_t, grad_bias, None, None, None, None, None
 
 
@@ -276,20 +279,19 @@ class WindowAttention(nn.Module):
                              f'{num_windows} windows (mask shape {tuple(mask.shape)})')
         bias = self.relative_position_bias()
         if self.training and self.attn_drop.p > 0:
-            out = self._attend_reference(x, bias, mask)  # (B', T, C)
+            return self.proj_drop(self.proj(self._attend_reference(x, bias, mask)))
+        tokens = x.reshape(b * t, c)  # (B'T, C)
+        # channel-major q/k/v: every head becomes a plain strided matrix (see _WindowAttentionFunction)
+        if self.qkv.bias is not None:
+            qkv_t = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight, tokens.t())  # (3C, B'T)
         else:
-            tokens = x.reshape(b * t, c)  # (B'T, C)
-            # channel-major q/k/v: every head becomes a plain strided matrix (see _WindowAttentionFunction)
-            if self.qkv.bias is not None:
-                qkv_t = torch.addmm(self.qkv.bias.unsqueeze(1), self.qkv.weight, tokens.t())  # (3C, B'T)
-            else:
-                qkv_t = torch.mm(self.qkv.weight, tokens.t())  # (3C, B'T)
-            if mask is not None and mask_flags is None:
-                mask_flags = _windows_with_mask(mask)
-            out_t = _WindowAttentionFunction.apply(qkv_t, bias, mask, mask_flags, num_windows, self.num_heads,
-                                                   self.scale)  # (C, B'T)
-            out = out_t.t().view(b, t, c)  # (B', T, C), a transposed view
-        return self.proj_drop(self.proj(out))
+            qkv_t = torch.mm(self.qkv.weight, tokens.t())  # (3C, B'T)
+        if mask is not None and mask_flags is None:
+            mask_flags = _windows_with_mask(mask)
+        out_t = _WindowAttentionFunction.apply(qkv_t, bias, mask, mask_flags, num_windows, self.num_heads,
+                                               self.scale)  # (C, B'T)
+        # proj reads the transposed view directly (BLAS transposes for free; no layout copy)
+        return self.proj_drop(self.proj(out_t.t())).view(b, t, c)  # (B', T, C)
 
     def _attend_reference(self, x, bias, mask):
         """Unchunked attention in the release's op sequence (needed for attention dropout; a test oracle)."""
@@ -325,18 +327,40 @@ class LocalContextExtractor(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x):
-        """x: (N, C, H, W) -> (N, C, H, W), returned as a channels-last strided view."""
-        n, c, h, w = x.shape
+    def _context(self, x):
+        """x: (N, C, H, W) -> Q as (N, H, W, C) and the channel gate z (N, C); the output is Q * z."""
         conv0, conv1, conv2, act = self.conv
         # The 1x1 convs are matrix products over channels: run them on the (N, H, W, C) layout directly.
-        tokens = x.permute(0, 2, 3, 1)  # (N, H, W, C)
-        y = F.linear(tokens, conv0.weight.flatten(1), conv0.bias)  # (N, H, W, r)
+        y = F.linear(x.permute(0, 2, 3, 1), conv0.weight.flatten(1), conv0.bias)  # (N, H, W, r)
         y = conv1(y.permute(0, 3, 1, 2))  # (N, r, H, W)
-        y = F.linear(y.permute(0, 2, 3, 1), conv2.weight.flatten(1), conv2.bias)  # (N, H, W, C)
-        y = act(y)
-        z = self.fc(y.mean(dim=(1, 2)))  # (N, C)
-        return (y * z.view(n, 1, 1, c)).permute(0, 3, 1, 2)  # (N, C, H, W)
+        y = act(F.linear(y.permute(0, 2, 3, 1), conv2.weight.flatten(1), conv2.bias))  # (N, H, W, C)
+        z = self.fc(y.mean(dim=(1, 2)))  # (N, C): global average over the whole image
+        return y, z
+
+    def forward(self, x):
+        """x: (N, C, H, W) -> (N, C, H, W), returned as a channels-last strided view."""
+        y, z = self._context(x)
+        return (y * z[:, None, None, :]).permute(0, 3, 1, 2)  # (N, C, H, W)
+
+    def add_to_tokens(self, x, residual):
+        """residual + lce(x) on tokens: x (N, C, H, W), residual (N, H*W, C) -> (N, H*W, C), one fused pass."""
+        y, z = self._context(x)
+        n, h, w, c = y.shape
+        return torch.addcmul(residual, y.view(n, h * w, c), z.unsqueeze(1))  # (N, L, C)
+
+
+def _add_residual(shortcut, branch, drop_path):
+    """shortcut + drop_path(branch); in training the per-sample DropPath scale is fused into one addcmul.
+
+    The scale is drawn exactly as timm's DropPath draws it, so the RNG stream matches the release.
+    """
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0:
+        keep = 1.0 - drop_path.drop_prob
+        scale = branch.new_empty((branch.shape[0],) + (1,) * (branch.dim() - 1)).bernoulli_(keep)  # (N, 1, 1)
+        if keep > 0.0 and drop_path.scale_by_keep:
+            scale.div_(keep)
+        return torch.addcmul(shortcut, branch, scale)
+    return shortcut + drop_path(branch)
 
 
 class ContextAwareTransformer(nn.Module):
@@ -400,10 +424,9 @@ class ContextAwareTransformer(nn.Module):
         attended = self.attn(windows, mask, mask_flags).view(n, length, c)  # (N, L, C) in window order
         attended = _PermuteTokens.apply(attended, inverse, order)  # (N, L, C) image order, shift undone
 
-        x = shortcut + self.drop_path(attended)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
-        local_context = self.lce(lce_input).permute(0, 2, 3, 1).reshape(n, length, c)  # (N, L, C), a view
-        return local_context + x
+        x = _add_residual(shortcut, attended, self.drop_path)
+        x = _add_residual(x, self.mlp(self.norm2(x)), self.drop_path)
+        return self.lce.add_to_tokens(lce_input, x)  # lce(norm1(input)) + x
 
     def extra_repr(self):
         return (f'dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, '
