@@ -26,13 +26,6 @@ def window_partition(x, window_size):
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)  # (B*nW, M, M, C)
 
 
-def window_reverse(windows, window_size, H, W):
-    """(B * nW, M, M, C) -> (B, H, W, C); inverse of ``window_partition``."""
-    B = windows.shape[0] // ((H // window_size) * (W // window_size))
-    x = windows.view(B, H // window_size, W // window_size, window_size, window_size, -1)  # (B, H/M, W/M, M, M, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, -1)  # (B, H, W, C)
-
-
 def shifted_window_mask(H, W, window_size, shift_size, device=None):
     """Attention mask (nW, M*M, M*M) for shifted windows: 0 within a region, -100 across."""
     M, s = window_size, shift_size
@@ -46,6 +39,66 @@ def shifted_window_mask(H, W, window_size, shift_size, device=None):
     mask_windows = window_partition(img_mask, M).view(-1, M * M)  # (nW, M*M)
     attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)  # (nW, M*M, M*M)
     return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
+
+
+def window_order(H, W, window_size, shift_size, device=None):
+    """Token permutation (and its inverse) for "roll by -shift, then window partition".
+
+    ``tokens.index_select(1, perm)`` on (N, H*W, C) equals
+    ``window_partition(torch.roll(tokens.view(N, H, W, C), (-s, -s), (1, 2)), M)`` flattened
+    to (N, H*W, C); one gather replaces torch.roll's narrow+cat passes and the partition copy.
+    """
+    M, s = window_size, shift_size
+    idx = torch.arange(H * W, device=device).view(H, W)
+    if s > 0:
+        idx = torch.roll(idx, shifts=(-s, -s), dims=(0, 1))
+    perm = idx.view(H // M, M, W // M, M).permute(0, 2, 1, 3).reshape(-1)  # (H*W,) window-major order
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(H * W, device=device)
+    return perm, inv
+
+
+class WindowPlan:
+    """Token orders and the shifted-window mask for one runtime size, built once per forward.
+
+    Every block of the network needs the same two orders (shift 0 and shift M/2) and, for sizes
+    other than img_size, the same mask; the release rebuilds the mask in every shifted block.
+    """
+
+    def __init__(self, H, W, window_size, shift_size, device=None, with_mask=True):
+        self.size = (H, W)
+        self.window_size = window_size
+        self.orders = {0: window_order(H, W, window_size, 0, device)}
+        if shift_size > 0:
+            self.orders[shift_size] = window_order(H, W, window_size, shift_size, device)
+        self.mask = (shifted_window_mask(H, W, window_size, shift_size, device=device)
+                     if with_mask and shift_size > 0 else None)
+
+
+class _TokenGather(torch.autograd.Function):
+    """x.index_select(1, perm) on (N, L, C) tokens; backward gathers with the inverse permutation."""
+
+    @staticmethod
+    def forward(ctx, x, perm, inv):
+        ctx.save_for_backward(inv)
+        return x.index_select(1, perm)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        inv, = ctx.saved_tensors
+        return grad.index_select(1, inv), None, None
+
+
+def _add_drop_path(shortcut, x, drop_path):
+    """shortcut + drop_path(x); in training one fused pass, drawing timm's per-sample mask the same way."""
+    if isinstance(drop_path, DropPath) and drop_path.training and 0. < drop_path.drop_prob < 1.:
+        keep = 1. - drop_path.drop_prob
+        scale = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (N, 1, 1)
+        if drop_path.scale_by_keep:
+            scale.div_(keep)
+        return torch.addcmul(shortcut, x, scale)
+    return shortcut + drop_path(x)
 
 
 class Mlp(nn.Module):
@@ -70,9 +123,11 @@ class Mlp(nn.Module):
         return x
 
 
-# Windows per chunk in the fused window attention: keeps each (chunk * heads, 64, 64) score
-# tensor at a few MB (cache-resident, never a fresh mmap) instead of one tensor for all windows.
-_ATTN_CHUNK = 64
+# Windows per chunk in the fused window attention. 256 windows x 6 heads x 64 x 64 float32 is
+# 24 MiB per score tensor: big enough for few, well-parallelised kernel calls, and below glibc's
+# 32 MiB mmap ceiling, so chunks are recycled from the heap instead of being page-faulted in
+# afresh (the release allocates ~100 MiB score tensors per block at batch 4 x 128 x 128).
+_ATTN_CHUNK = 256
 
 
 def _window_chunks(num_windows, nW, chunk):
@@ -92,80 +147,120 @@ def _window_chunks(num_windows, nW, chunk):
                 yield img0 + m0, img0 + m1, m0, m1
 
 
-def _bias_and_mask(bias, mask):
-    """Additive logits term: bias (nH, T, T), or bias + mask as (nW, nH, T, T) for shifted windows.
-
-    Adding bias + mask at once instead of bias, then mask, changes only logits that the -100 mask
-    pushes to exp(-100) ~ 4e-44 of the row sum, so softmax outputs are unchanged.
-    """
-    if mask is None:
-        return bias.unsqueeze(0)  # (1, nH, T, T)
-    return bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW, nH, T, T)
-
-
-def _chunk_probs(q, k, bm_c, num_heads):
-    """softmax((q*scale) k^T + bm) for one chunk: (b*nH, T, T); bm_c (nWc or 1, nH, T, T)."""
-    attn = torch.bmm(q, k.transpose(1, 2))  # (b*nH, T, T)
-    T = attn.shape[-1]
-    attn.view(-1, bm_c.shape[0], num_heads, T, T).add_(bm_c)  # (images, nWc, nH, T, T)
-    return torch.softmax(attn, dim=-1)
-
-
 class _WindowAttentionFn(torch.autograd.Function):
-    """Window attention core, chunked over windows; probabilities are recomputed in backward.
+    """softmax((q * scale) k^T + bias [+ mask]) v over windows, in chunks, with a hand-written backward.
 
-    Same values as softmax((q * scale) k^T + bias + mask) v computed on one (B', nH, T, T)
-    tensor, but only the head-major q, k, v (one copy of qkv) are kept for backward. The release
-    keeps every block's attention map, which dominates memory and time of a training step.
+    Same math as the release's formulation on one (B', nH, T, T) tensor, with fewer passes and
+    allocations: q, k^T, v^T copied once; bias and mask added in one in-place pass; softmax and its
+    backward in place; probabilities kept per chunk instead of one huge tensor. Products whose
+    result is 10 wide are taken transposed, in the (d, T) orientation, where the batched GEMM is
+    about twice as fast; for the forward's (attn v) this changes float32 rounding at the 1e-7 level
+    (q k^T is taken exactly as the release does).
     """
 
     @staticmethod
-    def forward(ctx, qkv, bias, mask, num_heads, scale, chunk):
-        # qkv (B', T, 3C); bias (nH, T, T); mask (nW, T, T) or None.
+    def forward(ctx, qkv, bias, mask, num_heads, scale, chunk, keep):
+        # qkv (B', T, 3C); bias (nH, T, T); mask (nW, T, T) or None; keep: probabilities for backward.
         B_, T, C3 = qkv.shape
-        d = C3 // (3 * num_heads)
+        nH = num_heads
+        d = C3 // (3 * nH)
         nW = mask.shape[0] if mask is not None else B_
         if B_ % nW:
             raise ValueError(f'sctnet.py: {B_} windows are not a multiple of the mask\'s {nW} windows')
-        src = qkv.view(B_, T, 3, num_heads, d).permute(2, 0, 3, 1, 4)  # (3, B', nH, T, d) view
-        heads = qkv.new_empty(3, B_, num_heads, T, d)
-        torch.mul(src[0], scale, out=heads[0])  # q scaled before the product, as released
-        heads[1:].copy_(src[1:])
-        q, k, v = (t.view(B_ * num_heads, T, d) for t in heads)  # (B'*nH, T, d) each
-        out = qkv.new_empty(B_ * num_heads, T, d)
-        nH = num_heads
-        bm = _bias_and_mask(bias, mask)
+        src = qkv.view(B_, T, 3, nH, d)  # (B', T, 3, nH, d) view
+        q = qkv.new_empty(B_ * nH, T, d)
+        torch.mul(src[:, :, 0].transpose(1, 2), scale, out=q.view(B_, nH, T, d))  # scaled before q k^T
+        k_t = qkv.new_empty(B_ * nH, d, T)
+        k_t.view(B_, nH, d, T).copy_(src[:, :, 1].permute(0, 2, 3, 1))  # (B', nH, d, T)
+        v_t = qkv.new_empty(B_ * nH, d, T)
+        v_t.view(B_, nH, d, T).copy_(src[:, :, 2].permute(0, 2, 3, 1))  # (B', nH, d, T)
+        # Bias plus mask in one term: differs from adding them one after the other only in logits
+        # the -100 mask pushes to exp(-100) of the row sum, so the probabilities are unchanged.
+        bm = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)  # (nW or 1, nH, T, T)
+        out_t = qkv.new_empty(B_ * nH, d, T)
+        probs = []
         for w0, w1, m0, m1 in _window_chunks(B_, nW, chunk):
             r = slice(w0 * nH, w1 * nH)
-            attn = _chunk_probs(q[r], k[r], bm if mask is None else bm[m0:m1], nH)
-            torch.bmm(attn, v[r], out=out[r])
-        ctx.save_for_backward(heads, bias, mask)
-        ctx.scale, ctx.chunk = scale, chunk
-        return out.view(B_, nH, T, d).transpose(1, 2).reshape(B_, T, nH * d)  # (B', T, C), channel = head*d + i
+            attn = torch.bmm(q[r], k_t[r])  # (b*nH, T, T)
+            bm_c = bm if mask is None else bm[m0:m1]
+            attn.view(-1, bm_c.shape[0], nH, T, T).add_(bm_c)  # (images, nWc, nH, T, T)
+            torch.ops.aten._softmax.out(attn, -1, False, out=attn)  # row-wise kernel: in place is exact
+            torch.bmm(v_t[r], attn.transpose(1, 2), out=out_t[r])  # (attn v)^T: (b*nH, d, T)
+            if keep:
+                probs.append(attn)
+        if keep:
+            ctx.save_for_backward(q, k_t, v_t)
+            ctx.probs, ctx.scale, ctx.chunk, ctx.nW, ctx.num_heads = probs, scale, chunk, nW, nH
+        out = qkv.new_empty(B_, T, C3 // 3)  # contiguous, so proj runs as one addmm like the release
+        out.view(B_, T, nH, d).copy_(out_t.view(B_, nH, d, T).permute(0, 3, 1, 2))  # channel = head*d + i
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        heads, bias, mask = ctx.saved_tensors
-        _, B_, nH, T, d = heads.shape
-        nW = mask.shape[0] if mask is not None else B_
-        q, k, v = (t.view(B_ * nH, T, d) for t in heads)  # (B'*nH, T, d) each
-        g = grad_out.view(B_, T, nH, d).transpose(1, 2).reshape(B_ * nH, T, d)  # (B'*nH, T, d)
-        grads = heads.new_empty(3, B_ * nH, T, d)
-        grad_bias = torch.zeros_like(bias) if ctx.needs_input_grad[1] else None
-        bm = _bias_and_mask(bias, mask)
-        for w0, w1, m0, m1 in _window_chunks(B_, nW, ctx.chunk):
+        q, k_t, v_t = ctx.saved_tensors
+        probs = ctx.probs  # kept (not popped) so backward may run again with retain_graph=True
+        nH = ctx.num_heads
+        BnH, T, d = q.shape
+        B_ = BnH // nH
+        g_t = grad_out.reshape(B_, T, nH, d).permute(0, 2, 3, 1).reshape(BnH, d, T)  # (B'*nH, d, T)
+        # Transposed gradients of q*scale, k, v; three tensors rather than one (3, ...) buffer keeps
+        # each allocation small enough to be recycled by malloc instead of mmap-ed afresh.
+        gq_t, gk_t, gv_t = (q.new_empty(BnH, d, T) for _ in range(3))
+        grad_bias = q.new_zeros(nH, T, T) if ctx.needs_input_grad[1] else None
+        for (w0, w1, _, _), attn in zip(_window_chunks(B_, ctx.nW, ctx.chunk), probs):
             r = slice(w0 * nH, w1 * nH)
-            attn = _chunk_probs(q[r], k[r], bm if mask is None else bm[m0:m1], nH)
-            torch.bmm(attn.transpose(1, 2), g[r], out=grads[2, r])  # dv
-            grad_s = torch._softmax_backward_data(torch.bmm(g[r], v[r].transpose(1, 2)), attn, -1, attn.dtype)
+            torch.bmm(g_t[r], attn, out=gv_t[r])  # dv^T = g^T attn
+            grad_s = torch.bmm(g_t[r].transpose(1, 2), v_t[r])  # d(attn) = g v^T, (b*nH, T, T)
+            torch.ops.aten._softmax_backward_data.out(grad_s, attn, -1, attn.dtype, grad_input=grad_s)
             if grad_bias is not None:
                 grad_bias += grad_s.view(-1, nH, T, T).sum(0)  # (nH, T, T)
-            torch.bmm(grad_s, k[r], out=grads[0, r])  # d(q*scale)
-            torch.bmm(grad_s.transpose(1, 2), q[r], out=grads[1, r])  # dk
-        grads[0].mul_(ctx.scale)
-        grad_qkv = grads.view(3, B_, nH, T, d).permute(1, 3, 0, 2, 4).reshape(B_, T, 3 * nH * d)  # (B', T, 3C)
-        return grad_qkv, grad_bias, None, None, None, None
+            torch.bmm(k_t[r], grad_s.transpose(1, 2), out=gq_t[r])  # d(q*scale)^T = k^T ds^T
+            torch.bmm(q[r].transpose(1, 2), grad_s, out=gk_t[r])  # dk^T = (q*scale)^T ds
+        gq_t.mul_(ctx.scale)
+        grad_qkv = q.new_empty(B_, T, 3, nH, d)
+        for i, gt in enumerate((gq_t, gk_t, gv_t)):
+            grad_qkv[:, :, i].copy_(gt.view(B_, nH, d, T).permute(0, 3, 1, 2))  # (B', T, nH, d)
+        grad_qkv = grad_qkv.view(B_, T, 3 * nH * d)  # (B', T, 3C)
+        return grad_qkv, grad_bias, None, None, None, None, None
+
+
+class _Conv2dFn(torch.autograd.Function):
+    """conv2d (stride 1) whose backward runs on NCHW-contiguous copies.
+
+    The forward is the plain conv on the given layout (the tokens-to-image views are channels-last,
+    as in the release, which fixes the forward's rounding). oneDNN's channels-last weight gradient
+    is ~3x slower on this CPU class than the contiguous one. The input gradient is handed back in
+    the input's layout, so token gradients upstream stay contiguous (no copies in later kernels).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        return F.conv2d(x, weight, bias, 1, padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        p = ctx.padding
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad_out.contiguous(), x.contiguous(), weight, [weight.shape[0]] if ctx.has_bias else None,
+            [1, 1], [p, p], [1, 1], False, [0, 0], 1, need)
+        if gx is not None and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            gx = gx.contiguous(memory_format=torch.channels_last)
+        return gx, gw, gb, None
+
+
+def _conv(conv, x):
+    """Apply a stride-1, same-padding nn.Conv2d through ``_Conv2dFn`` when gradients are recorded."""
+    if not torch.is_grad_enabled():
+        return conv(x)
+    if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != 'zeros':
+        raise ValueError(f'sctnet.py: _conv handles plain stride-1 convolutions only, got {conv}')
+    return _Conv2dFn.apply(x, conv.weight, conv.bias, conv.padding[0])
 
 
 class WindowAttention(nn.Module):
@@ -206,8 +301,9 @@ class WindowAttention(nn.Module):
         if self.attn_drop.p > 0 and self.training:
             return self.forward_reference(x, mask)
         qkv = self.qkv(x)  # (B', T, 3C)
-        x = _WindowAttentionFn.apply(qkv, self.relative_position_bias(), mask, self.num_heads, self.scale,
-                                     _ATTN_CHUNK)  # (B', T, C)
+        bias = self.relative_position_bias()
+        keep = torch.is_grad_enabled() and (qkv.requires_grad or bias.requires_grad)
+        x = _WindowAttentionFn.apply(qkv, bias, mask, self.num_heads, self.scale, _ATTN_CHUNK, keep)  # (B', T, C)
         x = self.proj(x)
         if self.proj_drop.p > 0:
             x = self.proj_drop(x)
@@ -269,30 +365,27 @@ class SwinTransformerBlock(nn.Module):
             attn_mask = None
         self.register_buffer('attn_mask', attn_mask)
 
-    def forward(self, x, x_size, mask=None):
-        """x: (N, H*W, C) tokens; ``mask`` is this size's shifted-window mask when it is not the stored one."""
+    def forward(self, x, x_size, plan=None):
+        """x: (N, H*W, C) tokens of an H x W image (multiples of the window); ``plan``: shared WindowPlan."""
         H, W = x_size
         B, L, C = x.shape
         M, s = self.window_size, self.shift_size
-        shortcut = x
-        x = self.norm1(x).view(B, H, W, C)  # (N, H, W, C)
-        if s > 0:
-            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
-        x_windows = window_partition(x, M).view(-1, M * M, C)  # (N*nW, M*M, C)
-
+        if plan is None or plan.size != (H, W) or plan.window_size != M or s not in plan.orders:
+            plan = WindowPlan(H, W, M, s, device=x.device, with_mask=(H, W) != tuple(self.input_resolution))
         if s == 0:
             attn_mask = None
         elif tuple(self.input_resolution) == (H, W):
             attn_mask = self.attn_mask
         else:
-            attn_mask = mask if mask is not None else shifted_window_mask(H, W, M, s, device=x.device)
-        attn_windows = self.attn(x_windows, mask=attn_mask)  # (N*nW, M*M, C)
+            attn_mask = plan.mask if plan.mask is not None else shifted_window_mask(H, W, M, s, device=x.device)
+        perm, inv = plan.orders[s]
 
-        x = window_reverse(attn_windows.view(-1, M, M, C), M, H, W)  # (N, H, W, C)
-        if s > 0:
-            x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        x = shortcut + self.drop_path(x.view(B, H * W, C))  # (N, L, C)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        shortcut = x
+        x = _TokenGather.apply(self.norm1(x), perm, inv)  # (N, L, C) shifted, window-major
+        x = self.attn(x.view(-1, M * M, C), mask=attn_mask)  # (N*nW, M*M, C)
+        x = _TokenGather.apply(x.view(B, L, C), inv, perm)  # (N, L, C) back in image order
+        x = _add_drop_path(shortcut, x, self.drop_path)
+        return _add_drop_path(x, self.mlp(self.norm2(x)), self.drop_path)
 
 
 class BasicLayer(nn.Module):
@@ -319,12 +412,12 @@ class BasicLayer(nn.Module):
         else:
             self.downsample = None
 
-    def forward(self, x, x_size, mask=None):
+    def forward(self, x, x_size, plan=None):
         for blk in self.blocks:
             if self.use_checkpoint:
-                x = checkpoint.checkpoint(blk, x, x_size, mask, use_reentrant=False)
+                x = checkpoint.checkpoint(blk, x, x_size, plan, use_reentrant=False)
             else:
-                x = blk(x, x_size, mask)
+                x = blk(x, x_size, plan)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
@@ -395,9 +488,9 @@ class GSAB(nn.Module):
         self.patch_unembed = PatchUnEmbed(img_size=img_size, patch_size=patch_size, in_chans=0, embed_dim=dim,
                                           norm_layer=None)
 
-    def forward(self, x, x_size, mask=None):
-        y = self.residual_group(x, x_size, mask)
-        return self.patch_embed(self.conv(self.patch_unembed(y, x_size))) + x
+    def forward(self, x, x_size, plan=None):
+        y = self.residual_group(x, x_size, plan)
+        return self.patch_embed(_conv(self.conv, self.patch_unembed(y, x_size))) + x
 
 
 class WithBias_LayerNorm(nn.Module):
@@ -604,14 +697,12 @@ class SCTNet(nn.Module):
         x = self.pos_drop(x) if self.pos_drop.p > 0 else x
         c = self.embed_dim // 3
         t1, t2, t3 = x[..., :c], x[..., c:2 * c], x[..., 2 * c:]  # per-frame token streams, reused every stage
-        # One shifted-window mask for this size, shared by all shifted blocks (stored buffers cover img_size).
-        mask = None
-        if x_size != tuple(self.patches_resolution):
-            mask = shifted_window_mask(x_size[0], x_size[1], self.window_size, self.window_size // 2,
-                                       device=x.device)
+        # Token orders and mask for this size, shared by all blocks (stored masks cover img_size).
+        plan = WindowPlan(x_size[0], x_size[1], self.window_size, self.window_size // 2, device=x.device,
+                          with_mask=x_size != tuple(self.patches_resolution))
         x = self.conv_first(x)
         for i in range(self.num_layers):
-            x = self.layers[i](x, x_size, mask)
+            x = self.layers[i](x, x_size, plan)
             u1, u2, u3 = x[..., :c], x[..., c:2 * c], x[..., 2 * c:]
             ref = t2 + u2
             a_l = self.channel_layers_lm[i](ref, t1 + u1, x_size)
@@ -629,5 +720,5 @@ class SCTNet(nn.Module):
         x1, x2, x3 = self.check_image_size(x1), self.check_image_size(x2), self.check_image_size(x3)
         e1, e2, e3 = self.conv1(x1), self.conv2(x2), self.conv3(x3)
         x = torch.cat([e1, e2, e3], dim=1)  # (N, 60, H', W')
-        x = self.conv_after_body(self.forward_features(x)) + self.conv_end(e2)
-        return self.sigmoid(self.upsample(x))
+        x = _conv(self.conv_after_body, self.forward_features(x)) + self.conv_end(e2)
+        return self.sigmoid(_conv(self.upsample[0], x))
