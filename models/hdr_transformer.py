@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 # Windows per attention chunk (per head): 512 x 64 x 64 floats = 8 MiB per attention-sized temporary, small
 # enough to stay in the last-level cache, large enough that the per-chunk Python overhead is negligible.
 _CHUNK_WINDOWS = 512
+_KEEP_PROBS = True
 
 
 def _check_window_multiple(height, width, window_size):
@@ -141,6 +142,17 @@ class _WindowAttentionFunction(torch.autograd.Function):
         return heads
 
     @staticmethod
+    def _probs(q, k, bias, n, w, index, mask_rows):
+        """softmax(q^T k + bias (+ mask)) for one chunk: q, k (nH*nb, d, T) -> (nH*nb, T, T)."""
+        num_heads, tokens = bias.shape[0], bias.shape[-1]
+        probs = torch.bmm(q.transpose(1, 2), k)  # logits (nH*nb, T, T)
+        probs.view(num_heads, -1, tokens, tokens).add_(bias.unsqueeze(1))  # += (nH, 1, T, T)
+        if index is not None:
+            probs.view(num_heads, n, w, tokens, tokens).index_add_(
+                2, index, mask_rows.expand(num_heads, n, -1, -1, -1))  # masked windows += their rows
+        return torch._softmax(probs, -1, False, out=probs)  # in place: the logits are not needed again
+
+    @staticmethod
     def forward(ctx, qkv_t, bias, mask, mask_flags, num_windows, num_heads, scale):
         c3, total = qkv_t.shape
         dim = c3 // 3
@@ -158,37 +170,34 @@ class _WindowAttentionFunction(torch.autograd.Function):
             cols = slice(b0 * tokens, (b0 + nb) * tokens)
             heads = _WindowAttentionFunction._heads(qkv_t, cols, num_heads, tokens, scale)
             q, k, v = (heads[j].view(num_heads * nb, d, tokens) for j in range(3))  # (nH*nb, d, T) each
-            probs = torch.bmm(q.transpose(1, 2), k)  # logits (nH*nb, T, T)
-            probs.view(num_heads, nb, tokens, tokens).add_(bias.unsqueeze(1))  # += (nH, 1, T, T)
-            if index is not None:
-                probs.view(num_heads, n, w, tokens, tokens).index_add_(
-                    2, index, mask_rows.expand(num_heads, n, -1, -1, -1))  # masked windows += their rows
-            torch._softmax(probs, -1, False, out=probs)  # in place: the logits are not needed again
+            probs = _WindowAttentionFunction._probs(q, k, bias, n, w, index, mask_rows)
             o_t = torch.bmm(v, probs.transpose(1, 2))  # (nH*nb, d, T) = (P V)^T
             out_t[:, cols].view(num_heads, d, nb, tokens).copy_(
                 o_t.view(num_heads, nb, d, tokens).transpose(1, 2))  # (nH, d, nb, T)
-            if keep:
+            if keep and _KEEP_PROBS:
                 kept.append(probs)
         if keep:
-            ctx.save_for_backward(qkv_t, *kept)
-            ctx.plan = [(n0, n1, w0, w1) for n0, n1, w0, w1, _, _ in plan]
+            ctx.save_for_backward(qkv_t, bias, *kept)
+            ctx.plan = plan
             ctx.num_windows, ctx.num_heads, ctx.scale, ctx.tokens = num_windows, num_heads, scale, tokens
         return out_t
 
     @staticmethod
     def backward(ctx, grad_out_t):
-        qkv_t, *kept = ctx.saved_tensors
+        qkv_t, bias, *kept = ctx.saved_tensors
         num_windows, num_heads, scale, tokens = ctx.num_windows, ctx.num_heads, ctx.scale, ctx.tokens
         dim = qkv_t.shape[0] // 3
         d = dim // num_heads
         grad_qkv_t = torch.empty_like(qkv_t)  # (3C, B'T)
         grad_bias = qkv_t.new_zeros(num_heads, tokens, tokens)  # (nH, T, T)
-        for (n0, n1, w0, w1), probs in zip(ctx.plan, kept):
-            nb = (n1 - 1 - n0) * num_windows + (w1 - w0)
+        for i, (n0, n1, w0, w1, index, mask_rows) in enumerate(ctx.plan):
+            n, w = n1 - n0, w1 - w0
+            nb = (n - 1) * num_windows + w
             b0 = n0 * num_windows + w0
             cols = slice(b0 * tokens, (b0 + nb) * tokens)
             heads = _WindowAttentionFunction._heads(qkv_t, cols, num_heads, tokens, scale)
             q, k, v = (heads[j].view(num_heads * nb, d, tokens) for j in range(3))  # (nH*nb, d, T) each
+            probs = kept[i] if kept else _WindowAttentionFunction._probs(q, k, bias, n, w, index, mask_rows)
             g = grad_out_t[:, cols].reshape(num_heads, d, nb, tokens).transpose(1, 2)  # (nH, nb, d, T)
             g = g.contiguous().view(num_heads * nb, d, tokens)  # dO^T per head and window
             grads = torch.empty_like(heads)  # (3, nH, nb, d, T)
