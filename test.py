@@ -25,6 +25,7 @@ from models.base_model import CheckpointError
 from options.test_options import TestOptions
 from util import metrics
 from util.hdr_io import write_hdr
+from util.malloc import tune_malloc
 from util.tonemap import mu_law
 from util.visualizer import setup_logging
 
@@ -137,6 +138,7 @@ def print_table(summaries):
 def main(argv=None):
     options = TestOptions()
     opt = options.parse(argv)
+    tune_malloc(opt.malloc)
     opt.rank, opt.distributed = 0, False
     options.save(opt, 'test')
     setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'test.log'))

@@ -20,6 +20,7 @@ import models
 from models.base_model import CheckpointError, NonFiniteLossError
 from options.train_options import TrainOptions
 from util import metrics
+from util.malloc import tune_malloc
 from util.visualizer import Visualizer, setup_logging
 
 logger = logging.getLogger('train')
@@ -150,6 +151,7 @@ def train(opt):
 def main(argv=None):
     options = TrainOptions()
     opt = options.parse(argv)
+    tune_malloc(opt.malloc)
     setup_distributed(opt)
     if opt.rank == 0:
         options.save(opt, 'train')

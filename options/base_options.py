@@ -100,6 +100,9 @@ class BaseOptions:
                             help="VGG19 for the structure loss: 'imagenet' needs the weights (torchvision cache or "
                                  "--vgg_path); 'auto' falls back to random weights with a warning; 'random' is explicit")
         parser.add_argument('--vgg_path', type=str, default='', help='file with torchvision VGG19 ImageNet weights')
+        parser.add_argument('--malloc', type=str, default='tuned', choices=('tuned', 'system'),
+                            help="'tuned' keeps freed tensor memory in glibc's heap (fewer page faults on CPU, "
+                                 "see util/malloc.py); 'system' leaves glibc's defaults")
         return parser
 
     def gather_options(self, args=None):
