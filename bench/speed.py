@@ -10,8 +10,8 @@ interpreter and torch) is its own. Times are medians of --runs runs after --warm
 computation written plainly (per-frame stems, dilated convolutions, out-of-place ops, unfused attention),
 taken from the reference forwards the tests check our networks against. Timed on the same machine in
 the same way, it is the release-equivalent baseline for "ours vs the release" where the release's own
-figures (RELEASE below) came from a different CPU. `--malloc system|tuned` picks glibc's default or our
-entry points' setting (util/malloc.py).
+figures (RELEASE below) came from a different CPU. `--malloc tuned|system`: as our entry points run by default, or
+glibc's defaults as the release runs (util/malloc.py).
 """
 import argparse
 import json
@@ -180,7 +180,8 @@ def main():
     parser.add_argument('--impl', default='ours', choices=('ours', 'literal'),
                         help="'literal': the spec-literal (release-equivalent) formulation, for comparison")
     parser.add_argument('--malloc', default='tuned', choices=('tuned', 'system'),
-                        help="glibc malloc setting of the child processes (util/malloc.py); 'system' = defaults")
+                        help="glibc malloc of the child processes (util/malloc.py): 'tuned' as train.py and "
+                             "test.py run by default, or 'system' (glibc's defaults, as the release runs)")
     parser.add_argument('--output', default=os.path.join(ROOT, 'bench', 'results', 'speed.json'))
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--network', help=argparse.SUPPRESS)

@@ -10,7 +10,8 @@ Speed notes (results equal the plain formulation up to float32 rounding):
 * on CPU and for even H, W, the dilation-2 SDC convolutions run as plain 3x3 convolutions on the
   2x2 polyphase components stacked along the batch axis (oneDNN's backward pass for dilated
   convolutions is slower);
-* activations run in place on fresh convolution outputs, which their backward never reads.
+* activations run in place on fresh convolution outputs, which their backward never reads;
+* feature maps are released at their last use (inference memory).
 """
 import torch
 import torch.nn as nn
@@ -94,7 +95,8 @@ class FSHDR(nn.Module):
             raise ValueError(
                 f'models/fshdr.py FSHDR: expected three (N, {self.nChannel}, H, W) tensors of one shape, '
                 f'got {tuple(x1.shape)}, {tuple(x2.shape)}, {tuple(x3.shape)}')
-        # the in-place 0.2-slope activations always act on a fresh conv output
+        # the in-place 0.2-slope activations always act on a fresh conv output; `del` drops each feature map at its
+        # last use, which lowers peak inference memory (autograd keeps what backward needs either way)
         a1 = self.relu1(self.conv1(x1))
         a2 = self.relu2(self.conv2(x2))
         a3 = self.relu3(self.conv3(x3))
@@ -103,15 +105,19 @@ class FSHDR(nn.Module):
         b1 = self.relu6(self.conv6(a1))
         b2 = self.relu7(self.conv7(a2))
         b3 = self.relu8(self.conv8(a3))
+        del a1, a2, a3
         s1 = self.relu9(self.conv9(torch.cat((b1, b2, s1), 1)))
         s2 = self.relu10(self.conv10(torch.cat((b2, b3, s2), 1)))
         c1 = self.relu11(self.conv11(b1))
         c2 = self.relu12(self.conv12(b2))
         c3 = self.relu13(self.conv13(b3))
+        del b1, b2, b3
         s1 = self.relu14(self.conv14(torch.cat((c1, c2, s1), 1)))
         s2 = self.relu15(self.conv15(torch.cat((c2, c3, s2), 1)))
+        del c1, c3
 
         x = torch.cat((c2, s1, s2), 1)  # (N, 3F, H, W)
+        del c2, s1, s2
         d1 = self.sdc1(x)  # (N, 3F, H, W)
         d2 = self.sdc2(torch.cat((x, d1), 1))  # (N, 6F, H, W) -> (N, 3F, H, W)
         return torch.sigmoid_(self.conv16(torch.cat((x, d1, d2), 1)))

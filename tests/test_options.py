@@ -24,6 +24,14 @@ def test_release_defaults():
     assert opt.isTrain and opt.name == 'run' and opt.chop is False
 
 
+def test_malloc_option():
+    assert TrainOptions().parse(REQUIRED).malloc == 'tuned'
+    assert TestOptions().parse(['--name', 'r', '--model', 'selfhdr2', '--network', 'AHDRNet']).malloc == 'tuned'
+    assert TrainOptions().parse(REQUIRED + ['--malloc', 'system']).malloc == 'system'
+    with pytest.raises(SystemExit):
+        TrainOptions().parse(REQUIRED + ['--malloc', 'jemalloc'])
+
+
 def test_name_lowercased_suffix_and_chop_for_transformers():
     opt = TestOptions().parse(['--name', 'HDRT', '--model', 'selfhdr2', '--network', 'HDR-Transformer',
                                '--suffix', '{network}_bs{batch_size}', '--load_iter', '1', '5'])

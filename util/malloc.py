@@ -8,7 +8,9 @@ This is the same allocator (glibc malloc) with two `mallopt` settings; it is equ
 `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=...`. The price: memory that was
 freed stays mapped, so the resident size stays near its peak (it is not a higher peak).
 
-Entry points call `tune_malloc(opt.malloc)` right after parsing; `--malloc system` keeps the defaults.
+Entry points call `tune_malloc(opt.malloc)` right after parsing (default 'tuned'; `--malloc system` keeps
+glibc's defaults). Inference gains even more than training: AHDRNet at 1000x1500 with `--tile 512` took
+37 s and 1.5 GB peak RSS tuned, 76 s and 1.2 GB with the defaults (2-core Zen 3).
 """
 import ctypes
 import ctypes.util

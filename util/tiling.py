@@ -28,13 +28,20 @@ def padded_forward(fn, inputs, multiple=8, mode='release'):
     return out[..., top:top + height, left:left + width]
 
 
-def _tile_starts(size, tile, overlap):
+def _tile_layout(size, tile, overlap):
+    """(length, starts) of the fewest tiles of at most `tile` pixels that cover `size` with at least `overlap`
+    pixels shared by neighbours, all of one length and evenly spaced.
+
+    Fixed `tile`-sized windows at a fixed stride would waste most of the last one (1000 rows in tiles of 512
+    with overlap 32: three full tiles for 1000 rows, 1.5x the work); equal shorter tiles do the same job with
+    the least computation and memory."""
     if size <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride))
-    starts.append(size - tile)
-    return starts
+        return size, [0]
+    count = -(-(size - overlap) // (tile - overlap))  # ceil: tiles needed at the largest length
+    length = -(-(size + (count - 1) * overlap) // count)  # ceil: shortest length that still overlaps enough
+    # floor keeps every gap <= length - overlap (the exact spacing is at most that, an integer)
+    starts = [k * (size - length) // (count - 1) for k in range(count)]
+    return length, starts
 
 
 def _ramp(length, overlap, at_start, at_end, device):
@@ -50,7 +57,8 @@ def _ramp(length, overlap, at_start, at_end, device):
 
 
 def tiled_forward(fn, inputs, tile, overlap=32):
-    """Run `fn` on overlapping `tile` x `tile` windows and blend them with linear ramps in the overlaps.
+    """Run `fn` on overlapping windows of at most `tile` x `tile` pixels (equal, evenly spaced, see
+    `_tile_layout`) and blend them with linear ramps in the overlaps.
 
     Peak memory is that of one tile plus the output; the result differs from a whole-image pass only near tile
     seams, by the networks' border effects (tests state the tolerance)."""
@@ -63,10 +71,10 @@ def tiled_forward(fn, inputs, tile, overlap=32):
         return fn(*inputs)
     out = None
     weight_sum = None
-    rows, cols = _tile_starts(height, tile, overlap), _tile_starts(width, tile, overlap)
+    (tile_h, rows), (tile_w, cols) = _tile_layout(height, tile, overlap), _tile_layout(width, tile, overlap)
     for i, top in enumerate(rows):
         for j, left in enumerate(cols):
-            window = [x[..., top:top + tile, left:left + tile] for x in inputs]
+            window = [x[..., top:top + tile_h, left:left + tile_w] for x in inputs]
             piece = fn(*window)
             h, w = piece.shape[-2:]
             wy = _ramp(h, overlap, i == 0, i == len(rows) - 1, piece.device)
