@@ -48,7 +48,6 @@ def main():
     literal_system = load(path('speed_train_literal_system.json'))
     literal_tuned = load(path('speed_train_literal_tuned.json'))
     literal_infer = load(path('speed_infer_literal_system.json'))
-    literal_infer.update(load(path('speed_full_literal_system.json')))
 
     print('Training step (stage-1 loss, forward + backward + Adam, batch 4 of 128x128):\n')
     print('| backbone | release-equivalent, glibc defaults | ours, glibc defaults | release-equivalent, tuned malloc '
@@ -63,12 +62,15 @@ def main():
 
     print('\nInference (batch 1, eval, inference_mode; peak RSS includes ~0.8 GB of interpreter and torch):\n')
     print('| backbone | 256x256 | 512x512 | 1000x1500 whole | 1000x1500 `--tile 512` | peak RSS whole / tiled '
-          '| release-equivalent 256 / 512 / 1000x1500 (glibc defaults) |')
-    print('|---|---|---|---|---|---|---|')
+          '| other tiles at 1000x1500 | release-equivalent 256 / 512 / 1000x1500 (glibc defaults) |')
+    print('|---|---|---|---|---|---|---|---|')
     for net in NETWORKS:
+        others = [f"`--tile {tile}`: {cell(ours, net, mode, tile)}, {cell(ours, net, mode, tile, memory=True)}"
+                  for (name, mode, tile) in sorted(ours) if name == net and mode == '1000x1500' and tile not in (0, 512)]
         print(f"| {net} | {cell(ours, net, '256x256')} | {cell(ours, net, '512x512')} "
               f"| {cell(ours, net, '1000x1500')} | {cell(ours, net, '1000x1500', 512)} "
               f"| {cell(ours, net, '1000x1500', memory=True)} / {cell(ours, net, '1000x1500', 512, memory=True)} "
+              f"| {'; '.join(others) or '-'} "
               f"| {cell(literal_infer, net, '256x256')} / {cell(literal_infer, net, '512x512')} "
               f"/ {cell(literal_infer, net, '1000x1500')} |")
 
