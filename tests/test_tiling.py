@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from util.tiling import chop_padding, padded_forward, tiled_forward
+from util.tiling import _tile_layout, chop_padding, padded_forward, tiled_forward
 
 GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden'
 
@@ -169,3 +169,21 @@ def test_invalid_overlap_raises(overlap):
     xs = _bracket(48, 64)
     with pytest.raises(ValueError, match='tile_overlap'):
         tiled_forward(lambda *x: x[0], xs, 32, overlap)
+
+
+@pytest.mark.parametrize('size, tile, overlap', [(1000, 512, 32), (1500, 512, 32), (1500, 384, 32), (24, 16, 8),
+                                                 (64, 32, 8), (17, 16, 0), (100, 16, 4), (513, 512, 32)])
+def test_tile_layout_covers_with_overlap_and_least_work(size, tile, overlap):
+    length, starts = _tile_layout(size, tile, overlap)
+    assert length <= tile and starts[0] == 0 and starts[-1] + length == size  # inside the image, to both ends
+    assert all(b - a <= length - overlap for a, b in zip(starts, starts[1:]))  # neighbours share >= overlap
+    # the fewest tiles of at most `tile` pixels that can keep that overlap, each as short as it can be
+    assert len(starts) == -(-(size - overlap) // (tile - overlap))
+    assert (length - 1) * len(starts) < size + (len(starts) - 1) * overlap
+
+
+def test_tile_layout_of_full_resolution_frame():
+    # 1000x1500 at --tile 512: 3x4 tiles of 355x399 (1.7 Mpx of work), not 3x4 of 512x512 (3.1 Mpx)
+    assert _tile_layout(1000, 512, 32) == (355, [0, 322, 645])
+    assert _tile_layout(1500, 512, 32) == (399, [0, 367, 734, 1101])
+    assert _tile_layout(300, 512, 32) == (300, [0])
