@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from util.photo_sources import PHOTOS, load_photo_sources
 from util.synthetic import SynthConfig, list_hdr_files, make_synthetic_dataset
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,11 @@ DEFAULT_HDRI_DIR = _REPO / 'datasets' / 'hdri'
 TEST_HDRIS = ('courtyard', 'sunset')  # held out: test scenes come from images training never sees
 MARKER_NAME = 'demo_dataset.json'
 # Bump when something outside the fingerprinted files changes what the demo data look like.
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: colour augmentation and lifted photos in the training split
 _SUBDIRS = ('Training', 'Test', 'Training_align', 'Test_align')
 # The generator and the alignment code: editing them changes the data, so it invalidates the cache.
 _FINGERPRINTED_CODE = tuple(_REPO / p for p in ('util/synthetic.py', 'tools/prepare_data.py', 'util/align.py',
-                                                'util/colour.py'))
+                                                'util/colour.py', 'util/photo_sources.py'))
 
 
 def _sha256(path: Path) -> str:
@@ -50,13 +51,15 @@ def _sha256(path: Path) -> str:
 
 
 def demo_fingerprint(n_train: int = 32, n_test: int = 8, size: tuple[int, int] = (256, 384), seed: int = 0,
-                     hdri_dir=DEFAULT_HDRI_DIR, holdout: Sequence[str] = TEST_HDRIS, align: bool = True) -> dict:
+                     hdri_dir=DEFAULT_HDRI_DIR, holdout: Sequence[str] = TEST_HDRIS, align: bool = True,
+                     colour_aug: bool = True, photos: Sequence[str] = PHOTOS) -> dict:
     """Everything the demo data depend on; a different fingerprint means the cache is stale."""
     settings = {
         'demo_version': DEMO_VERSION,
         'n_train': int(n_train), 'n_test': int(n_test), 'size': [int(s) for s in size], 'seed': int(seed),
         'holdout': sorted(holdout), 'align': bool(align),
-        'synth_config': SynthConfig(size=tuple(size)).to_dict(),
+        'synth_config': SynthConfig(size=tuple(size), colour_aug=bool(colour_aug)).to_dict(),
+        'photos': list(photos),
         'hdri': {p.name: _sha256(p) for p in list_hdr_files(hdri_dir)},
         'code': {str(p.relative_to(_REPO)): _sha256(p) for p in _FINGERPRINTED_CODE},
     }
@@ -113,14 +116,18 @@ def _align(root: Path, split: str) -> None:
 
 def ensure_demo_dataset(root=DEFAULT_ROOT, *, n_train: int = 32, n_test: int = 8,
                         size: tuple[int, int] = (256, 384), seed: int = 0, hdri_dir=DEFAULT_HDRI_DIR,
-                        holdout: Sequence[str] = TEST_HDRIS, align: bool = True, force: bool = False) -> Path:
+                        holdout: Sequence[str] = TEST_HDRIS, align: bool = True, force: bool = False,
+                        colour_aug: bool = True, photos: Sequence[str] = PHOTOS) -> Path:
     """Return ``root`` holding an up-to-date demo data set, generating it if needed.
+
+    Training scenes get the generator's colour augmentation (``colour_aug``) and draw also from the lifted
+    scikit-image ``photos``; test scenes use only the hold-out HDRIs, with their own colours.
 
     Only the folders this function owns (``Training``, ``Test``, their ``_align`` twins and the
     marker) are ever deleted under ``root``.
     """
     root = Path(root)
-    fp = demo_fingerprint(n_train, n_test, size, seed, hdri_dir, holdout, align)
+    fp = demo_fingerprint(n_train, n_test, size, seed, hdri_dir, holdout, align, colour_aug, photos)
     if not force and is_demo_current(root, fp):
         logger.info('demo data set in %s is up to date', root)
         return root
@@ -136,7 +143,8 @@ def ensure_demo_dataset(root=DEFAULT_ROOT, *, n_train: int = 32, n_test: int = 8
         logger.info('generating demo data set in %s: %d training + %d test scenes, %dx%d, seed %d',
                     root, n_train, n_test, size[0], size[1], seed)
         make_synthetic_dataset(hdri_dir, root, n_train, n_test, size, seed, holdout=holdout,
-                               config=SynthConfig(size=tuple(size)))
+                               config=SynthConfig(size=tuple(size), colour_aug=colour_aug),
+                               extra_train_sources=load_photo_sources(photos) if photos else ())
         if align:
             for split, count in (('Training', n_train), ('Test', n_test)):
                 if count:

@@ -5,11 +5,10 @@ import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from contextlib import nullcontext
-from functools import partial
 
 import torch
 
-from util.tiling import padded_forward, tiled_forward
+from util.tiling import padded, tiled_forward
 from . import networks
 
 logger = logging.getLogger(__name__)
@@ -213,7 +212,7 @@ class BaseModel(ABC):
         """Test-time forward of a backbone: the release's padding for windowed backbones, optional tiling."""
         fn = net
         if self.opt.chop:
-            fn = partial(padded_forward, net, multiple=8, mode=getattr(self.opt, 'pad_mode', 'release'))
+            fn = padded(net, multiple=8, mode=getattr(self.opt, 'pad_mode', 'release'))
         with self.autocast():
             out = tiled_forward(fn, inputs, getattr(self.opt, 'tile', 0), getattr(self.opt, 'tile_overlap', 32))
         return out.float()

@@ -24,6 +24,8 @@ class SelfHDR2Model(HDRBackboneModel):
     def modify_commandline_options(parser, is_train):
         parser.add_argument('--noise', type=str, default='gauss0.5',
                             help="training noise on the medium LDR: 'gauss<sigma*255>' or 'none'")
+        parser.add_argument('--stru_loss', type=str, default='vgg', choices=('vgg', 'none'),
+                            help="structure loss against the stage-1 output: 'vgg' (the method) or 'none' (ablation)")
         parser.add_argument('--vgg_rgb', type=str2bool, default=False,
                             help='flip BGR to RGB before the VGG (the release does not: known flaw 4)')
         return parser
@@ -33,11 +35,14 @@ class SelfHDR2Model(HDRBackboneModel):
         self.visual_names = ['data_out', 'label', 'other_label']
         self.loss_names = ['Color', 'Stru', 'Total']
         self.loss_Color = self.loss_Stru = self.loss_Total = None
+        self.use_stru_loss = getattr(opt, 'stru_loss', 'vgg') == 'vgg'
         if self.isTrain:
             self.criterionL1 = networks.L1MuLoss()
+        if self.isTrain and self.use_stru_loss:
             if vgg_features is None:
                 vgg_features = networks.build_vgg19_features(opt.vgg_weights, opt.vgg_path)
             self.criterionVGG = networks.VGGLoss(vgg_features, rgb=getattr(opt, 'vgg_rgb', False)).to(self.device)
+        if self.isTrain:
             noise = getattr(opt, 'noise', 'gauss0.5')
             self.augment_noise = None if noise == 'none' else networks.AugmentNoise(noise)
 
@@ -58,7 +63,7 @@ class SelfHDR2Model(HDRBackboneModel):
         out = self.data_out.float()
         mask = colour_mask(self.label, self.other_label)
         self.loss_Color = self.criterionL1(out, self.label, mask)
-        self.loss_Stru = self.criterionVGG(out, self.other_label)
+        self.loss_Stru = self.criterionVGG(out, self.other_label) if self.use_stru_loss else out.new_zeros(())
         self.loss_Total = self.loss_Color + self.loss_Stru
         return self.loss_Total
 

@@ -41,7 +41,6 @@ import math
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -271,7 +270,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     import torch
 
     from models.networks import PADDED_NETWORKS
-    from util.tiling import padded_forward, tiled_forward
+    from util.tiling import padded, tiled_forward
 
     if not (math.isfinite(gamma) and gamma > 0):
         raise MergeError(f'--gamma must be a positive number, got {gamma}')
@@ -297,7 +296,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
 
     net = _load_network(network, checkpoint, device)
     xs = [x.to(device) for x in _build_inputs(frames, bracket.times, gamma)]
-    fn = partial(padded_forward, net, multiple=8, mode='release') if network in PADDED_NETWORKS else net
+    fn = padded(net, multiple=8, mode='release') if network in PADDED_NETWORKS else net
     height, width = frames[0].shape[:2]
     with torch.inference_mode():
         try:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['psnr', 'psnr_l', 'psnr_mu', 'ssim', 'ssim_l', 'ssim_mu', 'gaussian_window',
            'PU21_PARAMS', 'PU21_L_MIN', 'PU21_L_MAX', 'pu21_encode', 'pu21_psnr', 'pu21_ssim',
-           'cvvdp_score', 'lpips_score']
+           'cvvdp_score', 'lpips_score', 'colour_error_deg']
 
 SSIM_WIN = 11
 SSIM_SIGMA = 1.5
@@ -45,6 +45,29 @@ def _pair(a, b, name: str) -> tuple[np.ndarray, np.ndarray]:
     if a.ndim not in (2, 3) or a.size == 0:
         raise ValueError(f'{name}: expected H x W or H x W x C arrays, got shape {a.shape}')
     return a, b
+
+
+# ---------------------------------------------------------------------------------------------
+# colour
+# ---------------------------------------------------------------------------------------------
+
+def colour_error_deg(pred, gt, mask=None) -> float:
+    """Mean angle in degrees between the RGB vectors of ``pred`` and ``gt`` (H x W x 3, linear), over the
+    pixels of ``mask`` (H x W bool; all pixels when None) where both are non-zero. Independent of brightness,
+    so it measures hue and saturation errors only; 0 for identical colours."""
+    a, b = _pair(pred, gt, 'colour_error_deg')
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f'colour_error_deg: expected H x W x 3 arrays, got shape {a.shape}')
+    a = a.reshape(-1, 3).astype(np.float64)
+    b = b.reshape(-1, 3).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    keep = (na > 0) & (nb > 0)
+    if mask is not None:
+        keep &= np.asarray(mask, bool).reshape(-1)
+    if not keep.any():
+        return float('nan')
+    cos = np.clip((a[keep] * b[keep]).sum(1) / (na[keep] * nb[keep]), -1.0, 1.0)
+    return float(np.degrees(np.arccos(cos)).mean())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,13 @@ class SynthConfig:
     noise: bool = True
     shot_noise: tuple[float, float] = (1e-4, 1e-3)  # log-uniform
     read_noise: tuple[float, float] = (2e-4, 2e-3)  # std, log-uniform
+    # colour diversity: one random linear colour transform for the background and one per moving object,
+    # applied to the source radiance before the frames are rendered (frames and ground truth stay consistent)
+    colour_aug: bool = False
+    wb_gain: tuple[float, float] = (0.6, 1.6)  # per-channel gain, log-uniform (normalised to keep luminance)
+    hue_rotation_deg: float = 180.0  # rotation about the grey axis, uniform in +-this
+    saturation: tuple[float, float] = (0.6, 1.6)  # chroma scale about the grey axis, log-uniform
+    permute_prob: float = 0.5  # chance of a random channel permutation
 
     def __post_init__(self) -> None:
         h, w = self.size
@@ -91,7 +98,10 @@ class SynthConfig:
         lo, hi = self.n_objects
         if lo < 0 or hi < lo:
             raise ValueError(f'SynthConfig.n_objects must be 0 <= low <= high, got {self.n_objects}')
-        for name in ('crop_scale', 'highlight_level', 'object_size', 'object_gain', 'shot_noise', 'read_noise'):
+        if not 0 <= self.permute_prob <= 1:
+            raise ValueError(f'SynthConfig.permute_prob must be in [0, 1], got {self.permute_prob}')
+        for name in ('crop_scale', 'highlight_level', 'object_size', 'object_gain', 'shot_noise', 'read_noise',
+                     'wb_gain', 'saturation'):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f'SynthConfig.{name} must be 0 < low <= high, got {(lo, hi)}')
@@ -155,6 +165,40 @@ def load_sources(files: Sequence[Path]) -> list[HDRSource]:
             raise ValueError(f'{path}: HDR source is entirely black')
         sources.append(HDRSource(path.stem, rad))
     return sources
+
+
+# ----------------------------------------------------------------------------------------------
+# colour diversity
+# ----------------------------------------------------------------------------------------------
+
+_LUMA_BGR = np.array([0.114, 0.587, 0.299])
+
+
+def random_colour_matrix(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """A 3x3 matrix M (BGR, applied as ``x @ M.T``) made of a hue rotation and a saturation change about the
+    grey axis, white-balance gains and, with probability ``cfg.permute_prob``, a channel permutation.
+
+    Grey stays grey under the rotation and the saturation change; the gains are normalised so that a grey
+    pixel keeps its luminance, so the scene's exposure and therefore the bracket's ratios are unchanged.
+    """
+    axis = np.ones(3) / math.sqrt(3.0)
+    theta = math.radians(rng.uniform(-cfg.hue_rotation_deg, cfg.hue_rotation_deg))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)  # Rodrigues
+    sat = math.exp(rng.uniform(*np.log(cfg.saturation)))
+    grey = np.outer(axis, axis)  # projection onto the grey axis
+    chroma = grey + sat * (np.eye(3) - grey)
+    gains = np.exp(rng.uniform(*np.log(cfg.wb_gain), size=3))
+    m = np.diag(gains) @ chroma @ rot
+    if rng.random() < cfg.permute_prob:
+        m = np.eye(3)[rng.permutation(3)] @ m
+    return m / float(_LUMA_BGR @ m @ np.ones(3))
+
+
+def apply_colour_matrix(rad: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``rad @ m.T`` clipped at 0 (a saturation boost can push a saturated colour below zero)."""
+    out = rad.reshape(-1, 3) @ m.T.astype(np.float32)
+    return np.maximum(out, 0.0).reshape(rad.shape).astype(np.float32, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +274,10 @@ def _object_layer(rng: np.random.Generator, sources: Sequence[HDRSource], h: int
     canvas = int(math.ceil(math.hypot(oh, ow) * (1 + cfg.object_scale_jitter))) + 4
     src = sources[int(rng.integers(len(sources)))]
     tex = _crop_window(rng, src, (canvas, canvas), cfg)
+    colour = None
+    if cfg.colour_aug:
+        colour = random_colour_matrix(rng, cfg)
+        tex = apply_colour_matrix(tex, colour)
     gain = math.exp(rng.uniform(math.log(cfg.object_gain[0]), math.log(cfg.object_gain[1])))
     tex *= np.float32(gain * bg_mean / max(float(_luma(tex).mean()), 1e-8))
 
@@ -270,7 +318,8 @@ def _object_layer(rng: np.random.Generator, sources: Sequence[HDRSource], h: int
         m[:, 2] += center + off - (canvas - 1) / 2.0
         placements.append(m)
     return {'texture': tex, 'alpha': alpha, 'placements': placements,
-            'meta': {'source': src.name, 'shape': kind, 'size_hw': [oh, ow], 'gain': gain,
+            'meta': {'source': src.name, 'shape': kind,
+                     'colour_matrix': None if colour is None else colour.tolist(), 'size_hw': [oh, ow], 'gain': gain,
                      'center_mid_xy': center.tolist(),
                      'offsets_xy': [o.tolist() for o in offsets]}}
 
@@ -321,6 +370,10 @@ def synthesize_scene(sources: Sequence[HDRSource], rng: np.random.Generator,
     margin = _margins(homs, h, w)
     bg_src = sources[int(rng.integers(len(sources)))]
     bg = _crop_window(rng, bg_src, (h + 2 * margin[1], w + 2 * margin[0]), cfg)
+    bg_colour = None
+    if cfg.colour_aug:
+        bg_colour = random_colour_matrix(rng, cfg)
+        bg = apply_colour_matrix(bg, bg_colour)
 
     ref = bg[margin[1]:margin[1] + h, margin[0]:margin[0] + w]
     level = rng.uniform(*cfg.highlight_level)
@@ -346,7 +399,8 @@ def synthesize_scene(sources: Sequence[HDRSource], rng: np.random.Generator,
         x = np.clip(e, 0.0, 1.0) ** (1.0 / 2.2)
         ldrs.append(_quantise16(x))
     gt = radiances[1].astype(np.float32)
-    meta = {'background': bg_src.name, 'stop': stop, 'margin_xy': list(margin),
+    meta = {'background': bg_src.name, 'stop': stop,
+            'colour_matrix': None if bg_colour is None else bg_colour.tolist(), 'margin_xy': list(margin),
             'homographies': [m.tolist() for m in homs], 'radiance_scale_level': level,
             'noise': {'enabled': cfg.noise, 'shot': shot, 'read': read},
             'objects': [o['meta'] for o in objects]}
@@ -396,13 +450,16 @@ def write_scene(scene: SyntheticScene, scene_dir) -> Path:
 
 def make_synthetic_dataset(src, out, n_train: int, n_test: int, size: tuple[int, int] = (256, 384),
                            seed: int = 0, holdout: Sequence[str] = (), config: SynthConfig | None = None,
-                           overwrite: bool = False) -> dict[str, list[Path]]:
+                           overwrite: bool = False, extra_train_sources: Sequence[HDRSource] = (),
+                           colour_aug_test: bool = False) -> dict[str, list[Path]]:
     """Write ``out/Training/<scene>`` and ``out/Test/<scene>`` (scenes named 001, 002, ...).
 
     ``holdout`` names source files (stem or file name) used only for the test split, so test
     scenes come from images never seen in training; without it both splits draw different random
     windows of every source. An existing non-empty split folder is an error unless ``overwrite``,
-    which deletes it first (a stale mix of old and new scenes would be worse).
+    which deletes it first (a stale mix of old and new scenes would be worse). ``extra_train_sources`` (e.g.
+    lifted photos, ``util.photo_sources``) join the training pool only. The colour augmentation of ``config``
+    applies to the training split; test scenes keep their sources' colours unless ``colour_aug_test``.
     """
     if n_train < 0 or n_test < 0:
         raise ValueError(f'scene counts must be >= 0, got train={n_train}, test={n_test}')
@@ -416,7 +473,7 @@ def make_synthetic_dataset(src, out, n_train: int, n_test: int, size: tuple[int,
         if stem not in by_name:
             raise ValueError(f'{src}: hold-out source {name!r} not found (have {sorted(by_name)})')
         held.append(stem)
-    train_sources = [s for s in sources if s.name not in held] if held else sources
+    train_sources = ([s for s in sources if s.name not in held] if held else sources) + list(extra_train_sources)
     test_sources = [by_name[n] for n in held] if held else sources
     if n_train > 0 and not train_sources:
         raise ValueError(f'{src}: every source is held out for test, none is left for training')
@@ -430,8 +487,9 @@ def make_synthetic_dataset(src, out, n_train: int, n_test: int, size: tuple[int,
                 raise FileExistsError(f'{split_dir}: folder is not empty (pass overwrite=True / --overwrite)')
             shutil.rmtree(split_dir)
         written[split] = []
+        split_cfg = cfg if split == 'Training' or colour_aug_test else dataclasses.replace(cfg, colour_aug=False)
         for i in range(count):
-            scene = synthesize_scene(pool, scene_rng(seed, split, i), cfg)
+            scene = synthesize_scene(pool, scene_rng(seed, split, i), split_cfg)
             path = write_scene(scene, split_dir / f'{i + 1:03d}')
             logger.debug('%s: stop %g, background %s, %d objects', path, scene.meta['stop'],
                          scene.meta['background'], len(scene.meta['objects']))

@@ -28,6 +28,14 @@ def padded_forward(fn, inputs, multiple=8, mode='release'):
     return out[..., top:top + height, left:left + width]
 
 
+def padded(fn, multiple=8, mode='release'):
+    """`fn` wrapped so that `padded(fn)(*inputs)` pads, runs and crops (see `padded_forward`); the form
+    `tiled_forward` and plain calls take."""
+    def run(*inputs):
+        return padded_forward(fn, inputs, multiple, mode)
+    return run
+
+
 def _tile_layout(size, tile, overlap):
     """(length, starts) of the fewest tiles of at most `tile` pixels that cover `size` with at least `overlap`
     pixels shared by neighbours, all of one length and evenly spaced.

@@ -1,0 +1,83 @@
+"""tools/study.py end to end at the tiny budget (tiny AHDR, random VGG): results files, the permuted copy, resume."""
+import json
+
+import numpy as np
+import pytest
+
+from tiny_data import single_thread, use_tiny_backbone
+from tools import study
+from util.hdr_io import read_hdr, read_ldr
+
+METHODS = ('selfhdr', 'supervised', 'medium_frame', 'unaligned_merge', 'colour_component', 'structure_component')
+
+
+@pytest.fixture(scope='module')
+def tiny_study(tmp_path_factory):
+    work = tmp_path_factory.mktemp('study')
+    with pytest.MonkeyPatch.context() as mp, single_thread():
+        use_tiny_backbone(mp)
+        assert study.main(['--budget', 'tiny', '--work', str(work), '--vgg', 'random']) == 0
+    return work
+
+
+def test_results_files(tiny_study):
+    out = tiny_study / 'results'
+    results = json.loads((out / 'results.json').read_text())
+    assert set(results['methods']) == set(METHODS)
+    for name in METHODS:
+        row = results['methods'][name]
+        for key in ('psnr_mu', 'psnr_l', 'ssim_mu', 'ssim_l', 'pu21_psnr', 'psnr_mu_permuted'):
+            assert np.isfinite(row[key]), (name, key)
+    # per-pixel, channel-independent anchors cannot depend on the channel order
+    for name in ('medium_frame', 'unaligned_merge', 'colour_component'):
+        row = results['methods'][name]
+        assert row['psnr_mu_permuted'] == pytest.approx(row['psnr_mu'], abs=1e-3)
+    assert results['machine']['cpu'] and results['machine']['torch_threads'] >= 1
+    assert results['budget']['iters'] == study.BUDGETS['tiny'].iters
+    assert set(results['labels']) == {'colour_component', 'structure_component', 'stage2_target'}
+    assert all(results['seconds'][run] > 0 for run in ('supervised', 'stage1', 'stage2'))
+    text = (out / 'results.md').read_text()
+    assert 'selfhdr' in text and results['machine_text'] in text
+    assert (out / 'crops.png').stat().st_size > 0 and (out / 'curves.png').stat().st_size > 0
+
+
+def test_colour_component_anchor_uses_aligned_frames(tiny_study):
+    results = json.loads((tiny_study / 'results' / 'results.json').read_text())
+    # the aligned merge is scored against the same ground truth as the unaligned one, and they differ
+    assert results['methods']['colour_component']['psnr_mu'] != results['methods']['unaligned_merge']['psnr_mu']
+
+
+def test_permuted_copy_cycles_channels(tiny_study):
+    src, perm = tiny_study / 'data' / 'Test', tiny_study / 'data_permuted' / 'Test'
+    scene = sorted(p.name for p in src.iterdir() if p.is_dir())[0]
+    gt, gt_perm = read_hdr(src / scene / 'HDRImg.hdr'), read_hdr(perm / scene / 'HDRImg.hdr')
+    assert np.allclose(gt_perm, gt[..., list(study.PERMUTATION)], rtol=1e-2, atol=1e-6)
+    tif = sorted((src / scene).glob('*.tif'))[0]
+    assert np.array_equal(read_ldr(perm / scene / tif.name), read_ldr(tif)[..., list(study.PERMUTATION)])
+    assert (perm / scene / 'exposure.txt').read_text() == (src / scene / 'exposure.txt').read_text()
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(tiny_study):
+    ckpt = tiny_study / 'ckpt'
+    last = study.BUDGETS['tiny'].epochs
+    before = {run: (ckpt / run / f'SelfHDR_model_{last}.pth').stat().st_mtime_ns for run in ('supervised', 'stage1')}
+    # an interrupted stage 2: its last epoch is missing
+    (ckpt / 'stage2' / f'SelfHDR_model_{last}.pth').unlink()
+    with pytest.MonkeyPatch.context() as mp, single_thread():
+        use_tiny_backbone(mp)
+        assert study.main(['--budget', 'tiny', '--work', str(tiny_study), '--vgg', 'random']) == 0
+    for run, mtime in before.items():
+        assert (ckpt / run / f'SelfHDR_model_{last}.pth').stat().st_mtime_ns == mtime  # not retrained
+    assert (ckpt / 'stage2' / f'SelfHDR_model_{last}.pth').is_file()
+    assert 'resuming' in (ckpt / 'stage2' / 'train.log').read_text() or \
+        'loaded SelfHDR from' in (ckpt / 'stage2' / 'train.log').read_text()
+
+
+def test_stage0_labels_written_for_every_training_scene(tiny_study):
+    out = tiny_study / 'ckpt' / 'stage1' / f"output_{study.BUDGETS['tiny'].epochs}"
+    assert len(list(out.glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
+
+
+def test_unknown_budget_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        study.build_parser().parse_args(['--budget', 'huge'])

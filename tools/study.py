@@ -1,0 +1,534 @@
+"""The study: SelfHDR against supervised training and the classical anchors, at one budget.
+
+    python tools/study.py --budget short                       # about two hours on a 2-core CPU (AHDRNet)
+    python tools/study.py --budget tiny --work /tmp/s          # seconds: the pipeline, not the method
+    python tools/study.py --budget short --ablations no_stru_loss stage1_half no_align
+
+On one synthetic data set (training scenes with colour augmentation and lifted photos; test scenes from HDR maps
+training never sees) and with the same number of iterations per network, it
+
+1. trains the supervised baseline (ground truth labels);
+2. trains SelfHDR: stage 1, the structure labels (stage-0 inference), stage 2;
+3. scores on the test split and on a channel-permuted copy of it: both networks, and the anchors (medium frame
+   alone, unaligned triangle merge, the colour component Y_color, the structure component);
+4. scores the labels themselves against the training split's ground truth (Y_color, Y_structure, the stage-2
+   target they make together);
+5. optionally runs ablations (each a further stage-2 training, or stage 1 + stage 2 for ``no_align``).
+
+Writes ``results.json``, ``results.md``, ``crops.png`` (tone-mapped crops per method) and ``curves.png``
+(training loss and validation PSNR-mu per epoch) to ``--out``. Every training resumes from its last saved epoch,
+so the study can be stopped and started again; finished steps are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import torch  # noqa: E402
+
+from data.demo import ensure_demo_dataset  # noqa: E402
+from util import metrics  # noqa: E402
+from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
+from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
+from util.figures import draw_curves, labelled_grid  # noqa: E402
+from util.hdr_io import read_hdr, read_ldr, write_hdr, write_ldr16  # noqa: E402
+from util.tonemap import tonemap  # noqa: E402
+
+logger = logging.getLogger('study')
+
+NETWORK_METHODS = ('selfhdr', 'supervised', 'structure_component')
+ANCHORS = ('medium_frame', 'unaligned_merge', 'colour_component')
+PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
+ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align')
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything a budget fixes; the same for every network of the study."""
+    iters: int  # iterations per network (supervised, stage 1, stage 2)
+    iters_per_epoch: int
+    batch: int
+    patch: int
+    lr: float
+    lr_policy: str
+    n_train: int
+    n_test: int
+    size: tuple[int, int]
+    seed: int = 0
+    test_every: int = 1  # epochs between validations (the curve's points)
+
+    @property
+    def epochs(self) -> int:
+        return max(1, self.iters // self.iters_per_epoch)
+
+
+# The small-budget recipe, chosen by measurement (README, "Training at small budgets"): a larger learning rate with
+# cosine decay to 1e-5 over the run, batch 4 of 64 x 64 crops (more iterations per CPU second than 128 x 128).
+BUDGETS = {
+    'tiny': Budget(iters=4, iters_per_epoch=2, batch=2, patch=32, lr=5e-4, lr_policy='cosine',
+                   n_train=3, n_test=2, size=(48, 64)),
+    'short': Budget(iters=2000, iters_per_epoch=100, batch=4, patch=64, lr=5e-4, lr_policy='cosine',
+                    n_train=96, n_test=12, size=(256, 384), test_every=2),
+    'long': Budget(iters=6000, iters_per_epoch=200, batch=4, patch=64, lr=5e-4, lr_policy='cosine',
+                   n_train=96, n_test=12, size=(256, 384), test_every=3),
+}
+
+
+# ------------------------------------------------------------------------------------------------------ machine
+def machine_info() -> dict:
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        with open('/proc/cpuinfo') as handle:
+            text = handle.read()
+        found = re.search(r'^model name\s*:\s*(.+)$', text, re.M)
+        cpu = found.group(1).strip() if found else cpu
+        found = re.search(r'^flags\s*:\s*(.+)$', text, re.M)
+        flags = sorted(set(found.group(1).split()) & {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'fma'}) if found else []
+    except OSError:
+        pass
+    info = {'cpu': cpu, 'cpu_flags': flags, 'cpu_count': os.cpu_count(), 'torch_threads': torch.get_num_threads(),
+            'torch': torch.__version__, 'python': platform.python_version(),
+            'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def describe_machine(info: dict) -> str:
+    text = f"{info['cpu']} ({', '.join(info['cpu_flags']) or 'no AVX2'}), {info['torch_threads']} threads"
+    return text + (f", GPU {info['gpu']}" if info['gpu'] else ', no GPU')
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def make_permuted_copy(src_root: Path, dst_root: Path) -> Path:
+    """``dst/Test`` (and ``Test_align``): every test scene with its colour channels cycled, frames and ground truth
+    alike."""
+    marker = dst_root / 'permuted.json'
+    if marker.is_file():
+        return dst_root
+    if dst_root.exists():
+        shutil.rmtree(dst_root)
+    scenes = [p for sub in ('Test', 'Test_align') if (src_root / sub).is_dir()
+              for p in sorted((src_root / sub).iterdir()) if p.is_dir()]
+    for scene in scenes:
+        out = dst_root / scene.parent.name / scene.name
+        out.mkdir(parents=True)
+        for path in scene.iterdir():
+            if path.suffix.lower() in ('.tif', '.tiff'):
+                write_ldr16(out / path.name, read_ldr(path)[..., list(PERMUTATION)])
+            elif path.suffix.lower() == '.hdr':
+                write_hdr(out / path.name, read_hdr(path)[..., list(PERMUTATION)])
+            else:
+                shutil.copy(path, out / path.name)
+    marker.write_text(json.dumps({'permutation': list(PERMUTATION), 'source': str(src_root)}))
+    return dst_root
+
+
+def make_aligned_test_copy(src_root: Path, dst_root: Path) -> Path:
+    """``dst/Test``: the aligned test frames (Test_align) with the exposures and ground truth, so that a stage-1
+    network run on it gives the structure component of the test scenes."""
+    marker = dst_root / 'aligned.json'
+    if marker.is_file():
+        return dst_root
+    if dst_root.exists():
+        shutil.rmtree(dst_root)
+    for scene in sorted(p for p in (src_root / 'Test').iterdir() if p.is_dir()):
+        out = dst_root / 'Test' / scene.name
+        out.mkdir(parents=True)
+        for path in (src_root / 'Test_align' / scene.name).glob('*.tif'):
+            shutil.copy(path, out / path.name)
+        for path in scene.iterdir():
+            if path.suffix.lower() not in ('.tif', '.tiff'):
+                shutil.copy(path, out / path.name)
+    marker.write_text(json.dumps({'source': str(src_root)}))
+    return dst_root
+
+
+def make_unaligned_labels_copy(src_root: Path, dst_root: Path) -> Path:
+    """A data root whose ``Training_align`` holds the *unaligned* frames and their merge as Y_color (ablation
+    ``no_align``); Training and Test are linked from the source."""
+    marker = dst_root / 'no_align.json'
+    if marker.is_file():
+        return dst_root
+    if dst_root.exists():
+        shutil.rmtree(dst_root)
+    dst_root.mkdir(parents=True)
+    for sub in ('Training', 'Test', 'Test_align'):
+        if (src_root / sub).exists():
+            os.symlink((src_root / sub).resolve(), dst_root / sub)
+    for scene in sorted(p for p in (src_root / 'Training').iterdir() if p.is_dir()):
+        out = dst_root / 'Training_align' / scene.name
+        out.mkdir(parents=True)
+        frames, times = scene_frames_and_times(scene, 'sig17')
+        ldrs = [read_ldr(p) for p in frames]
+        for path in frames:
+            shutil.copy(path, out / path.name)
+        write_hdr(out / 'HDRImg.hdr', merge_colour_component(*ldrs, times))
+    marker.write_text(json.dumps({'source': str(src_root)}))
+    return dst_root
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def saved_epochs(run_dir: Path) -> list[int]:
+    found = []
+    for path in run_dir.glob('SelfHDR_model_*.pth'):
+        match = re.fullmatch(r'SelfHDR_model_(\d+)\.pth', path.name)
+        if match:
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def optimizer_epoch(run_dir: Path) -> int | None:
+    path = run_dir / 'SelfHDR_optimizer_Adam.pth'
+    try:
+        return int(torch.load(path, map_location='cpu', weights_only=True).get('epoch'))
+    except Exception:  # missing, truncated or foreign: not usable for resuming
+        return None
+
+
+def common_args(dataroot: Path, ckpt: Path, network: str) -> list[str]:
+    return ['--dataroot', str(dataroot), '--dataset_name', 'sig17align', '--network', network,
+            '--checkpoints_dir', str(ckpt), '--gpu_ids', 'auto' if torch.cuda.is_available() else '-1',
+            '-j', '0', '--verbose', 'False']
+
+
+def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, budget: Budget,
+              extra: list[str] = ()) -> float:
+    """Train (or resume) one network to the budget's last epoch; returns the seconds spent in this call."""
+    import train
+
+    run_dir = ckpt / name
+    done = saved_epochs(run_dir)
+    last = done[-1] if done else 0
+    if last >= budget.epochs:
+        logger.info('%s: done (epoch %d)', name, last)
+        return 0.0
+    args = common_args(dataroot, ckpt, network) + [
+        '--model', model, '--name', name, '--batch_size', str(budget.batch), '--patch_size', str(budget.patch),
+        '--niter', str(budget.epochs), '--iters_per_epoch', str(budget.iters_per_epoch), '--lr', str(budget.lr),
+        '--lr_policy', budget.lr_policy, '--print_freq', str(max(1, budget.iters_per_epoch // 4)),
+        '--test_every', str(budget.test_every), '--seed', str(budget.seed)] + list(extra)
+    if last:
+        # The optimizer file is rewritten at every save; after a kill between the two files it may be a later
+        # epoch's, which cannot be paired with this checkpoint: resume with a fresh optimizer then.
+        matching = optimizer_epoch(run_dir) == last
+        args += ['--load_iter', str(last), '--load_optimizers', str(matching)]
+        logger.info('%s: resuming after epoch %d of %d%s', name, last, budget.epochs,
+                    '' if matching else ' (no optimizer state of that epoch: fresh Adam moments)')
+    else:
+        logger.info('%s: training %d epochs x %d iterations', name, budget.epochs, budget.iters_per_epoch)
+    start = time.time()
+    status = train.main(args)
+    if status != 0:
+        raise RuntimeError(f'training {name} failed (exit status {status}); see {run_dir / "train.log"}')
+    seconds = time.time() - start
+    _add_seconds(run_dir, seconds)
+    return seconds
+
+
+def _add_seconds(run_dir: Path, seconds: float) -> None:
+    path = run_dir / 'study_seconds.json'
+    total = json.loads(path.read_text())['seconds'] if path.is_file() else 0.0
+    path.write_text(json.dumps({'seconds': total + seconds}))
+
+
+def run_seconds(run_dir: Path) -> float | None:
+    path = run_dir / 'study_seconds.json'
+    return json.loads(path.read_text())['seconds'] if path.is_file() else None
+
+
+def structure_labels(stage1: str, epoch: int, dataroot: Path, ckpt: Path, network: str, n_train: int) -> Path:
+    """Stage-0 inference: the stage-1 network on the aligned training frames -> ``<stage1>/output_<epoch>``."""
+    import test
+
+    out_dir = ckpt / stage1 / f'output_{epoch}'
+    if out_dir.is_dir() and len(list(out_dir.glob('*.hdr'))) == n_train:
+        return out_dir
+    args = common_args(dataroot, ckpt, network) + ['--model', 'selfhdr2', '--name', stage1, '--load_iter',
+                                                   str(epoch), '--stage0_inference', 'True', '--save_imgs', 'True']
+    if test.main(args) != 0:
+        raise RuntimeError(f'stage-0 inference of {stage1} epoch {epoch} failed')
+    return out_dir
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+def load_network(ckpt: Path, name: str, epoch: int, network: str):
+    from models import networks
+    from models.base_model import load_backbone_state
+
+    net = networks.define_network(network)
+    load_backbone_state(net, str(ckpt / name / f'SelfHDR_model_{epoch}.pth'), device='cpu')
+    return net.eval()
+
+
+def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray]:
+    """Run a backbone on every scene of ``split_root`` (sig17 layout, unaligned or aligned frames)."""
+    from util.tiling import padded
+
+    from models.networks import PADDED_NETWORKS
+
+    needs_pad = network in PADDED_NETWORKS
+    fn = padded(net, multiple=8, mode='release') if needs_pad else net
+    outputs = {}
+    for scene in sorted(p for p in split_root.iterdir() if p.is_dir()):
+        frames, times = scene_frames_and_times(scene, 'sig17')
+        xs = []
+        for path, t in zip(frames, times):
+            ldr = read_ldr(path)
+            x = np.concatenate([ldr_to_hdr(ldr, t), ldr], axis=2).transpose(2, 0, 1)
+            xs.append(torch.from_numpy(np.ascontiguousarray(x))[None])
+        with torch.inference_mode():
+            out = fn(*xs)
+        outputs[scene.name] = out[0].float().permute(1, 2, 0).numpy()
+    return outputs
+
+
+def anchor_outputs(data_root: Path, split: str = 'Test') -> dict[str, dict[str, np.ndarray]]:
+    result = {name: {} for name in ANCHORS}
+    for scene in sorted(p for p in (data_root / split).iterdir() if p.is_dir()):
+        frames, times = scene_frames_and_times(scene, 'sig17')
+        ldrs = [read_ldr(p) for p in frames]
+        result['medium_frame'][scene.name] = ldr_to_hdr(ldrs[1], times[1])
+        result['unaligned_merge'][scene.name] = merge_colour_component(*ldrs, times)
+        aligned_dir = data_root / f'{split}_align' / scene.name
+        aligned = [read_ldr(p) for p in list_frames(aligned_dir, 'sig17')] \
+            if aligned_dir.is_dir() and list(aligned_dir.glob('*.tif')) else None
+        if aligned is not None:
+            result['colour_component'][scene.name] = merge_colour_component(*aligned, times)
+    return result
+
+
+def score(outputs: dict[str, np.ndarray], data_root: Path, split: str = 'Test') -> dict:
+    """Mean metrics of ``outputs`` (scene -> linear BGR) against ``<split>/<scene>/HDRImg.hdr``."""
+    rows = []
+    for scene, out in outputs.items():
+        scene_dir = data_root / split / scene
+        gt = read_hdr(scene_dir / 'HDRImg.hdr')
+        mid = read_ldr(scene_frames_and_times(scene_dir, 'sig17')[0][1])
+        out = np.clip(out, 0.0, 1.0).astype(np.float32)
+        rows.append({'psnr_mu': metrics.psnr_mu(out, gt), 'psnr_l': metrics.psnr_l(out, gt),
+                     'ssim_mu': metrics.ssim_mu(out, gt), 'ssim_l': metrics.ssim_l(out, gt),
+                     'pu21_psnr': metrics.pu21_psnr(out, gt),
+                     'colour_error_deg': metrics.colour_error_deg(out, gt, well_exposed_mask(mid))})
+    # nanmean: a scene without well-exposed pixels has no colour error
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+def well_exposed_mask(ldr_mid: np.ndarray) -> np.ndarray:
+    """Pixels whose medium frame is neither dark nor clipped in any channel: where hues are trustworthy."""
+    return ((ldr_mid > 0.05) & (ldr_mid < 0.95)).all(axis=2)
+
+
+def score_labels(dataroot: Path, stru_dir: Path) -> dict:
+    """Y_color, Y_structure and the stage-2 target (Y_color where the two agree, else Y_structure) against the
+    training split's ground truth: how good is what SelfHDR learns from."""
+    from models.selfhdr2_model import colour_mask
+
+    labels = {'colour_component': {}, 'structure_component': {}, 'stage2_target': {}}
+    for scene in sorted(p for p in (dataroot / 'Training').iterdir() if p.is_dir()):
+        y_col = read_hdr(dataroot / 'Training_align' / scene.name / 'HDRImg.hdr')
+        y_stru = read_hdr(stru_dir / f'{scene.name}.hdr')
+        mask = colour_mask(torch.from_numpy(y_col).permute(2, 0, 1)[None],
+                           torch.from_numpy(y_stru).permute(2, 0, 1)[None])[0, 0].numpy()[..., None]
+        labels['colour_component'][scene.name] = y_col
+        labels['structure_component'][scene.name] = y_stru
+        labels['stage2_target'][scene.name] = mask * y_col + (1 - mask) * y_stru
+    return {name: score(outs, dataroot, 'Training') for name, outs in labels.items()}
+
+
+def permute_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v[..., list(PERMUTATION)] for k, v in outputs.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def curve_points(run_dir: Path) -> dict:
+    """Per-epoch mean training loss (from loss_log.txt) and validation PSNR-mu (from train.log)."""
+    losses, val = {}, {}
+    log = run_dir / 'loss_log.txt'
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            match = re.search(r'epoch: (\d+), iters: (\d+).*Total: ([0-9.eE+-]+)', line)
+            if match:
+                losses.setdefault(int(match.group(1)), []).append(float(match.group(3)))
+    log = run_dir / 'train.log'
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            match = re.search(r'epoch (\d+): validation PSNR-mu ([0-9.]+) dB', line)
+            if match:
+                val[int(match.group(1))] = float(match.group(2))
+    return {'loss': {e: float(np.mean(v)) for e, v in sorted(losses.items())}, 'val_psnr_mu': dict(sorted(val.items()))}
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    keys = ('psnr_mu', 'psnr_l', 'ssim_mu', 'ssim_l', 'pu21_psnr', 'colour_error_deg', 'psnr_mu_permuted')
+    heads = ('PSNR-mu', 'PSNR-l', 'SSIM-mu', 'SSIM-l', 'PU21-PSNR', 'colour err (deg)', 'PSNR-mu permuted')
+    b = results['budget']
+    lines = [f"# Study: {results['network']}, budget `{results['budget_name']}`", '',
+             f"{b['iters']} iterations per network (batch {b['batch']}, {b['patch']}x{b['patch']} crops, lr "
+             f"{b['lr']} {b['lr_policy']}), {b['n_train']} training scenes, {b['n_test']} test scenes of "
+             f"{b['size'][0]}x{b['size'][1]} from HDR maps never used in training.", '',
+             f"Machine: {results['machine_text']}. Wall time of the trainings: "
+             + ', '.join(f"{k} {v / 60:.1f} min" for k, v in results['seconds'].items() if v is not None) + '.', '',
+             '| method | ' + ' | '.join(heads) + ' | iterations |', '|---' * (len(heads) + 2) + '|']
+    for name, row in results['methods'].items():
+        cells = [f'{row[k]:.2f}' if k in row and row[k] is not None else '-' for k in keys]
+        lines.append(f'| {name} | ' + ' | '.join(cells) + f" | {row.get('iterations', '-')} |")
+    lines += ['', 'Labels against the training split ground truth:', '',
+              '| label | PSNR-mu | PSNR-l | colour err (deg) |', '|---|---|---|---|']
+    for name, row in results.get('labels', {}).items():
+        lines.append(f"| {name} | {row['psnr_mu']:.2f} | {row['psnr_l']:.2f} | {row['colour_error_deg']:.2f} |")
+    if results.get('ablations'):
+        lines += ['', 'Ablations (stage 2 unless noted):', '', '| ablation | PSNR-mu | PSNR-l | PSNR-mu permuted |',
+                  '|---|---|---|---|']
+        for name, row in results['ablations'].items():
+            lines.append(f"| {name} | {row['psnr_mu']:.2f} | {row['psnr_l']:.2f} | {row['psnr_mu_permuted']:.2f} |")
+    path.write_text('\n'.join(lines) + '\n')
+
+
+def atomic_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + '.tmp')
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def run_study(args) -> dict:
+    budget = BUDGETS[args.budget]
+    if args.iters:
+        budget = dataclasses.replace(budget, iters=args.iters)
+    work = Path(args.work or _ROOT / 'study' / f'{args.budget}_{args.network.lower()}')
+    out = Path(args.out or work / 'results')
+    ckpt = work / 'ckpt'
+    out.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    logger.info('study %s, %s, on %s', args.budget, args.network, describe_machine(info))
+
+    dataroot = ensure_demo_dataset(work / 'data', n_train=budget.n_train, n_test=budget.n_test, size=budget.size,
+                                   seed=budget.seed)
+    permuted_root = make_permuted_copy(dataroot, work / 'data_permuted')
+    aligned_root = make_aligned_test_copy(dataroot, work / 'data_aligned_test')
+    net, epochs = args.network, budget.epochs
+
+    train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
+    train_run('stage1', 'selfhdr1', dataroot, ckpt, net, budget)
+    stru = structure_labels('stage1', epochs, dataroot, ckpt, net, budget.n_train)
+    stage2_extra = ['--stru_lable_path', str(stru), '--vgg_weights', args.vgg]
+    train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra)
+
+    ablation_runs = {}
+    for ablation in args.ablations:
+        if ablation == 'no_stru_loss':
+            train_run('stage2_no_stru_loss', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra[:2] + ['--stru_loss', 'none'])
+            ablation_runs[ablation] = ('stage2_no_stru_loss', dataroot)
+        elif ablation == 'stage1_half':
+            half = max(1, epochs // 2)
+            stru_half = structure_labels('stage1', half, dataroot, ckpt, net, budget.n_train)
+            train_run('stage2_stage1_half', 'selfhdr2', dataroot, ckpt, net, budget,
+                      ['--stru_lable_path', str(stru_half), '--vgg_weights', args.vgg])
+            ablation_runs[ablation] = ('stage2_stage1_half', dataroot)
+        elif ablation == 'no_align':
+            noalign_root = make_unaligned_labels_copy(dataroot, work / 'data_no_align')
+            train_run('stage1_no_align', 'selfhdr1', noalign_root, ckpt, net, budget)
+            stru_na = structure_labels('stage1_no_align', epochs, noalign_root, ckpt, net, budget.n_train)
+            train_run('stage2_no_align', 'selfhdr2', noalign_root, ckpt, net, budget,
+                      ['--stru_lable_path', str(stru_na), '--vgg_weights', args.vgg])
+            ablation_runs[ablation] = ('stage2_no_align', noalign_root)
+
+    logger.info('scoring')
+    test_dir, perm_dir = dataroot / 'Test', permuted_root / 'Test'
+    if net == 'FSHDR':  # FSHDR takes aligned frames, at test time too
+        test_dir = aligned_root / 'Test'
+        perm_dir = make_aligned_test_copy(permuted_root, work / 'data_permuted_aligned') / 'Test'
+    outputs = {
+        'selfhdr': network_outputs(load_network(ckpt, 'stage2', epochs, net), net, test_dir),
+        'supervised': network_outputs(load_network(ckpt, 'supervised', epochs, net), net, test_dir),
+        'structure_component': network_outputs(load_network(ckpt, 'stage1', epochs, net), net,
+                                               aligned_root / 'Test'),
+    }
+    permuted = {
+        'selfhdr': network_outputs(load_network(ckpt, 'stage2', epochs, net), net, perm_dir),
+        'supervised': network_outputs(load_network(ckpt, 'supervised', epochs, net), net, perm_dir),
+    }
+    anchors = anchor_outputs(dataroot)
+    outputs.update(anchors)
+    methods = {}
+    for name in ('selfhdr', 'supervised') + ANCHORS + ('structure_component',):
+        row = score(outputs[name], dataroot)
+        # The anchors are per-pixel, channel-independent formulas: their permuted score is their own score on the
+        # permuted scenes, computed by permuting their output.
+        perm = permuted.get(name, permute_outputs(outputs[name]))
+        row['psnr_mu_permuted'] = score(perm, permuted_root)['psnr_mu']
+        row['iterations'] = {'selfhdr': 2 * budget.iters, 'supervised': budget.iters,
+                             'structure_component': budget.iters}.get(name, 0)
+        methods[name] = row
+    ablations = {}
+    for ablation, (run, _) in ablation_runs.items():
+        model = load_network(ckpt, run, epochs, net)
+        row = score(network_outputs(model, net, test_dir), dataroot)
+        row['psnr_mu_permuted'] = score(network_outputs(model, net, perm_dir), permuted_root)['psnr_mu']
+        ablations[ablation] = row
+    results = {
+        'network': net, 'budget_name': args.budget, 'budget': dataclasses.asdict(budget),
+        'machine': info, 'machine_text': describe_machine(info),
+        'seconds': {run: run_seconds(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
+        'methods': methods, 'labels': score_labels(dataroot, stru), 'ablations': ablations,
+        'curves': {run: curve_points(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
+        'permutation': list(PERMUTATION), 'date': time.strftime('%Y-%m-%d %H:%M'),
+    }
+    atomic_json(out / 'results.json', results)
+    write_markdown(results, out / 'results.md')
+    scene = sorted(outputs['selfhdr'])[0]
+    crops = {name: tonemap(np.clip(outputs[name][scene], 0, 1), 'mu') for name in
+             ('medium_frame', 'unaligned_merge', 'colour_component', 'structure_component', 'supervised', 'selfhdr')}
+    crops['ground_truth'] = tonemap(read_hdr(dataroot / 'Test' / scene / 'HDRImg.hdr'), 'mu')
+    labelled_grid(crops, out / 'crops.png')
+    draw_curves(results['curves'], out / 'curves.png')
+    logger.info('wrote %s', out)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description='SelfHDR vs supervised training vs classical anchors, at one budget.')
+    p.add_argument('--budget', choices=sorted(BUDGETS), default='short', help='training budget (see BUDGETS)')
+    p.add_argument('--iters', type=int, default=0, help='override the budget: iterations per network')
+    p.add_argument('--network', default='AHDRNet', choices=('AHDRNet', 'FSHDR', 'HDR-Transformer', 'SCTNet'))
+    p.add_argument('--work', default='', help='data, checkpoints (default ./study/<budget>_<network>)')
+    p.add_argument('--out', default='', help='results folder (default <work>/results)')
+    p.add_argument('--vgg', default='auto', choices=('imagenet', 'auto', 'random'),
+                   help='VGG19 weights of the stage-2 structure loss (auto: ImageNet if cached, else random)')
+    p.add_argument('--ablations', nargs='*', default=[], choices=ABLATIONS, help='extra stage-2 trainings')
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from util.visualizer import setup_logging
+    setup_logging()
+    try:
+        results = run_study(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        logger.error('study: %s', exc)
+        return 1
+    print(Path(args.out or '.') / 'results.md' if args.out else 'done')
+    for name, row in results['methods'].items():
+        print(f"{name:<22}{row['psnr_mu']:8.2f}{row['psnr_l']:8.2f}{row['psnr_mu_permuted']:8.2f}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
