@@ -161,6 +161,11 @@ def main(argv=None):
         logger.error('%s', exc)
         return 1
     print_table(summaries)
+    broken = [f"{s['dataset']} epoch {s['epoch']}: {k}" for s in summaries for k in BASE_METRICS
+              if k in s and np.isnan(s[k])]
+    if broken:
+        logger.error('non-finite metrics (%s): the outputs hold NaN/Inf', ', '.join(broken))
+        return 1
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Evaluate a SelfHDR stage-2 checkpoint and print the metric table.
-# By default: the demo AHDRNet checkpoint shipped in pretrained_models/ on the bundled demo test set.
+# By default: the AHDRNet SelfHDR checkpoint shipped in pretrained_models/ (budget `short`) on the demo test set.
 # The authors' published models work the same way once placed at
 #   pretrained_models/<backbone>_stage2/SelfHDR_model_1.pth
 # e.g.  dataroot=/data/sig17 net=SCTNet name=sctnet_stage2 sh test.sh
@@ -10,7 +10,7 @@ dataroot=${dataroot:-./datasets/demo}
 ckpt=${ckpt:-./pretrained_models}
 gpu=${gpu:-auto}
 net=${net:-AHDRNet}
-name=${name:-demo_ahdrnet_stage2}
+name=${name:-ahdrnet_short_stage2}
 epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
 extra=${extra:-}                       # e.g. "--tile 512" or "--extra_metrics pu21"

@@ -126,7 +126,11 @@ def train(opt):
             data_start = time.time()
         visualizer.log_images(model.get_current_visuals(), epoch)
         if epoch % opt.save_epoch_freq == 0 or epoch == total_epochs:
-            model.save_networks(epoch)
+            try:
+                model.save_networks(epoch)
+            except NonFiniteLossError as exc:
+                raise NonFiniteLossError(f'{exc}; training stopped, the checkpoints already in {model.save_dir} '
+                                         'are intact') from None
         metric = None
         if val_loader is not None and (epoch % opt.test_every == 0 or epoch == total_epochs):
             metric = validate(model, val_loader)

@@ -44,6 +44,11 @@ def clean_state_dict(state):
     return cleaned
 
 
+def non_finite_entries(state):
+    """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def load_backbone_state(net, path, device='cpu'):
     """Strictly load a release-format checkpoint into `net`, naming missing, unexpected or mis-shaped keys."""
     if not os.path.isfile(path):
@@ -72,6 +77,11 @@ def load_backbone_state(net, path, device='cpu'):
         if mis_shaped:
             problems.append(f'mis-shaped keys (checkpoint vs network): {head(mis_shaped)}')
         raise CheckpointError(f'{path} does not match {type(net).__name__}: ' + '; '.join(problems))
+    broken = non_finite_entries(state)
+    if broken:
+        raise CheckpointError(f'{path} holds NaN or Inf weights in {", ".join(broken[:8])}'
+                              + (f' ... ({len(broken)} entries in all)' if len(broken) > 8 else '')
+                              + ': the run that wrote it diverged; use an earlier checkpoint')
     net.load_state_dict(state, strict=True)
     return checkpoint
 
@@ -246,6 +256,12 @@ class BaseModel(ABC):
         for name in self.model_names:
             net = networks.unwrap(getattr(self, 'net' + name))
             state = OrderedDict((k, v.detach().cpu()) for k, v in net.state_dict().items())
+            broken = non_finite_entries(state)
+            if broken:
+                # A step can produce a finite loss and still leave NaN weights (an overflowing update): never
+                # write those over a good checkpoint.
+                raise NonFiniteLossError(f'the weights of net{name} became NaN/Inf during epoch {epoch} '
+                                         f'({", ".join(broken[:4])}); epoch {epoch} was not saved')
             atomic_torch_save({'state_dict': state}, self.network_path(name, epoch))
         self.save_optimizers(epoch)
 

@@ -1,6 +1,7 @@
 """Flags shared by train.py and test.py, with the release's names, meanings and defaults."""
 import argparse
 import logging
+import math
 import os
 
 import torch
@@ -137,8 +138,13 @@ class BaseOptions:
         opt = self.gather_options(args)
         opt.isTrain = self.isTrain
         opt.name = opt.name.lower()
+        self.validate(opt)
         if opt.suffix:
-            opt.name = (opt.name + '_' + opt.suffix.format(**vars(opt))).lower()
+            try:
+                opt.name = (opt.name + '_' + opt.suffix.format(**vars(opt))).lower()
+            except (KeyError, IndexError, ValueError) as exc:
+                self.parser.error(f'--suffix {opt.suffix!r}: {exc!r} is not an option name to format with '
+                                  f'(e.g. {{network}}_{{batch_size}})')
         opt.load_iter = list(opt.load_iter)
         requested = opt.gpu_ids
         opt.gpu_ids = parse_gpu_ids(requested)
@@ -150,6 +156,28 @@ class BaseOptions:
         print('Device: ' + (f'CUDA GPU(s) {opt.gpu_ids}' if opt.gpu_ids else 'CPU'))
         print(self.format_options(opt))
         return opt
+
+    # Flags whose value divides or counts something: 0 or less is a user error, said at start-up with the flag's
+    # name instead of a ZeroDivisionError or an empty sampler deep inside training.
+    POSITIVE_INT_FLAGS = ('batch_size', 'patch_size', 'iters_per_epoch', 'max_test_images')
+    TRAIN_POSITIVE_INT_FLAGS = ('save_epoch_freq', 'print_freq', 'test_every', 'lr_decay_iters')
+
+    def validate(self, opt):
+        flags = self.POSITIVE_INT_FLAGS + (self.TRAIN_POSITIVE_INT_FLAGS if self.isTrain else ())
+        for flag in flags:
+            value = getattr(opt, flag, None)
+            if isinstance(value, int) and value < 1:
+                self.parser.error(f'--{flag} must be at least 1, got {value}')
+        if not self.isTrain:
+            return
+        if opt.niter < 0 or opt.niter_decay < 0 or opt.niter + opt.niter_decay < 1:
+            self.parser.error(f'--niter {opt.niter} and --niter_decay {opt.niter_decay}: nothing to train '
+                              '(need at least one epoch, neither negative)')
+        if not (math.isfinite(opt.lr) and opt.lr > 0):
+            self.parser.error(f'--lr must be a finite positive number, got {opt.lr}')
+        if opt.network in ('HDR-Transformer', 'SCTNet') and opt.patch_size % 8:
+            self.parser.error(f'--patch_size {opt.patch_size}: {opt.network} trains on windows of 8 pixels, so the '
+                              'crop must be a multiple of 8 (e.g. 64 or 128)')
 
     def save(self, opt, phase):
         """Write the options to `<checkpoints_dir>/<name>/opt_<phase>.txt` (called by the entry points)."""

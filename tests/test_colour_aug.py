@@ -109,3 +109,24 @@ def test_photo_sources_load_from_scikit_image():
         assert s.radiance.dtype == np.float32 and s.radiance.ndim == 3 and s.radiance.min() >= 0
     with pytest.raises(ValueError, match='unknown photo'):
         load_photo_sources(['nope'])
+
+
+def test_make_synthetic_cli_with_photos(tmp_path):
+    from tools.make_synthetic import main
+    from util.hdr_io import write_exr
+    src = tmp_path / 'src'
+    src.mkdir()
+    write_exr(src / 'a.exr', _sources()[0].radiance)
+    out = tmp_path / 'out'
+    rc = main(['--src', str(src), '--out', str(out), '--train', '2', '--test', '1', '--size', '32x48',
+               '--photos', 'coffee', 'rocket'])
+    assert rc == 0
+    assert len(list((out / 'Training').iterdir())) == 2 and len(list((out / 'Test').iterdir())) == 1
+
+
+def test_demo_training_split_is_augmented_and_test_split_is_not(tmp_path):
+    from data.demo import demo_fingerprint
+    fp = demo_fingerprint(n_train=1, n_test=1, size=(32, 48))
+    assert fp['settings']['synth_config']['colour_aug'] is True
+    assert fp['settings']['photos'] == list(PHOTOS)
+    assert demo_fingerprint(n_train=1, n_test=1, size=(32, 48), colour_aug=False)['fingerprint'] != fp['fingerprint']

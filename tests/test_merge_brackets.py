@@ -268,3 +268,19 @@ def test_error_bad_tile_overlap(bracket, tmp_path, capsys):
 def test_bad_flag_returns_2_not_exit(capsys):
     assert main(['--inputs', 'a.jpg', '--network', 'NoSuchNet', '--checkpoint', 'c.pth']) == 2
     assert 'NoSuchNet' in capsys.readouterr().err
+
+
+def test_error_same_file_three_times(bracket, tmp_path, capsys):
+    f = bracket['jpg'][1]
+    rc, out = _run(capsys, ['--inputs', f, f, f, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', tmp_path])
+    assert rc == 2 and 'are the same image' in out.err
+
+
+def test_error_exposures_contradict_frames(bracket, tmp_path, capsys):
+    args = ['--inputs', *bracket['tif'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+            '--exposures', '1', '64', '4096', '--output_dir', tmp_path]  # 6 stops apart, the frames are 2
+    rc, out = _run(capsys, args)
+    assert rc == 2 and 'exposure times contradict the images' in out.err
+    rc, _ = _run(capsys, args + ['--trust_exposures'])
+    assert rc == 0

@@ -21,6 +21,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from util.photo_sources import PHOTOS, load_photo_sources  # noqa: E402
 from util.synthetic import SynthConfig, make_synthetic_dataset, parse_size  # noqa: E402
 
 
@@ -35,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--holdout', type=str, nargs='*', default=[],
                    help='source names (file stems) used only for the test split')
     p.add_argument('--no_noise', action='store_true', help='disable sensor noise')
+    p.add_argument('--no_colour_aug', action='store_true',
+                   help='no random colour transforms (white balance, hue, saturation, channel order) in training')
+    p.add_argument('--colour_aug_test', action='store_true', help='colour transforms in the test split too')
+    p.add_argument('--photos', type=str, nargs='*', default=[], choices=list(PHOTOS),
+                   help="scikit-image photos lifted to radiance, added to the training sources (e.g. --photos "
+                        + ' '.join(PHOTOS) + ')')
     p.add_argument('--overwrite', action='store_true', help='replace existing Training/Test folders')
     return p
 
@@ -42,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    cfg = SynthConfig(size=args.size, noise=not args.no_noise)
+    cfg = SynthConfig(size=args.size, noise=not args.no_noise, colour_aug=not args.no_colour_aug)
     start = time.time()
     try:
         written = make_synthetic_dataset(args.src, args.out, args.train, args.test, args.size, args.seed,
-                                         holdout=args.holdout, config=cfg, overwrite=args.overwrite)
+                                         holdout=args.holdout, config=cfg, overwrite=args.overwrite,
+                                         extra_train_sources=load_photo_sources(args.photos),
+                                         colour_aug_test=args.colour_aug_test)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f'make_synthetic: error: {exc}', file=sys.stderr)
         return 2

@@ -168,6 +168,42 @@ class BracketFrames:
         return self.order != list(range(len(self.order)))
 
 
+def _check_distinct_files(paths: Sequence[Path]) -> None:
+    import hashlib
+
+    seen = {}
+    for p in paths:
+        key = hashlib.sha256(p.read_bytes()).hexdigest()
+        if key in seen:
+            raise MergeError(f'{seen[key]} and {p} are the same image; a bracket needs three different exposures')
+        seen[key] = p
+
+
+# Tolerance of the exposure check: JPEG tone curves bend the gamma-2.2 estimate, but not by this much.
+EXPOSURE_TOLERANCE_STOPS = 1.5
+
+
+def check_exposures_match_frames(paths: Sequence[Path], frames: Sequence[np.ndarray], times: np.ndarray,
+                                 gamma: float = GAMMA, tolerance_stops: float = EXPOSURE_TOLERANCE_STOPS) -> None:
+    """Raise when the exposure times contradict the frames' brightness (sorted short, medium, long).
+
+    The ratio between neighbouring frames is measured as the median of ``X_b**gamma / X_a**gamma`` over the pixels
+    well exposed in both (motion moves few of them), and must agree with ``t_b / t_a`` within
+    ``tolerance_stops``."""
+    for a, b in ((0, 1), (1, 2)):
+        xa, xb = frames[a], frames[b]
+        ok = (xa > 0.1) & (xa < 0.9) & (xb > 0.1) & (xb < 0.9)
+        if ok.sum() < 100:
+            continue  # too few common well-exposed pixels to judge
+        measured = float(np.median(xb[ok] ** gamma / xa[ok] ** gamma))
+        expected = float(times[b] / times[a])
+        off = math.log2(measured / expected)
+        if abs(off) > tolerance_stops:
+            raise MergeError(f'exposure times contradict the images: {paths[b]} is {math.log2(measured):.1f} stops '
+                             f'brighter than {paths[a]}, but the times say {math.log2(expected):.1f} stops; check '
+                             '--exposures (or the EXIF), or pass --trust_exposures to use them anyway')
+
+
 def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_in: str = 'seconds',
                  strict_order: bool = False) -> BracketFrames:
     """Read three frames and their exposure times, check them, sort them by exposure time."""
@@ -178,6 +214,7 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
     for p in paths:
         if not p.is_file():
             raise MergeError(f'{p}: file does not exist' if not p.exists() else f'{p}: not a regular file')
+    _check_distinct_files(paths)
     frames = [read_ldr(p) for p in paths]  # ImageReadError names the file
     shapes = {tuple(f.shape[:2]) for f in frames}
     if len(shapes) != 1:
@@ -261,7 +298,8 @@ def _load_network(network: str, checkpoint, device):
 
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
           exposures_in: str = 'seconds', gamma: float = GAMMA, device: str = 'cpu', tile: int = 0,
-          tile_overlap: int = 32, align: bool = False, strict_order: bool = False) -> MergeResult:
+          tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
+          trust_exposures: bool = False) -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See the module docstring.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
@@ -285,6 +323,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         logger.warning('FSHDR was trained on aligned frames; consider --align for dynamic scenes')
 
     bracket = load_bracket(inputs, exposures, exposures_in, strict_order)
+    if not trust_exposures:
+        check_exposures_match_frames(bracket.paths, bracket.frames, bracket.times, gamma)
     logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s)',
                 ', '.join(map(str, bracket.paths)), ', '.join(f'{t:g}' for t in bracket.times),
                 bracket.times_source)
@@ -347,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='exposure of each input, in --inputs order (default: EXIF ExposureTime)')
     p.add_argument('--exposures_in', type=str, default='seconds', choices=['seconds', 'stops'],
                    help='unit of --exposures: seconds (1/100 or 0.01) or stops (t = 2**value)')
+    p.add_argument('--trust_exposures', action='store_true',
+                   help="use the exposure times even when the frames' brightness contradicts them")
     p.add_argument('--strict_order', action='store_true',
                    help='refuse inputs not given short, medium, long instead of sorting them')
     p.add_argument('--gamma', type=float, default=GAMMA,
@@ -381,7 +423,8 @@ def main(argv=None) -> int:
     try:
         result = merge(args.inputs, args.network, args.checkpoint, exposures=args.exposures,
                        exposures_in=args.exposures_in, gamma=args.gamma, device=args.device, tile=args.tile,
-                       tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order)
+                       tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
+                       trust_exposures=args.trust_exposures)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk

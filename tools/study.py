@@ -84,9 +84,9 @@ class Budget:
 BUDGETS = {
     'tiny': Budget(iters=4, iters_per_epoch=2, batch=2, patch=32, lr=5e-4, lr_policy='cosine',
                    n_train=3, n_test=2, size=(48, 64)),
-    'short': Budget(iters=2000, iters_per_epoch=100, batch=4, patch=64, lr=5e-4, lr_policy='cosine',
+    'short': Budget(iters=2000, iters_per_epoch=100, batch=4, patch=64, lr=1e-3, lr_policy='cosine',
                     n_train=96, n_test=12, size=(256, 384), test_every=2),
-    'long': Budget(iters=6000, iters_per_epoch=200, batch=4, patch=64, lr=5e-4, lr_policy='cosine',
+    'long': Budget(iters=6000, iters_per_epoch=200, batch=4, patch=64, lr=1e-3, lr_policy='cosine',
                    n_train=96, n_test=12, size=(256, 384), test_every=3),
 }
 
