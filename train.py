@@ -7,7 +7,9 @@
 import copy
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 import data
 import models
-from models.base_model import CheckpointError, NonFiniteLossError
+from models.base_model import CheckpointError, NonFiniteLossError, saved_model_epochs
 from options.train_options import TrainOptions
 from util import metrics
 from util.malloc import tune_malloc
@@ -152,6 +154,14 @@ def train(opt):
     return model
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT: stop where we are; a save in progress is abandoned by its atomic writer."""
+
+
+def _raise_interrupted(signum, frame):
+    raise TrainingInterrupted(signal.Signals(signum).name)
+
+
 def main(argv=None):
     options = TrainOptions()
     opt = options.parse(argv)
@@ -162,12 +172,24 @@ def main(argv=None):
         setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'train.log'))
     else:
         setup_logging(level=logging.WARNING)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _raise_interrupted)
     try:
         train(opt)
     except (NonFiniteLossError, CheckpointError) as exc:
         logger.error('%s', exc)
         return 1
+    except KeyboardInterrupt as exc:
+        # The atomic writers remove their temporary file on the way out, so every checkpoint on disk is complete.
+        epochs = saved_model_epochs(os.path.join(opt.checkpoints_dir, opt.name))
+        logger.error('interrupted (%s); %s; resume with --continue_train True', exc or 'SIGINT',
+                     f'the last complete checkpoint is epoch {epochs[-1]}' if epochs else 'no checkpoint was saved')
+        return 130
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if opt.distributed and dist.is_initialized():
             dist.destroy_process_group()
     return 0

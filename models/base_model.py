@@ -1,6 +1,7 @@
 """BaseModel: the life cycle every model follows (setup, set_input, optimize_parameters, test, save, load)."""
 import logging
 import os
+import re
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -42,6 +43,29 @@ def clean_state_dict(state):
                 key = key[len(prefix):]
         cleaned[key] = value
     return cleaned
+
+
+def saved_model_epochs(save_dir, model_names=('SelfHDR',)):
+    """Sorted epochs for which every network's `<name>_model_<epoch>.pth` exists in `save_dir`."""
+    if not os.path.isdir(save_dir):
+        return []
+    found = None
+    for name in model_names:
+        pattern = re.compile(rf'{re.escape(name)}_model_(\d+)\.pth')
+        epochs = {int(m.group(1)) for m in map(pattern.fullmatch, os.listdir(save_dir)) if m}
+        found = epochs if found is None else found & epochs
+    return sorted(found or ())
+
+
+def remove_stale_temporaries(save_dir):
+    """Delete the temporary files of saves that a kill interrupted (`*.pth.tmp<pid>`), saying which."""
+    if not os.path.isdir(save_dir):
+        return []
+    stale = [f for f in os.listdir(save_dir) if re.fullmatch(r'.+\.pth\.tmp\d+', f)]
+    for name in stale:
+        os.remove(os.path.join(save_dir, name))
+        logger.warning('removed %s: the temporary file of an interrupted save', os.path.join(save_dir, name))
+    return stale
 
 
 def non_finite_entries(state):
@@ -144,7 +168,12 @@ class BaseModel(ABC):
         """Schedulers, checkpoint loading, optimizer resume; then check that every listed name resolves."""
         if self.isTrain:
             self.schedulers = [networks.get_scheduler(optimizer, opt) for optimizer in self.optimizers]
+            if self.is_main_process:
+                remove_stale_temporaries(self.save_dir)
         load_iter = opt.load_iter[0] if isinstance(opt.load_iter, (list, tuple)) else opt.load_iter
+        if self.isTrain and getattr(opt, 'continue_train', False) and load_iter <= 0 and not opt.load_path:
+            load_iter, with_optimizers = self.latest_complete_epoch()
+            opt.load_optimizers = with_optimizers
         if load_iter > 0 or opt.load_path:
             self.load_networks(load_iter)
             if self.isTrain:
@@ -271,6 +300,36 @@ class BaseModel(ABC):
             net = networks.unwrap(getattr(self, 'net' + name))
             load_backbone_state(net, path, device='cpu')
             logger.info('loaded %s from %s', name, path)
+
+    def latest_complete_epoch(self):
+        """(epoch, optimizer state usable) of the newest checkpoint to resume from, for --continue_train.
+
+        Checkpoints are written model files first, then the optimizer file (which carries its epoch), each
+        atomically. So the newest complete unit is the optimizer file's epoch when that epoch's model files exist;
+        after a kill between the two writes, the newest model files are resumed with a fresh optimizer, and the
+        log says so. Epoch 0 (nothing saved yet) starts from scratch."""
+        epochs = saved_model_epochs(self.save_dir, self.model_names)
+        if not epochs:
+            logger.info('--continue_train: no checkpoint in %s yet; starting from scratch', self.save_dir)
+            return 0, False
+        optimizer_epochs = {self._optimizer_epoch(name) for name in self.optimizer_names}
+        if len(optimizer_epochs) == 1 and next(iter(optimizer_epochs)) in epochs:
+            epoch = next(iter(optimizer_epochs))
+            logger.info('--continue_train: resuming after epoch %d (networks and optimizer state) from %s',
+                        epoch, self.save_dir)
+            return epoch, True
+        epoch = epochs[-1]
+        logger.warning('--continue_train: resuming after epoch %d from %s with a FRESH optimizer: no optimizer '
+                       'state of that epoch (found epoch %s)', epoch, self.save_dir,
+                       ', '.join(str(e) for e in sorted(optimizer_epochs, key=str)))
+        return epoch, False
+
+    def _optimizer_epoch(self, name):
+        try:
+            entry = torch.load(self.optimizer_path(name), map_location='cpu', weights_only=True)
+            return int(entry['epoch']) if entry.get('name') == f'SelfHDR_optimizer_{name}' else None
+        except Exception:  # missing, truncated or foreign file: not resumable
+            return None
 
     def optimizer_path(self, name):
         return os.path.join(self.save_dir, f'SelfHDR_optimizer_{name}.pth')

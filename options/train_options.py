@@ -18,6 +18,9 @@ class TrainOptions(BaseOptions):
                             help='learning-rate policy, stepped once per epoch')
         parser.add_argument('--lr_decay_iters', type=int, default=200, help='StepLR step size, in epochs')
         parser.add_argument('--lr', type=float, default=0.0001, help='initial learning rate')
+        parser.add_argument('--continue_train', type=str2bool, default=False,
+                            help='resume from the newest complete checkpoint in <checkpoints_dir>/<name> (model and '
+                                 'optimizer of the same epoch) without naming the epoch; --load_iter N names one')
         parser.add_argument('--load_optimizers', type=str2bool, default=False,
                             help='also load SelfHDR_optimizer_<name>.pth when resuming')
         parser.add_argument('--weight_decay', type=float, default=0, help='weight decay')

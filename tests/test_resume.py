@@ -1,0 +1,99 @@
+"""Resuming without naming an epoch (--continue_train), after a clean stop, a kill between the two checkpoint
+files, or a SIGTERM; temporary files of interrupted saves are cleaned up."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from tiny_data import single_thread, train_args, use_tiny_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    use_tiny_backbone(monkeypatch)
+    with single_thread():
+        yield
+
+
+def _optimizer_epoch(run):
+    return torch.load(run / 'SelfHDR_optimizer_Adam.pth', map_location='cpu', weights_only=True)['epoch']
+
+
+def test_continue_train_resumes_the_newest_complete_epoch(tiny, tiny_dataroot, tmp_path):
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=2)) == 0
+    run = tmp_path / 'run'
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=3, continue_train=True)) == 0
+    assert (run / 'SelfHDR_model_3.pth').is_file() and _optimizer_epoch(run) == 3
+    assert 'resuming after epoch 2 (networks and optimizer state)' in (run / 'train.log').read_text()
+
+
+def test_continue_train_after_a_kill_between_model_and_optimizer(tiny, tiny_dataroot, tmp_path):
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=2)) == 0
+    run = tmp_path / 'run'
+    # as if killed after the epoch-3 model file was renamed into place, before the optimizer file: the newest
+    # complete pair is epoch 2, and epoch 3 is trained again (the per-epoch seeds make it the same epoch)
+    stale_copy = (run / 'SelfHDR_model_2.pth').read_bytes()
+    (run / 'SelfHDR_model_3.pth').write_bytes(stale_copy)
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=4, continue_train=True)) == 0
+    assert 'resuming after epoch 2 (networks and optimizer state)' in (run / 'train.log').read_text()
+    assert (run / 'SelfHDR_model_3.pth').read_bytes() != stale_copy
+    assert _optimizer_epoch(run) == 4
+
+
+def test_continue_train_without_optimizer_file_uses_the_newest_model(tiny, tiny_dataroot, tmp_path):
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=2)) == 0
+    run = tmp_path / 'run'
+    (run / 'SelfHDR_optimizer_Adam.pth').write_bytes(b'truncated')
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=3, continue_train=True)) == 0
+    log = (run / 'train.log').read_text()
+    assert 'resuming after epoch 2' in log and 'FRESH optimizer' in log
+    assert _optimizer_epoch(run) == 3
+
+
+def test_continue_train_with_nothing_saved_starts_from_scratch(tiny, tiny_dataroot, tmp_path):
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'new', niter=1, continue_train=True)) == 0
+    assert (tmp_path / 'new' / 'SelfHDR_model_1.pth').is_file()
+    assert 'starting from scratch' in (tmp_path / 'new' / 'train.log').read_text()
+
+
+def test_stale_temporary_files_are_removed_at_start(tiny, tiny_dataroot, tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    stale = run / 'SelfHDR_model_1.pth.tmp12345'
+    stale.write_bytes(b'half a checkpoint')
+    keep = run / 'notes.txt'
+    keep.write_text('mine')
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=1)) == 0
+    assert not stale.exists() and keep.read_text() == 'mine'
+    assert 'interrupted save' in (run / 'train.log').read_text()
+
+
+def test_sigterm_stops_cleanly_and_the_run_resumes(tiny_dataroot, tmp_path):
+    """A real process: SIGTERM after the first checkpoint exits 130, leaves no temporary file, and
+    --continue_train picks the run up."""
+    args = train_args(tiny_dataroot, tmp_path, 'term', niter=200)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'train.py'), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / 'term'
+    deadline = time.time() + 240
+    while not (run / 'SelfHDR_optimizer_Adam.pth').exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert 'interrupted (SIGTERM)' in err and 'resume with --continue_train True' in err
+    assert not list(run.glob('*.tmp*'))
+    last = max(int(p.stem.split('_')[-1]) for p in run.glob('SelfHDR_model_*.pth'))
+    with single_thread():
+        rc = train.main(train_args(tiny_dataroot, tmp_path, 'term', niter=last + 1, continue_train=True))
+    assert rc == 0 and (run / f'SelfHDR_model_{last + 1}.pth').is_file()
