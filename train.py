@@ -104,8 +104,7 @@ def train(opt):
         set_epoch_seed(opt, epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
-        if getattr(model, 'augment_noise', None) is not None:
-            model.augment_noise.calls = (epoch - 1) * iters  # the release's global counter, as if never stopped
+        model.on_epoch_start(epoch, iters)
         model.train()
         epoch_start = data_start = time.time()
         epoch_loss = 0.0

@@ -235,7 +235,7 @@ def build_unlabelled(ds: BaseDataset, dataset: str, folder: str, reader) -> None
     if not str(root) or not root.is_dir():
         raise DatasetError(f'{ds.dataset_name}: --dataroot {str(root)!r} is not a folder')
     ds.has_label = False
-    fshdr = getattr(ds.opt, 'network', '') == 'FSHDR'
+    fshdr = getattr(ds.opt, 'aligned_input', False)
     expo_root = ds.require_dir(root / folder, 'scene')
     ldr_root = ds.require_dir(root / f'{folder}_align', 'aligned scene') if fshdr else expo_root
     ds.scenes = ds.list_scenes(ldr_root)

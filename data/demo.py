@@ -42,7 +42,7 @@ MARKER_NAME = 'demo_dataset.json'
 DEMO_VERSION = 2  # 2: colour augmentation and lifted photos in the training split
 _SUBDIRS = ('Training', 'Test', 'Training_align', 'Test_align')
 # The generator and the alignment code: editing them changes the data, so it invalidates the cache.
-_FINGERPRINTED_CODE = tuple(_REPO / p for p in ('util/synthetic.py', 'tools/prepare_data.py', 'util/align.py',
+_FINGERPRINTED_CODE = tuple(_REPO / p for p in ('util/synthetic.py', 'data/align_split.py', 'util/align.py',
                                                 'util/colour.py', 'util/photo_sources.py'))
 
 
@@ -103,7 +103,7 @@ def _lock(root: Path) -> Iterator[None]:
 
 def _align(root: Path, split: str) -> None:
     # Imported here: the alignment tool pulls in optical flow code the generator does not need.
-    from tools.prepare_data import prepare_split
+    from data.align_split import prepare_split
 
     reports = prepare_split(root, split, overwrite=True, progress=False)
     done = [r for r in reports if r.get('status') == 'done']

@@ -58,7 +58,7 @@ class Sig17AlignDataset(BaseDataset):
         elif stage0:
             ldr_dir, expo_dir, label_dir = 'Training_align', 'Training', None
         else:
-            ldr_dir = 'Test_align' if getattr(opt, 'network', '') == 'FSHDR' else 'Test'
+            ldr_dir = 'Test_align' if getattr(opt, 'aligned_input', False) else 'Test'
             expo_dir, label_dir = 'Test', 'Test'
         self.has_label = label_dir is not None
         self.folders = {'ldr': ldr_dir, 'expo': expo_dir, 'label': label_dir}

@@ -152,6 +152,11 @@ class BaseModel(ABC):
     def optimize_parameters(self):
         """One training step: forward, losses, backward, optimizer step."""
 
+    # ----------------------------------------------------------------------------------------------- hooks
+    def on_epoch_start(self, epoch, iters_per_epoch):
+        """Called by train.py before each epoch (1-based) with the epoch's iteration count; per-model state that
+        depends on the position in training is set here, so a resumed run replays it."""
+
     # ----------------------------------------------------------------------------------------------- set-up
     def autocast(self):
         if self.amp_dtype is None:
@@ -265,13 +270,6 @@ class BaseModel(ABC):
 
     def get_current_losses(self):
         return OrderedDict((name, float(getattr(self, 'loss_' + name).detach())) for name in self.loss_names)
-
-    def check_losses_finite(self, epoch, iteration):
-        for name in self.loss_names:
-            value = getattr(self, 'loss_' + name)
-            if not torch.isfinite(torch.as_tensor(value)).all():
-                raise NonFiniteLossError(f'loss {name} is {float(value)} at epoch {epoch}, iteration {iteration}; '
-                                         'training stopped, the last saved checkpoint is intact')
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def network_path(self, name, epoch):

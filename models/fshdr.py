@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.ahdrnet import from_phases, to_phases
+from models.polyphase import from_phases, to_phases
 
 
 def dilated_conv_by_phases(x, conv):

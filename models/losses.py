@@ -4,22 +4,20 @@ Masked L1 terms take the mean over *all* elements (masked zeros included), as th
 normalised by the mask sum (method.md, known flaw 3, kept on purpose).
 """
 import logging
-import math
 import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from util.tonemap import MU, mu_law_torch  # noqa: F401  (MU re-exported)
+
 logger = logging.getLogger(__name__)
 
-MU = 5000.0
-_LOG_1P_MU = math.log(1 + MU)
 
 
-def mu_tonemap(x):
-    """mu-law T(x) = log(1 + 5000 x) / log(5001), the tone map of every loss and of PSNR-mu."""
-    return torch.log(1 + MU * x) / _LOG_1P_MU
+# mu-law T(x) = log(1 + 5000 x) / log(5001), the tone map of every loss and of PSNR-mu (one definition, in util)
+mu_tonemap = mu_law_torch
 
 
 def masked_l1(pred, target, mask=None):

@@ -7,19 +7,14 @@ import torch.nn as nn
 from torch.nn import init
 from torch.optim import lr_scheduler
 
+from .backbones import BACKBONES
 from .losses import AugmentNoise, L1MuLoss, VGGLoss, build_vgg19_features, mu_tonemap  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-# The release's --network names -> (module, class). Imported lazily so one backbone's import cost is paid alone.
-NETWORKS = {
-    'AHDRNet': ('models.ahdrnet', 'AHDR'),
-    'FSHDR': ('models.fshdr', 'FSHDR'),
-    'HDR-Transformer': ('models.hdr_transformer', 'HDRTransformer'),
-    'SCTNet': ('models.sctnet', 'SCTNet'),
-}
-# Transformer backbones work on windows of 8 pixels: test inputs are padded (the release's `chop`).
-PADDED_NETWORKS = ('HDR-Transformer', 'SCTNet')
+# Views of the backbone table (models/backbones.py): --network name -> (module, class), and the padded ones.
+NETWORKS = {b.name: (b.module, b.cls) for b in BACKBONES.values()}
+PADDED_NETWORKS = tuple(b.name for b in BACKBONES.values() if b.pad_multiple)
 
 
 def get_network_class(name):

@@ -6,7 +6,7 @@ medium LDR gets Gaussian noise (sigma 0.5/255) in training.
 """
 import torch
 
-from options.base_options import str2bool
+from util.flags import str2bool
 from . import networks
 from .hdr_common import HDRBackboneModel
 
@@ -36,6 +36,7 @@ class SelfHDR2Model(HDRBackboneModel):
         self.loss_names = ['Color', 'Stru', 'Total']
         self.loss_Color = self.loss_Stru = self.loss_Total = None
         self.use_stru_loss = getattr(opt, 'stru_loss', 'vgg') == 'vgg'
+        self.augment_noise = None
         if self.isTrain:
             self.criterionL1 = networks.L1MuLoss()
         if self.isTrain and self.use_stru_loss:
@@ -45,6 +46,11 @@ class SelfHDR2Model(HDRBackboneModel):
         if self.isTrain:
             noise = getattr(opt, 'noise', 'gauss0.5')
             self.augment_noise = None if noise == 'none' else networks.AugmentNoise(noise)
+
+    def on_epoch_start(self, epoch, iters_per_epoch):
+        if self.augment_noise is not None:
+            # the release's global noise counter, as if training had never stopped
+            self.augment_noise.calls = (epoch - 1) * iters_per_epoch
 
     def network_inputs(self):
         if not (self.netSelfHDR.training and self.isTrain and self.augment_noise is not None):

@@ -6,16 +6,14 @@ import os
 
 import torch
 
+from models import backbones
+from util.flags import str2bool  # noqa: F401  (re-exported: options' flag type)
+
 logger = logging.getLogger(__name__)
 
-NETWORK_CHOICES = ('AHDRNet', 'FSHDR', 'HDR-Transformer', 'SCTNet')
+NETWORK_CHOICES = backbones.NAMES
 
 
-def str2bool(value):
-    """The release's lenient boolean: 'yes', 'y', 'true', 't', '1' (any case) are true, anything else false."""
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ('yes', 'y', 'true', 't', '1')
 
 
 def parse_gpu_ids(text):
@@ -74,6 +72,9 @@ class BaseOptions:
                             help='epoch(s) to load; >0 loads SelfHDR_model_<n>.pth')
         parser.add_argument('--chop', type=str2bool, default=False,
                             help='pad test inputs to a multiple of 8 (set by the model for transformer backbones)')
+        parser.add_argument('--supervised', type=str2bool, default=False,
+                            help='train on the ground truth (Training/*/HDRImg.hdr) instead of the colour component; '
+                                 'set by --model supervised')
         parser.add_argument('--stage0_inference', type=str2bool, default=False,
                             help='run on Training_align to produce the structure labels')
         parser.add_argument('--stru_lable_path', type=str, default='',
@@ -151,8 +152,11 @@ class BaseOptions:
         if opt.gpu_ids and not torch.cuda.is_available():
             raise ValueError(f"--gpu_ids {requested} asks for CUDA, but no CUDA device is available; "
                              "use --gpu_ids -1 for the CPU")
-        # The transformer backbones need inputs padded to a multiple of 8 at test time.
-        opt.chop = opt.chop or opt.network in ('HDR-Transformer', 'SCTNet')
+        # What the backbone needs, from its row of the table: test-time padding (the release's `chop`) and
+        # aligned frames (read by the data sets, which do not import models).
+        net = backbones.backbone(opt.network)
+        opt.chop = opt.chop or net.pad_multiple > 0
+        opt.aligned_input = net.aligned_input
         print('Device: ' + (f'CUDA GPU(s) {opt.gpu_ids}' if opt.gpu_ids else 'CPU'))
         print(self.format_options(opt))
         return opt
@@ -175,9 +179,10 @@ class BaseOptions:
                               '(need at least one epoch, neither negative)')
         if not (math.isfinite(opt.lr) and opt.lr > 0):
             self.parser.error(f'--lr must be a finite positive number, got {opt.lr}')
-        if opt.network in ('HDR-Transformer', 'SCTNet') and opt.patch_size % 8:
-            self.parser.error(f'--patch_size {opt.patch_size}: {opt.network} trains on windows of 8 pixels, so the '
-                              'crop must be a multiple of 8 (e.g. 64 or 128)')
+        multiple = backbones.backbone(opt.network).crop_multiple
+        if opt.patch_size % multiple:
+            self.parser.error(f'--patch_size {opt.patch_size}: {opt.network} trains on windows of {multiple} pixels, '
+                              f'so the crop must be a multiple of {multiple} (e.g. 64 or 128)')
 
     def save(self, opt, phase):
         """Write the options to `<checkpoints_dir>/<name>/opt_<phase>.txt` (called by the entry points)."""

@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.ahdrnet import AHDR, from_phases, to_phases
+from conftest import GOLDEN as GOLDEN_ROOT
 
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'AHDR'
+GOLDEN = GOLDEN_ROOT / 'AHDR'
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'ahdrnet_selfcheck.json'
 SELFCHECK = json.loads(FIXTURE.read_text())
 

@@ -1,5 +1,4 @@
 """Tests of util/colour.py: triangle weights, linearisation, Y_color (NumPy and torch twins, golden)."""
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 from util.colour import (ldr_to_hdr, ldr_to_hdr_torch, merge_colour_component, merge_colour_component_torch,
                          merge_linear, merge_linear_torch, triangle_weights, triangle_weights_torch)
 
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden'
+from conftest import GOLDEN  # noqa: E402
 
 
 def _nhwc(t):

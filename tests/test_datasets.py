@@ -14,6 +14,7 @@ import torch
 import data
 from data import base_dataset
 from data.base_dataset import DatasetError
+from models.backbones import backbone
 from util.hdr_io import ImageReadError, write_hdr, write_ldr8, write_ldr16
 
 H, W = 40, 48
@@ -81,6 +82,7 @@ def make_opt(root, **kw):
                shuffle=True, drop_last=True, num_dataloader=0, network='AHDRNet', stage0_inference=False,
                stru_lable_path='')
     opt.update(kw)
+    opt.setdefault('aligned_input', backbone(opt['network']).aligned_input)  # what the options set from the table
     return argparse.Namespace(**opt)
 
 

@@ -10,8 +10,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.fshdr import SDC, FSHDR, dilated_conv_by_phases
+from conftest import GOLDEN as GOLDEN_ROOT
 
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'FSHDR'
+GOLDEN = GOLDEN_ROOT / 'FSHDR'
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'fshdr_selfcheck.json'
 SELFCHECK = json.loads(FIXTURE.read_text())
 

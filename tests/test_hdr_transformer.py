@@ -14,8 +14,9 @@ from timm.layers import DropPath
 
 import models.hdr_transformer as hdrt
 from models.hdr_transformer import HDRTransformer
+from conftest import GOLDEN as GOLDEN_ROOT
 
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'HDRTransformer'
+GOLDEN = GOLDEN_ROOT / 'HDRTransformer'
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'hdr_transformer_selfcheck.json'
 SELFCHECK = json.loads(FIXTURE.read_text())
 

@@ -14,8 +14,9 @@ from timm.layers import DropPath
 
 import models.sctnet as sct
 from models.sctnet import SCTNet
+from conftest import GOLDEN as GOLDEN_ROOT
 
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden' / 'SCTNet'
+GOLDEN = GOLDEN_ROOT / 'SCTNet'
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'sctnet_selfcheck.json'
 SELFCHECK = json.loads(FIXTURE.read_text())
 

@@ -1,13 +1,11 @@
 """util/tiling.py: the release's test-time padding (`chop`) and tiled inference."""
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from util.tiling import _tile_layout, chop_padding, padded_forward, tiled_forward
-
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden'
+from conftest import GOLDEN
 
 
 def _bracket(h, w, seed=0):

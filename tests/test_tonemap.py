@@ -1,6 +1,5 @@
 """Tests for util/tonemap.py and tools/tonemap.py (CPU, tiny, seeded)."""
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +9,7 @@ import torch
 from util.tonemap import (DEFAULT_GAMMA, OPERATORS, display_tonemap, luminance, mu_law, mu_law_torch,
                           reinhard, to_uint8, tonemap, write_png)
 
-GOLDEN = Path(__file__).resolve().parents[2] / 'shared' / 'golden'
+from conftest import GOLDEN  # noqa: E402
 
 
 def _random_hdr(h=24, w=32, seed=0, scale=4.0):
@@ -156,7 +155,7 @@ def test_write_png_roundtrip(tmp_path):
 
 
 def test_cli_tonemap(tmp_path):
-    hdr_io = pytest.importorskip('util.hdr_io')
+    from util import hdr_io
     from tools.tonemap import main
 
     src = tmp_path / 'in.hdr'

@@ -307,6 +307,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     """
     import torch
 
+    from models.backbones import BACKBONES
     from models.networks import PADDED_NETWORKS
     from util.tiling import padded, tiled_forward
 
@@ -319,8 +320,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise MergeError(f'--device {device}: CUDA is not available on this machine; use --device cpu')
-    if network == 'FSHDR' and not align:
-        logger.warning('FSHDR was trained on aligned frames; consider --align for dynamic scenes')
+    if network in BACKBONES and BACKBONES[network].aligned_input and not align:
+        logger.warning('%s was trained on aligned frames; consider --align for dynamic scenes', network)
 
     bracket = load_bracket(inputs, exposures, exposures_in, strict_order)
     if not trust_exposures:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from data.demo import ensure_demo_dataset  # noqa: E402
+from models.backbones import NAMES, backbone  # noqa: E402
 from util import metrics  # noqa: E402
 from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -280,10 +280,8 @@ def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray
     """Run a backbone on every scene of ``split_root`` (sig17 layout, unaligned or aligned frames)."""
     from util.tiling import padded
 
-    from models.networks import PADDED_NETWORKS
-
-    needs_pad = network in PADDED_NETWORKS
-    fn = padded(net, multiple=8, mode='release') if needs_pad else net
+    multiple = backbone(network).pad_multiple
+    fn = padded(net, multiple=multiple, mode='release') if multiple else net
     outputs = {}
     for scene in sorted(p for p in split_root.iterdir() if p.is_dir()):
         frames, times = scene_frames_and_times(scene, 'sig17')
@@ -451,7 +449,7 @@ def run_study(args) -> dict:
 
     logger.info('scoring')
     test_dir, perm_dir = dataroot / 'Test', permuted_root / 'Test'
-    if net == 'FSHDR':  # FSHDR takes aligned frames, at test time too
+    if backbone(net).aligned_input:  # FSHDR takes aligned frames, at test time too
         test_dir = aligned_root / 'Test'
         perm_dir = make_aligned_test_copy(permuted_root, work / 'data_permuted_aligned') / 'Test'
     outputs = {
@@ -506,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='SelfHDR vs supervised training vs classical anchors, at one budget.')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='short', help='training budget (see BUDGETS)')
     p.add_argument('--iters', type=int, default=0, help='override the budget: iterations per network')
-    p.add_argument('--network', default='AHDRNet', choices=('AHDRNet', 'FSHDR', 'HDR-Transformer', 'SCTNet'))
+    p.add_argument('--network', default='AHDRNet', choices=NAMES)
     p.add_argument('--work', default='', help='data, checkpoints (default ./study/<budget>_<network>)')
     p.add_argument('--out', default='', help='results folder (default <work>/results)')
     p.add_argument('--vgg', default='auto', choices=('imagenet', 'auto', 'random'),

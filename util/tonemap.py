@@ -45,7 +45,7 @@ def mu_law_torch(x):
     """Torch twin of :func:`mu_law`, differentiable; the losses rely on this exact expression."""
     import torch  # lazy: the NumPy side of this module must not need torch
 
-    return torch.log(1 + 5000 * x) / math.log(1 + 5000)
+    return torch.log(1 + MU * x) / _LOG_1P_MU
 
 
 def _check_image(x: np.ndarray, name: str = 'image') -> np.ndarray:

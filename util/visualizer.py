@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+from util.tonemap import mu_law_torch
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,11 +68,10 @@ class Visualizer:
         """Mu-law tone-mapped first image of each visual, BGR flipped to RGB for display."""
         if not self.enabled or self.writer is None:
             return
-        from models.losses import mu_tonemap
         for name, tensor in visuals.items():
             if tensor is None:
                 continue
-            image = mu_tonemap(tensor[:1].detach().float().clamp(0, 1)).cpu()[0].flip(0).numpy()
+            image = mu_law_torch(tensor[:1].detach().float().clamp(0, 1)).cpu()[0].flip(0).numpy()
             self.writer.add_image(f'images/{name}', np.clip(image, 0, 1), step)
 
     def close(self):

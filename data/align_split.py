@@ -1,0 +1,122 @@
+"""Build the ``_align`` folders of a data set: short and long frames warped to the medium one, plus ``Y_color``.
+
+The library half of ``tools/prepare_data.py`` (which documents the layouts and the command line); the demo data
+and the study call it directly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from util.align import AlignConfig, align_frames, make_flow_estimator
+from util.colour import merge_colour_component
+from util.exposures import DATASETS, scene_frames_and_times
+from util.hdr_io import read_ldr_bits, write_hdr, write_ldr8, write_ldr16
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SPLIT = {'sig17': 'Training', 'sen': 'Scenes', 'tursun': 'dataset'}
+COLOUR_NAME = 'HDRImg.hdr'
+
+
+class SceneError(RuntimeError):
+    """Preparing one scene failed; the message names the scene."""
+
+
+def _quantise(x: np.ndarray, bits: int) -> np.ndarray:
+    """The values a loader reads back after writing ``x`` at ``bits`` (see util/hdr_io.py)."""
+    if bits == 16:
+        return (np.clip(np.rint(x.astype(np.float64) * 2 ** 16), 0, 65535) / 2 ** 16).astype(np.float32)
+    return (np.clip(np.rint(x * 255.0), 0, 255) / 255.0).astype(np.float32)
+
+
+def prepare_scene(src_dir, dst_dir, dataset: str = 'sig17', flow: str = 'dis', raft_weights: str | None = None,
+                  colour_label: bool = True, overwrite: bool = False, cfg: AlignConfig | None = None,
+                  estimator=None) -> dict:
+    """Align one scene of ``src_dir`` into ``dst_dir``. Returns a small report dict.
+
+    ``cfg`` overrides ``flow``/``raft_weights``; ``estimator`` (from ``util.align.make_flow_estimator``)
+    can be shared between scenes to avoid rebuilding it.
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    if dst_dir.exists() and not overwrite:
+        return {'scene': src_dir.name, 'status': 'skipped'}
+    start = time.perf_counter()
+    cfg = cfg or AlignConfig(flow=flow, raft_weights=raft_weights)
+    try:
+        frames, times = scene_frames_and_times(src_dir, dataset)
+        # sig17 frames must be 16-bit; Sen/Tursun copies may be 8-bit, kept at their depth.
+        loaded = [read_ldr_bits(f, expect_bits=16 if dataset == 'sig17' else None) for f in frames]
+        ldrs = [img for img, _ in loaded]
+        bits = loaded[1][1]
+        if len({x.shape for x in ldrs}) != 1:
+            raise ValueError(f'frames have different sizes: {[x.shape for x in ldrs]}')
+        res = align_frames(*ldrs, times, cfg, estimator)
+        short_q, long_q = _quantise(res.frames[0], bits), _quantise(res.frames[2], bits)
+        colour = merge_colour_component(short_q, ldrs[1], long_q, times) if colour_label else None
+
+        dst_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst_dir.parent / f'.{dst_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial'
+        tmp.mkdir()
+        try:
+            writer = write_ldr16 if bits == 16 else write_ldr8
+            writer(tmp / frames[0].name, short_q)
+            shutil.copyfile(frames[1], tmp / frames[1].name)  # the reference stays byte-identical
+            writer(tmp / frames[2].name, long_q)
+            if colour is not None:
+                write_hdr(tmp / COLOUR_NAME, colour)
+            if dst_dir.exists():
+                shutil.rmtree(dst_dir)
+            os.replace(tmp, dst_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except Exception as exc:
+        raise SceneError(f'scene {src_dir.name} ({src_dir}): {exc}') from exc
+    return {'scene': src_dir.name, 'status': 'done', 'seconds': time.perf_counter() - start,
+            'fallback_fraction': [float(1 - v.mean()) for v in res.valid], 'times': [float(t) for t in times]}
+
+
+def split_dirs(dataroot, split: str | None = None, dataset: str = 'sig17') -> tuple[Path, Path]:
+    """Source and destination folders of a split."""
+    if dataset not in DATASETS:
+        raise ValueError(f'unknown dataset {dataset!r}; choose from {DATASETS}')
+    split = split or DEFAULT_SPLIT[dataset]
+    src = Path(dataroot) / split
+    return src, Path(dataroot) / f'{split}_align'
+
+
+def prepare_split(dataroot, split: str | None = None, dataset: str = 'sig17', flow: str = 'dis',
+                  raft_weights: str | None = None, colour_label: bool | None = None, overwrite: bool = False,
+                  keep_going: bool = False, progress: bool = True, cfg: AlignConfig | None = None) -> list[dict]:
+    """Align every scene of a split. ``colour_label=None`` writes Y_color for ``Training`` only."""
+    src, dst = split_dirs(dataroot, split, dataset)
+    if not src.is_dir():
+        raise FileNotFoundError(f'{src}: source split folder does not exist')
+    scenes = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    if not scenes:
+        raise FileNotFoundError(f'{src}: no scene folders')
+    if colour_label is None:
+        colour_label = src.name == 'Training'
+    cfg = cfg or AlignConfig(flow=flow, raft_weights=raft_weights)
+    estimator = make_flow_estimator(cfg)  # built once: RAFT loading is slow
+
+    from tqdm import tqdm
+
+    reports, failures = [], []
+    for scene in tqdm(scenes, desc=f'align {src.name}', unit='scene', disable=not progress):
+        try:
+            reports.append(prepare_scene(scene, dst / scene.name, dataset, colour_label=colour_label,
+                                         overwrite=overwrite, cfg=cfg, estimator=estimator))
+        except SceneError as exc:
+            if not keep_going:
+                raise
+            logger.error('%s', exc)
+            failures.append({'scene': scene.name, 'status': 'failed', 'error': str(exc)})
+    return reports + failures
