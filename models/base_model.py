@@ -45,6 +45,40 @@ def clean_state_dict(state):
     return cleaned
 
 
+def cpu_has_native_bf16():
+    """avx512_bf16 or AMX in the CPU flags: bf16 matrix work runs in hardware (elsewhere it is emulated, slower)."""
+    try:
+        with open('/proc/cpuinfo') as handle:
+            flags = next((line.split(':', 1)[1].split() for line in handle if line.startswith('flags')), [])
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
+def resolve_amp(amp, device):
+    """--amp none|bf16|fp16|auto -> the autocast dtype (None = fp32), saying why in the log.
+
+    auto: bf16 on CUDA devices that support it and on CPUs with native bf16, fp32 elsewhere. fp16 on the CPU is
+    refused: it has no fast fp16 kernels there."""
+    if amp in (None, 'none'):
+        return None
+    if amp == 'auto':
+        if device.type == 'cuda' and torch.cuda.is_bf16_supported():
+            logger.info('--amp auto: bf16 (CUDA device supports it)')
+            return torch.bfloat16
+        if device.type == 'cpu' and cpu_has_native_bf16():
+            logger.info('--amp auto: bf16 (the CPU has native bf16: avx512_bf16/amx)')
+            return torch.bfloat16
+        logger.info('--amp auto: fp32 (%s)', 'no bf16 on this CUDA device' if device.type == 'cuda'
+                    else 'this CPU emulates bf16, which is slower than fp32')
+        return None
+    if amp == 'fp16' and device.type == 'cpu':
+        raise ValueError('--amp fp16 is not supported on the CPU (no fast fp16 kernels); use --amp bf16 or auto')
+    if amp == 'bf16' and device.type == 'cpu' and not cpu_has_native_bf16():
+        logger.warning('--amp bf16 on a CPU without native bf16: it runs emulated and slower than fp32')
+    return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+
 def saved_model_epochs(save_dir, model_names=('SelfHDR',)):
     """Sorted epochs for which every network's `<name>_model_<epoch>.pth` exists in `save_dir`."""
     if not os.path.isdir(save_dir):
@@ -128,11 +162,8 @@ class BaseModel(ABC):
         self.schedulers = []
         self.start_epoch = 0
         self.is_main_process = getattr(opt, 'rank', 0) == 0
-        self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(getattr(opt, 'amp', 'none'))
-        if self.amp_dtype is not None and self.device.type != 'cuda':
-            logger.warning('--amp %s is for CUDA; running fp32 on the CPU', opt.amp)
-            self.amp_dtype = None
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)
+        self.amp_dtype = resolve_amp(getattr(opt, 'amp', 'none'), self.device)
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16 and self.device.type == 'cuda')
         self.memory_format = (torch.channels_last if getattr(opt, 'channels_last', False)
                               else torch.contiguous_format)
 
@@ -161,7 +192,7 @@ class BaseModel(ABC):
     def autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast('cuda', dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def to_device(self, tensor):
         tensor = tensor.to(self.device, non_blocking=True)

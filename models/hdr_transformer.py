@@ -148,8 +148,9 @@ class _WindowAttentionFunction(torch.autograd.Function):
         probs = torch.bmm(q.transpose(1, 2), k)  # logits (nH*nb, T, T)
         probs.view(num_heads, -1, tokens, tokens).add_(bias.unsqueeze(1))  # += (nH, 1, T, T)
         if index is not None:
+            # under autocast the logits are bf16/fp16 while the mask stays fp32; index_add_ needs one dtype
             probs.view(num_heads, n, w, tokens, tokens).index_add_(
-                2, index, mask_rows.expand(num_heads, n, -1, -1, -1))  # masked windows += their rows
+                2, index, mask_rows.to(probs.dtype).expand(num_heads, n, -1, -1, -1))  # masked windows += rows
         return torch._softmax(probs, -1, False, out=probs)  # in place: the logits are not needed again
 
     @staticmethod

@@ -95,8 +95,9 @@ class BaseOptions:
         parser.add_argument('--tile', type=int, default=0,
                             help='test in overlapping tiles of this size (0: whole image, as the release)')
         parser.add_argument('--tile_overlap', type=int, default=32, help='overlap between tiles, in pixels')
-        parser.add_argument('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16'),
-                            help='CUDA autocast precision (fp16 uses gradient scaling)')
+        parser.add_argument('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16', 'auto'),
+                            help='autocast precision on CUDA or CPU (fp16: CUDA only, with gradient scaling); auto: '
+                                 'bf16 where the hardware has it, else fp32; losses and metrics stay fp32')
         parser.add_argument('--channels_last', type=str2bool, default=False, help='channels_last memory format')
         parser.add_argument('--vgg_weights', type=str, default='imagenet', choices=('imagenet', 'auto', 'random'),
                             help="VGG19 for the structure loss: 'imagenet' needs the weights (torchvision cache or "
@@ -152,6 +153,8 @@ class BaseOptions:
         if opt.gpu_ids and not torch.cuda.is_available():
             raise ValueError(f"--gpu_ids {requested} asks for CUDA, but no CUDA device is available; "
                              "use --gpu_ids -1 for the CPU")
+        if opt.amp == 'fp16' and not opt.gpu_ids:
+            self.parser.error('--amp fp16 is CUDA-only (the CPU has no fast fp16 kernels); use --amp bf16 or auto')
         # What the backbone needs, from its row of the table: test-time padding (the release's `chop`) and
         # aligned frames (read by the data sets, which do not import models).
         net = backbones.backbone(opt.network)

@@ -1,0 +1,61 @@
+"""--amp on the CPU: bf16 autocast training steps for every backbone stay finite and close to fp32; 'auto' picks
+fp32 on CPUs without native bf16; fp16 on the CPU is refused. The default ('none') is what the fidelity tests use."""
+import pytest
+import torch
+
+import models
+from models import base_model
+from tiny_data import single_thread, tiny_opt
+
+BACKBONES = ('AHDRNet', 'FSHDR', 'HDR-Transformer', 'SCTNet')
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
+        yield
+
+
+def _batch(seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    ldr = [torch.rand(1, 3, size, size, generator=g) for _ in range(3)]
+    expo = torch.tensor([[1.0, 4.0, 16.0]])
+    batch = {f'input{i}': torch.cat([x ** 2.2 / t, x], 1) for i, (x, t) in enumerate(zip(ldr, expo[0]))}
+    batch['label'] = (ldr[1] ** 2.2 / 4.0).clamp(0, 1)
+    batch['expo'] = expo
+    return batch
+
+
+def _step_loss(tiny_dataroot, tmp_path, network, amp):
+    torch.manual_seed(0)
+    opt = tiny_opt(tiny_dataroot, tmp_path, f'amp_{amp}', 'supervised', network=network, amp=amp)
+    model = models.create_model(opt)
+    model.setup(opt)
+    model.train()
+    model.set_input(_batch())
+    model.optimize_parameters()
+    return float(model.loss_Total), model
+
+
+@pytest.mark.parametrize('network', BACKBONES)
+def test_bf16_step_on_cpu_is_finite_and_close_to_fp32(tiny_dataroot, tmp_path, network):
+    fp32, _ = _step_loss(tiny_dataroot, tmp_path, network, 'none')
+    bf16, model = _step_loss(tiny_dataroot, tmp_path, network, 'bf16')
+    assert model.amp_dtype == torch.bfloat16
+    assert model.data_out.dtype == torch.bfloat16  # the network really ran under autocast
+    assert torch.isfinite(torch.tensor(bf16)) and bf16 == pytest.approx(fp32, rel=0.02)
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.netSelfHDR.parameters())
+
+
+def test_auto_is_fp32_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(base_model, 'cpu_has_native_bf16', lambda: False)
+    assert base_model.resolve_amp('auto', torch.device('cpu')) is None
+    monkeypatch.setattr(base_model, 'cpu_has_native_bf16', lambda: True)
+    assert base_model.resolve_amp('auto', torch.device('cpu')) is torch.bfloat16
+    assert base_model.resolve_amp('none', torch.device('cpu')) is None
+
+
+def test_fp16_on_cpu_is_refused(tiny_dataroot, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        tiny_opt(tiny_dataroot, tmp_path, 'x', amp='fp16')
+    assert '--amp fp16 is CUDA-only' in capsys.readouterr().err
