@@ -256,7 +256,8 @@ class _Conv2dFn(torch.autograd.Function):
 
 def _conv(conv, x):
     """Apply a stride-1, same-padding nn.Conv2d through ``_Conv2dFn`` when gradients are recorded."""
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+        # under autocast the plain conv (its dtype casts included) is used; the layout trick is an fp32 speed-up
         return conv(x)
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != 'zeros':
         raise ValueError(f'sctnet.py: _conv handles plain stride-1 convolutions only, got {conv}')
