@@ -140,6 +140,8 @@ def main(argv=None):
     opt = options.parse(argv)
     tune_malloc(opt.malloc)
     opt.rank, opt.distributed = 0, False
+    # more loader workers than cores only adds start-up time and memory (the release's default is 8)
+    opt.num_dataloader = min(opt.num_dataloader, os.cpu_count() or 1)
     options.save(opt, 'test')
     setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'test.log'))
     if not opt.load_path and not any(e > 0 for e in opt.load_iter):
