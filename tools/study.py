@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from data.demo import ensure_demo_dataset  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
+from models.base_model import saved_model_epochs  # noqa: E402
 from util import metrics  # noqa: E402
 from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -184,23 +185,6 @@ def make_unaligned_labels_copy(src_root: Path, dst_root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ training
-def saved_epochs(run_dir: Path) -> list[int]:
-    found = []
-    for path in run_dir.glob('SelfHDR_model_*.pth'):
-        match = re.fullmatch(r'SelfHDR_model_(\d+)\.pth', path.name)
-        if match:
-            found.append(int(match.group(1)))
-    return sorted(found)
-
-
-def optimizer_epoch(run_dir: Path) -> int | None:
-    path = run_dir / 'SelfHDR_optimizer_Adam.pth'
-    try:
-        return int(torch.load(path, map_location='cpu', weights_only=True).get('epoch'))
-    except Exception:  # missing, truncated or foreign: not usable for resuming
-        return None
-
-
 def common_args(dataroot: Path, ckpt: Path, network: str) -> list[str]:
     return ['--dataroot', str(dataroot), '--dataset_name', 'sig17align', '--network', network,
             '--checkpoints_dir', str(ckpt), '--gpu_ids', 'auto' if torch.cuda.is_available() else '-1',
@@ -213,7 +197,7 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
     import train
 
     run_dir = ckpt / name
-    done = saved_epochs(run_dir)
+    done = saved_model_epochs(run_dir)
     last = done[-1] if done else 0
     if last >= budget.epochs:
         logger.info('%s: done (epoch %d)', name, last)
@@ -224,12 +208,9 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
         '--lr_policy', budget.lr_policy, '--print_freq', str(max(1, budget.iters_per_epoch // 4)),
         '--test_every', str(budget.test_every), '--seed', str(budget.seed)] + list(extra)
     if last:
-        # The optimizer file is rewritten at every save; after a kill between the two files it may be a later
-        # epoch's, which cannot be paired with this checkpoint: resume with a fresh optimizer then.
-        matching = optimizer_epoch(run_dir) == last
-        args += ['--load_iter', str(last), '--load_optimizers', str(matching)]
-        logger.info('%s: resuming after epoch %d of %d%s', name, last, budget.epochs,
-                    '' if matching else ' (no optimizer state of that epoch: fresh Adam moments)')
+        # train.py picks the newest complete checkpoint (and says which) in its own log
+        args += ['--continue_train', 'True']
+        logger.info('%s: resuming (newest saved epoch %d of %d)', name, last, budget.epochs)
     else:
         logger.info('%s: training %d epochs x %d iterations', name, budget.epochs, budget.iters_per_epoch)
     start = time.time()
@@ -452,16 +433,12 @@ def run_study(args) -> dict:
     if backbone(net).aligned_input:  # FSHDR takes aligned frames, at test time too
         test_dir = aligned_root / 'Test'
         perm_dir = make_aligned_test_copy(permuted_root, work / 'data_permuted_aligned') / 'Test'
-    outputs = {
-        'selfhdr': network_outputs(load_network(ckpt, 'stage2', epochs, net), net, test_dir),
-        'supervised': network_outputs(load_network(ckpt, 'supervised', epochs, net), net, test_dir),
-        'structure_component': network_outputs(load_network(ckpt, 'stage1', epochs, net), net,
-                                               aligned_root / 'Test'),
-    }
-    permuted = {
-        'selfhdr': network_outputs(load_network(ckpt, 'stage2', epochs, net), net, perm_dir),
-        'supervised': network_outputs(load_network(ckpt, 'supervised', epochs, net), net, perm_dir),
-    }
+    trained = {'selfhdr': load_network(ckpt, 'stage2', epochs, net),
+               'supervised': load_network(ckpt, 'supervised', epochs, net)}
+    outputs = {name: network_outputs(model, net, test_dir) for name, model in trained.items()}
+    outputs['structure_component'] = network_outputs(load_network(ckpt, 'stage1', epochs, net), net,
+                                                     aligned_root / 'Test')
+    permuted = {name: network_outputs(model, net, perm_dir) for name, model in trained.items()}
     anchors = anchor_outputs(dataroot)
     outputs.update(anchors)
     methods = {}
