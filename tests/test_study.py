@@ -81,3 +81,26 @@ def test_stage0_labels_written_for_every_training_scene(tiny_study):
 def test_unknown_budget_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         study.build_parser().parse_args(['--budget', 'huge'])
+
+
+def test_ablations_train_and_score(tiny_study):
+    """Every ablation trains its own networks beside the finished main runs, and is scored in the results."""
+    with pytest.MonkeyPatch.context() as mp, single_thread():
+        use_tiny_backbone(mp)
+        assert study.main(['--budget', 'tiny', '--work', str(tiny_study), '--vgg', 'random',
+                           '--ablations', *study.ABLATIONS]) == 0
+    results = json.loads((tiny_study / 'results' / 'results.json').read_text())
+    assert set(results['ablations']) == set(study.ABLATIONS)
+    for name, row in results['ablations'].items():
+        assert np.isfinite(row['psnr_mu']) and np.isfinite(row['psnr_mu_permuted']), name
+    ckpt, last = tiny_study / 'ckpt', study.BUDGETS['tiny'].epochs
+    for run in ('stage2_no_stru_loss', 'stage2_stage1_half', 'stage1_no_align', 'stage2_no_align'):
+        assert (ckpt / run / f'SelfHDR_model_{last}.pth').is_file(), run
+    # stage1_half: structure labels from the stage-1 network at half its budget
+    assert len(list((ckpt / 'stage1' / f'output_{max(1, last // 2)}').glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
+    # no_align: its colour labels are the unaligned merge, so they differ from the aligned ones
+    scene = sorted(p.name for p in (tiny_study / 'data' / 'Training_align').iterdir() if p.is_dir())[0]
+    aligned = read_hdr(tiny_study / 'data' / 'Training_align' / scene / 'HDRImg.hdr')
+    unaligned = read_hdr(tiny_study / 'data_no_align' / 'Training_align' / scene / 'HDRImg.hdr')
+    assert aligned.shape == unaligned.shape and not np.allclose(aligned, unaligned)
+    assert 'no_stru_loss' in (tiny_study / 'results' / 'results.md').read_text()
