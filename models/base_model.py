@@ -1,12 +1,14 @@
 """BaseModel: the life cycle every model follows (setup, set_input, optimize_parameters, test, save, load)."""
 import logging
 import os
+import random
 import re
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from contextlib import nullcontext
 
+import numpy as np
 import torch
 
 from util.tiling import padded, tiled_forward
@@ -100,6 +102,27 @@ def remove_stale_temporaries(save_dir):
         os.remove(os.path.join(save_dir, name))
         logger.warning('removed %s: the temporary file of an interrupted save', os.path.join(save_dir, name))
     return stale
+
+
+def rng_states():
+    """Every random generator a run draws from, as tensors and plain values (loadable with weights_only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {'torch': torch.get_rng_state(), 'python': random.getstate(),
+              'numpy': {'kind': kind, 'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                        'has_gauss': int(has_gauss), 'gauss': float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    torch.set_rng_state(states['torch'])
+    version, internal, gauss = states['python']
+    random.setstate((version, tuple(internal), gauss))
+    n = states['numpy']
+    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    if 'cuda' in states and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states['cuda'])
 
 
 def non_finite_entries(state):
@@ -214,9 +237,10 @@ class BaseModel(ABC):
             self.load_networks(load_iter)
             if self.isTrain:
                 self.start_epoch = load_iter
-                if opt.load_optimizers:
-                    self.load_optimizers(load_iter)
+                manifest = self.load_optimizers(load_iter) if opt.load_optimizers else None
                 self.resume_schedulers(load_iter)
+                if manifest:
+                    self.restore_training_state(manifest)
         self._check_names()
         if getattr(opt, 'verbose', False) and self.is_main_process:
             self.print_networks()
@@ -364,24 +388,55 @@ class BaseModel(ABC):
         return os.path.join(self.save_dir, f'SelfHDR_optimizer_{name}.pth')
 
     def save_optimizers(self, epoch):
+        """The optimizer file is written last, after the epoch's model files: it is the manifest of the unit.
+
+        Besides the release's keys (name, epoch, state_dict, which the release's loader reads) it carries what else
+        a resumed run needs to continue exactly: the scheduler states, the iteration count and the RNG states."""
+        extra = {'iteration': epoch * getattr(self.opt, 'iters_per_epoch', 0),
+                 'schedulers': [scheduler.state_dict() for scheduler in self.schedulers],
+                 'rng': rng_states()}
         for name in self.optimizer_names:
             optimizer = getattr(self, 'optimizer_' + name)
-            entry = {'name': f'SelfHDR_optimizer_{name}', 'epoch': epoch, 'state_dict': optimizer.state_dict()}
+            entry = {'name': f'SelfHDR_optimizer_{name}', 'epoch': epoch, 'state_dict': optimizer.state_dict(), **extra}
             atomic_torch_save(entry, self.optimizer_path(name))
 
     def load_optimizers(self, epoch):
-        """Optional: the published models ship no optimizer file, so a missing one only warns."""
+        """Load the optimizer states of `epoch`; returns the manifest entry (None without one).
+
+        Optional: the published models ship no optimizer file, so a missing one only warns."""
+        manifest = None
         for name in self.optimizer_names:
             path = self.optimizer_path(name)
             if not os.path.isfile(path):
                 logger.warning('no optimizer state at %s; resuming with a fresh optimizer', path)
                 continue
-            entry = torch.load(path, map_location=self.device, weights_only=True)
-            if entry.get('name') != f'SelfHDR_optimizer_{name}' or entry.get('epoch') != epoch:
-                raise CheckpointError(f"{path} holds {entry.get('name')} of epoch {entry.get('epoch')}, "
+            try:
+                entry = torch.load(path, map_location=self.device, weights_only=True)
+            except Exception as exc:  # truncated or foreign file
+                raise CheckpointError(f'cannot read optimizer state {path}: {exc}; delete it to resume with a fresh '
+                                      'optimizer, or resume with --load_optimizers False') from exc
+            if not isinstance(entry, dict) or entry.get('name') != f'SelfHDR_optimizer_{name}' \
+                    or entry.get('epoch') != epoch:
+                found = (entry.get('name'), entry.get('epoch')) if isinstance(entry, dict) else (type(entry), None)
+                raise CheckpointError(f'{path} holds {found[0]} of epoch {found[1]}, '
                                       f'not SelfHDR_optimizer_{name} of epoch {epoch}')
             getattr(self, 'optimizer_' + name).load_state_dict(entry['state_dict'])
             logger.info('loaded optimizer state from %s', path)
+            manifest = entry
+        return manifest
+
+    def restore_training_state(self, manifest):
+        """Scheduler and RNG states of a manifest written by save_optimizers (older files have neither)."""
+        # Schedules that are a function of the epoch were replayed under the current flags (so a run may be extended
+        # with a larger --niter); only the plateau policy depends on its history, which the manifest holds.
+        states = manifest.get('schedulers')
+        if states is not None and len(states) == len(self.schedulers):
+            for scheduler, state in zip(self.schedulers, states):
+                if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    scheduler.load_state_dict(state)
+        if manifest.get('rng'):
+            set_rng_states(manifest['rng'])
+        logger.info('resumed at epoch %s, iteration %s', manifest.get('epoch'), manifest.get('iteration', '?'))
 
     def print_networks(self):
         for name in self.model_names:

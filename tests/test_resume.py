@@ -1,6 +1,7 @@
 """Resuming without naming an epoch (--continue_train), after a clean stop, a kill between the two checkpoint
 files, or a SIGTERM; temporary files of interrupted saves are cleaned up."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,3 +98,42 @@ def test_sigterm_stops_cleanly_and_the_run_resumes(tiny_dataroot, tmp_path):
     with single_thread():
         rc = train.main(train_args(tiny_dataroot, tmp_path, 'term', niter=last + 1, continue_train=True))
     assert rc == 0 and (run / f'SelfHDR_model_{last + 1}.pth').is_file()
+
+
+# Writes per epoch: the model file, then the optimizer file (the manifest). 3 and 4 are epoch 2's.
+@pytest.mark.parametrize('kill_at,phase', [(3, 'during'), (3, 'after'), (4, 'during'), (4, 'after')])
+def test_kill_9_at_any_moment_of_a_save_resumes_to_the_same_run(tiny, tiny_dataroot, tmp_path, kill_at, phase,
+                                                                 uninterrupted):
+    args = train_args(tiny_dataroot, tmp_path, 'killed', niter=3)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'kill_at_save.py'), str(kill_at), phase, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run = tmp_path / 'killed'
+    assert not (run / 'SelfHDR_model_3.pth').exists()
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'killed', niter=3, continue_train=True)) == 0
+    assert not list(run.glob('*.tmp*'))
+    reference, state = uninterrupted
+    for epoch in (1, 2, 3):
+        got = torch.load(run / f'SelfHDR_model_{epoch}.pth', map_location='cpu', weights_only=True)['state_dict']
+        assert all(torch.equal(got[k], v) for k, v in state[epoch].items()), f'epoch {epoch} differs'
+    assert _epoch_losses(run, 3) == _epoch_losses(reference, 3)
+    manifest = torch.load(run / 'SelfHDR_optimizer_Adam.pth', map_location='cpu', weights_only=True)
+    assert manifest['epoch'] == 3 and manifest['iteration'] == 9 and 'torch' in manifest['rng']
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tiny_dataroot, tmp_path_factory):
+    out = tmp_path_factory.mktemp('uninterrupted')
+    with pytest.MonkeyPatch.context() as mp, single_thread():
+        use_tiny_backbone(mp)
+        assert train.main(train_args(tiny_dataroot, out, 'ref', niter=3)) == 0
+    run = out / 'ref'
+    return run, {e: torch.load(run / f'SelfHDR_model_{e}.pth', map_location='cpu', weights_only=True)['state_dict']
+                 for e in (1, 2, 3)}
+
+
+def _epoch_losses(run, epoch):
+    """The loss lines of one epoch in loss_log.txt, without their timings."""
+    lines = [line for line in (run / 'loss_log.txt').read_text().splitlines() if f'epoch: {epoch},' in line]
+    return [re.sub(r'time: [\d.]+, data: [\d.]+', '', line) for line in lines]
