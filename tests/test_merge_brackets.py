@@ -174,11 +174,39 @@ def test_tiff16_with_exposures_seconds_and_stops(bracket, tmp_path, capsys):
     assert all(read_exposure_time(p) is None for p in bracket['tif'])
 
 
-def test_gamma_other_than_22_warns_and_changes_output(bracket, jpeg_result, caplog):
-    with caplog.at_level(logging.WARNING):
-        res = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], gamma=2.0)
-    assert 'trained with inputs linearised by gamma 2.2' in caplog.text
+def test_other_gamma_is_reencoded_with_the_training_gamma(bracket, jpeg_result):
+    res = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.0')
+    x = read_ldr(bracket['jpg'][1])
+    # the network sees X' = (X ** 2.0) ** (1 / 2.2): the camera's linear radiance in the training encoding
+    np.testing.assert_allclose(res.inputs[1], x.astype(np.float64) ** (2.0 / 2.2), atol=2e-3)
     assert np.abs(res.hdr - jpeg_result.hdr).max() > 1e-4
+
+
+def test_gamma22_response_passes_frames_unchanged(bracket, jpeg_result):
+    for x, path in zip(jpeg_result.inputs, bracket['jpg']):
+        np.testing.assert_array_equal(x, read_ldr(path))
+
+
+def test_estimate_and_save_response_then_reuse(bracket, tmp_path, capsys):
+    saved = tmp_path / 'camera.csv'
+    rc, cap = _run(capsys, _args(bracket, bracket['tif'], '--exposures', '1/100', '1/25', '4/25', '--response',
+                                 'estimate', '--save_response', saved, '--output_dir', tmp_path, '--name', 'est'))
+    assert rc == 0, cap.err
+    table = np.loadtxt(saved, delimiter=',', skiprows=1)
+    assert table.shape == (256, 4) and table[-1, 1:].tolist() == [1, 1, 1] and (np.diff(table[:, 1:], axis=0) >= 0).all()
+    rc, cap = _run(capsys, _args(bracket, bracket['tif'], '--exposures', '1/100', '1/25', '4/25', '--response',
+                                 saved, '--output_dir', tmp_path, '--name', 'reuse'))
+    assert rc == 0, cap.err
+    np.testing.assert_allclose(read_exr(tmp_path / 'reuse.exr'), read_exr(tmp_path / 'est.exr'), atol=1e-5)
+
+
+@pytest.mark.parametrize('flags, message', [(['--response', 'gammaX'], '--response'),
+                                            (['--response', 'missing.npy'], 'missing.npy'),
+                                            (['--response', 'srgb', '--gamma', '2'], 'not both')])
+def test_error_bad_response(bracket, tmp_path, capsys, flags, message):
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], *flags, '--output_dir', tmp_path))
+    assert rc == 2 and message in cap.err
+    assert not list(tmp_path.glob('*.exr'))
 
 
 def test_align_runs(bracket):

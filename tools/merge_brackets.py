@@ -17,10 +17,12 @@ Behaviour, and the choices made here:
 * **Order.** Frames are sorted by exposure time (short, medium, long; the medium is the reference
   whose geometry the output keeps). When the given order differs, a warning lists the order used.
   ``--strict_order`` refuses instead (exit code 2), for scripts that must not be second-guessed.
-* **Linearisation** ``H = X ** gamma / (t + 1e-8)`` and network input ``cat([H, X])``, as in
-  training. ``--gamma`` (default 2.2) approximates the camera's response; the networks were trained
-  with 2.2, so other values warn. JPEGs carry an unknown camera tone curve and 8-bit quantisation,
-  so results are an approximation of what the networks see on 16-bit TIFFs.
+* **Camera response** ``--response`` (``util.camera_response``): ``gamma2.2`` (default), ``gamma<g>``, ``srgb``,
+  ``estimate`` (recovered from the bracket itself) or a saved ``.npy``/``.csv`` table (``--save_response``
+  writes the one used, to reuse for the same camera). Each frame is linearised with it and **re-encoded with
+  the training gamma**, ``X' = f(X) ** (1/2.2)``, so the network gets ``cat([X' ** 2.2 / (t + 1e-8), X'])``:
+  the kind of input it was trained on, with the camera's own linear radiance. For ``gamma2.2`` the frames
+  pass through unchanged. ``--gamma g`` is kept as a shorthand for ``--response gamma<g>``.
 * **Alignment** (``--align``) warps short and long onto the medium frame with ``util.align``
   before the network. FSHDR expects aligned inputs (a warning says so when it is off); AHDRNet,
   HDR-Transformer and SCTNet deghost by themselves.
@@ -51,6 +53,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
+from util.camera_response import (Response, ResponseError, estimate_response, resolve_response,  # noqa: E402
+                                  save_response)
 from util.colour import EPS_T, GAMMA  # noqa: E402
 from util.hdr_io import read_ldr, write_exr, write_hdr  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
@@ -184,18 +188,22 @@ EXPOSURE_TOLERANCE_STOPS = 1.5
 
 
 def check_exposures_match_frames(paths: Sequence[Path], frames: Sequence[np.ndarray], times: np.ndarray,
-                                 gamma: float = GAMMA, tolerance_stops: float = EXPOSURE_TOLERANCE_STOPS) -> None:
-    """Raise when the exposure times contradict the frames' brightness (sorted short, medium, long).
+                                 response: Response | None = None,
+                                 tolerance_stops: float = EXPOSURE_TOLERANCE_STOPS) -> None:
+    """Raise when the exposure times contradict the frames' brightness (sorted by exposure).
 
-    The ratio between neighbouring frames is measured as the median of ``X_b**gamma / X_a**gamma`` over the pixels
-    well exposed in both (motion moves few of them), and must agree with ``t_b / t_a`` within
-    ``tolerance_stops``."""
-    for a, b in ((0, 1), (1, 2)):
+    The ratio between neighbouring frames is measured as the median of ``f(X_b) / f(X_a)`` (``f``: the response,
+    gamma 2.2 by default) over the pixels well exposed in both (motion moves few of them), and must agree with
+    ``t_b / t_a`` within ``tolerance_stops``."""
+    response = response if response is not None else resolve_response(f'gamma{GAMMA:g}')
+    for a in range(len(frames) - 1):
+        b = a + 1
         xa, xb = frames[a], frames[b]
         ok = (xa > 0.1) & (xa < 0.9) & (xb > 0.1) & (xb < 0.9)
         if ok.sum() < 100:
             continue  # too few common well-exposed pixels to judge
-        measured = float(np.median(xb[ok] ** gamma / xa[ok] ** gamma))
+        la, lb = response.linear(xa)[ok], response.linear(xb)[ok]
+        measured = float(np.median(lb / np.maximum(la, 1e-8)))
         expected = float(times[b] / times[a])
         off = math.log2(measured / expected)
         if abs(off) > tolerance_stops:
@@ -264,12 +272,21 @@ class MergeResult:
     hdr: np.ndarray
     bracket: BracketFrames
     network: str
-    gamma: float
+    response: Response
     aligned: bool
+    inputs: list[np.ndarray] = field(default_factory=list)  # frames as the network saw them (training gamma)
+
+    @property
+    def classical(self) -> np.ndarray:
+        """Kalantari's triangle-weight merge of the same inputs (the classical anchor of specs/method.md)."""
+        from util.colour import merge_colour_component
+
+        return merge_colour_component(*self.inputs, self.bracket.times)
 
 
-def _build_inputs(frames, times, gamma: float):
-    """Per frame the network input ``cat([X ** gamma / (t + 1e-8), X])`` as a (1, 6, H, W) tensor."""
+def _build_inputs(frames, times, gamma: float = GAMMA):
+    """Per frame the network input ``cat([X ** 2.2 / (t + 1e-8), X])`` as a (1, 6, H, W) tensor; ``frames`` are
+    already in the training encoding (``Response.to_training_ldr``)."""
     import torch
 
     inputs = []
@@ -297,9 +314,9 @@ def _load_network(network: str, checkpoint, device):
 
 
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
-          exposures_in: str = 'seconds', gamma: float = GAMMA, device: str = 'cpu', tile: int = 0,
-          tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
-          trust_exposures: bool = False) -> MergeResult:
+          exposures_in: str = 'seconds', response: str | Response = f'gamma{GAMMA:g}', device: str = 'cpu',
+          tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
+          trust_exposures: bool = False, save_response_to=None) -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See the module docstring.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
@@ -311,11 +328,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     from models.networks import PADDED_NETWORKS
     from util.tiling import padded, tiled_forward
 
-    if not (math.isfinite(gamma) and gamma > 0):
-        raise MergeError(f'--gamma must be a positive number, got {gamma}')
-    if gamma != GAMMA:
-        logger.warning('--gamma %g: the networks were trained with inputs linearised by gamma %g; other values '
-                       'change the radiance the network sees', gamma, GAMMA)
+    if not isinstance(response, Response) and str(response).lower() != 'estimate':
+        response = _resolve_response(response)
     if tile < 0 or (tile > 0 and not 0 <= tile_overlap < tile):
         raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
     if device.startswith('cuda') and not torch.cuda.is_available():
@@ -324,19 +338,23 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         logger.warning('%s was trained on aligned frames; consider --align for dynamic scenes', network)
 
     bracket = load_bracket(inputs, exposures, exposures_in, strict_order)
+    if not isinstance(response, Response):  # 'estimate': from this bracket
+        response = _estimate(bracket.frames, bracket.times, bracket.paths[1])
+    if save_response_to is not None:
+        _save_response(save_response_to, response)
     if not trust_exposures:
-        check_exposures_match_frames(bracket.paths, bracket.frames, bracket.times, gamma)
-    logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s)',
+        check_exposures_match_frames(bracket.paths, bracket.frames, bracket.times, response)
+    logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s); response %s',
                 ', '.join(map(str, bracket.paths)), ', '.join(f'{t:g}' for t in bracket.times),
-                bracket.times_source)
-    frames = bracket.frames
+                bracket.times_source, response.name)
+    frames = [response.to_training_ldr(f) for f in bracket.frames]  # linearised, re-encoded with gamma 2.2
     if align:
         from util.align import align_frames
 
         frames = list(align_frames(*frames, bracket.times).frames)
 
     net = _load_network(network, checkpoint, device)
-    xs = [x.to(device) for x in _build_inputs(frames, bracket.times, gamma)]
+    xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
     fn = padded(net, multiple=8, mode='release') if network in PADDED_NETWORKS else net
     height, width = frames[0].shape[:2]
     with torch.inference_mode():
@@ -348,7 +366,30 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     if not np.isfinite(hdr).all():
         raise MergeError(f'{checkpoint}: the network produced NaN/Inf values (broken checkpoint?)')
     return MergeResult(hdr=np.ascontiguousarray(hdr, dtype=np.float32), bracket=bracket, network=network,
-                       gamma=gamma, aligned=align)
+                       response=response, aligned=align, inputs=frames)
+
+
+def _resolve_response(spec) -> Response:
+    try:
+        return resolve_response(str(spec))
+    except ResponseError as exc:
+        raise MergeError(f'--response: {exc}') from exc
+
+
+def _estimate(frames, times, name) -> Response:
+    try:
+        table = estimate_response(frames, times)
+    except ResponseError as exc:
+        raise MergeError(f'{name}: --response estimate failed: {exc}') from exc
+    return Response('estimate', table)
+
+
+def _save_response(path, response: Response) -> None:
+    try:
+        save_response(path, response.table)
+    except (ResponseError, OSError) as exc:
+        raise MergeError(f'--save_response {path}: {exc}') from exc
+    logger.info('camera response (%s) saved to %s', response.name, path)
 
 
 def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
@@ -392,8 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the exposure times even when the frames' brightness contradicts them")
     p.add_argument('--strict_order', action='store_true',
                    help='refuse inputs not given short, medium, long instead of sorting them')
-    p.add_argument('--gamma', type=float, default=GAMMA,
-                   help='camera gamma for linearisation X**gamma / t (the networks were trained with 2.2)')
+    p.add_argument('--response', type=str, default=None,
+                   help="camera response used to linearise JPEG/PNG/TIFF frames: gamma2.2 (default), gamma<value>, "
+                        "srgb, estimate (recovered from this bracket), or a 256x3 .npy/.csv table saved with "
+                        "--save_response")
+    p.add_argument('--save_response', type=str, default=None,
+                   help='write the response used (e.g. the estimated one) to this .npy or .csv file, to reuse '
+                        'with --response FILE for the same camera')
+    p.add_argument('--gamma', type=float, default=None,
+                   help='shorthand for --response gamma<value> (kept for old scripts)')
     p.add_argument('--align', action='store_true',
                    help='align short and long frames to the medium one first (util.align; advised for FSHDR)')
     p.add_argument('--output_dir', type=str, default='.', help='folder for the outputs (created if needed)')
@@ -411,6 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _response_flag(args) -> str:
+    if args.gamma is not None and args.response is not None:
+        raise MergeError('give either --response or --gamma, not both')
+    if args.gamma is not None:
+        if not (math.isfinite(args.gamma) and args.gamma > 0):
+            raise MergeError(f'--gamma must be a positive number, got {args.gamma}')
+        return f'gamma{args.gamma:g}'
+    return args.response if args.response is not None else f'gamma{GAMMA:g}'
+
+
 def main(argv=None) -> int:
     from models.base_model import CheckpointError
 
@@ -423,7 +481,8 @@ def main(argv=None) -> int:
     tune_malloc(args.malloc)
     try:
         result = merge(args.inputs, args.network, args.checkpoint, exposures=args.exposures,
-                       exposures_in=args.exposures_in, gamma=args.gamma, device=args.device, tile=args.tile,
+                       exposures_in=args.exposures_in, response=_response_flag(args), device=args.device,
+                       tile=args.tile, save_response_to=args.save_response,
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
                        trust_exposures=args.trust_exposures)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
