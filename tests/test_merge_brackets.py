@@ -312,3 +312,58 @@ def test_error_exposures_contradict_frames(bracket, tmp_path, capsys):
     assert rc == 2 and 'exposure times contradict the images' in out.err
     rc, _ = _run(capsys, args + ['--trust_exposures'])
     assert rc == 0
+
+
+# ------------------------------------------------------------------------------------------ RAW
+
+@pytest.fixture(scope='module')
+def dngs(bracket):
+    from dng_maker import write_dng
+
+    rad = _radiance()
+    paths = []
+    for name, (num, den) in zip(('short', 'medium', 'long'), EXIF_TIMES):
+        paths.append(write_dng(bracket['dir'] / f'{name}.dng', np.clip(rad * 100.0 * num / den, 0, 1),
+                               exposure=(num, den)))
+    return paths
+
+
+def test_raw_bracket_is_linear_with_metadata_times(bracket, dngs, tmp_path, capsys, caplog):
+    with caplog.at_level(logging.WARNING):
+        res = merge(dngs, 'AHDRNet', bracket['ckpt'], response='srgb')
+    assert res.bracket.kind == 'raw' and res.bracket.times_source.startswith('raw metadata')
+    np.testing.assert_allclose(res.bracket.times, [1, 4, 16], rtol=1e-6)
+    assert '--response srgb ignored' in caplog.text  # RAW skips the response curve
+    # the network sees the linear RAW values re-encoded with the training gamma: X'**2.2 / t is the radiance
+    rad = _radiance()
+    for x, t in zip(res.inputs, (1, 4, 16)):
+        lin = x[4:-4, 4:-4].astype(np.float64) ** 2.2
+        ok = lin < 0.9
+        np.testing.assert_allclose(np.median(lin[ok] / np.clip(rad[4:-4, 4:-4] * t, 0, 1)[ok]), 1.0, rtol=0.03)
+    rc, cap = _run(capsys, _args(bracket, dngs, '--output_dir', tmp_path, '--name', 'raw'))
+    assert rc == 0, cap.err
+    assert read_exr(tmp_path / 'raw.exr').shape == (H, W, 3)
+
+
+def test_error_raw_without_exposure_metadata(bracket, dngs, tmp_path, capsys):
+    from dng_maker import write_dng
+
+    bare = write_dng(tmp_path / 'bare.dng', np.clip(_radiance() * 16, 0, 1), exposure=None)
+    rc, cap = _run(capsys, _args(bracket, [dngs[0], dngs[1], bare], '--output_dir', tmp_path))
+    assert rc == 2 and 'bare.dng' in cap.err and 'no exposure time in the RAW metadata' in cap.err
+    rc, cap = _run(capsys, _args(bracket, [dngs[0], dngs[1], bare], '--exposures', '1', '4', '16',
+                                 '--exposures_in', 'seconds', '--output_dir', tmp_path, '--name', 'given'))
+    assert rc == 0, cap.err
+
+
+def test_error_unreadable_raw(bracket, dngs, tmp_path, capsys):
+    bad = tmp_path / 'broken.cr2'
+    bad.write_bytes(b'\x00' * 4096)
+    rc, cap = _run(capsys, _args(bracket, [dngs[0], dngs[1], bad], '--output_dir', tmp_path))
+    assert rc == 2 and 'broken.cr2' in cap.err and 'LibRaw' in cap.err
+    assert not list(tmp_path.glob('*.hdr'))
+
+
+def test_error_raw_mixed_with_jpeg(bracket, dngs, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, [dngs[0], dngs[1], bracket['jpg'][2]], '--output_dir', tmp_path))
+    assert rc == 2 and 'all RAW or all' in cap.err and 'long.jpg' in cap.err

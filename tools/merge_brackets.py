@@ -4,7 +4,8 @@
         --checkpoint pretrained_models/ahdrnet_stage2/SelfHDR_model_1.pth [--output_dir D] [--name N]
 
 Inputs: exactly three frames of one scene, 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
-(``util.hdr_io.read_ldr``). Outputs in ``--output_dir`` (default: the current folder):
+(``util.hdr_io.read_ldr``), or camera RAW files (DNG, CR2, NEF, ARW, ...; ``util.raw_io``: LibRaw demosaicing,
+as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder):
 ``<name>.hdr`` and ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1)) and a
 tone-mapped 8-bit preview ``<name>.png``. ``<name>`` defaults to the medium frame's file name + ``_hdr``.
 
@@ -53,11 +54,12 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from util.camera_response import (Response, ResponseError, estimate_response, resolve_response,  # noqa: E402
-                                  save_response)
+from util.camera_response import (Response, ResponseError, estimate_response, gamma_table,  # noqa: E402
+                                  resolve_response, save_response)
 from util.colour import EPS_T, GAMMA  # noqa: E402
 from util.hdr_io import read_ldr, write_exr, write_hdr  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
+from util.raw_io import is_raw, read_raw, relative_exposure  # noqa: E402
 from util.tonemap import OPERATORS, tonemap, write_png  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -166,6 +168,7 @@ class BracketFrames:
     times_source: str               # 'exif', 'seconds' or 'stops'
     order: list[int]                # order[k] = index in the given inputs of the k-th sorted frame
     raw_times: list[float] = field(default_factory=list)  # as read/given, in the given input order
+    kind: str = 'ldr'               # 'ldr' (camera-encoded codes) or 'raw' (linear radiance from rawpy)
 
     @property
     def reordered(self) -> bool:
@@ -223,7 +226,14 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
         if not p.is_file():
             raise MergeError(f'{p}: file does not exist' if not p.exists() else f'{p}: not a regular file')
     _check_distinct_files(paths)
-    frames = [read_ldr(p) for p in paths]  # ImageReadError names the file
+    raw_flags = [is_raw(p) for p in paths]
+    kind = 'raw' if all(raw_flags) else 'ldr'
+    if any(raw_flags) and not all(raw_flags):
+        raise MergeError('a bracket must be all RAW or all JPEG/PNG/TIFF; RAW: '
+                         f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if r)}; others: '
+                         f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if not r)}')
+    raws = [read_raw(p) for p in paths] if kind == 'raw' else []  # RawReadError names the file
+    frames = [r.linear for r in raws] if kind == 'raw' else [read_ldr(p) for p in paths]  # ImageReadError too
     shapes = {tuple(f.shape[:2]) for f in frames}
     if len(shapes) != 1:
         sizes = ', '.join(f'{p} is {f.shape[1]}x{f.shape[0]}' for p, f in zip(paths, frames))
@@ -234,6 +244,13 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
             raise MergeError(f'--exposures: expected {N_FRAMES} values, one per input, got {len(exposures)}')
         raw = parse_exposures(exposures, exposures_in)
         source = exposures_in
+    elif kind == 'raw':
+        raw, what = relative_exposure(raws)
+        missing = [str(p) for p, t in zip(paths, raw) if t is None]
+        if missing:
+            raise MergeError(f'{", ".join(missing)}: no exposure time in the RAW metadata; give the times with '
+                             '--exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
+        source = f'raw metadata ({what})'
     else:
         raw = [read_exposure_time(p) for p in paths]
         missing = [str(p) for p, t in zip(paths, raw) if t is None]
@@ -258,7 +275,7 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
     times = np.array([raw[k] for k in order], dtype=np.float64)
     times = times / times[0]  # the networks expect t_short = 1 (training data's radiance scale)
     return BracketFrames(paths=[paths[k] for k in order], frames=[frames[k] for k in order], times=times,
-                         times_source=source, order=order, raw_times=list(raw))
+                         times_source=source, order=order, raw_times=list(raw), kind=kind)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +355,15 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         logger.warning('%s was trained on aligned frames; consider --align for dynamic scenes', network)
 
     bracket = load_bracket(inputs, exposures, exposures_in, strict_order)
-    if not isinstance(response, Response):  # 'estimate': from this bracket
+    if bracket.kind == 'raw':
+        given = response.name if isinstance(response, Response) else str(response)
+        if given != f'gamma{GAMMA:g}':
+            logger.warning('--response %s ignored: RAW frames are decoded linear (%s)', given, bracket.paths[1])
+        if save_response_to is not None:
+            logger.warning('--save_response ignored: a RAW bracket has no camera response to save')
+            save_response_to = None
+        response = LINEAR_RAW
+    elif not isinstance(response, Response):  # 'estimate': from this bracket
         response = _estimate(bracket.frames, bracket.times, bracket.paths[1])
     if save_response_to is not None:
         _save_response(save_response_to, response)
@@ -367,6 +392,9 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         raise MergeError(f'{checkpoint}: the network produced NaN/Inf values (broken checkpoint?)')
     return MergeResult(hdr=np.ascontiguousarray(hdr, dtype=np.float32), bracket=bracket, network=network,
                        response=response, aligned=align, inputs=frames)
+
+
+LINEAR_RAW = Response('linear (RAW)', gamma_table(1.0))  # identity: RAW frames are already linear
 
 
 def _resolve_response(spec) -> Response:
