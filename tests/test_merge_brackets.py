@@ -367,3 +367,47 @@ def test_error_unreadable_raw(bracket, dngs, tmp_path, capsys):
 def test_error_raw_mixed_with_jpeg(bracket, dngs, tmp_path, capsys):
     rc, cap = _run(capsys, _args(bracket, [dngs[0], dngs[1], bracket['jpg'][2]], '--output_dir', tmp_path))
     assert rc == 2 and 'all RAW or all' in cap.err and 'long.jpg' in cap.err
+
+
+# ------------------------------------------------------------------------------------------ pre-alignment
+
+@pytest.fixture(scope='module')
+def handheld(tmp_path_factory):
+    """A 96 x 128 textured bracket whose short and long frames are rotated and shifted (camera shake)."""
+    import test_prealign as pa
+
+    folder = tmp_path_factory.mktemp('handheld')
+    rad = pa._texture()
+    truth = [pa._shake(1.0, 3.0, -2.0), np.eye(3), pa._shake(-0.8, -2.5, 1.5)]
+    paths = []
+    for name, hom, (num, den) in zip(('short', 'medium', 'long'), truth, EXIF_TIMES):
+        lin = pa._frame(rad, hom, 100.0 * num / den)
+        paths.append(folder / f'{name}.jpg')
+        _save_jpeg(paths[-1], lin ** (1 / 2.2), (num, den))
+    return paths
+
+
+def test_prealign_moves_shaken_frames_onto_the_medium(bracket, handheld, caplog):
+    with caplog.at_level(logging.INFO):
+        res = merge(handheld, 'AHDRNet', bracket['ckpt'])
+    assert 'pre-aligned' in caplog.text and 'short.jpg' in caplog.text and 'long.jpg' in caplog.text
+    med = read_ldr(handheld[1]).astype(np.float64) ** 2.2
+    def misfit(x, gain):
+        lin = x.astype(np.float64) ** 2.2 * gain
+        ok = (med > 0.02) & (med < 0.8) & (lin < 0.8)
+        return np.median(np.abs(lin - med)[ok])
+    raw_short = read_ldr(handheld[0])
+    assert misfit(res.inputs[0], 4) < 0.5 * misfit(raw_short, 4)
+    np.testing.assert_array_equal(res.inputs[1], read_ldr(handheld[1]))  # the reference is untouched
+    off = merge(handheld, 'AHDRNet', bracket['ckpt'], prealign=False)
+    np.testing.assert_array_equal(off.inputs[0], raw_short)
+
+
+def test_frame_that_cannot_be_aligned_is_a_warning(bracket, handheld, tmp_path, capsys, caplog):
+    flat = tmp_path / 'flat.jpg'
+    _save_jpeg(flat, np.full((96, 128, 3), 0.9, np.float32), EXIF_TIMES[2])
+    with caplog.at_level(logging.WARNING):
+        rc, cap = _run(capsys, _args(bracket, [handheld[0], handheld[1], flat], '--output_dir', tmp_path,
+                                     '--trust_exposures'))
+    assert rc == 0, cap.err
+    assert 'flat.jpg could not be pre-aligned' in caplog.text

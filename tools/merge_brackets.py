@@ -24,6 +24,10 @@ Behaviour, and the choices made here:
   the training gamma**, ``X' = f(X) ** (1/2.2)``, so the network gets ``cat([X' ** 2.2 / (t + 1e-8), X'])``:
   the kind of input it was trained on, with the camera's own linear radiance. For ``gamma2.2`` the frames
   pass through unchanged. ``--gamma g`` is kept as a shorthand for ``--response gamma<g>``.
+* **Pre-alignment** (default; ``--no_prealign`` skips it): a global homography per frame onto the medium one
+  (``util.prealign``: ORB/SIFT features on exposure-equalised grey images, RANSAC, ECC refinement), for handheld
+  brackets. The output keeps the medium frame's geometry; a frame that cannot be aligned is a warning and keeps
+  its own geometry; shifts under half a pixel leave the frame untouched.
 * **Alignment** (``--align``) warps short and long onto the medium frame with ``util.align``
   before the network. FSHDR expects aligned inputs (a warning says so when it is off); AHDRNet,
   HDR-Transformer and SCTNet deghost by themselves.
@@ -333,7 +337,7 @@ def _load_network(network: str, checkpoint, device):
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
           exposures_in: str = 'seconds', response: str | Response = f'gamma{GAMMA:g}', device: str = 'cpu',
           tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
-          trust_exposures: bool = False, save_response_to=None) -> MergeResult:
+          trust_exposures: bool = False, save_response_to=None, prealign: bool = True) -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See the module docstring.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
@@ -363,8 +367,11 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
             logger.warning('--save_response ignored: a RAW bracket has no camera response to save')
             save_response_to = None
         response = LINEAR_RAW
-    elif not isinstance(response, Response):  # 'estimate': from this bracket
-        response = _estimate(bracket.frames, bracket.times, bracket.paths[1])
+    frames, valid = bracket.frames, None
+    if prealign:
+        frames, valid = _prealign(bracket, response if isinstance(response, Response) else None)
+    if not isinstance(response, Response):  # 'estimate': from this bracket (pre-aligned, inside every frame)
+        response = _estimate(frames, bracket.times, bracket.paths[1], valid)
     if save_response_to is not None:
         _save_response(save_response_to, response)
     if not trust_exposures:
@@ -372,7 +379,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s); response %s',
                 ', '.join(map(str, bracket.paths)), ', '.join(f'{t:g}' for t in bracket.times),
                 bracket.times_source, response.name)
-    frames = [response.to_training_ldr(f) for f in bracket.frames]  # linearised, re-encoded with gamma 2.2
+    frames = [response.to_training_ldr(f) for f in frames]  # linearised, re-encoded with gamma 2.2
     if align:
         from util.align import align_frames
 
@@ -404,9 +411,26 @@ def _resolve_response(spec) -> Response:
         raise MergeError(f'--response: {exc}') from exc
 
 
-def _estimate(frames, times, name) -> Response:
+def _prealign(bracket: BracketFrames, response: Response | None):
+    """Homography of each frame onto the medium one (util.prealign); a frame that cannot be aligned is a
+    warning and keeps its geometry."""
+    from util.prealign import corner_shift, prealign
+
+    lin_of = response.linear if response is not None else (lambda x: np.power(x, np.float32(GAMMA)))
+    res = prealign(bracket.frames, [lin_of(f) for f in bracket.frames], bracket.times, reference=1)
+    for i, why in res.failed.items():
+        logger.warning('%s could not be pre-aligned to %s (%s); it keeps its own geometry (use --no_prealign '
+                       'for tripod shots)', bracket.paths[i], bracket.paths[1], why)
+    h, w = bracket.frames[1].shape[:2]
+    for i in res.moved:
+        logger.info('pre-aligned %s onto %s (corners moved up to %.1f px)', bracket.paths[i], bracket.paths[1],
+                    corner_shift(res.homographies[i], h, w))
+    return res.frames, (res.valid if res.moved else None)
+
+
+def _estimate(frames, times, name, valid=None) -> Response:
     try:
-        table = estimate_response(frames, times)
+        table = estimate_response(frames, times, valid=valid)
     except ResponseError as exc:
         raise MergeError(f'{name}: --response estimate failed: {exc}') from exc
     return Response('estimate', table)
@@ -470,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'with --response FILE for the same camera')
     p.add_argument('--gamma', type=float, default=None,
                    help='shorthand for --response gamma<value> (kept for old scripts)')
+    p.add_argument('--no_prealign', action='store_true',
+                   help='skip the global pre-alignment (one homography per frame onto the medium one, for '
+                        'handheld brackets); tripod brackets need none')
     p.add_argument('--align', action='store_true',
                    help='align short and long frames to the medium one first (util.align; advised for FSHDR)')
     p.add_argument('--output_dir', type=str, default='.', help='folder for the outputs (created if needed)')
@@ -512,7 +539,7 @@ def main(argv=None) -> int:
                        exposures_in=args.exposures_in, response=_response_flag(args), device=args.device,
                        tile=args.tile, save_response_to=args.save_response,
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
-                       trust_exposures=args.trust_exposures)
+                       trust_exposures=args.trust_exposures, prealign=not args.no_prealign)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
