@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-import models.hdr_transformer as hdrt
+import models.transformer_layers as layers
 from models.hdr_transformer import HDRTransformer
 from conftest import GOLDEN as GOLDEN_ROOT
 
@@ -183,9 +183,9 @@ def test_relative_position_index_and_stored_mask():
     mask = blk.attn_mask
     assert (mask == -100.0).sum().item() == 64512 and (mask == 0).sum().item() == 984064
     assert torch.equal(mask, literal_mask(128, 128, 8, 4))
-    assert torch.equal(hdrt.compute_attention_mask(24, 32, 8, 4), literal_mask(24, 32, 8, 4))
+    assert torch.equal(layers.shifted_window_mask(24, 32, 8, 4), literal_mask(24, 32, 8, 4))
     # only windows on the last window-row or window-column carry -100s
-    flagged = hdrt._windows_with_mask(mask).view(16, 16)
+    flagged = layers.windows_with_mask(mask).view(16, 16)
     expected = torch.zeros(16, 16, dtype=torch.bool)
     expected[-1, :] = True
     expected[:, -1] = True
@@ -195,7 +195,7 @@ def test_relative_position_index_and_stored_mask():
 def test_window_order_is_roll_then_partition():
     h, w, m = 16, 24, 8
     for shift in (0, 4):
-        order, inverse = hdrt._window_order(h, w, m, shift, 'cpu')
+        order, inverse = layers.window_order(h, w, m, shift, 'cpu')
         grid = torch.arange(h * w).view(1, h, w, 1)
         rolled = torch.roll(grid, (-shift, -shift), (1, 2)) if shift else grid
         expected = rolled.view(1, h // m, m, w // m, m).permute(0, 1, 3, 2, 4).reshape(-1)
@@ -323,10 +323,10 @@ def test_fused_drop_path_matches_timm():
     torch.manual_seed(3)
     want = shortcut + dp(branch)
     torch.manual_seed(3)
-    got = hdrt._add_residual(shortcut, branch, dp)
+    got = layers.add_residual(shortcut, branch, dp)
     assert torch.allclose(got, want, rtol=0, atol=1e-6)
     dp.eval()
-    assert torch.equal(hdrt._add_residual(shortcut, branch, dp), shortcut + branch)
+    assert torch.equal(layers.add_residual(shortcut, branch, dp), shortcut + branch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_fused_drop_path_matches_timm():
 @pytest.mark.parametrize('chunk', [1, 3, 512])
 @pytest.mark.parametrize('size', [(16, 16), (8, 12)])  # (16, 16): stored masks; (8, 12): recomputed masks
 def test_tiny_network_matches_reference(monkeypatch, chunk, size):
-    monkeypatch.setattr(hdrt, '_CHUNK_WINDOWS', chunk)  # chunks of 1 window, spanning images, or everything
+    monkeypatch.setattr(layers, 'CHUNK_WINDOWS', chunk)  # chunks of 1 window, spanning images, or everything
     torch.manual_seed(0)
     net = selfcheck_fill(HDRTransformer(**TINY)).eval()
     xs = [torch.rand(3, 6, *size, generator=torch.Generator().manual_seed(j)) for j in range(3)]
@@ -369,7 +369,7 @@ def test_attention_dropout_uses_reference_path():
 
 @pytest.mark.parametrize('chunk', [1, 512])
 def test_window_attention_function_gradcheck(monkeypatch, chunk):
-    monkeypatch.setattr(hdrt, '_CHUNK_WINDOWS', chunk)
+    monkeypatch.setattr(layers, 'CHUNK_WINDOWS', chunk)
     g = torch.Generator().manual_seed(0)
     heads, dim, tokens, num_windows, batch = 2, 4, 4, 2, 2
     qkv_t = torch.randn(3 * dim, batch * num_windows * tokens, generator=g, dtype=torch.float64, requires_grad=True)
@@ -377,9 +377,9 @@ def test_window_attention_function_gradcheck(monkeypatch, chunk):
     mask = torch.zeros(num_windows, tokens, tokens, dtype=torch.float64)
     mask[1, :2, 2:] = -3.0  # moderate values keep the softmax gradient informative
     mask[1, 2:, :2] = -3.0
-    flags = hdrt._windows_with_mask(mask)
+    flags = layers.windows_with_mask(mask)
 
     def fn(q, b):
-        return hdrt._WindowAttentionFunction.apply(q, b, mask, flags, num_windows, heads, 0.7)
+        return layers.WindowAttentionFunction.apply(q, b, mask, flags, num_windows, heads, 0.7)
 
     assert torch.autograd.gradcheck(fn, (qkv_t, bias), eps=1e-6, atol=1e-6)

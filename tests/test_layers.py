@@ -15,9 +15,11 @@ FORBIDDEN = {
     'options': {'tools', 'bench', 'tests', 'train', 'test'},
 }
 BACKBONES = ('ahdrnet', 'fshdr', 'hdr_transformer', 'sctnet')
-# what a backbone file may import: torch, timm's layers, the standard library, and the pure layer modules
-BACKBONE_ALLOWED = {'torch', 'timm', 'math', 'logging', 'functools', 'collections', 'typing', '__future__',
-                    'models.polyphase', 'models.transformer_layers'}
+# the pure layer modules: nn.Module/autograd code shared by backbones, importing no project module at all
+LAYER_MODULES = ('polyphase', 'transformer_layers')
+LAYER_ALLOWED = {'torch', 'timm', 'math', 'logging', 'functools', 'collections', 'typing', '__future__'}
+# what a backbone file may import: the above and the pure layer modules
+BACKBONE_ALLOWED = LAYER_ALLOWED | {f'models.{name}' for name in LAYER_MODULES}
 
 
 def imported_modules(path):
@@ -57,6 +59,13 @@ def test_backbone_files_import_only_torch_and_layer_modules(backbone):
     path = ROOT / 'models' / f'{backbone}.py'
     bad = [n for n in imported_modules(path)
            if n not in BACKBONE_ALLOWED and n.split('.')[0] not in BACKBONE_ALLOWED]
+    assert not bad, f'{path.name} imports {bad}'
+
+
+@pytest.mark.parametrize('module', LAYER_MODULES)
+def test_layer_modules_import_only_torch(module):
+    path = ROOT / 'models' / f'{module}.py'
+    bad = [n for n in imported_modules(path) if n.split('.')[0] not in LAYER_ALLOWED]
     assert not bad, f'{path.name} imports {bad}'
 
 

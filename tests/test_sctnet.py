@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 import models.sctnet as sct
+import models.transformer_layers as layers
 from models.sctnet import SCTNet
 from conftest import GOLDEN as GOLDEN_ROOT
 
@@ -303,8 +304,8 @@ def test_window_order_is_roll_then_partition(size, shift):
     h, w = size
     m = 4 if shift == 2 else 8
     x = torch.randn(2, h, w, 5)
-    perm, inv = sct.window_order(h, w, m, shift)
-    want = sct.window_partition(torch.roll(x, (-shift, -shift), (1, 2)), m).reshape(2, h * w, 5)
+    perm, inv = layers.window_order(h, w, m, shift)
+    want = layers.window_partition(torch.roll(x, (-shift, -shift), (1, 2)), m).reshape(2, h * w, 5)
     got = x.reshape(2, h * w, 5).index_select(1, perm)
     assert torch.equal(got, want)
     assert torch.equal(got.index_select(1, inv), x.reshape(2, h * w, 5))
@@ -312,16 +313,16 @@ def test_window_order_is_roll_then_partition(size, shift):
 
 def test_shifted_window_mask_matches_spec():
     for h, w in ((128, 128), (16, 24), (8, 8)):
-        assert torch.equal(sct.shifted_window_mask(h, w, 8, 4), literal_mask(h, w, 8, 4))
+        assert torch.equal(layers.shifted_window_mask(h, w, 8, 4), literal_mask(h, w, 8, 4))
 
 
 @pytest.mark.parametrize('chunk', [1, 3, 4, 256])
 @pytest.mark.parametrize('masked', [True, False])
 def test_window_attention_matches_reference(monkeypatch, chunk, masked):
     """Chunked attention with hand-written backward == the release's formulation, values and gradients."""
-    monkeypatch.setattr(sct, '_ATTN_CHUNK', chunk)
+    monkeypatch.setattr(layers, 'CHUNK_WINDOWS', chunk)
     torch.manual_seed(0)
-    attn = sct.WindowAttention(24, (4, 4), 3).double()
+    attn = layers.WindowAttention(24, (4, 4), 3).double()
     with torch.no_grad():
         attn.relative_position_bias_table.normal_()
     n, h, w = 2, 8, 12
