@@ -3,7 +3,9 @@
     python tools/merge_brackets.py --inputs a.jpg b.jpg c.jpg --network AHDRNet \
         --checkpoint pretrained_models/ahdrnet_stage2/SelfHDR_model_1.pth [--output_dir D] [--name N]
 
-Inputs: exactly three frames of one scene, 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
+Inputs: three or more frames of one scene (``--inputs``), or ``--input_dir`` with one sub-folder per bracket
+(a batch: a progress bar, a failing bracket is reported and skipped, a summary table at the end, exit code 2
+if any failed). Frames are 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
 (``util.hdr_io.read_ldr``), or camera RAW files (DNG, CR2, NEF, ARW, ...; ``util.raw_io``: LibRaw demosaicing,
 as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder):
 ``<name>.hdr`` and ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1)) and a
@@ -16,7 +18,8 @@ Behaviour, and the choices made here:
   ``--exposures_in stops``, in stops (``t = 2 ** value``). They are divided by the shortest, so the
   short frame has ``t = 1``: the networks were trained on that radiance scale (Kalantari's data).
 * **Order.** Frames are sorted by exposure time (short, medium, long; the medium is the reference
-  whose geometry the output keeps). When the given order differs, a warning lists the order used.
+  whose geometry the output keeps). Of more than three, the shortest, the longest and the one nearest their
+  middle in stops (or ``--reference``) are used; the tool says which. When the given order differs, a warning lists the order used.
   ``--strict_order`` refuses instead (exit code 2), for scripts that must not be second-guessed.
 * **Camera response** ``--response`` (``util.camera_response``): ``gamma2.2`` (default), ``gamma<g>``, ``srgb``,
   ``estimate`` (recovered from the bracket itself) or a saved ``.npy``/``.csv`` table (``--save_response``
@@ -164,7 +167,7 @@ def parse_exposures(values: Sequence, unit: str = 'seconds') -> list[float]:
 
 @dataclass
 class BracketFrames:
-    """Three frames sorted short, medium, long, with their times (``times[0] == 1``)."""
+    """The three frames used, short, medium (reference), long, with their times (``times[0] == 1``)."""
 
     paths: list[Path]               # sorted order
     frames: list[np.ndarray]        # H x W x 3 BGR float32 in [0, 1], sorted order
@@ -173,10 +176,11 @@ class BracketFrames:
     order: list[int]                # order[k] = index in the given inputs of the k-th sorted frame
     raw_times: list[float] = field(default_factory=list)  # as read/given, in the given input order
     kind: str = 'ldr'               # 'ldr' (camera-encoded codes) or 'raw' (linear radiance from rawpy)
+    unused: list[Path] = field(default_factory=list)  # frames of a longer bracket that were not selected
 
     @property
     def reordered(self) -> bool:
-        return self.order != list(range(len(self.order)))
+        return self.order != sorted(self.order)
 
 
 def _check_distinct_files(paths: Sequence[Path]) -> None:
@@ -219,12 +223,27 @@ def check_exposures_match_frames(paths: Sequence[Path], frames: Sequence[np.ndar
                              '--exposures (or the EXIF), or pass --trust_exposures to use them anyway')
 
 
+def select_frames(times: Sequence[float], reference: int | None = None) -> tuple[int, int, int]:
+    """Indices (short, medium, long) into frames sorted by exposure: the shortest, the longest, and as the
+    reference ``reference`` or the frame nearest the middle of the two in stops."""
+    n = len(times)
+    if reference is None:
+        mid = (math.log2(times[0]) + math.log2(times[-1])) / 2
+        reference = min(range(1, n - 1), key=lambda k: abs(math.log2(times[k]) - mid))
+    return 0, reference, n - 1
+
+
+# The networks were trained with 2 or 3 stops between neighbouring frames.
+MAX_GAP_STOPS = 4.0
+
+
 def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_in: str = 'seconds',
-                 strict_order: bool = False) -> BracketFrames:
-    """Read three frames and their exposure times, check them, sort them by exposure time."""
+                 strict_order: bool = False, reference=None) -> BracketFrames:
+    """Read three or more frames and their exposure times, check them, sort them by exposure time and pick
+    short, medium (reference) and long (:func:`select_frames`; ``reference``: the medium frame's path)."""
     paths = [Path(p) for p in inputs]
-    if len(paths) != N_FRAMES:
-        raise MergeError(f'--inputs: expected exactly {N_FRAMES} frames (short, medium, long exposure), '
+    if len(paths) < N_FRAMES:
+        raise MergeError(f'a bracket needs at least {N_FRAMES} frames (short, medium, long exposure), '
                          f'got {len(paths)}: {", ".join(map(str, paths)) or "none"}')
     for p in paths:
         if not p.is_file():
@@ -244,8 +263,8 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
         raise MergeError(f'frames differ in size ({sizes}); all three must have the same width and height')
 
     if exposures is not None:
-        if len(exposures) != N_FRAMES:
-            raise MergeError(f'--exposures: expected {N_FRAMES} values, one per input, got {len(exposures)}')
+        if len(exposures) != len(paths):
+            raise MergeError(f'--exposures: expected {len(paths)} values, one per input, got {len(exposures)}')
         raw = parse_exposures(exposures, exposures_in)
         source = exposures_in
     elif kind == 'raw':
@@ -263,23 +282,45 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
                              '(seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
         source = 'exif'
 
-    for i in range(N_FRAMES):
-        for j in range(i + 1, N_FRAMES):
+    n = len(paths)
+    for i in range(n):
+        for j in range(i + 1, n):
             if math.isclose(raw[i], raw[j], rel_tol=1e-6):
                 raise MergeError(f'{paths[i]} and {paths[j]} have the same exposure ({raw[i]:g} '
                                  f'{"s" if source != "stops" else "relative"}); a bracket needs three '
                                  'different exposures')
 
-    order = sorted(range(N_FRAMES), key=lambda k: raw[k])
-    if order != list(range(N_FRAMES)):
-        used = ', '.join(f'{name} = {paths[k]} ({raw[k]:g})' for name, k in zip(('short', 'medium', 'long'), order))
+    order = sorted(range(n), key=lambda k: raw[k])
+    if order != list(range(n)):
+        used = ', '.join(f'{paths[k]} ({raw[k]:g})' for k in order)
         if strict_order:
-            raise MergeError(f'--strict_order: inputs are not given short, medium, long; by exposure they are {used}')
+            raise MergeError(f'--strict_order: inputs are not given from shortest to longest exposure; by exposure '
+                             f'they are {used}')
         logger.warning('inputs were not in short, medium, long order; sorted by exposure time: %s', used)
-    times = np.array([raw[k] for k in order], dtype=np.float64)
+    ref_k = None
+    if reference is not None:
+        ref_path = Path(reference)
+        matches = [k for k, p in enumerate(order) if paths[p] == ref_path or paths[p].resolve() == ref_path.resolve()]
+        if not matches:
+            raise MergeError(f'--reference {reference}: not one of the inputs')
+        ref_k = matches[0]
+        if ref_k in (0, n - 1):
+            raise MergeError(f'--reference {reference}: it is the {"shortest" if ref_k == 0 else "longest"} '
+                             'exposure; the reference must have a shorter and a longer frame beside it')
+    sel = select_frames([raw[k] for k in order], ref_k)
+    chosen = [order[k] for k in sel]
+    times = np.array([raw[k] for k in chosen], dtype=np.float64)
     times = times / times[0]  # the networks expect t_short = 1 (training data's radiance scale)
-    return BracketFrames(paths=[paths[k] for k in order], frames=[frames[k] for k in order], times=times,
-                         times_source=source, order=order, raw_times=list(raw), kind=kind)
+    unused = [paths[k] for k in order if k not in chosen]
+    if unused:
+        logger.info('%d frames: using short = %s, medium (reference) = %s, long = %s; not used: %s', n,
+                    *(paths[k] for k in chosen), ', '.join(map(str, unused)))
+    gaps = np.diff(np.log2(times))
+    if gaps.max() > MAX_GAP_STOPS:
+        logger.warning('%.1f stops between %s and %s; the networks were trained with 2-3 stops between frames',
+                       gaps.max(), *(paths[chosen[k]] for k in (int(gaps.argmax()), int(gaps.argmax()) + 1)))
+    return BracketFrames(paths=[paths[k] for k in chosen], frames=[frames[k] for k in chosen], times=times,
+                         times_source=source, order=chosen, raw_times=list(raw), kind=kind, unused=unused)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,11 +378,13 @@ def _load_network(network: str, checkpoint, device):
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
           exposures_in: str = 'seconds', response: str | Response = f'gamma{GAMMA:g}', device: str = 'cpu',
           tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
-          trust_exposures: bool = False, save_response_to=None, prealign: bool = True) -> MergeResult:
+          trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
+          net=None) -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See the module docstring.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
-    :class:`models.base_model.CheckpointError` for a checkpoint that does not fit ``network``.
+    :class:`models.base_model.CheckpointError` for a checkpoint that does not fit ``network``. ``net``: an
+    already loaded backbone (batches load the checkpoint once).
     """
     import torch
 
@@ -358,7 +401,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     if network in BACKBONES and BACKBONES[network].aligned_input and not align:
         logger.warning('%s was trained on aligned frames; consider --align for dynamic scenes', network)
 
-    bracket = load_bracket(inputs, exposures, exposures_in, strict_order)
+    bracket = load_bracket(inputs, exposures, exposures_in, strict_order, reference)
     if bracket.kind == 'raw':
         given = response.name if isinstance(response, Response) else str(response)
         if given != f'gamma{GAMMA:g}':
@@ -385,7 +428,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
 
         frames = list(align_frames(*frames, bracket.times).frames)
 
-    net = _load_network(network, checkpoint, device)
+    if net is None:
+        net = _load_network(network, checkpoint, device)
     xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
     fn = padded(net, multiple=8, mode='release') if network in PADDED_NETWORKS else net
     height, width = frames[0].shape[:2]
@@ -464,6 +508,106 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
 
 
 # ----------------------------------------------------------------------------------------------
+# batches
+# ----------------------------------------------------------------------------------------------
+
+EXPOSURE_FILE = 'exposure.txt'
+
+
+@dataclass
+class BracketJob:
+    name: str                        # output name: the sub-folder's name
+    folder: Path
+    inputs: list[Path]
+    exposures: list[str] | None = None   # from the folder's exposure.txt (stops), else EXIF/RAW metadata
+
+
+@dataclass
+class BracketOutcome:
+    job: BracketJob
+    ok: bool
+    message: str                     # the error, or what was used
+    outputs: dict = field(default_factory=dict)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from util.hdr_io import LDR_EXTS
+    from util.raw_io import RAW_EXTS
+
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in LDR_EXTS + RAW_EXTS)
+
+
+def find_brackets(input_dir) -> list[BracketJob]:
+    """One job per sub-folder of ``input_dir`` that holds image files (sorted by name). A sub-folder's
+    ``exposure.txt`` (one value in stops per frame, in sorted file-name order, as in the SIGGRAPH17 data) gives
+    the exposures; otherwise they come from EXIF or RAW metadata."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise MergeError(f'--input_dir {root}: not a folder' if root.exists() else f'--input_dir {root}: does not exist')
+    jobs = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
+        files = _image_files(sub)
+        if not files:
+            continue
+        exposures = None
+        exp_file = sub / EXPOSURE_FILE
+        if exp_file.is_file():
+            exposures = exp_file.read_text().split()
+        jobs.append(BracketJob(name=sub.name, folder=sub, inputs=files, exposures=exposures))
+    if not jobs:
+        loose = _image_files(root)
+        hint = (f' ({len(loose)} image files sit directly in it: put each bracket in its own sub-folder)'
+                if loose else '')
+        raise MergeError(f'--input_dir {root}: no sub-folder with image files (JPEG/PNG/TIFF/RAW){hint}')
+    return jobs
+
+
+def _describe(result: MergeResult) -> str:
+    b = result.bracket
+    text = (f'short {b.paths[0].name}, medium {b.paths[1].name}, long {b.paths[2].name} '
+            f'(x{b.times[1]:g}, x{b.times[2]:g}); response {result.response.name}')
+    if b.unused:
+        text += f'; not used: {", ".join(p.name for p in b.unused)}'
+    return text
+
+
+def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> list[BracketOutcome]:
+    """Merge every bracket; a failing one is reported and skipped, the others are done."""
+    from tqdm import tqdm
+
+    outcomes = []
+    bar = tqdm(jobs, desc='brackets', unit='bracket', disable=not progress, file=sys.stderr)
+    for job in bar:
+        bar.set_postfix_str(job.name)
+        try:
+            result = merge(job.inputs, args.network, args.checkpoint, exposures=job.exposures,
+                           exposures_in='stops', response=_response_flag(args), device=args.device,
+                           tile=args.tile, tile_overlap=args.tile_overlap, align=args.align,
+                           trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net)
+            paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure)
+            outcomes.append(BracketOutcome(job, True, _describe(result), paths))
+        except (MergeError, OSError, ValueError) as exc:  # the message names the file; go on with the others
+            logger.debug('bracket %s failed', job.folder, exc_info=True)
+            outcomes.append(BracketOutcome(job, False, str(exc)))
+    return outcomes
+
+
+def summary_table(outcomes: Sequence[BracketOutcome]) -> str:
+    """A plain-text table: bracket, status, what was used or what went wrong."""
+    rows = [('bracket', 'status', 'frames used / error')]
+    rows += [(o.job.name, 'ok' if o.ok else 'FAILED', o.message) for o in outcomes]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f'{a:<{w0}}  {b:<{w1}}  {c}' for a, b, c in rows]
+    lines.insert(1, f'{"-" * w0}  {"-" * w1}  {"-" * 20}')
+    n_ok = sum(o.ok for o in outcomes)
+    lines.append(f'{n_ok} of {len(outcomes)} brackets merged' + (f', {len(outcomes) - n_ok} failed' if n_ok < len(outcomes)
+                                                                  else ''))
+    return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
 
@@ -472,8 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(description='Merge a three-exposure bracket (JPEG/PNG/TIFF) into HDR with a '
                                             'trained SelfHDR backbone.')
-    p.add_argument('--inputs', type=str, nargs='+', required=True,
-                   help='three frames of one scene (any order; they are sorted by exposure time)')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--inputs', type=str, nargs='+',
+                     help='three or more frames of one scene (any order; they are sorted by exposure time; of more '
+                          'than three, the shortest, the longest and the middle one are used)')
+    src.add_argument('--input_dir', type=str,
+                     help='a batch: one sub-folder per bracket; outputs are named after the sub-folders')
+    p.add_argument('--reference', type=str, default=None,
+                   help='the input to use as the medium (reference) frame of a bracket of more than three')
     p.add_argument('--network', type=str, required=True, choices=list(NETWORKS), help='backbone of the checkpoint')
     p.add_argument('--checkpoint', type=str, required=True,
                    help="release-format checkpoint {'state_dict': ...}, e.g. SelfHDR_model_1.pth")
@@ -534,20 +684,53 @@ def main(argv=None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='%(levelname)s %(message)s')
     tune_malloc(args.malloc)
+    if args.input_dir is not None:
+        return _main_batch(args)
     try:
         result = merge(args.inputs, args.network, args.checkpoint, exposures=args.exposures,
                        exposures_in=args.exposures_in, response=_response_flag(args), device=args.device,
                        tile=args.tile, save_response_to=args.save_response,
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
-                       trust_exposures=args.trust_exposures, prealign=not args.no_prealign)
+                       trust_exposures=args.trust_exposures, prealign=not args.no_prealign,
+                       reference=args.reference)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_USAGE
     if not args.quiet:
+        print(f'used {_describe(result)}')
         print('wrote ' + ', '.join(str(p) for p in paths.values()))
     return 0
+
+
+def _main_batch(args) -> int:
+    from models.base_model import CheckpointError
+
+    flags = [f for f, v in (('--name', args.name), ('--exposures', args.exposures), ('--reference', args.reference),
+                            ('--save_response', args.save_response)) if v is not None]
+    if args.strict_order:
+        flags.append('--strict_order')
+    try:
+        if flags:
+            raise MergeError(f'{", ".join(flags)}: not with --input_dir (each sub-folder is its own bracket; '
+                             f'put exposures in its {EXPOSURE_FILE})')
+        _response_flag(args)
+        jobs = find_brackets(args.input_dir)
+        import torch
+
+        if args.device.startswith('cuda') and not torch.cuda.is_available():
+            raise MergeError(f'--device {args.device}: CUDA is not available on this machine; use --device cpu')
+        net = _load_network(args.network, args.checkpoint, args.device)
+    except (MergeError, CheckpointError, OSError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return EXIT_USAGE
+    outcomes = run_batch(jobs, args, net, progress=not args.quiet)
+    print(summary_table(outcomes))
+    for o in outcomes:
+        if not o.ok:
+            print(f'error: {o.job.folder}: {o.message}', file=sys.stderr)
+    return 0 if all(o.ok for o in outcomes) else EXIT_USAGE
 
 
 if __name__ == '__main__':
