@@ -21,10 +21,12 @@ from tqdm import tqdm
 
 import data
 import models
+from data.base_dataset import DatasetError
 from models.base_model import CheckpointError
 from options.test_options import TestOptions
 from util import metrics
-from util.hdr_io import write_hdr
+from util.fs import OutputWriteError, write_failure_cause
+from util.hdr_io import ImageReadError, ImageWriteError, write_hdr
 from util.malloc import tune_malloc
 from util.tonemap import mu_law
 from util.visualizer import setup_logging
@@ -58,6 +60,10 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+class EvaluationError(ValueError):
+    """An output or a metric that is not a number; the message names the scene."""
+
+
 def evaluate(model, opt, dataset_name, epoch):
     """Run one checkpoint over one data set's test split; returns the summary dict."""
     dataset = data.create_dataset(dataset_name, 'test', opt)
@@ -84,11 +90,18 @@ def evaluate(model, opt, dataset_name, epoch):
         times.append(time.time() - start)
         out = model.data_out[0].float().cpu().permute(1, 2, 0).numpy()  # (H, W, 3) BGR
         name = batch['fname'][0]
+        bad = int((~np.isfinite(out)).sum())
+        if bad:
+            raise EvaluationError(f'{dataset_name} scene {name}: the network output holds {bad} NaN/Inf values '
+                                  f'(checkpoint epoch {epoch}); no metrics are written for it')
         row = {'scene': name, 'seconds': times[-1]}
         if with_metrics:
             label = model.label[0].float().cpu().permute(1, 2, 0).numpy()
             for metric, fn in functions.items():
-                row[metric] = fn(out, label)
+                try:
+                    row[metric] = fn(out, label)
+                except ValueError as exc:
+                    raise EvaluationError(f'{dataset_name} scene {name}: {metric} cannot be computed: {exc}') from exc
         rows.append(row)
         if save_hdr:
             write_hdr(os.path.join(out_dir, f'{name}.hdr'), out)
@@ -142,8 +155,13 @@ def main(argv=None):
     opt.rank, opt.distributed = 0, False
     # more loader workers than cores only adds start-up time and memory (the release's default is 8)
     opt.num_dataloader = min(opt.num_dataloader, os.cpu_count() or 1)
-    options.save(opt, 'test')
-    setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'test.log'))
+    try:
+        options.save(opt, 'test')
+        setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'test.log'))
+    except OSError as exc:
+        target = exc.filename or os.path.join(opt.checkpoints_dir, opt.name)
+        print(f'error: cannot write to {target}: {write_failure_cause(exc, target)}', file=sys.stderr)
+        return 1
     if not opt.load_path and not any(e > 0 for e in opt.load_iter):
         logger.error('no checkpoint: give --load_iter N (loads SelfHDR_model_N.pth from %s) or --load_path FILE',
                      os.path.join(opt.checkpoints_dir, opt.name))
@@ -158,9 +176,16 @@ def main(argv=None):
                 model.load_networks(epoch)
             for dataset_name in opt.dataset_name:
                 summaries.append(evaluate(model, opt, dataset_name, epoch))
-    except CheckpointError as exc:
-        # a missing or mismatched checkpoint is a user error: a clear message and a failing exit status
+    except (CheckpointError, EvaluationError, OutputWriteError, ImageWriteError) as exc:
+        # a missing or mismatched checkpoint, a broken output, a full disk: a clear message and a failing status
         logger.error('%s', exc)
+        return 1
+    except (DatasetError, ImageReadError) as exc:  # the user's data: the message names the file or folder
+        logger.error('%s', exc)
+        return 2
+    except OSError as exc:  # reports and logs written with open(): a full disk or a read-only folder
+        target = exc.filename or os.path.join(opt.checkpoints_dir, opt.name)
+        logger.error('cannot write %s: %s', target, write_failure_cause(exc, target))
         return 1
     print_table(summaries)
     broken = [f"{s['dataset']} epoch {s['epoch']}: {k}" for s in summaries for k in BASE_METRICS

@@ -20,8 +20,11 @@ from tqdm import tqdm
 import data
 import models
 from models.base_model import CheckpointError, NonFiniteLossError, saved_model_epochs
+from data.base_dataset import DatasetError
 from options.train_options import TrainOptions
 from util import metrics
+from util.fs import OutputWriteError, write_failure_cause
+from util.hdr_io import ImageReadError, ImageWriteError
 from util.malloc import tune_malloc
 from util.visualizer import Visualizer, setup_logging
 
@@ -64,6 +67,15 @@ def validate(model, loader):
         scores.append(metrics.psnr_mu(out, label))
     model.train()
     return float(np.mean(scores)) if scores else float('nan')
+
+
+def newest_good_checkpoint(model):
+    """Where to resume from after a divergence: the newest checkpoint on disk (only finite weights are saved)."""
+    epochs = saved_model_epochs(model.save_dir, model.model_names)
+    if not epochs:
+        return f'no checkpoint was saved in {model.save_dir}'
+    path = model.network_path(model.model_names[0], epochs[-1])
+    return f'the newest good checkpoint is {path} (epoch {epochs[-1]}), kept as it is'
 
 
 def train(opt):
@@ -117,8 +129,8 @@ def train(opt):
                 model.optimize_parameters()
                 epoch_loss += float(model.loss_Total.detach())
             except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped, the last saved '
-                                         f'checkpoint in {model.save_dir} is intact') from None
+                raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped; '
+                                         f'{newest_good_checkpoint(model)}') from None
             if i % opt.print_freq == 0 or i == iters:
                 losses = model.get_current_losses()
                 progress.set_postfix({k: f'{v:.4f}' for k, v in losses.items()})
@@ -130,8 +142,7 @@ def train(opt):
             try:
                 model.save_networks(epoch)
             except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f'{exc}; training stopped, the checkpoints already in {model.save_dir} '
-                                         'are intact') from None
+                raise NonFiniteLossError(f'{exc}; training stopped; {newest_good_checkpoint(model)}') from None
         metric = None
         if val_loader is not None and (epoch % opt.test_every == 0 or epoch == total_epochs):
             metric = validate(model, val_loader)
@@ -166,20 +177,28 @@ def main(argv=None):
     opt = options.parse(argv)
     tune_malloc(opt.malloc)
     setup_distributed(opt)
-    if opt.rank == 0:
-        options.save(opt, 'train')
-        setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'train.log'))
-    else:
-        setup_logging(level=logging.WARNING)
+    try:
+        if opt.rank == 0:
+            options.save(opt, 'train')
+            setup_logging(os.path.join(opt.checkpoints_dir, opt.name, 'train.log'))
+        else:
+            setup_logging(level=logging.WARNING)
+    except OSError as exc:
+        target = exc.filename or os.path.join(opt.checkpoints_dir, opt.name)
+        print(f'error: cannot write to {target}: {write_failure_cause(exc, target)}', file=sys.stderr)
+        return 1
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _raise_interrupted)
     try:
         train(opt)
-    except (NonFiniteLossError, CheckpointError) as exc:
+    except (NonFiniteLossError, CheckpointError, OutputWriteError, ImageWriteError) as exc:
         logger.error('%s', exc)
         return 1
+    except (DatasetError, ImageReadError) as exc:  # the user's data: the message names the file or folder
+        logger.error('%s', exc)
+        return 2
     except KeyboardInterrupt as exc:
         # The atomic writers remove their temporary file on the way out, so every checkpoint on disk is complete.
         epochs = saved_model_epochs(os.path.join(opt.checkpoints_dir, opt.name))

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from util.colour import ldr_to_hdr
 from util.exposures import ExposureFileError, list_frames, select_frames
-from util.hdr_io import ImageReadError, read_hdr, read_ldr
+from util.hdr_io import ChannelLayoutError, ImageReadError, read_hdr, read_ldr
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,26 @@ class BaseDataset(torch.utils.data.Dataset):
             raise DatasetError(f'{self.dataset_name} ({self.split}): {what} folder {path} does not exist')
         return path
 
+    @property
+    def lenient(self) -> bool:
+        """--lenient_data: what the loader would skip or convert is a warning with a count, not an error."""
+        return bool(getattr(self.opt, 'lenient_data', False))
+
     def list_scenes(self, folder: Path) -> list[str]:
-        """Sorted scene folder names, capped by ``opt.max_dataset_size``."""
-        scenes = sorted(p.name for p in Path(folder).iterdir() if p.is_dir())
+        """Sorted scene folder names, capped by ``opt.max_dataset_size``.
+
+        Files beside the scene folders are refused (a scene copied as an archive, a misplaced frame), unless
+        --lenient_data; hidden files (``.DS_Store`` and the like) are ignored."""
+        entries = sorted(Path(folder).iterdir())
+        scenes = [p.name for p in entries if p.is_dir() and not p.name.startswith('.')]
+        stray = [p.name for p in entries if not p.is_dir() and not p.name.startswith('.')]
+        if stray:
+            listed = ', '.join(stray[:5]) + (f' ... ({len(stray)} in all)' if len(stray) > 5 else '')
+            if not self.lenient:
+                raise DatasetError(f'{self.dataset_name} ({self.split}): {folder} holds files that are not scene '
+                                   f'folders: {listed}; move them away, or pass --lenient_data True to skip them')
+            logger.warning('%s (%s): skipped %d files in %s that are not scene folders: %s', self.dataset_name,
+                           self.split, len(stray), folder, listed)
         if not scenes:
             raise DatasetError(f'{self.dataset_name} ({self.split}): no scene folders in {folder}')
         cap = getattr(self.opt, 'max_dataset_size', float('inf'))
@@ -114,6 +131,18 @@ class BaseDataset(torch.utils.data.Dataset):
         optional ``label`` / ``other_label`` paths. Any failure is re-raised naming the file.
         Afterwards all arrays of a scene are checked to have the same height and width.
         """
+        converted = []  # grey/alpha frames converted under --lenient_data (list.append is thread-safe)
+
+        def read_frame(path):
+            try:
+                return ldr_reader(path, convert_channels=False)
+            except ChannelLayoutError as exc:
+                if not self.lenient:
+                    raise DatasetError(f'{exc}; convert it to colour, or pass --lenient_data True to replicate '
+                                       'grey frames and drop alpha channels with a warning') from None
+                converted.append(path)
+                return ldr_reader(path, convert_channels=True)
+
         jobs = []  # (scene, slot, index, reader, path)
         for name, spec in scenes.items():
             if len(spec['ldr']) != 3:
@@ -121,7 +150,7 @@ class BaseDataset(torch.utils.data.Dataset):
             self.expos[name] = np.asarray(spec['expo'], dtype=np.float32).reshape(3)
             self.ldrs[name] = [None, None, None]
             for i, path in enumerate(spec['ldr']):
-                jobs.append((name, 'ldr', i, ldr_reader, Path(path)))
+                jobs.append((name, 'ldr', i, read_frame, Path(path)))
             for slot in ('label', 'other_label'):
                 if spec.get(slot) is not None:
                     jobs.append((name, slot, 0, label_reader, Path(spec[slot])))
@@ -137,7 +166,7 @@ class BaseDataset(torch.utils.data.Dataset):
                     name, slot, i, path = futures[fut]
                     try:
                         results[(name, slot, i)] = (fut.result(), path)
-                    except ImageReadError:
+                    except (ImageReadError, DatasetError):
                         raise  # already names the file and the problem
                     except Exception as exc:
                         raise DatasetError(f'{path}: could not be read ({type(exc).__name__}: {exc})') from exc
@@ -155,6 +184,10 @@ class BaseDataset(torch.utils.data.Dataset):
                 self.other_labels[name] = img
         for name in scenes:
             self._check_sizes(name, scenes[name])
+        if converted:
+            logger.warning('%s (%s): %d frames were grey or had an alpha channel and were converted (--lenient_data): '
+                           '%s', self.dataset_name, self.split, len(converted),
+                           ', '.join(map(str, converted[:3])) + (' ...' if len(converted) > 3 else ''))
 
     def _check_sizes(self, name: str, spec: dict) -> None:
         ref_shape = self.ldrs[name][0].shape[:2]

@@ -48,6 +48,9 @@ class BaseOptions:
         parser.add_argument('--dataroot', type=str, default='', help='root of the data set folders')
         parser.add_argument('--dataset_name', type=str, nargs='+', default=['eth'],
                             help='data set(s): sig17align, sen, tursun (data/<name>_dataset.py)')
+        parser.add_argument('--lenient_data', type=str2bool, default=False,
+                            help='grey/alpha frames and stray files in the data folders: convert or skip them with a '
+                                 'warning and a count, instead of stopping with an error')
         parser.add_argument('--max_dataset_size', type=float, default=float('inf'),
                             help='use at most this many scenes of a data set')
         parser.add_argument('--batch_size', type=int, default=16, help='training batch size')

@@ -83,7 +83,9 @@ def test_train_writes_release_checkpoints_and_logs(tiny_dataroot, tmp_path):
     assert not torch.equal(load_state(run / 'SelfHDR_model_1.pth')['conv3.weight'],
                            load_state(run / 'SelfHDR_model_2.pth')['conv3.weight'])
     entry = optimizer_entry(run)
-    assert set(entry) == {'name', 'epoch', 'state_dict'}
+    # the release's keys, plus the resume manifest (the release's loader reads only 'state_dict')
+    assert set(entry) == {'name', 'epoch', 'state_dict', 'iteration', 'schedulers', 'rng'}
+    assert entry['iteration'] == 6 and len(entry['schedulers']) == 1
     assert entry['name'] == 'SelfHDR_optimizer_Adam' and entry['epoch'] == 2
     assert entry['state_dict']['state'][0]['step'] == 6  # 2 epochs x 3 iterations
     assert not list(run.glob('*.tmp*'))  # atomic saves leave no temporary files

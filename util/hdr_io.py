@@ -23,10 +23,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from util.fs import write_failure_cause
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    'ImageReadError', 'ImageWriteError',
+    'ImageReadError', 'ChannelLayoutError', 'ImageWriteError',
     'read_hdr', 'write_hdr', 'read_exr', 'write_exr', 'read_radiance', 'write_radiance',
     'read_ldr', 'read_ldr_bits', 'write_ldr16', 'write_ldr8', 'LDR16_SCALE', 'RADIANCE_EXTS', 'LDR_EXTS',
 ]
@@ -41,6 +43,10 @@ class ImageReadError(OSError, ValueError):
 
     Subclasses both ``OSError`` and ``ValueError`` so callers may catch either.
     """
+
+
+class ChannelLayoutError(ImageReadError):
+    """A grey or alpha frame where strict reading wants exactly three colour channels."""
 
 
 class ImageWriteError(OSError):
@@ -78,15 +84,21 @@ def _decode(path: Path, flags: int) -> np.ndarray:
     return img
 
 
-def _to_bgr3(img: np.ndarray, path: Path) -> np.ndarray:
-    """Grey -> replicated to 3 channels; BGRA -> alpha dropped (alpha is not colour); else refuse."""
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
+def _to_bgr3(img: np.ndarray, path: Path, convert: bool = True) -> np.ndarray:
+    """Grey -> replicated to 3 channels; BGRA -> alpha dropped (alpha is not colour); each with a warning.
+
+    With ``convert=False`` both are a :class:`ChannelLayoutError` instead (data sets use that by default)."""
     if img.ndim == 3 and img.shape[2] == 3:
         return img
-    if img.ndim == 3 and img.shape[2] == 4:
+    grey = img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1)
+    alpha = img.ndim == 3 and img.shape[2] == 4
+    if (grey or alpha) and not convert:
+        what = 'a grey (1-channel) image' if grey else 'a 4-channel image (colour + alpha)'
+        raise ChannelLayoutError(f'{path}: {what}, expected 3 colour channels')
+    if grey:
+        logger.warning('%s: grey image, replicated to 3 channels', path)
+        return np.repeat(img.reshape(img.shape[0], img.shape[1], 1), 3, axis=2)
+    if alpha:
         logger.warning('%s: 4-channel image, alpha channel dropped', path)
         return img[:, :, :3]
     raise ImageReadError(f'{path}: unsupported image shape {img.shape} (expected grey, BGR or BGRA)')
@@ -123,11 +135,13 @@ def _atomic_write(path: Path, write_fn: Callable[[str], None]) -> None:
     try:
         write_fn(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, ImageWriteError):
+            raise ImageWriteError(f'cannot write {path}: {write_failure_cause(exc, path)}') from exc
         raise
 
 
@@ -136,8 +150,9 @@ def _cv2_write(tmp: str, img: np.ndarray, params: list[int], path: Path) -> None
         ok = cv2.imwrite(tmp, img, params)
     except cv2.error as exc:
         raise ImageWriteError(f'{path}: OpenCV could not write the image ({exc})') from exc
-    if not ok:
-        raise ImageWriteError(f'{path}: OpenCV could not write the image')
+    if not ok:  # OpenCV gives no reason: name the likely one (a full disk, a folder that is not writable)
+        raise ImageWriteError(f'cannot write {path}: OpenCV could not write the image '
+                              f'({write_failure_cause(None, tmp)})')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,18 +270,19 @@ def write_radiance(path, img_bgr: np.ndarray) -> None:
 # LDR
 # ----------------------------------------------------------------------------------------------
 
-def read_ldr(path, expect_bits: int | None = None) -> np.ndarray:
+def read_ldr(path, expect_bits: int | None = None, convert_channels: bool = True) -> np.ndarray:
     """Read an 8- or 16-bit LDR frame as float32 H x W x 3 BGR in [0, 1].
 
     16-bit: ``clip(v / 2**16, 0, 1)`` (release convention; 65535 -> 0.99998).
     8-bit: ``v / 255``.
     ``expect_bits`` (8 or 16) makes any other bit depth an error. Grey images are replicated
-    to 3 channels; a 4th (alpha) channel is dropped with a warning.
+    to 3 channels and a 4th (alpha) channel is dropped, each with a warning; ``convert_channels=False`` makes
+    both a :class:`ChannelLayoutError`.
     """
-    return read_ldr_bits(path, expect_bits)[0]
+    return read_ldr_bits(path, expect_bits, convert_channels)[0]
 
 
-def read_ldr_bits(path, expect_bits: int | None = None) -> tuple[np.ndarray, int]:
+def read_ldr_bits(path, expect_bits: int | None = None, convert_channels: bool = True) -> tuple[np.ndarray, int]:
     """:func:`read_ldr` that also returns the file's bit depth (8 or 16)."""
     path = Path(path)
     if expect_bits not in (None, 8, 16):
@@ -280,7 +296,7 @@ def read_ldr_bits(path, expect_bits: int | None = None) -> tuple[np.ndarray, int
         raise ImageReadError(f'{path}: pixel dtype {img.dtype} is not an 8- or 16-bit LDR image')
     if expect_bits is not None and bits != expect_bits:
         raise ImageReadError(f'{path}: {bits}-bit image, expected {expect_bits}-bit')
-    img = _to_bgr3(img, path)
+    img = _to_bgr3(img, path, convert_channels)
     if bits == 16:
         out = np.clip(img.astype(np.float32) / np.float32(LDR16_SCALE), 0.0, 1.0)
     else:

@@ -44,6 +44,9 @@ def _pair(a, b, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f'{name}: shapes differ: {a.shape} vs {b.shape}')
     if a.ndim not in (2, 3) or a.size == 0:
         raise ValueError(f'{name}: expected H x W or H x W x C arrays, got shape {a.shape}')
+    for what, x in (('prediction', a), ('ground truth', b)):
+        if not np.isfinite(x).all():
+            raise ValueError(f'{name}: the {what} holds {int((~np.isfinite(x)).sum())} NaN/Inf values')
     return a, b
 
 
@@ -77,9 +80,13 @@ def colour_error_deg(pred, gt, mask=None) -> float:
 def psnr(a, b, data_range: float = 1.0) -> float:
     """``10 log10(data_range**2 / MSE)``; identical inputs give ``inf``. MSE accumulated in float64."""
     a, b = _pair(a, b, 'psnr')
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    with np.errstate(over='ignore'):
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     if mse == 0.0:
         return math.inf
+    if not math.isfinite(mse):  # e.g. radiance beyond float32 range turned inf by a tone curve
+        raise ValueError(f'psnr: the mean squared error is {mse} (values beyond the float range; '
+                         f'largest magnitudes {float(np.abs(a).max()):.3g} and {float(np.abs(b).max()):.3g})')
     return 10.0 * math.log10(data_range * data_range / mse)
 
 
@@ -91,7 +98,13 @@ def psnr_l(pred, gt) -> float:
 def psnr_mu(pred, gt) -> float:
     """PSNR on the mu-law tone-mapped images ``T(pred)``, ``T(gt)`` (data range 1)."""
     _pair(pred, gt, 'psnr_mu')
-    return psnr(mu_law(pred), mu_law(gt), 1.0)
+    with np.errstate(invalid='ignore', over='ignore'):
+        tp, tg = mu_law(pred), mu_law(gt)
+    for what, t in (('prediction', tp), ('ground truth', tg)):
+        if not np.isfinite(t).all():
+            raise ValueError(f'psnr_mu: the mu-law of the {what} is not finite at {int((~np.isfinite(t)).sum())} '
+                             'values (radiance below -1/5000 or beyond the float32 range)')
+    return psnr(tp, tg, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
