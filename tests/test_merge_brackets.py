@@ -528,3 +528,34 @@ def test_batch_refuses_single_bracket_flags(bracket, tmp_path, capsys):
     rc, cap = _run(capsys, ['--input_dir', tmp_path, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
                             '--name', 'x'])
     assert rc == 2 and '--name' in cap.err
+
+
+# ------------------------------------------------------------------------------------------ output formats
+
+def test_all_formats_half_exr_and_compare(bracket, jpeg_result, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--output_dir', tmp_path, '--name', 's', '--formats', 'hdr',
+                                 'exr', 'tiff', 'png', '--exr_type', 'half', '--compare'))
+    assert rc == 0, cap.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['s.exr', 's.hdr', 's.png', 's.tif', 's_compare.png']
+    exr = read_exr(tmp_path / 's.exr')
+    np.testing.assert_allclose(exr, jpeg_result.hdr, rtol=2 ** -11)  # half precision
+    tif = cv2.imread(str(tmp_path / 's.tif'), cv2.IMREAD_UNCHANGED)
+    assert tif.dtype == np.uint16
+    np.testing.assert_allclose(tif / 65535.0, jpeg_result.hdr, atol=0.5 / 65535 + 1e-7)  # linear, no gamma
+    sheet = cv2.imread(str(tmp_path / 's_compare.png'))
+    assert sheet.shape[0] > H and sheet.shape[1] >= 5 * W  # five panels side by side, under a label bar
+    # the fourth panel is the classical merge, tone-mapped like the preview
+    from util.tonemap import tonemap
+    bar = sheet.shape[0] - H
+    x0 = 3 * (W + 6)
+    classical = tonemap(np.maximum(jpeg_result.classical, 0), 'display')
+    np.testing.assert_allclose(sheet[bar:, x0:x0 + W] / 255.0, classical, atol=1 / 255 + 1e-6)
+
+
+def test_formats_subset(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--output_dir', tmp_path, '--name', 'only',
+                                 '--formats', 'tiff'))
+    assert rc == 0, cap.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['only.tif']
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--formats', 'jpg'))
+    assert rc == 2 and 'jpg' in cap.err

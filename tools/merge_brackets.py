@@ -7,9 +7,11 @@ Inputs: three or more frames of one scene (``--inputs``), or ``--input_dir`` wit
 (a batch: a progress bar, a failing bracket is reported and skipped, a summary table at the end, exit code 2
 if any failed). Frames are 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
 (``util.hdr_io.read_ldr``), or camera RAW files (DNG, CR2, NEF, ARW, ...; ``util.raw_io``: LibRaw demosaicing,
-as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder):
-``<name>.hdr`` and ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1)) and a
-tone-mapped 8-bit preview ``<name>.png``. ``<name>`` defaults to the medium frame's file name + ``_hdr``.
+as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder), chosen with ``--formats``: ``<name>.hdr`` and
+``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1); ``--exr_type half|float``),
+``<name>.tif`` (16-bit linear), and a tone-mapped 8-bit preview ``<name>.png``; ``--compare`` adds
+``<name>_compare.png`` (inputs, classical merge and network side by side, labelled). All are written to a
+temporary name and renamed. ``<name>`` defaults to the medium frame's file name + ``_hdr``.
 
 Behaviour, and the choices made here:
 
@@ -64,10 +66,10 @@ if str(_ROOT) not in sys.path:
 from util.camera_response import (Response, ResponseError, estimate_response, gamma_table,  # noqa: E402
                                   resolve_response, save_response)
 from util.colour import EPS_T, GAMMA  # noqa: E402
-from util.hdr_io import read_ldr, write_exr, write_hdr  # noqa: E402
+from util.hdr_io import read_ldr, write_hdr  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 from util.raw_io import is_raw, read_raw, relative_exposure  # noqa: E402
-from util.tonemap import OPERATORS, tonemap, write_png  # noqa: E402
+from util.tonemap import OPERATORS, tonemap  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -488,22 +490,58 @@ def _save_response(path, response: Response) -> None:
     logger.info('camera response (%s) saved to %s', response.name, path)
 
 
+OUTPUT_FORMATS = ('hdr', 'exr', 'tiff', 'png')
+DEFAULT_FORMATS = ('hdr', 'exr', 'png')
+
+
+def _display_frame(x: np.ndarray, kind: str) -> np.ndarray:
+    """An input frame for viewing: camera codes as they are, RAW linear values with the display gamma."""
+    return np.clip(x, 0, 1) ** (1 / GAMMA) if kind == 'raw' else np.clip(x, 0, 1)
+
+
 def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
-                  preview_exposure: float = 0.0) -> dict[str, Path]:
-    """Write ``<name>.hdr``, ``<name>.exr`` and the tone-mapped ``<name>.png``; return their paths."""
+                  preview_exposure: float = 0.0, formats: Sequence[str] = DEFAULT_FORMATS,
+                  exr_type: str = 'float', compare: bool = False) -> dict[str, Path]:
+    """Write the requested ``formats`` of ``<name>``: ``.hdr`` (RGBE), ``.exr`` (``exr_type`` half or float),
+    ``.tif`` (16-bit linear), ``.png`` (tone-mapped preview), and with ``compare`` ``<name>_compare.png`` (the
+    three inputs, the classical merge and the network's result side by side, labelled). Every file is written
+    to a temporary name and renamed into place. Returns the paths by format."""
+    from util.photo_io import EXR_TYPES, compare_sheet, write_exr as write_exr_typed, write_png8, write_tiff16
+
     if operator not in OPERATORS:
         raise MergeError(f'--tonemap {operator!r} is unknown; choose from {sorted(OPERATORS)}')
     if not name or Path(name).name != name:
         raise MergeError(f'--name {name!r} must be a plain file name without folders')
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+    if unknown or not formats:
+        raise MergeError(f'--formats {" ".join(formats)}: choose one or more of {", ".join(OUTPUT_FORMATS)}')
+    if exr_type not in EXR_TYPES:
+        raise MergeError(f'--exr_type {exr_type!r}: choose half or float')
     output_dir = Path(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MergeError(f'{output_dir}: cannot create the output folder ({exc})') from exc
-    paths = {ext: output_dir / f'{name}.{ext}' for ext in ('hdr', 'exr', 'png')}
-    write_hdr(paths['hdr'], result.hdr)
-    write_exr(paths['exr'], result.hdr)
-    write_png(paths['png'], tonemap(result.hdr, operator, exposure=preview_exposure))
+    ext = {'hdr': 'hdr', 'exr': 'exr', 'tiff': 'tif', 'png': 'png'}
+    paths = {f: output_dir / f'{name}.{ext[f]}' for f in OUTPUT_FORMATS if f in formats}
+    if 'hdr' in paths:
+        write_hdr(paths['hdr'], result.hdr)
+    if 'exr' in paths:
+        write_exr_typed(paths['exr'], result.hdr, exr_type)
+    if 'tiff' in paths:
+        write_tiff16(paths['tiff'], result.hdr)
+    preview = tonemap(result.hdr, operator, exposure=preview_exposure)
+    if 'png' in paths:
+        write_png8(paths['png'], preview)
+    if compare:
+        b = result.bracket
+        labels = [f'short x1: {b.paths[0].name}', f'medium x{b.times[1]:g} (ref): {b.paths[1].name}',
+                  f'long x{b.times[2]:g}: {b.paths[2].name}']
+        panels = [(lab, _display_frame(x, b.kind)) for lab, x in zip(labels, b.frames)]
+        panels.append(('classical merge', tonemap(np.maximum(result.classical, 0), operator,
+                                                  exposure=preview_exposure)))
+        panels.append((f'{result.network} (SelfHDR)', preview))
+        paths['compare'] = write_png8(output_dir / f'{name}_compare.png', compare_sheet(panels))
     return paths
 
 
@@ -585,7 +623,8 @@ def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> l
                            exposures_in='stops', response=_response_flag(args), device=args.device,
                            tile=args.tile, tile_overlap=args.tile_overlap, align=args.align,
                            trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net)
-            paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure)
+            paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure,
+                                  args.formats, args.exr_type, args.compare)
             outcomes.append(BracketOutcome(job, True, _describe(result), paths))
         except (MergeError, OSError, ValueError) as exc:  # the message names the file; go on with the others
             logger.debug('bracket %s failed', job.folder, exc_info=True)
@@ -655,6 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tonemap', type=str, default='display', choices=sorted(OPERATORS),
                    help='operator of the PNG preview: display (MATLAB-like), reinhard, or mu (mu-law)')
     p.add_argument('--preview_exposure', type=float, default=0.0, help='exposure of the preview, in stops')
+    p.add_argument('--formats', type=str, nargs='+', default=list(DEFAULT_FORMATS), choices=list(OUTPUT_FORMATS),
+                   help='files to write: hdr (Radiance RGBE), exr (OpenEXR), tiff (16-bit linear), png (preview)')
+    p.add_argument('--exr_type', type=str, default='float', choices=['half', 'float'],
+                   help='pixel type of the .exr (half: half the size, 11-bit mantissa)')
+    p.add_argument('--compare', action='store_true',
+                   help='also write <name>_compare.png: the inputs, the classical merge and the network side by side')
     p.add_argument('--device', type=str, default='cpu', choices=['cpu', 'cuda'], help='where the network runs')
     p.add_argument('--tile', type=int, default=0, help='tile side in pixels for bounded memory (0: whole image)')
     p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
@@ -694,7 +739,8 @@ def main(argv=None) -> int:
                        trust_exposures=args.trust_exposures, prealign=not args.no_prealign,
                        reference=args.reference)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
-        paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure)
+        paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
+                              args.exr_type, args.compare)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_USAGE
