@@ -3,8 +3,8 @@
 To add a model called `foo`, write `models/foo_model.py` with a class `FooModel(BaseModel)` (the name compared
 case-insensitively, underscores ignored) that implements `modify_commandline_options` (optional), `__init__`,
 `set_input`, `forward` and `optimize_parameters`, and lists its `loss_names`, `visual_names` and `model_names`;
-`--model foo` then selects it. To add a backbone, write an nn.Module file next to the others and add it to
-`NETWORKS` in `models/networks.py`.
+`--model foo` then selects it. To add a backbone, write an nn.Module file next to the others and add one row for it
+to the table in `models/backbones.py` (see ARCHITECTURE.md).
 """
 import glob
 import importlib

@@ -6,6 +6,7 @@ padding, crop checks, the aligned-input flag the data sets read), `test.py`, `to
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -26,7 +27,41 @@ BACKBONES = {b.name: b for b in (
              aligned_input=False),
     Backbone('SCTNet', 'models.sctnet', 'SCTNet', pad_multiple=8, crop_multiple=8, aligned_input=False),
 )}
-NAMES = tuple(BACKBONES)
+
+
+class _LiveNames(Sequence):
+    """The names of the table's rows (those `keep` accepts), read from `BACKBONES` at every use.
+
+    Consumers hold this object rather than a copy of the names, so a row added at run time (a test's toy
+    backbone) is seen everywhere, argparse's `choices` included. Compares equal to the tuple of the names.
+    """
+
+    def __init__(self, keep=None):
+        self._keep = keep
+
+    def _names(self):
+        return tuple(name for name, row in BACKBONES.items() if self._keep is None or self._keep(row))
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self):
+        return len(BACKBONES) if self._keep is None else len(self._names())
+
+    def __contains__(self, name):
+        return name in self._names()
+
+    def __eq__(self, other):
+        return self._names() == (other._names() if isinstance(other, _LiveNames) else other)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return repr(self._names())
+
+
+NAMES = _LiveNames()  # the --network choices
+PADDED_NAMES = _LiveNames(lambda row: row.pad_multiple > 0)  # test inputs padded (the release's `chop`)
 
 
 def backbone(name: str) -> Backbone:

@@ -1,27 +1,42 @@
 """Backbone registry, weight initialisation, optimisers and learning-rate schedules; re-exports the losses."""
 import importlib
 import logging
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
 from torch.nn import init
 from torch.optim import lr_scheduler
 
-from .backbones import BACKBONES
+from . import backbones
 from .losses import AugmentNoise, L1MuLoss, VGGLoss, build_vgg19_features, mu_tonemap  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-# Views of the backbone table (models/backbones.py): --network name -> (module, class), and the padded ones.
-NETWORKS = {b.name: (b.module, b.cls) for b in BACKBONES.values()}
-PADDED_NETWORKS = tuple(b.name for b in BACKBONES.values() if b.pad_multiple)
+
+
+class _ModuleView(Mapping):
+    """--network name -> (module, class), read from the backbone table at every use (no copy of its names)."""
+
+    def __getitem__(self, name):
+        row = backbones.BACKBONES[name]
+        return row.module, row.cls
+
+    def __iter__(self):
+        return iter(backbones.NAMES)
+
+    def __len__(self):
+        return len(backbones.NAMES)
+
+
+# Live views of the backbone table (models/backbones.py), for callers that want a container.
+NETWORKS = _ModuleView()
+PADDED_NETWORKS = backbones.PADDED_NAMES
 
 
 def get_network_class(name):
-    if name not in NETWORKS:
-        raise ValueError(f"Unknown --network '{name}'; available: {', '.join(NETWORKS)}")
-    module_name, class_name = NETWORKS[name]
-    return getattr(importlib.import_module(module_name), class_name)
+    row = backbones.backbone(name)  # ValueError naming the available backbones
+    return getattr(importlib.import_module(row.module), row.cls)
 
 
 def define_network(name, **kwargs):
