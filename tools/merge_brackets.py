@@ -1,4 +1,4 @@
-"""Merge a user's own three-exposure bracket into an HDR image with a trained SelfHDR backbone.
+"""Merge a user's own exposure brackets into HDR images with a trained SelfHDR backbone.
 
     python tools/merge_brackets.py --inputs a.jpg b.jpg c.jpg --network AHDRNet \
         --checkpoint pretrained_models/ahdrnet_stage2/SelfHDR_model_1.pth [--output_dir D] [--name N]
@@ -653,8 +653,8 @@ def summary_table(outcomes: Sequence[BracketOutcome]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from models.networks import NETWORKS
 
-    p = argparse.ArgumentParser(description='Merge a three-exposure bracket (JPEG/PNG/TIFF) into HDR with a '
-                                            'trained SelfHDR backbone.')
+    p = argparse.ArgumentParser(description='Merge an exposure bracket (JPEG/PNG/TIFF or camera RAW), or a folder of '
+                                            'brackets, into HDR with a trained SelfHDR backbone.')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--inputs', type=str, nargs='+',
                      help='three or more frames of one scene (any order; they are sorted by exposure time; of more '
