@@ -14,7 +14,6 @@ from .losses import AugmentNoise, L1MuLoss, VGGLoss, build_vgg19_features, mu_to
 logger = logging.getLogger(__name__)
 
 
-
 class _ModuleView(Mapping):
     """--network name -> (module, class), read from the backbone table at every use (no copy of its names)."""
 
