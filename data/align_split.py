@@ -17,7 +17,7 @@ import numpy as np
 from util.align import AlignConfig, align_frames, make_flow_estimator
 from util.colour import merge_colour_component
 from util.exposures import DATASETS, scene_frames_and_times
-from util.hdr_io import read_ldr_bits, write_hdr, write_ldr8, write_ldr16
+from util.hdr_io import LDR16_SCALE, read_ldr_bits, write_hdr, write_ldr8, write_ldr16
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class SceneError(RuntimeError):
 def _quantise(x: np.ndarray, bits: int) -> np.ndarray:
     """The values a loader reads back after writing ``x`` at ``bits`` (see util/hdr_io.py)."""
     if bits == 16:
-        return (np.clip(np.rint(x.astype(np.float64) * 2 ** 16), 0, 65535) / 2 ** 16).astype(np.float32)
+        return (np.clip(np.rint(x.astype(np.float64) * LDR16_SCALE), 0, 65535) / LDR16_SCALE).astype(np.float32)
     return (np.clip(np.rint(x * 255.0), 0, 255) / 255.0).astype(np.float32)
 
 

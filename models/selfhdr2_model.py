@@ -6,6 +6,7 @@ medium LDR gets Gaussian noise (sigma 0.5/255) in training.
 """
 import torch
 
+from util.colour import EPS_T, GAMMA
 from util.flags import str2bool
 from . import networks
 from .hdr_common import HDRBackboneModel
@@ -60,7 +61,9 @@ class SelfHDR2Model(HDRBackboneModel):
         noise = self.augment_noise(ldr.shape).to(ldr.device)
         noisy_ldr = (ldr + noise).clamp(0, 1)
         t_mid = self.expo[:, 1].view(-1, 1, 1, 1).to(ldr.dtype)
-        noisy = torch.cat([noisy_ldr ** 2.2 / (t_mid + 1e-8), noisy_ldr], dim=1).contiguous(memory_format=self.memory_format)
+        # the release's linearisation, in the batch's dtype (ldr_to_hdr_torch computes in fp32/fp64)
+        noisy = torch.cat([noisy_ldr ** GAMMA / (t_mid + EPS_T), noisy_ldr], dim=1)
+        noisy = noisy.contiguous(memory_format=self.memory_format)
         return self.input0, noisy, self.input2
 
     def compute_losses(self):
