@@ -78,13 +78,8 @@ def newest_good_checkpoint(model):
     return f'the newest good checkpoint is {path} (epoch {epochs[-1]}), kept as it is'
 
 
-def train(opt):
-    main = opt.rank == 0
-    torch.manual_seed(opt.seed)  # the backbone's seeded construction reproduces the release's initial weights
-    np.random.seed(opt.seed)
-    if opt.gpu_ids:
-        torch.backends.cudnn.benchmark = True
-
+def build_loaders(opt):
+    """(train loader, its DistributedSampler or None, validation loader or None)."""
     dataset_name = opt.dataset_name[0]
     train_set = data.create_dataset(dataset_name, 'train', opt)
     sampler = None
@@ -100,16 +95,71 @@ def train(opt):
         loader_opt.batch_size = opt.batch_size // opt.world_size
     train_loader = data.create_dataloader(train_set, loader_opt, 'train', sampler=sampler)
     val_loader = None
-    if opt.calc_metrics and main:
+    if opt.calc_metrics and opt.rank == 0:
         try:
             val_set = data.create_dataset(dataset_name, 'val', opt)
             val_loader = data.create_dataloader(val_set, opt, 'val')
         except (FileNotFoundError, ValueError) as exc:
             logger.warning('no validation: %s', exc)
+    return train_loader, sampler, val_loader
 
+
+def run_epoch(model, loader, visualizer, opt, epoch, total_epochs):
+    """One pass over the training loader; returns the sum of the step losses."""
+    iters = len(loader)
+    data_start = time.time()
+    epoch_loss = 0.0
+    progress = tqdm(loader, desc=f'epoch {epoch}/{total_epochs}', disable=opt.rank != 0, leave=False)
+    for i, batch in enumerate(progress, start=1):
+        t_data = time.time() - data_start
+        step_start = time.time()
+        model.set_input(batch)
+        try:
+            model.optimize_parameters()
+            epoch_loss += float(model.loss_Total.detach())
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped; '
+                                     f'{newest_good_checkpoint(model)}') from None
+        if i % opt.print_freq == 0 or i == iters:
+            losses = model.get_current_losses()
+            progress.set_postfix({k: f'{v:.4f}' for k, v in losses.items()})
+            visualizer.print_current_losses(epoch, i, losses, time.time() - step_start, t_data,
+                                            lr=model.get_learning_rate(), global_step=(epoch - 1) * iters + i)
+        data_start = time.time()
+    return epoch_loss
+
+
+def end_epoch(model, val_loader, visualizer, opt, epoch, total_epochs, mean_loss):
+    """Save, validate and step the learning rate after an epoch; returns the new learning rate."""
+    visualizer.log_images(model.get_current_visuals(), epoch)
+    if epoch % opt.save_epoch_freq == 0 or epoch == total_epochs:
+        try:
+            model.save_networks(epoch)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f'{exc}; training stopped; {newest_good_checkpoint(model)}') from None
+    if val_loader is not None and (epoch % opt.test_every == 0 or epoch == total_epochs):
+        metric = validate(model, val_loader)
+        visualizer.log_scalar('val/psnr_mu', metric, epoch, f'epoch {epoch}: validation PSNR-mu {metric:.3f} dB')
+    # The plateau policy ('min') watches the epoch's mean training loss, averaged over the ranks.
+    plateau_value = None
+    if opt.lr_policy == 'plateau':
+        shared = torch.tensor([mean_loss], device=model.device)
+        if opt.distributed:
+            dist.all_reduce(shared)
+            shared /= opt.world_size
+        plateau_value = shared.item()
+    return model.update_learning_rate(epoch, plateau_value)
+
+
+def train(opt):
+    torch.manual_seed(opt.seed)  # the backbone's seeded construction reproduces the release's initial weights
+    np.random.seed(opt.seed)
+    if opt.gpu_ids:
+        torch.backends.cudnn.benchmark = True
+    train_loader, sampler, val_loader = build_loaders(opt)
     model = models.create_model(opt)
     model.setup(opt)
-    visualizer = Visualizer(opt, enabled=main)
+    visualizer = Visualizer(opt, enabled=opt.rank == 0)
     total_epochs = opt.niter + opt.niter_decay
     iters = len(train_loader)
     for epoch in range(model.start_epoch + 1, total_epochs + 1):
@@ -118,46 +168,10 @@ def train(opt):
             sampler.set_epoch(epoch)
         model.on_epoch_start(epoch, iters)
         model.train()
-        epoch_start = data_start = time.time()
-        epoch_loss = 0.0
-        progress = tqdm(train_loader, desc=f'epoch {epoch}/{total_epochs}', disable=not main, leave=False)
-        for i, batch in enumerate(progress, start=1):
-            t_data = time.time() - data_start
-            step_start = time.time()
-            model.set_input(batch)
-            try:
-                model.optimize_parameters()
-                epoch_loss += float(model.loss_Total.detach())
-            except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped; '
-                                         f'{newest_good_checkpoint(model)}') from None
-            if i % opt.print_freq == 0 or i == iters:
-                losses = model.get_current_losses()
-                progress.set_postfix({k: f'{v:.4f}' for k, v in losses.items()})
-                visualizer.print_current_losses(epoch, i, losses, time.time() - step_start, t_data,
-                                                lr=model.get_learning_rate(), global_step=(epoch - 1) * iters + i)
-            data_start = time.time()
-        visualizer.log_images(model.get_current_visuals(), epoch)
-        if epoch % opt.save_epoch_freq == 0 or epoch == total_epochs:
-            try:
-                model.save_networks(epoch)
-            except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f'{exc}; training stopped; {newest_good_checkpoint(model)}') from None
-        metric = None
-        if val_loader is not None and (epoch % opt.test_every == 0 or epoch == total_epochs):
-            metric = validate(model, val_loader)
-            visualizer.log_scalar('val/psnr_mu', metric, epoch,
-                                  f'epoch {epoch}: validation PSNR-mu {metric:.3f} dB')
-        # The plateau policy ('min') watches the epoch's mean training loss, averaged over the ranks.
-        plateau_value = None
-        if opt.lr_policy == 'plateau':
-            shared = torch.tensor([epoch_loss / max(1, iters)], device=model.device)
-            if opt.distributed:
-                dist.all_reduce(shared)
-                shared /= opt.world_size
-            plateau_value = shared.item()
-        lr = model.update_learning_rate(epoch, plateau_value)
-        if main:
+        epoch_start = time.time()
+        epoch_loss = run_epoch(model, train_loader, visualizer, opt, epoch, total_epochs)
+        lr = end_epoch(model, val_loader, visualizer, opt, epoch, total_epochs, epoch_loss / max(1, iters))
+        if opt.rank == 0:
             logger.info('end of epoch %d / %d (%.1f s), learning rate %.3e', epoch, total_epochs,
                         time.time() - epoch_start, lr)
     visualizer.close()
