@@ -391,7 +391,6 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     import torch
 
     from models.backbones import BACKBONES
-    from models.networks import PADDED_NETWORKS
     from util.tiling import padded, tiled_forward
 
     if not isinstance(response, Response) and str(response).lower() != 'estimate':
@@ -433,7 +432,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     if net is None:
         net = _load_network(network, checkpoint, device)
     xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
-    fn = padded(net, multiple=8, mode='release') if network in PADDED_NETWORKS else net
+    multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
+    fn = padded(net, multiple=multiple, mode='release') if multiple else net
     height, width = frames[0].shape[:2]
     with torch.inference_mode():
         try:
