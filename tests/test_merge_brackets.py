@@ -11,6 +11,7 @@ from PIL import Image, TiffImagePlugin
 from models.ahdrnet import AHDR
 from tools.merge_brackets import (MergeError, _exif_value_to_seconds, load_bracket, main, merge,
                                   read_exposure_time)
+from util import metrics
 from util.hdr_io import read_exr, read_hdr, read_ldr, write_ldr16
 
 H, W = 48, 64
@@ -559,3 +560,19 @@ def test_formats_subset(bracket, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['only.tif']
     rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--formats', 'jpg'))
     assert rc == 2 and 'jpg' in cap.err
+
+
+# ------------------------------------------------------------------------------------------ mixed precision
+
+def test_amp_bf16_merge_is_close_to_fp32(bracket, jpeg_result):
+    """--amp bf16 runs the network under CPU autocast (emulated here: correct, not fast); the output stays fp32."""
+    result = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], amp='bf16')
+    assert result.hdr.dtype == np.float32 and np.isfinite(result.hdr).all()
+    assert not np.array_equal(result.hdr, jpeg_result.hdr)  # autocast really ran
+    assert metrics.psnr_mu(result.hdr, jpeg_result.hdr) > 35
+
+
+def test_amp_fp16_on_cpu_is_a_clear_error(bracket, capsys):
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--amp', 'fp16'])
+    assert rc == 2 and '--amp fp16 is not supported on the CPU' in cap.err

@@ -381,14 +381,17 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
           exposures_in: str = 'seconds', response: str | Response = f'gamma{GAMMA:g}', device: str = 'cpu',
           tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
-          net=None) -> MergeResult:
+          net=None, amp: str = 'none') -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See the module docstring.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
     :class:`models.base_model.CheckpointError` for a checkpoint that does not fit ``network``. ``net``: an
-    already loaded backbone (batches load the checkpoint once).
+    already loaded backbone (batches load the checkpoint once). ``amp``: none|bf16|fp16|auto, the network's
+    forward under autocast (as train.py/test.py ``--amp``); the merge arithmetic stays fp32.
     """
     import torch
+
+    from models.base_model import resolve_amp
 
     from models.backbones import BACKBONES
     from util.tiling import padded, tiled_forward
@@ -435,7 +438,12 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
     fn = padded(net, multiple=multiple, mode='release') if multiple else net
     height, width = frames[0].shape[:2]
-    with torch.inference_mode():
+    try:
+        amp_dtype = resolve_amp(amp, torch.device(device))
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+    autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    with torch.inference_mode(), autocast:
         try:
             out = tiled_forward(fn, xs, tile, tile_overlap)
         except ValueError as exc:  # e.g. a frame too small for the transformers' padding
@@ -622,7 +630,8 @@ def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> l
             result = merge(job.inputs, args.network, args.checkpoint, exposures=job.exposures,
                            exposures_in='stops', response=_response_flag(args), device=args.device,
                            tile=args.tile, tile_overlap=args.tile_overlap, align=args.align,
-                           trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net)
+                           trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net,
+                           amp=args.amp)
             paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure,
                                   args.formats, args.exr_type, args.compare)
             outcomes.append(BracketOutcome(job, True, _describe(result), paths))
@@ -701,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--compare', action='store_true',
                    help='also write <name>_compare.png: the inputs, the classical merge and the network side by side')
     p.add_argument('--device', type=str, default='cpu', choices=['cpu', 'cuda'], help='where the network runs')
+    p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'),
+                   help='mixed precision of the network forward: auto = bf16 where the hardware has it (CUDA, or a '
+                        'CPU with avx512_bf16/AMX), fp32 elsewhere; fp16 only on CUDA')
     p.add_argument('--tile', type=int, default=0, help='tile side in pixels for bounded memory (0: whole image)')
     p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
     p.add_argument('--malloc', type=str, default='tuned', choices=['tuned', 'system'],
@@ -737,7 +749,7 @@ def main(argv=None) -> int:
                        tile=args.tile, save_response_to=args.save_response,
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
                        trust_exposures=args.trust_exposures, prealign=not args.no_prealign,
-                       reference=args.reference)
+                       reference=args.reference, amp=args.amp)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
                               args.exr_type, args.compare)
