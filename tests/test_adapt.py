@@ -1,0 +1,222 @@
+"""tools/adapt.py: self-supervised fine-tuning of a stage-2 network on a user's own unlabeled brackets.
+
+Tiny brackets (48 x 64; 8-bit JPEG with EXIF, 16-bit TIFF and 8-bit PNG with exposure.txt), the tiny AHDR of
+tests/tiny_data.py and a few iterations: the real preparation (merge_brackets, DIS alignment, Y_color, stage-0
+inference) and the real train.py run.
+"""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image, TiffImagePlugin
+
+import train
+from tiny_data import load_state, single_thread, tiny_ahdr, use_tiny_backbone
+from tools import adapt
+from tools.adapt import epoch_plan, main
+from util.hdr_io import write_ldr16
+
+H, W = 48, 64
+STOPS = (0.0, 2.0, 4.0)  # relative times 1, 4, 16, as in the training data
+
+
+def _radiance(seed):
+    """Smooth BGR radiance in the short exposure's scale (0.004 to ~1), with a coloured patch and texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    base = 0.004 * (250.0 ** (xx / (W - 1)))
+    img = np.stack([base * 0.8, base, base * 1.1 * (0.6 + 0.4 * yy / (H - 1))], axis=2)
+    img[10:22, 12:30] *= np.array([0.3, 1.0, 1.6], np.float32)
+    img *= 1 + 0.1 * np.sin(xx / 3.0 + seed)[..., None] * np.cos(yy / 4.0)[..., None]
+    img *= 1 + 0.02 * rng.standard_normal(img.shape).astype(np.float32)
+    return np.clip(img, 1e-4, None).astype(np.float32)
+
+
+def _frames(seed):
+    """Short, medium, long LDR frames; a block moves between them (the dynamic part)."""
+    rad = _radiance(seed)
+    frames = []
+    for i, stops in enumerate(STOPS):
+        r = rad.copy()
+        x0 = 30 + 4 * (i - 1)
+        r[26:38, x0:x0 + 10] = np.array([0.05, 0.2, 0.1], np.float32)
+        frames.append(np.clip((r * 2.0 ** stops) ** (1 / 2.2), 0, 1).astype(np.float32))
+    return frames
+
+
+def _save_jpeg(path, ldr_bgr, seconds):
+    rgb = np.clip(np.rint(ldr_bgr[:, :, ::-1] * 255), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x829A] = TiffImagePlugin.IFDRational(int(round(seconds * 1000)), 1000)
+    Image.fromarray(rgb).save(path, quality=95, exif=exif)
+
+
+def _write_exposures(folder):
+    (folder / 'exposure.txt').write_text(''.join(f'{v}\n' for v in STOPS))
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    """A brackets folder (JPEG+EXIF, 16-bit TIFF, 8-bit PNG, one broken) and a tiny-AHDR checkpoint."""
+    root = tmp_path_factory.mktemp('adapt')
+    brackets = root / 'brackets'
+    a, b, c, bad = (brackets / n for n in ('a_jpeg', 'b_tiff', 'c_png', 'd_broken'))
+    for folder in (a, b, c, bad):
+        folder.mkdir(parents=True)
+    for i, frame in enumerate(_frames(1)):
+        _save_jpeg(a / f'{i}.jpg', frame, 0.01 * 2.0 ** STOPS[i])
+    for i, frame in enumerate(_frames(2)):
+        write_ldr16(b / f'{i}.tif', frame)
+    _write_exposures(b)
+    for i, frame in enumerate(_frames(3)):
+        cv2.imwrite(str(c / f'{i}.png'), np.clip(np.rint(frame * 255), 0, 255).astype(np.uint8))
+    _write_exposures(c)
+    for i, frame in enumerate(_frames(4)[:2]):  # two frames only: not a bracket
+        write_ldr16(bad / f'{i}.tif', frame)
+    torch.manual_seed(0)
+    ckpt = root / 'stage2.pth'
+    torch.save({'state_dict': tiny_ahdr().state_dict()}, ckpt)
+    return {'root': root, 'brackets': brackets, 'ckpt': ckpt}
+
+
+def _argv(inputs, out, *extra):
+    return ['--brackets', str(inputs['brackets']), '--checkpoint', str(inputs['ckpt']), '--network', 'AHDRNet',
+            '--iters', '4', '--save_every', '2', '--batch_size', '2', '--patch_size', '32',
+            '--vgg_weights', 'random', '--out', str(out), '-q', *map(str, extra)]
+
+
+@pytest.fixture(scope='module')
+def module_monkeypatch():
+    mp = pytest.MonkeyPatch()
+    use_tiny_backbone(mp)
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope='module')
+def adapted(inputs, module_monkeypatch, tmp_path_factory):
+    """One uninterrupted run (kept work folder, for inspection)."""
+    out = tmp_path_factory.mktemp('run') / 'adapted.pth'
+    with single_thread():
+        rc = main(_argv(inputs, out, '--keep_work'))
+    return rc, out
+
+
+def test_epoch_plan():
+    assert epoch_plan(300, 50) == (6, 50)
+    assert epoch_plan(4, 50) == (1, 4)
+    assert epoch_plan(101, 50) == (3, 34)  # 102 iterations in 3 equal epochs
+    with pytest.raises(adapt.AdaptError):
+        epoch_plan(0, 50)
+
+
+def test_writes_release_checkpoint_that_differs(inputs, adapted, capsys):
+    rc, out = adapted
+    assert rc == 0
+    state = load_state(out)
+    original = load_state(inputs['ckpt'])
+    assert list(state) == list(original)  # bare release keys, same order
+    assert not any(k.startswith(('module.', '_orig_mod.')) for k in state)
+    assert set(torch.load(out, map_location='cpu', weights_only=True)) == {'state_dict'}
+    assert any(not torch.equal(state[k], original[k]) for k in state)
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_labels_and_comparisons(inputs, adapted):
+    rc, out = adapted
+    assert rc == 0
+    work = out.with_name(out.name + '.partial')
+    ok = ['a_jpeg', 'b_tiff', 'c_png']
+    # Y_color and Y_stru for every usable bracket, nothing for the broken one
+    for name in ok:
+        assert (work / 'data' / 'Training_align' / name / 'HDRImg.hdr').is_file()
+        assert (work / 'ckpt' / 'stage0' / 'output_0' / f'{name}.hdr').is_file()
+    assert not (work / 'data' / 'Training' / 'd_broken').exists()
+    state = json.loads((work / 'state.json').read_text())
+    assert [n for n, b in state['brackets'].items() if b['ok']] == ok
+    assert not state['brackets']['d_broken']['ok'] and 'd_broken' in state['brackets']['d_broken']['message']
+    sheets = sorted((out.parent / 'adapted_compare').glob('*.png'))
+    assert [p.stem for p in sheets] == ok
+    sheet = cv2.imread(str(sheets[0]))
+    assert sheet.shape[1] > 3 * W and sheet.shape[0] > H  # three labelled panels side by side
+    log = (work / 'adapt.log').read_text()
+    assert 'the stage-2 checkpoint' in log and 'serves as the structure network' in log
+
+
+def test_resume_after_interrupt_matches_uninterrupted(inputs, adapted, module_monkeypatch, tmp_path, capsys):
+    out = tmp_path / 'adapted.pth'
+    original_end_epoch = train.end_epoch
+
+    def end_epoch_then_stop(model, val_loader, visualizer, opt, epoch, *rest):
+        lr = original_end_epoch(model, val_loader, visualizer, opt, epoch, *rest)
+        if epoch == 1:
+            raise KeyboardInterrupt  # after epoch 1 was saved, as a Ctrl-C would
+        return lr
+
+    with single_thread():
+        module_monkeypatch.setattr(train, 'end_epoch', end_epoch_then_stop)
+        try:
+            rc = main(_argv(inputs, out))
+        finally:
+            module_monkeypatch.setattr(train, 'end_epoch', original_end_epoch)
+        assert rc == 130 and not out.exists()
+        work = out.with_name(out.name + '.partial')
+        assert (work / 'ckpt' / 'adapt' / 'SelfHDR_model_1.pth').is_file()
+        capsys.readouterr()
+        assert main(_argv(inputs, out)) == 2  # a leftover run without --resume is refused, naming the folder
+        assert str(work) in capsys.readouterr().err
+        assert main(_argv(inputs, out, '--iters', '6')) == 2  # --resume with other settings: refused
+        rc = main(_argv(inputs, out, '--resume'))
+    assert rc == 0
+    assert not work.exists()  # removed after success (no --keep_work)
+    resumed, straight = load_state(out), load_state(adapted[1])
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
+
+
+def test_given_stage1_is_used(inputs, module_monkeypatch, tmp_path):
+    torch.manual_seed(1)
+    stage1 = tmp_path / 'stage1.pth'
+    torch.save({'state_dict': tiny_ahdr().state_dict()}, stage1)
+    out = tmp_path / 'a.pth'
+    with single_thread():
+        rc = main(_argv(inputs, out, '--stage1', stage1, '--iters', '1', '--keep_work'))
+    assert rc == 0
+    log = (tmp_path / 'a.pth.partial' / 'adapt.log').read_text()
+    assert f'the stage-1 network {stage1}' in log
+
+
+def _error(capsys, argv):
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_exit_2_cases_name_the_file(inputs, module_monkeypatch, tmp_path, capsys):
+    out = tmp_path / 'x.pth'
+    # nothing usable in DIR
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    rc, err = _error(capsys, _argv({**inputs, 'brackets': empty}, out))
+    assert rc == 2 and str(empty) in err
+    # only broken brackets: each is reported, then exit 2 naming DIR
+    only_bad = tmp_path / 'only_bad'
+    (only_bad / 'bad').mkdir(parents=True)
+    for i, frame in enumerate(_frames(5)[:2]):
+        write_ldr16(only_bad / 'bad' / f'{i}.tif', frame)
+    rc, err = _error(capsys, _argv({**inputs, 'brackets': only_bad}, out))
+    assert rc == 2 and str(only_bad) in err
+    assert not out.with_name(out.name + '.partial').exists()
+    # a checkpoint that does not fit the network, a missing one, a file that is no checkpoint
+    wrong = tmp_path / 'wrong.pth'
+    torch.save({'state_dict': {'conv.weight': torch.zeros(1)}}, wrong)
+    missing = tmp_path / 'missing.pth'
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'not a checkpoint')
+    for bad in (wrong, missing, junk):
+        rc, err = _error(capsys, _argv({**inputs, 'ckpt': bad}, out))
+        assert rc == 2 and str(bad) in err
+        rc, err = _error(capsys, _argv(inputs, out, '--stage1', bad))
+        assert rc == 2 and str(bad) in err
+    assert not out.exists()
