@@ -12,6 +12,14 @@ taken from the reference forwards the tests check our networks against. Timed on
 the same way, it is the release-equivalent baseline for "ours vs the release" where the release's own
 figures (RELEASE below) came from a different CPU. `--malloc tuned|system`: as our entry points run by default, or
 glibc's defaults as the release runs (util/malloc.py).
+
+The precision axis: `--precisions fp32 bf16 bf16+compile channels_last` times every listed variant (tokens joined
+by '+': fp32, bf16, fp16, compile, channels_last) for every network and mode, into speed_precision_<device>.json
+by default. `compile` is torch.compile with the same fall-back as --compile in train.py/test.py (the entry records
+whether it compiled; the compile time is in the warm-up runs, `warmup_seconds`, so keep --warmup >= 1). The report
+records the CPU model, whether it has native bf16 (avx512_bf16, AMX) and the thread count.
+
+    python bench/speed.py --precisions fp32 bf16 bf16+compile channels_last --modes train 256x256 512x512 1000x1500
 """
 import argparse
 import json
@@ -29,6 +37,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 from models import networks  # noqa: E402
+from models.base_model import CompiledOrEager, compile_network  # noqa: E402
 from models.selfhdr1_model import expansion_mask, reference_weights  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 from util.tiling import padded_forward, tiled_forward  # noqa: E402
@@ -41,6 +50,31 @@ RELEASE = {
     'HDR-Transformer': {'train': 7.95, '256x256': 5.58, '512x512': 31.8, '1000x1500': 184.0},
     'SCTNet': {'train': 11.1, '256x256': 7.57, '512x512': 41.0, '1000x1500': 237.0},
 }
+
+
+# --precisions tokens: autocast dtype, memory format, torch.compile.
+PRECISION_TOKENS = ('fp32', 'bf16', 'fp16', 'compile', 'channels_last')
+DEFAULT_PRECISIONS = ('fp32', 'bf16', 'bf16+compile', 'channels_last')
+
+
+def parse_precision(variant):
+    """'bf16+compile' -> {'amp': 'bf16', 'channels_last': False, 'compile': True}; unknown tokens are errors."""
+    tokens = variant.split('+')
+    unknown = [t for t in tokens if t not in PRECISION_TOKENS]
+    if unknown or not tokens:
+        raise ValueError(f"--precisions {variant!r}: unknown {', '.join(unknown)} (use {', '.join(PRECISION_TOKENS)} "
+                         "joined by '+')")
+    dtypes = [t for t in tokens if t in ('fp32', 'bf16', 'fp16')]
+    if len(dtypes) > 1:
+        raise ValueError(f'--precisions {variant!r}: more than one dtype')
+    amp = dtypes[0] if dtypes and dtypes[0] != 'fp32' else 'none'
+    return {'amp': amp, 'channels_last': 'channels_last' in tokens, 'compile': 'compile' in tokens}
+
+
+def precision_name(amp, channels_last, compiled):
+    tokens = ['fp32' if amp == 'none' else amp] + (['compile'] if compiled else []) \
+        + (['channels_last'] if channels_last else [])
+    return '+'.join(tokens)
 
 
 def sync(device):
@@ -83,25 +117,45 @@ def run_config(args):
     device = torch.device(args.device)
     torch.manual_seed(0)
     net = networks.define_network(args.network).to(device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    forward = None
     if args.impl == 'literal':
+        if args.compile:
+            raise ValueError('--compile times our formulation only (--impl ours)')
         literal = use_literal_formulation(args.network)
+        torch.set_num_threads(args.threads)  # the tests' conftest, imported with the literal forwards, sets its own
 
         def forward(*x):
             return literal(net, *x)
-    else:
-        forward = net
     amp = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
-    times = []
-    if args.mode == 'train':
+    result = time_network(net, args.network, args.mode, device, amp=amp, channels_last=args.channels_last,
+                          compile=args.compile, forward=forward, batch=args.batch, warmup=args.warmup,
+                          runs=args.runs, tile=args.tile, tile_overlap=args.tile_overlap)
+    result['threads_used'] = torch.get_num_threads()
+    result['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print('RESULT ' + json.dumps(result))
+
+
+def time_network(net, network, mode, device, amp=None, channels_last=False, compile=False, forward=None, batch=4,
+                 warmup=1, runs=5, tile=0, tile_overlap=32):
+    """Seconds of `mode` ('train': a stage-1 step on `batch` crops of 128x128; 'HxW': batch-1 inference) for `net`
+    on `device`, under autocast `amp` (None = fp32), channels_last and torch.compile as asked. `forward(*x)` replaces
+    net(*x) (the literal formulation). Also used by bench/gpu_check.py."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(device=device, memory_format=fmt)
+    forward = net if forward is None else forward
+    if compile:
+        forward = compile_network(net, network)
+    times, warmup_times = [], []
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    if mode == 'train':
         net.train()
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-        scaler = torch.amp.GradScaler('cuda', enabled=amp == torch.float16)
-        inputs = [x.contiguous(memory_format=fmt) for x in make_inputs(args.batch, 128, 128, device)]
+        scaler = torch.amp.GradScaler('cuda', enabled=amp == torch.float16 and device.type == 'cuda')
+        inputs = [x.contiguous(memory_format=fmt) for x in make_inputs(batch, 128, 128, device)]
         label = inputs[1][:, :3] * 1.1
         l1 = networks.L1MuLoss()
-        for i in range(args.warmup + args.runs):
+        for i in range(warmup + runs):
             sync(device)
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
@@ -115,33 +169,33 @@ def run_config(args):
             scaler.step(optimizer)
             scaler.update()
             sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+            (times if i >= warmup else warmup_times).append(time.perf_counter() - start)
     else:
         net.eval()
-        h, w = map(int, args.mode.split('x'))
+        h, w = map(int, mode.split('x'))
         inputs = [x.contiguous(memory_format=fmt) for x in make_inputs(1, h, w, device)]
         fn = forward
-        if args.network in networks.PADDED_NETWORKS:
+        if network in networks.PADDED_NETWORKS:
             def fn(*x):
                 return padded_forward(forward, x, 8, 'release')
-        for i in range(args.warmup + args.runs):
+        for i in range(warmup + runs):
             sync(device)
             start = time.perf_counter()
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                tiled_forward(fn, inputs, args.tile, args.tile_overlap)
+                tiled_forward(fn, inputs, tile, tile_overlap)
             sync(device)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
-    result = {'seconds_median': statistics.median(times), 'seconds_all': times,
-              'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}
+            (times if i >= warmup else warmup_times).append(time.perf_counter() - start)
+    result = {'seconds_median': statistics.median(times), 'seconds_all': times, 'warmup_seconds': warmup_times}
+    if compile:
+        result['compiled'] = isinstance(forward, CompiledOrEager) and forward.is_compiled
     if device.type == 'cuda':
-        result['peak_cuda_gb'] = torch.cuda.max_memory_allocated() / 1024 ** 3
-    print('RESULT ' + json.dumps(result))
+        result['peak_cuda_gb'] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
+    return result
 
 
 def cpu_description():
-    """Model name, family/model and whether AVX-512 is there: release figures came from a Zen 4 with it."""
+    """Model name, family/model, and the flags that decide the speed of fp32 and bf16: AVX-512 (release figures came
+    from a Zen 4 with it), avx512_bf16 and AMX (native bf16 matrix work; without them bf16 is emulated)."""
     info = {'machine': platform.machine()}
     try:
         with open('/proc/cpuinfo') as handle:
@@ -153,7 +207,11 @@ def cpu_description():
         if found:
             info[key] = found[0]
     flags = [l for l in lines if l.startswith('flags')]
-    info['avx512f'] = bool(flags) and ' avx512f' in flags[0]
+    names = set(flags[0].split(':', 1)[1].split()) if flags else set()
+    info['avx512f'] = 'avx512f' in names
+    for flag in ('avx2', 'fma', 'avx512_bf16', 'avx512_fp16', 'amx_tile', 'amx_bf16'):
+        info[flag] = flag in names
+    info['native_bf16'] = info['avx512_bf16'] or info['amx_bf16']
     info['logical_cpus'] = os.cpu_count()
     return info
 
@@ -175,6 +233,12 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16'))
     parser.add_argument('--channels_last', action='store_true')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the network (falls back to eager with a warning; see warmup_seconds)')
+    parser.add_argument('--precisions', nargs='*', default=None,
+                        help="precision axis: variants such as fp32 bf16 bf16+compile channels_last (tokens fp32, "
+                             "bf16, fp16, compile, channels_last joined by '+'); replaces --amp/--channels_last/"
+                             f"--compile. Bare --precisions: {' '.join(DEFAULT_PRECISIONS)}")
     parser.add_argument('--skip_untiled_full', action='store_true',
                         help='skip untiled 1000x1500 for the transformers (minutes each on a CPU)')
     parser.add_argument('--impl', default='ours', choices=('ours', 'literal'),
@@ -182,7 +246,8 @@ def main():
     parser.add_argument('--malloc', default='tuned', choices=('tuned', 'system'),
                         help="glibc malloc of the child processes (util/malloc.py): 'tuned' as train.py and "
                              "test.py run by default, or 'system' (glibc's defaults, as the release runs)")
-    parser.add_argument('--output', default=os.path.join(ROOT, 'bench', 'results', 'speed.json'))
+    parser.add_argument('--output', default=None,
+                        help='default bench/results/speed.json, or speed_precision_<device>.json with --precisions')
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--network', help=argparse.SUPPRESS)
     parser.add_argument('--mode', help=argparse.SUPPRESS)
@@ -191,46 +256,77 @@ def main():
     if args.child:
         return run_config(args)
 
+    if args.precisions is None:
+        variants = [precision_name(args.amp, args.channels_last, args.compile)]
+    else:
+        variants = list(args.precisions) or list(DEFAULT_PRECISIONS)
+    try:
+        settings = {v: parse_precision(v) for v in variants}
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.output is None:
+        name = 'speed.json' if args.precisions is None else f'speed_precision_{args.device}.json'
+        args.output = os.path.join(ROOT, 'bench', 'results', name)
+
     results = []
     for network in args.networks:
-        for mode in args.modes:
-            for tile in ([0] if mode == 'train' else args.tiles):
-                if (args.skip_untiled_full and mode == '1000x1500' and tile == 0
-                        and network in networks.PADDED_NETWORKS):
-                    continue
-                cmd = [sys.executable, __file__, '--child', '--network', network, '--mode', mode,
-                       '--tile', str(tile), '--tile_overlap', str(args.tile_overlap), '--batch', str(args.batch),
-                       '--runs', str(args.runs_full if mode == '1000x1500' and args.runs_full else args.runs), '--warmup', str(args.warmup), '--threads', str(args.threads),
-                       '--device', args.device, '--amp', args.amp, '--impl', args.impl, '--malloc', args.malloc]
-                if args.channels_last:
-                    cmd.append('--channels_last')
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                line = [l for l in done.stdout.splitlines() if l.startswith('RESULT ')]
-                entry = {'network': network, 'mode': mode, 'tile': tile}
-                if done.returncode != 0 or not line:
-                    entry['error'] = (done.stderr or done.stdout)[-500:]
-                else:
-                    entry.update(json.loads(line[0][len('RESULT '):]))
-                    if mode == 'train':
-                        entry['samples_per_second'] = args.batch / entry['seconds_median']
-                    release = RELEASE.get(network, {}).get(mode)
-                    if release and args.device == 'cpu' and tile == 0 and args.batch == 4:
-                        entry['release_seconds_zen4'] = release
-                        if mode == 'train':
-                            entry['release_samples_per_second_zen4'] = 4 / release
-                results.append(entry)
-                print(json.dumps({k: v for k, v in entry.items() if k != 'seconds_all'}), flush=True)
+        for variant in variants:
+            setting = settings[variant]
+            for mode in args.modes:
+                for tile in ([0] if mode == 'train' else args.tiles):
+                    if (args.skip_untiled_full and mode == '1000x1500' and tile == 0
+                            and network in networks.PADDED_NETWORKS):
+                        continue
+                    results.append(run_child(args, network, mode, tile, variant, setting))
+    single = settings[variants[0]] if len(variants) == 1 else None
     report = {'device': args.device, 'cpu': cpu_description(), 'threads': args.threads,
               'impl': args.impl, 'malloc': args.malloc,
-              'torch': torch.__version__, 'dtype': 'float32' if args.amp == 'none' else args.amp,
+              'torch': torch.__version__,
+              'dtype': ('float32' if single['amp'] == 'none' else single['amp']) if single else 'per entry',
+              'precisions': variants,
               'batch': args.batch, 'runs': args.runs, 'runs_full': args.runs_full or args.runs, 'warmup': args.warmup,
-              'channels_last': args.channels_last, 'malloc_env': os.environ.get('GLIBC_TUNABLES', ''),
+              'channels_last': single['channels_last'] if single else 'per entry',
+              'compile': single['compile'] if single else 'per entry',
+              'malloc_env': os.environ.get('GLIBC_TUNABLES', ''),
+              'omp_num_threads_env': os.environ.get('OMP_NUM_THREADS'),
               'results': results}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    if args.device == 'cuda' and torch.cuda.is_available():
+        report['cuda_device'] = torch.cuda.get_device_name(0)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     tmp = args.output + '.tmp'
     with open(tmp, 'w') as handle:
         json.dump(report, handle, indent=2)
     os.replace(tmp, args.output)
+
+
+def run_child(args, network, mode, tile, variant, setting):
+    """One configuration in a fresh process; returns its entry (with 'error' when the child failed)."""
+    cmd = [sys.executable, __file__, '--child', '--network', network, '--mode', mode,
+           '--tile', str(tile), '--tile_overlap', str(args.tile_overlap), '--batch', str(args.batch),
+           '--runs', str(args.runs_full if mode == '1000x1500' and args.runs_full else args.runs),
+           '--warmup', str(args.warmup), '--threads', str(args.threads),
+           '--device', args.device, '--amp', setting['amp'], '--impl', args.impl, '--malloc', args.malloc]
+    if setting['channels_last']:
+        cmd.append('--channels_last')
+    if setting['compile']:
+        cmd.append('--compile')
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in done.stdout.splitlines() if l.startswith('RESULT ')]
+    entry = {'network': network, 'mode': mode, 'tile': tile, 'precision': variant, **setting}
+    if done.returncode != 0 or not line:
+        entry['error'] = (done.stderr or done.stdout)[-500:]
+    else:
+        entry.update(json.loads(line[0][len('RESULT '):]))
+        if mode == 'train':
+            entry['samples_per_second'] = args.batch / entry['seconds_median']
+        release = RELEASE.get(network, {}).get(mode)
+        plain = setting['amp'] == 'none' and not setting['compile'] and not setting['channels_last']
+        if release and args.device == 'cpu' and tile == 0 and args.batch == 4 and plain:
+            entry['release_seconds_zen4'] = release
+            if mode == 'train':
+                entry['release_samples_per_second_zen4'] = 4 / release
+    print(json.dumps({k: v for k, v in entry.items() if k not in ('seconds_all', 'warmup_seconds')}), flush=True)
+    return entry
 
 
 if __name__ == '__main__':

@@ -3,6 +3,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -167,6 +168,74 @@ def load_backbone_state(net, path, device='cpu'):
     return checkpoint
 
 
+def has_cpp_compiler():
+    """Whether a C++ compiler is on the PATH ($CXX, g++, clang++ or c++): torch.compile's inductor needs one."""
+    return any(name and shutil.which(name) for name in (os.environ.get('CXX'), 'g++', 'clang++', 'c++'))
+
+
+def _eager_backward_lowering():
+    """Compile the backward graph together with the forward one, so that a backward compile error surfaces at the
+    forward call (where CompiledOrEager catches it) rather than later inside loss.backward()."""
+    config = getattr(getattr(torch, '_functorch', None), 'config', None)
+    if config is None or not hasattr(config, 'force_non_lazy_backward_lowering'):
+        return nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
+
+
+class CompiledOrEager(torch.nn.Module):
+    """A network run through torch.compile that falls back to the plain network, with a warning, if compiling fails.
+
+    torch.compile compiles lazily, at the first call and again for each new input shape, so its errors (no compiler,
+    an unsupported op) come from a forward call, not from wrapping. The network is registered as `_orig_mod`, the
+    name torch's own wrapper uses, so networks.unwrap and clean_state_dict reach the bare release keys; the compiled
+    callable is kept out of the module tree so that its parameters are not listed twice."""
+
+    def __init__(self, module, compiled, name='network'):
+        super().__init__()
+        self._orig_mod = module
+        self.__dict__['_compiled'] = compiled
+        self.__dict__['_label'] = name
+
+    @property
+    def is_compiled(self):
+        return self.__dict__['_compiled'] is not None
+
+    def forward(self, *inputs):
+        compiled = self.__dict__['_compiled']
+        if compiled is None:
+            return self._orig_mod(*inputs)
+        try:
+            with _eager_backward_lowering():
+                return compiled(*inputs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # dynamo/inductor raise many types (BackendCompilerFailed, Unsupported, ...)
+            detail = (str(exc).strip().splitlines() or [''])[0][:300]
+            logger.warning('--compile: compiling %s failed (%s: %s); continuing uncompiled',
+                           self.__dict__['_label'], type(exc).__name__, detail)
+            self.__dict__['_compiled'] = None
+            return self._orig_mod(*inputs)
+
+
+def compile_network(net, name='network'):
+    """`net` wrapped in CompiledOrEager, or `net` itself (with a warning) where torch.compile cannot be used."""
+    if not hasattr(torch, 'compile'):
+        logger.warning('--compile: this torch has no torch.compile; %s runs uncompiled', name)
+        return net
+    if not has_cpp_compiler():
+        logger.warning('--compile: no C++ compiler found ($CXX, g++, clang++, c++), which torch.compile needs; '
+                       '%s runs uncompiled', name)
+        return net
+    try:
+        compiled = torch.compile(net)
+    except Exception as exc:  # e.g. a Python version that dynamo does not support yet
+        logger.warning('--compile: torch.compile(%s) failed (%s: %s); running uncompiled', name,
+                       type(exc).__name__, exc)
+        return net
+    logger.info('--compile: %s will be compiled at its first call (this takes a while)', name)
+    return CompiledOrEager(net, compiled, name)
+
+
 class BaseModel(ABC):
     """Subclasses set `loss_names`, `visual_names`, `model_names` (networks are `self.net<name>`), and
     `optimizer_names` (optimizers are `self.optimizer_<name>`), and implement set_input/forward/optimize."""
@@ -242,8 +311,18 @@ class BaseModel(ABC):
                 if manifest:
                     self.restore_training_state(manifest)
         self._check_names()
+        if getattr(opt, 'compile', False):
+            self.compile_networks()
         if getattr(opt, 'verbose', False) and self.is_main_process:
             self.print_networks()
+
+    def compile_networks(self):
+        """--compile: wrap every network in torch.compile after its weights are loaded; checkpoints stay bare
+        (save_networks and load_networks go through networks.unwrap)."""
+        for name in self.model_names:
+            net = getattr(self, 'net' + name)
+            if not isinstance(net, CompiledOrEager):
+                setattr(self, 'net' + name, compile_network(net, 'net' + name))
 
     def _check_names(self):
         """Fail at start-up, not at the first print, when a listed loss/visual/network name does not exist."""

@@ -102,6 +102,9 @@ class BaseOptions:
                             help='autocast precision on CUDA or CPU (fp16: CUDA only, with gradient scaling); auto: '
                                  'bf16 where the hardware has it, else fp32; losses and metrics stay fp32')
         parser.add_argument('--channels_last', type=str2bool, default=False, help='channels_last memory format')
+        parser.add_argument('--compile', type=str2bool, nargs='?', const=True, default=False,
+                            help='torch.compile the networks (uncompiled, with a warning, where compiling fails); '
+                                 'checkpoints stay in the bare release format')
         parser.add_argument('--vgg_weights', type=str, default='imagenet', choices=('imagenet', 'auto', 'random'),
                             help="VGG19 for the structure loss: 'imagenet' needs the weights (torchvision cache or "
                                  "--vgg_path); 'auto' falls back to random weights with a warning; 'random' is explicit")

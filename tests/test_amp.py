@@ -34,7 +34,7 @@ def _step_loss(tiny_dataroot, tmp_path, network, amp):
     model.train()
     model.set_input(_batch())
     model.optimize_parameters()
-    return float(model.loss_Total), model
+    return float(model.loss_Total.detach()), model
 
 
 @pytest.mark.parametrize('network', BACKBONES)
