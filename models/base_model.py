@@ -12,8 +12,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from util.fs import is_write_failure, write_failure
 from util.tiling import padded, tiled_forward
 from . import networks
+from .backbones import backbone
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +29,17 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def atomic_torch_save(obj, path):
-    """Save to a temporary file in the same folder, then rename, so a crash never leaves a half-written file."""
+    """Save to a temporary file in the same folder, then rename, so a crash never leaves a half-written file.
+
+    A failed write (full disk, read-only folder) is an OutputWriteError naming the path and the cause."""
     tmp = f'{path}.tmp{os.getpid()}'
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if is_write_failure(exc):
+            raise write_failure(exc, path, 'checkpoint') from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -390,7 +398,9 @@ class BaseModel(ABC):
         """Test-time forward of a backbone: the release's padding for windowed backbones, optional tiling."""
         fn = net
         if self.opt.chop:
-            fn = padded(net, multiple=8, mode=getattr(self.opt, 'pad_mode', 'release'))
+            # the table's multiple; 8 (the release's) when --chop is forced on a backbone that needs none
+            fn = padded(net, multiple=backbone(self.opt.network).pad_multiple or 8,
+                        mode=getattr(self.opt, 'pad_mode', 'release'))
         with self.autocast():
             out = tiled_forward(fn, inputs, getattr(self.opt, 'tile', 0), getattr(self.opt, 'tile_overlap', 32))
         return out.float()
