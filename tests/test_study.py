@@ -36,6 +36,8 @@ def test_results_files(tiny_study):
     assert results['budget']['iters'] == study.BUDGETS['tiny'].iters
     assert set(results['labels']) == {'colour_component', 'structure_component', 'stage2_target'}
     assert all(results['seconds'][run] > 0 for run in ('supervised', 'stage1', 'stage2'))
+    # each training records the machine it ran on (a resumed run may span several)
+    assert all(results['run_machines'][run] == [results['machine_text']] for run in ('supervised', 'stage1', 'stage2'))
     text = (out / 'results.md').read_text()
     assert 'selfhdr' in text and results['machine_text'] in text
     assert (out / 'crops.png').stat().st_size > 0 and (out / 'curves.png').stat().st_size > 0

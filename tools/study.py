@@ -100,6 +100,10 @@ def machine_info() -> dict:
             text = handle.read()
         found = re.search(r'^model name\s*:\s*(.+)$', text, re.M)
         cpu = found.group(1).strip() if found else cpu
+        family = re.search(r'^cpu family\s*:\s*(\d+)$', text, re.M)
+        model = re.search(r'^model\s*:\s*(\d+)$', text, re.M)
+        if family and model:  # a KVM's model name is often just "AMD EPYC": family/model tell Zen 2 from Zen 3
+            cpu = f'{cpu} (family {family.group(1)} model {model.group(1)})'
         found = re.search(r'^flags\s*:\s*(.+)$', text, re.M)
         flags = sorted(set(found.group(1).split()) & {'avx2', 'avx512f', 'avx512_bf16', 'amx_bf16', 'fma'}) if found else []
     except OSError:
@@ -223,9 +227,18 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
 
 
 def _add_seconds(run_dir: Path, seconds: float) -> None:
+    """Add this call's seconds to the run's total, and the machine it ran on (a resumed run may span several)."""
     path = run_dir / 'study_seconds.json'
-    total = json.loads(path.read_text())['seconds'] if path.is_file() else 0.0
-    path.write_text(json.dumps({'seconds': total + seconds}))
+    record = json.loads(path.read_text()) if path.is_file() else {'seconds': 0.0}
+    machines = record.get('machines', [])
+    here = describe_machine(machine_info())
+    record = {'seconds': record['seconds'] + seconds, 'machines': machines + ([here] if here not in machines else [])}
+    path.write_text(json.dumps(record))
+
+
+def run_machines(run_dir: Path) -> list[str]:
+    path = run_dir / 'study_seconds.json'
+    return json.loads(path.read_text()).get('machines', []) if path.is_file() else []
 
 
 def run_seconds(run_dir: Path) -> float | None:
@@ -376,6 +389,10 @@ def write_markdown(results: dict, path: Path) -> None:
                   '|---|---|---|---|']
         for name, row in results['ablations'].items():
             lines.append(f"| {name} | {row['psnr_mu']:.2f} | {row['psnr_l']:.2f} | {row['psnr_mu_permuted']:.2f} |")
+    trained_on = {run: m for run, m in results.get('run_machines', {}).items() if m}
+    if trained_on:
+        lines += ['', 'Trained on: ' + '; '.join(f"{run}: {' then '.join(m)}" for run, m in trained_on.items()) + '.']
+    lines += [''] + list(results.get('notes', [])) if results.get('notes') else []
     path.write_text('\n'.join(lines) + '\n')
 
 
@@ -461,6 +478,8 @@ def run_study(args) -> dict:
         'network': net, 'budget_name': args.budget, 'budget': dataclasses.asdict(budget),
         'machine': info, 'machine_text': describe_machine(info),
         'seconds': {run: run_seconds(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
+        'run_machines': {run: run_machines(ckpt / run) for run in
+                         ('supervised', 'stage1', 'stage2') + tuple(run for run, _ in ablation_runs.values())},
         'methods': methods, 'labels': score_labels(dataroot, stru), 'ablations': ablations,
         'curves': {run: curve_points(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'permutation': list(PERMUTATION), 'date': time.strftime('%Y-%m-%d %H:%M'),
