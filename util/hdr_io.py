@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     'ImageReadError', 'ChannelLayoutError', 'ImageWriteError',
     'read_hdr', 'write_hdr', 'read_exr', 'write_exr', 'read_radiance', 'write_radiance',
-    'read_ldr', 'read_ldr_bits', 'write_ldr16', 'write_ldr8', 'LDR16_SCALE', 'RADIANCE_EXTS', 'LDR_EXTS',
+    'read_ldr', 'read_ldr_bits', 'write_ldr16', 'write_ldr8', 'atomic_write', 'LDR16_SCALE', 'RADIANCE_EXTS', 'LDR_EXTS',
 ]
 
 LDR16_SCALE = 2.0 ** 16  # release decodes 16-bit frames as v / 2**16
@@ -120,7 +120,7 @@ def _check_write_input(img: np.ndarray, path: Path) -> np.ndarray:
     return img
 
 
-def _atomic_write(path: Path, write_fn: Callable[[str], None]) -> None:
+def atomic_write(path: Path, write_fn: Callable[[str], None]) -> None:
     """Call ``write_fn(tmp_path)`` then move the temporary file onto ``path``.
 
     The temporary name keeps the real suffix because OpenCV picks the encoder from it.
@@ -189,7 +189,7 @@ def write_hdr(path, img_bgr: np.ndarray) -> None:
         img = np.maximum(img, 0)
     img = np.ascontiguousarray(img)
     params = [cv2.IMWRITE_HDR_COMPRESSION, cv2.IMWRITE_HDR_COMPRESSION_RLE]
-    _atomic_write(path, lambda tmp: _cv2_write(tmp, img, params, path))
+    atomic_write(path, lambda tmp: _cv2_write(tmp, img, params, path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def write_exr(path, img_bgr: np.ndarray) -> None:
         except Exception as exc:
             raise ImageWriteError(f'{path}: OpenEXR could not write the image ({exc})') from exc
 
-    _atomic_write(path, _write)
+    atomic_write(path, _write)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def write_ldr16(path, img01: np.ndarray) -> None:
     params: list[int] = []
     if path.suffix.lower() in ('.tif', '.tiff'):
         params = [cv2.IMWRITE_TIFF_COMPRESSION, cv2.IMWRITE_TIFF_COMPRESSION_LZW]
-    _atomic_write(path, lambda tmp: _cv2_write(tmp, v, params, path))
+    atomic_write(path, lambda tmp: _cv2_write(tmp, v, params, path))
 
 
 def write_ldr8(path, img01: np.ndarray, jpeg_quality: int = 95) -> None:
@@ -336,4 +336,4 @@ def write_ldr8(path, img01: np.ndarray, jpeg_quality: int = 95) -> None:
     img = _check_ldr_input(img01, path)
     v = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if ext in ('.jpg', '.jpeg') else []
-    _atomic_write(path, lambda tmp: _cv2_write(tmp, v, params, path))
+    atomic_write(path, lambda tmp: _cv2_write(tmp, v, params, path))

@@ -7,13 +7,14 @@ final name, so an interrupted run never leaves a half-written file under that na
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+
+from util.hdr_io import ImageWriteError
+from util.hdr_io import atomic_write as _atomic_write
 
 __all__ = ['OutputError', 'atomic_write', 'write_exr', 'write_tiff16', 'write_png8', 'compare_sheet',
            'EXR_TYPES']
@@ -21,26 +22,17 @@ __all__ = ['OutputError', 'atomic_write', 'write_exr', 'write_tiff16', 'write_pn
 EXR_TYPES = ('half', 'float')
 
 
-class OutputError(OSError):
+class OutputError(ImageWriteError):
     """An output file could not be written; the message names it."""
 
 
 def atomic_write(path, write_fn: Callable[[str], None]) -> Path:
-    """``write_fn(tmp)`` then ``os.replace(tmp, path)``; the temporary keeps the suffix (encoders pick by it)."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path('.')
-    if not folder.is_dir():
-        raise OutputError(f'{path}: folder {folder} does not exist')
-    tmp = str(folder / f'.{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}')
+    """``util.hdr_io.atomic_write`` (temporary file, then ``os.replace``), its failures raised as OutputError."""
     try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise exc if isinstance(exc, OutputError) else OutputError(f'cannot write {path}: {exc}') from exc
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        _atomic_write(Path(path), write_fn)
+    except ImageWriteError as exc:
+        raise exc if isinstance(exc, OutputError) else OutputError(str(exc)) from exc
+    return Path(path)
 
 
 def _check(img, path) -> np.ndarray:
