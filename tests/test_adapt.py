@@ -5,6 +5,7 @@ tests/tiny_data.py and a few iterations: the real preparation (merge_brackets, D
 inference) and the real train.py run.
 """
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -220,3 +221,26 @@ def test_exit_2_cases_name_the_file(inputs, module_monkeypatch, tmp_path, capsys
         rc, err = _error(capsys, _argv(inputs, out, '--stage1', bad))
         assert rc == 2 and str(bad) in err
     assert not out.exists()
+
+
+def test_colour_labels_are_denoised_unless_turned_off(inputs, adapted, module_monkeypatch, tmp_path):
+    from util.hdr_io import read_hdr
+
+    rc, out = adapted
+    assert rc == 0
+    denoised_work = out.with_name(out.name + '.partial')
+    state = json.loads((denoised_work / 'state.json').read_text())
+    assert all('Y_color denoised' in b['message'] for b in state['brackets'].values() if b['ok'])
+    raw_out = tmp_path / 'raw.pth'
+    with single_thread():
+        assert main(_argv(inputs, raw_out, '--denoise_labels', 'off', '--iters', '1', '--keep_work')) == 0
+    raw_work = tmp_path / 'raw.pth.partial'
+    raw_state = json.loads((raw_work / 'state.json').read_text())
+    assert not any('denoised' in b['message'] for b in raw_state['brackets'].values())
+    label = Path('data') / 'Training_align' / 'c_png' / 'HDRImg.hdr'
+    raw, clean = read_hdr(raw_work / label), read_hdr(denoised_work / label)
+    assert raw.shape == clean.shape
+    # the denoised label is smoother (less energy in the Laplacian) but the same picture
+    lap = lambda img: np.abs(cv2.Laplacian(np.log1p(5000 * img), cv2.CV_32F)).mean()  # noqa: E731
+    assert lap(clean) < lap(raw)
+    assert abs(float(clean.mean()) - float(raw.mean())) < 0.05 * float(raw.mean())

@@ -14,6 +14,7 @@ merge_brackets). No ground truth is used: the brackets themselves give both labe
 2. **Colour component** Y_color: the frames are written as a SIGGRAPH17-layout scene
    (``Training/<bracket>/``, 16-bit TIFFs + ``exposure.txt``) and aligned by ``data.align_split.prepare_scene``
    (DIS optical flow, Kalantari's triangle merge), the same code that builds ``Training_align`` for training.
+   Then Y_color is denoised (``--denoise_labels on``, util/label_denoise.py): it carries the inputs' own noise.
 3. **Structure component** Y_stru: ``test.py --stage0_inference`` runs the structure network on the aligned
    frames. That network is ``--stage1 CKPT1`` (the stage-1 network the checkpoint was trained with: the method's
    structure component) or, when ``--stage1`` is not given, the stage-2 checkpoint itself (said in the log).
@@ -68,7 +69,8 @@ STAGE0_NAME = 'stage0'   # the structure-label run inside <out>.partial/ckpt
 STATE_FILE = 'state.json'
 # Settings a resumed run must share with the run it continues (the prepared data and the schedule depend on them).
 RESUME_KEYS = ('brackets', 'checkpoint', 'stage1', 'network', 'iters', 'save_every', 'batch_size', 'patch_size',
-               'lr', 'lr_policy', 'max_side', 'response', 'no_prealign', 'trust_exposures', 'vgg_weights', 'seed')
+               'lr', 'lr_policy', 'max_side', 'response', 'no_prealign', 'trust_exposures', 'vgg_weights', 'seed',
+               'denoise_labels')
 
 
 class AdaptError(ValueError):
@@ -138,7 +140,8 @@ def settings_of(args) -> dict:
             'iters': args.iters, 'save_every': args.save_every, 'batch_size': args.batch_size,
             'patch_size': args.patch_size, 'lr': args.lr, 'lr_policy': args.lr_policy, 'max_side': args.max_side,
             'response': _response_flag(args), 'no_prealign': args.no_prealign,
-            'trust_exposures': args.trust_exposures, 'vgg_weights': args.vgg_weights, 'seed': args.seed}
+            'trust_exposures': args.trust_exposures, 'vgg_weights': args.vgg_weights, 'seed': args.seed,
+            'denoise_labels': args.denoise_labels}
 
 
 def open_work(args, out: Path) -> tuple[Work, dict]:
@@ -206,11 +209,20 @@ def prepare_bracket(job, args, net, work: Work) -> str:
     except SceneError as exc:
         shutil.rmtree(scene, ignore_errors=True)
         raise MergeError(f'{job.folder}: alignment failed ({exc})') from exc
+    denoised = ''
+    if args.denoise_labels == 'on':
+        from data.align_split import COLOUR_NAME
+        from util.label_denoise import denoise_colour_label
+
+        label_path = work.data / 'Training_align' / job.name / COLOUR_NAME
+        label, sigma = denoise_colour_label(read_hdr(label_path))
+        write_hdr(label_path, label)
+        denoised = f'; Y_color denoised (noise {sigma * 255:.1f}/255 tone-mapped)'
     work.before.mkdir(parents=True, exist_ok=True)
     write_hdr(work.before / f'{job.name}.hdr', result.hdr)
     b = result.bracket
     return (f'short {b.paths[0].name}, medium {b.paths[1].name}, long {b.paths[2].name} '
-            f'(x{b.times[1]:g}, x{b.times[2]:g}); response {result.response.name}; {w}x{h} for training')
+            f'(x{b.times[1]:g}, x{b.times[2]:g}); response {result.response.name}; {w}x{h} for training{denoised}')
 
 
 def prepare(jobs, args, net, work: Work, state: dict, progress: bool) -> None:
@@ -348,6 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='stage-1 checkpoint that gives the structure component (default: the stage-2 checkpoint '
                         'itself serves as the structure network)')
     p.add_argument('--iters', type=int, default=300, help='fine-tuning iterations')
+    p.add_argument('--denoise_labels', type=str, default='on', choices=('on', 'off'),
+                   help="denoise the colour label Y_color (non-local means in the tone-mapped domain, strength "
+                        "from its own noise level; util/label_denoise.py). It is merged from the inputs themselves, "
+                        "so without this the network learns to keep their noise")
     p.add_argument('--out', type=str, required=True, help='the adapted checkpoint (release format)')
     p.add_argument('--resume', action='store_true', help='continue the interrupted run kept in <out>.partial/')
     p.add_argument('--keep_work', action='store_true', help='keep <out>.partial/ (data, labels, logs) after success')

@@ -1,0 +1,57 @@
+"""Denoising the colour label Y_color for self-supervised adaptation (tools/adapt.py).
+
+Y_color is merged from the very frames the network sees, so its noise is the inputs' noise: fine-tuning towards
+it teaches the network to copy that noise (unlike Noise2Noise, the two noises are not independent). On noisy
+8-bit brackets this makes Y_color worse than the network's own output, and adapting to it loses PSNR
+(bench/results/adapt_domain*.json). We remove the noise where the losses look at it: in the tone-mapped domain
+T(x) = log(1 + mu x) / log(1 + mu) of specs/method.md, with scikit-image's non-local means, its strength set from
+the label's own noise level (Immerkaer's estimator), so that a clean label is left nearly as it is.
+
+The release's training never does this: only the adaptation tool uses it (``--denoise_labels``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MU = 5000.0
+_LOG_MU = math.log1p(MU)
+# Immerkaer (1996): the Laplacian-difference kernel is blind to planes and ramps, so its response is mostly noise.
+_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+H_FACTOR = 1.2  # NL-means filtering strength per unit of estimated sigma (measured: 1.2 beat 0.8 on noisy labels)
+
+
+def to_mu(hdr: np.ndarray) -> np.ndarray:
+    return (np.log1p(MU * np.maximum(hdr, 0)) / _LOG_MU).astype(np.float32)
+
+
+def from_mu(tm: np.ndarray) -> np.ndarray:
+    return (np.expm1(np.maximum(tm, 0) * _LOG_MU) / MU).astype(np.float32)
+
+
+def estimate_noise_sigma(img: np.ndarray) -> float:
+    """Standard deviation of white Gaussian noise in ``img`` (H x W x C), mean over channels (Immerkaer)."""
+    import cv2
+
+    if img.ndim != 3 or min(img.shape[:2]) < 3:
+        raise ValueError(f'estimate_noise_sigma: expected an H x W x C image of at least 3 x 3, got {img.shape}')
+    per_channel = [np.mean(np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL)[1:-1, 1:-1]))
+                   for c in range(img.shape[2])]
+    return float(math.sqrt(math.pi / 2) / 6 * np.mean(per_channel))
+
+
+def denoise_colour_label(hdr: np.ndarray) -> tuple[np.ndarray, float]:
+    """Denoise a linear HDR label in the tone-mapped domain; returns (denoised linear label, estimated sigma in
+    the tone-mapped domain, 0..1 scale)."""
+    from skimage.restoration import denoise_nl_means
+
+    if not np.isfinite(hdr).all():
+        raise ValueError('denoise_colour_label: the label has NaN/Inf values')
+    tm = to_mu(hdr)
+    sigma = estimate_noise_sigma(tm)
+    if sigma <= 0:
+        return hdr.astype(np.float32), 0.0
+    clean = denoise_nl_means(tm, h=H_FACTOR * sigma, sigma=sigma, fast_mode=True, patch_size=5, patch_distance=6,
+                             channel_axis=-1)
+    return from_mu(clean), sigma
