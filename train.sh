@@ -8,8 +8,8 @@ set -e
 
 budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the shipped model (~2 h on 2 cores)
 case "$budget" in
-    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002 ;;
-    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001 ;;
+    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002 ;;
+    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002 ;;
     *) echo "train.sh: unknown budget '$budget' (demo, short)" >&2; exit 2 ;;
 esac
 dataroot=${dataroot:-$d_root}          # SIGGRAPH17 layout: Training/ Training_align/ Test/ [Test_align/]
@@ -28,6 +28,8 @@ lr_decay=${lr_decay:-50}               # step policy only: halve the learning ra
 every=${every:-$d_every}               # epochs between validations
 workers=${workers:-0}
 vgg=${vgg:-auto}                       # imagenet (paper; needs the weights), auto or random (offline)
+init=${init:-stage1}                   # stage 2's initial weights: stage1 (our small-budget recipe) or scratch (paper)
+lr2=${lr2:-$d_lr2}                     # stage 2's learning rate when it starts from stage 1 (from scratch: lr)
 
 if [ "$dataroot" = "$d_root" ]; then
     python tools/make_demo_data.py --root "$dataroot" --train $d_train --test $d_test
@@ -45,9 +47,15 @@ python train.py $train_common --model selfhdr1 --name ${name}_stage1
 python test.py $common --model selfhdr2 --name ${name}_stage1 --load_iter $niter \
     --stage0_inference True --save_imgs True
 
-# 3. Reconstruction network (stage 2), from scratch, with the colour and structure components.
+# 3. Reconstruction network (stage 2), with the colour and structure components; it starts from the stage-1
+#    network (init=stage1) or, as in the paper, from scratch (init=scratch).
+case "$init" in
+    stage1)  init_flags="--load_path $ckpt/${name}_stage1/SelfHDR_model_$niter.pth --lr $lr2" ;;
+    scratch) init_flags="" ;;
+    *) echo "train.sh: unknown init '$init' (stage1, scratch)" >&2; exit 2 ;;
+esac
 python train.py $train_common --model selfhdr2 --name ${name}_stage2 --vgg_weights $vgg \
-    --stru_lable_path $ckpt/${name}_stage1/output_$niter
+    --stru_lable_path $ckpt/${name}_stage1/output_$niter $init_flags
 
 # Evaluate the reconstruction network on the test scenes.
 python test.py $common --model selfhdr2 --name ${name}_stage2 --load_iter $niter --save_imgs True

@@ -1,5 +1,7 @@
 """tools/study.py end to end at the tiny budget (tiny AHDR, random VGG): results files, the permuted copy, resume."""
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -96,8 +98,21 @@ def test_ablations_train_and_score(tiny_study):
     for name, row in results['ablations'].items():
         assert np.isfinite(row['psnr_mu']) and np.isfinite(row['psnr_mu_permuted']), name
     ckpt, last = tiny_study / 'ckpt', study.BUDGETS['tiny'].epochs
-    for run in ('stage2_no_stru_loss', 'stage2_stage1_half', 'stage1_no_align', 'stage2_no_align'):
+    for run in ('stage2_no_stru_loss', 'stage2_stage1_half', 'stage1_no_align', 'stage2_no_align',
+                'stage2_from_scratch'):
         assert (ckpt / run / f'SelfHDR_model_{last}.pth').is_file(), run
+    # the recipe starts every stage 2 from the stage-1 network that made its labels; the ablation does not
+    assert study.BUDGETS['tiny'].stage2_init == 'stage1'
+    loaded = {run: (ckpt / run / 'train.log').read_text() for run in
+              ('stage2', 'stage2_stage1_half', 'stage2_no_align', 'stage2_from_scratch')}
+    assert f"stage1{os.sep}SelfHDR_model_{last}.pth" in loaded['stage2']
+    assert f"stage1{os.sep}SelfHDR_model_{max(1, last // 2)}.pth" in loaded['stage2_stage1_half']
+    assert f"stage1_no_align{os.sep}SelfHDR_model_{last}.pth" in loaded['stage2_no_align']
+    assert 'loaded SelfHDR from' not in loaded['stage2_from_scratch']
+    # ... at its own (lower) peak learning rate; from scratch it uses the budget's rate
+    lr_of = lambda run: float(re.search(r'^\s*lr: (\S+)', (ckpt / run / 'opt_train.txt').read_text(), re.M).group(1))  # noqa: E731
+    assert lr_of('stage2') == study.BUDGETS['tiny'].stage2_lr != study.BUDGETS['tiny'].lr
+    assert lr_of('stage2_from_scratch') == lr_of('stage1') == study.BUDGETS['tiny'].lr
     # stage1_half: structure labels from the stage-1 network at half its budget
     assert len(list((ckpt / 'stage1' / f'output_{max(1, last // 2)}').glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
     # no_align: its colour labels are the unaligned merge, so they differ from the aligned ones

@@ -8,12 +8,14 @@ On one synthetic data set (training scenes with colour augmentation and lifted p
 training never sees) and with the same number of iterations per network, it
 
 1. trains the supervised baseline (ground truth labels);
-2. trains SelfHDR: stage 1, the structure labels (stage-0 inference), stage 2;
+2. trains SelfHDR: stage 1, the structure labels (stage-0 inference), stage 2 (initialised from stage 1);
 3. scores on the test split and on a channel-permuted copy of it: both networks, and the anchors (medium frame
    alone, unaligned triangle merge, the colour component Y_color, the structure component);
 4. scores the labels themselves against the training split's ground truth (Y_color, Y_structure, the stage-2
    target they make together);
-5. optionally runs ablations (each a further stage-2 training, or stage 1 + stage 2 for ``no_align``).
+5. optionally runs ablations (each a further stage-2 training, or stage 1 + stage 2 for ``no_align``);
+   ``stage2_from_scratch`` is the paper's stage 2 (random initial weights), where the budgets' recipe starts
+   stage 2 from the trained stage-1 network.
 
 Writes ``results.json``, ``results.md``, ``crops.png`` (tone-mapped crops per method) and ``curves.png``
 (training loss and validation PSNR-mu per epoch) to ``--out``. Every training resumes from its last saved epoch,
@@ -57,7 +59,7 @@ logger = logging.getLogger('study')
 NETWORK_METHODS = ('selfhdr', 'supervised', 'structure_component')
 ANCHORS = ('medium_frame', 'unaligned_merge', 'colour_component')
 PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
-ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align')
+ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch')
 
 
 @dataclass(frozen=True)
@@ -74,21 +76,26 @@ class Budget:
     size: tuple[int, int]
     seed: int = 0
     test_every: int = 1  # epochs between validations (the curve's points)
+    # Stage 2's initial weights: 'stage1' (the trained stage-1 network; our small-budget recipe, measured in the
+    # README) or 'scratch' (random, as the paper)
+    stage2_init: str = 'stage1'
+    stage2_lr: float = 0.0  # peak learning rate of a stage 2 that starts from stage 1 (0: ``lr``)
 
     @property
     def epochs(self) -> int:
         return max(1, self.iters // self.iters_per_epoch)
 
 
-# The small-budget recipe, chosen by measurement (README, "Training at small budgets"): a larger learning rate with
-# cosine decay to 1e-5 over the run, batch 4 of 64 x 64 crops (more iterations per CPU second than 128 x 128).
+# The small-budget recipe, chosen by measurement (README, "Training"): a larger learning rate with cosine decay to
+# 1e-5 over the run, batch 4 of 64 x 64 crops (more iterations per CPU second than 128 x 128), and stage 2 started
+# from the stage-1 network at a lower peak rate (README, "Study").
 BUDGETS = {
     'tiny': Budget(iters=4, iters_per_epoch=2, batch=2, patch=32, lr=5e-4, lr_policy='cosine',
-                   n_train=3, n_test=2, size=(48, 64)),
+                   n_train=3, n_test=2, size=(48, 64), stage2_lr=2e-4),
     'short': Budget(iters=2000, iters_per_epoch=100, batch=4, patch=64, lr=1e-3, lr_policy='cosine',
-                    n_train=96, n_test=12, size=(256, 384), test_every=2),
+                    n_train=96, n_test=12, size=(256, 384), test_every=2, stage2_lr=2e-4),
     'long': Budget(iters=6000, iters_per_epoch=200, batch=4, patch=64, lr=1e-3, lr_policy='cosine',
-                   n_train=96, n_test=12, size=(256, 384), test_every=3),
+                   n_train=96, n_test=12, size=(256, 384), test_every=3, stage2_lr=2e-4),
 }
 
 
@@ -196,7 +203,7 @@ def common_args(dataroot: Path, ckpt: Path, network: str) -> list[str]:
 
 
 def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, budget: Budget,
-              extra: list[str] = ()) -> float:
+              extra: list[str] = (), lr: float = 0.0) -> float:
     """Train (or resume) one network to the budget's last epoch; returns the seconds spent in this call."""
     import train
 
@@ -208,11 +215,15 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
         return 0.0
     args = common_args(dataroot, ckpt, network) + [
         '--model', model, '--name', name, '--batch_size', str(budget.batch), '--patch_size', str(budget.patch),
-        '--niter', str(budget.epochs), '--iters_per_epoch', str(budget.iters_per_epoch), '--lr', str(budget.lr),
+        '--niter', str(budget.epochs), '--iters_per_epoch', str(budget.iters_per_epoch), '--lr', str(lr or budget.lr),
         '--lr_policy', budget.lr_policy, '--print_freq', str(max(1, budget.iters_per_epoch // 4)),
         '--test_every', str(budget.test_every), '--seed', str(budget.seed)] + list(extra)
     if last:
-        # train.py picks the newest complete checkpoint (and says which) in its own log
+        # train.py picks the newest complete checkpoint (and says which) in its own log; an initialising
+        # --load_path would restart from that file instead, so it only applies to a fresh run
+        if '--load_path' in args:
+            at = args.index('--load_path')
+            del args[at:at + 2]
         args += ['--continue_train', 'True']
         logger.info('%s: resuming (newest saved epoch %d of %d)', name, last, budget.epochs)
     else:
@@ -366,13 +377,20 @@ def curve_points(run_dir: Path) -> dict:
     return {'loss': {e: float(np.mean(v)) for e, v in sorted(losses.items())}, 'val_psnr_mu': dict(sorted(val.items()))}
 
 
+def _stage2_start(b: dict) -> str:
+    if b.get('stage2_init', 'scratch') == 'scratch':
+        return 'scratch'
+    return f"the stage-1 network at lr {b.get('stage2_lr') or b['lr']}"
+
+
 def write_markdown(results: dict, path: Path) -> None:
     keys = ('psnr_mu', 'psnr_l', 'ssim_mu', 'ssim_l', 'pu21_psnr', 'colour_error_deg', 'psnr_mu_permuted')
     heads = ('PSNR-mu', 'PSNR-l', 'SSIM-mu', 'SSIM-l', 'PU21-PSNR', 'colour err (deg)', 'PSNR-mu permuted')
     b = results['budget']
     lines = [f"# Study: {results['network']}, budget `{results['budget_name']}`", '',
              f"{b['iters']} iterations per network (batch {b['batch']}, {b['patch']}x{b['patch']} crops, lr "
-             f"{b['lr']} {b['lr_policy']}), {b['n_train']} training scenes, {b['n_test']} test scenes of "
+             f"{b['lr']} {b['lr_policy']}; stage 2 from {_stage2_start(b)}), {b['n_train']} training scenes, "
+             f"{b['n_test']} test scenes of "
              f"{b['size'][0]}x{b['size'][1]} from HDR maps never used in training.", '',
              f"Machine: {results['machine_text']}. Wall time of the trainings: "
              + ', '.join(f"{k} {v / 60:.1f} min" for k, v in results['seconds'].items() if v is not None) + '.', '',
@@ -423,27 +441,41 @@ def run_study(args) -> dict:
     train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
     train_run('stage1', 'selfhdr1', dataroot, ckpt, net, budget)
     stru = structure_labels('stage1', epochs, dataroot, ckpt, net, budget.n_train)
-    stage2_extra = ['--stru_lable_path', str(stru), '--vgg_weights', args.vgg]
-    train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra)
+
+    def stage2_flags(stru_dir: Path, stage1_run: str, stage1_epoch: int, init: str) -> list[str]:
+        flags = ['--stru_lable_path', str(stru_dir), '--vgg_weights', args.vgg]
+        if init == 'stage1':  # start from the stage-1 network that made the structure labels
+            flags += ['--load_path', str(ckpt / stage1_run / f'SelfHDR_model_{stage1_epoch}.pth')]
+        return flags
+
+    stage2_extra = stage2_flags(stru, 'stage1', epochs, budget.stage2_init)
+    warm_lr = budget.stage2_lr if budget.stage2_init == 'stage1' else 0.0
+    train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra, lr=warm_lr)
 
     ablation_runs = {}
     for ablation in args.ablations:
         if ablation == 'no_stru_loss':
-            train_run('stage2_no_stru_loss', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra[:2] + ['--stru_loss', 'none'])
+            train_run('stage2_no_stru_loss', 'selfhdr2', dataroot, ckpt, net, budget,
+                      stage2_extra + ['--stru_loss', 'none'], lr=warm_lr)
             ablation_runs[ablation] = ('stage2_no_stru_loss', dataroot)
         elif ablation == 'stage1_half':
             half = max(1, epochs // 2)
             stru_half = structure_labels('stage1', half, dataroot, ckpt, net, budget.n_train)
             train_run('stage2_stage1_half', 'selfhdr2', dataroot, ckpt, net, budget,
-                      ['--stru_lable_path', str(stru_half), '--vgg_weights', args.vgg])
+                      stage2_flags(stru_half, 'stage1', half, budget.stage2_init), lr=warm_lr)
             ablation_runs[ablation] = ('stage2_stage1_half', dataroot)
         elif ablation == 'no_align':
             noalign_root = make_unaligned_labels_copy(dataroot, work / 'data_no_align')
             train_run('stage1_no_align', 'selfhdr1', noalign_root, ckpt, net, budget)
             stru_na = structure_labels('stage1_no_align', epochs, noalign_root, ckpt, net, budget.n_train)
             train_run('stage2_no_align', 'selfhdr2', noalign_root, ckpt, net, budget,
-                      ['--stru_lable_path', str(stru_na), '--vgg_weights', args.vgg])
+                      stage2_flags(stru_na, 'stage1_no_align', epochs, budget.stage2_init), lr=warm_lr)
             ablation_runs[ablation] = ('stage2_no_align', noalign_root)
+        elif ablation == 'stage2_from_scratch':
+            # The paper's stage 2: random initial weights (the budgets start it from the stage-1 network)
+            train_run('stage2_from_scratch', 'selfhdr2', dataroot, ckpt, net, budget,
+                      stage2_flags(stru, 'stage1', epochs, 'scratch'))
+            ablation_runs[ablation] = ('stage2_from_scratch', dataroot)
 
     logger.info('scoring')
     test_dir, perm_dir = dataroot / 'Test', permuted_root / 'Test'
@@ -484,6 +516,8 @@ def run_study(args) -> dict:
         'curves': {run: curve_points(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'permutation': list(PERMUTATION), 'date': time.strftime('%Y-%m-%d %H:%M'),
     }
+    if args.note:
+        results['notes'] = list(args.note)
     atomic_json(out / 'results.json', results)
     write_markdown(results, out / 'results.md')
     scene = sorted(outputs['selfhdr'])[0]
@@ -506,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vgg', default='auto', choices=('imagenet', 'auto', 'random'),
                    help='VGG19 weights of the stage-2 structure loss (auto: ImageNet if cached, else random)')
     p.add_argument('--ablations', nargs='*', default=[], choices=ABLATIONS, help='extra stage-2 trainings')
+    p.add_argument('--note', action='append', default=[],
+                   help='a line for the results (e.g. which machine trained which run); repeatable')
     return p
 
 
