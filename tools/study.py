@@ -2,7 +2,7 @@
 
     python tools/study.py --budget short                       # about two hours on a 2-core CPU (AHDRNet)
     python tools/study.py --budget tiny --work /tmp/s          # seconds: the pipeline, not the method
-    python tools/study.py --budget short --ablations no_stru_loss stage1_half no_align
+    python tools/study.py --budget short --ablations no_stru_loss stage1_half no_align stage2_from_scratch
 
 On one synthetic data set (training scenes with colour augmentation and lifted photos; test scenes from HDR maps
 training never sees) and with the same number of iterations per network, it
