@@ -24,7 +24,7 @@ is the anchor. The labels the adaptation built (Y_color, denoised or not) are sc
 split's ground truth too, beside the model's own output on those brackets: adaptation can only gain where its
 labels beat the model. Goal (the issue): the adapted model gains at least 1 dB PSNR-mu on the held-out brackets.
 
-Writes ``--output`` (default bench/results/adapt_domain.json): settings, before/after/anchor scores (mean and per
+Writes ``--output`` (default bench/results/adapt_domain_<domain>.json): settings, before/after/anchor scores (mean and per
 bracket), the machine (CPU model, flags, threads) and the seconds of each step. The default budget (300
 iterations of batch 4 x 64x64 with the VGG loss) takes about 15 minutes on one Zen 3 core.
 """
@@ -58,7 +58,8 @@ FRAME_FILES = ('0_short.png', '1_medium.png', '2_long.png')
 
 
 # Exposure step between frames per domain: training saw 2 and 3 stops. ``ev1`` is the +-1 EV auto-bracketing many
-# cameras default to; there the shipped model falls far below its own colour label (README, "Adapting to your camera").
+# cameras default to; there the shipped model falls far below its own colour label (README, "Adapting the model to
+# your own photos").
 DOMAIN_STOPS = {'noisy_motion': 2.0, 'ev1': 1.0}
 
 

@@ -203,7 +203,7 @@ def common_args(dataroot: Path, ckpt: Path, network: str) -> list[str]:
 
 
 def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, budget: Budget,
-              extra: list[str] = (), lr: float = 0.0) -> float:
+              extra: list[str] = ()) -> float:
     """Train (or resume) one network to the budget's last epoch; returns the seconds spent in this call."""
     import train
 
@@ -215,9 +215,9 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
         return 0.0
     args = common_args(dataroot, ckpt, network) + [
         '--model', model, '--name', name, '--batch_size', str(budget.batch), '--patch_size', str(budget.patch),
-        '--niter', str(budget.epochs), '--iters_per_epoch', str(budget.iters_per_epoch), '--lr', str(lr or budget.lr),
+        '--niter', str(budget.epochs), '--iters_per_epoch', str(budget.iters_per_epoch), '--lr', str(budget.lr),
         '--lr_policy', budget.lr_policy, '--print_freq', str(max(1, budget.iters_per_epoch // 4)),
-        '--test_every', str(budget.test_every), '--seed', str(budget.seed)] + list(extra)
+        '--test_every', str(budget.test_every), '--seed', str(budget.seed)] + list(extra)  # later flags win
     if last:
         # train.py picks the newest complete checkpoint (and says which) in its own log; an initialising
         # --load_path would restart from that file instead, so it only applies to a fresh run
@@ -444,32 +444,33 @@ def run_study(args) -> dict:
 
     def stage2_flags(stru_dir: Path, stage1_run: str, stage1_epoch: int, init: str) -> list[str]:
         flags = ['--stru_lable_path', str(stru_dir), '--vgg_weights', args.vgg]
-        if init == 'stage1':  # start from the stage-1 network that made the structure labels
+        if init == 'stage1':  # start from the stage-1 network that made the structure labels, at its own rate
             flags += ['--load_path', str(ckpt / stage1_run / f'SelfHDR_model_{stage1_epoch}.pth')]
+            if budget.stage2_lr:
+                flags += ['--lr', str(budget.stage2_lr)]
         return flags
 
     stage2_extra = stage2_flags(stru, 'stage1', epochs, budget.stage2_init)
-    warm_lr = budget.stage2_lr if budget.stage2_init == 'stage1' else 0.0
-    train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra, lr=warm_lr)
+    train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra)
 
     ablation_runs = {}
     for ablation in args.ablations:
         if ablation == 'no_stru_loss':
             train_run('stage2_no_stru_loss', 'selfhdr2', dataroot, ckpt, net, budget,
-                      stage2_extra + ['--stru_loss', 'none'], lr=warm_lr)
+                      stage2_extra + ['--stru_loss', 'none'])
             ablation_runs[ablation] = ('stage2_no_stru_loss', dataroot)
         elif ablation == 'stage1_half':
             half = max(1, epochs // 2)
             stru_half = structure_labels('stage1', half, dataroot, ckpt, net, budget.n_train)
             train_run('stage2_stage1_half', 'selfhdr2', dataroot, ckpt, net, budget,
-                      stage2_flags(stru_half, 'stage1', half, budget.stage2_init), lr=warm_lr)
+                      stage2_flags(stru_half, 'stage1', half, budget.stage2_init))
             ablation_runs[ablation] = ('stage2_stage1_half', dataroot)
         elif ablation == 'no_align':
             noalign_root = make_unaligned_labels_copy(dataroot, work / 'data_no_align')
             train_run('stage1_no_align', 'selfhdr1', noalign_root, ckpt, net, budget)
             stru_na = structure_labels('stage1_no_align', epochs, noalign_root, ckpt, net, budget.n_train)
             train_run('stage2_no_align', 'selfhdr2', noalign_root, ckpt, net, budget,
-                      stage2_flags(stru_na, 'stage1_no_align', epochs, budget.stage2_init), lr=warm_lr)
+                      stage2_flags(stru_na, 'stage1_no_align', epochs, budget.stage2_init))
             ablation_runs[ablation] = ('stage2_no_align', noalign_root)
         elif ablation == 'stage2_from_scratch':
             # The paper's stage 2: random initial weights (the budgets start it from the stage-1 network)
