@@ -24,9 +24,10 @@ is the anchor. The labels the adaptation built (Y_color, denoised or not) are sc
 split's ground truth too, beside the model's own output on those brackets: adaptation can only gain where its
 labels beat the model. Goal (the issue): the adapted model gains at least 1 dB PSNR-mu on the held-out brackets.
 
-Writes ``--output`` (default bench/results/adapt_domain_<domain>.json): settings, before/after/anchor scores (mean and per
-bracket), the machine (CPU model, flags, threads) and the seconds of each step. The default budget (300
-iterations of batch 4 x 64x64 with the VGG loss) takes about 15 minutes on one Zen 3 core.
+Writes ``--output`` (default bench/results/adapt_domain_<domain>.json): settings, before/after/anchor scores
+(mean and per bracket), the label scores, the machine (CPU model, flags, threads) and the seconds of each step.
+The default budget (300 iterations of batch 4 x 64x64 with the VGG loss) takes about 15 minutes on one core of a
+Zen 2 or Zen 3.
 """
 import argparse
 import json
