@@ -8,8 +8,8 @@ set -e
 
 budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the shipped model (~2 h on 2 cores)
 case "$budget" in
-    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002 ;;
-    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002 ;;
+    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30 ;;
+    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=30 ;;
     *) echo "train.sh: unknown budget '$budget' (demo, short)" >&2; exit 2 ;;
 esac
 dataroot=${dataroot:-$d_root}          # SIGGRAPH17 layout: Training/ Training_align/ Test/ [Test_align/]
@@ -30,6 +30,8 @@ workers=${workers:-0}
 vgg=${vgg:-auto}                       # imagenet (paper; needs the weights), auto or random (offline)
 init=${init:-stage1}                   # stage 2's initial weights: stage1 (our small-budget recipe) or scratch (paper)
 lr2=${lr2:-$d_lr2}                     # stage 2's learning rate when it starts from stage 1 (from scratch: lr)
+colour_threshold=${colour_threshold:-$d_thr}  # stage 2 keeps L_color where the colour and structure components
+                                       # agree within this many 1/255; the paper: 10 (README, "Study")
 
 if [ "$dataroot" = "$d_root" ]; then
     python tools/make_demo_data.py --root "$dataroot" --train $d_train --test $d_test
@@ -55,7 +57,7 @@ case "$init" in
     *) echo "train.sh: unknown init '$init' (stage1, scratch)" >&2; exit 2 ;;
 esac
 python train.py $train_common --model selfhdr2 --name ${name}_stage2 --vgg_weights $vgg \
-    --stru_lable_path $ckpt/${name}_stage1/output_$niter $init_flags
+    --stru_lable_path $ckpt/${name}_stage1/output_$niter --colour_threshold $colour_threshold $init_flags
 
 # Evaluate the reconstruction network on the test scenes.
 python test.py $common --model selfhdr2 --name ${name}_stage2 --load_iter $niter --save_imgs True

@@ -11,13 +11,13 @@ from util.flags import str2bool
 from . import networks
 from .hdr_common import HDRBackboneModel
 
-COLOUR_THRESHOLD = 10 / 255
+COLOUR_THRESHOLD = 10 / 255  # the release's
 
 
-def colour_mask(colour_label, structure_label):
-    """1 where the mu-law colour and structure components agree within 10/255 (channel mean)."""
+def colour_mask(colour_label, structure_label, threshold=COLOUR_THRESHOLD):
+    """1 where the mu-law colour and structure components agree within `threshold` (channel mean)."""
     diff = (networks.mu_tonemap(colour_label) - networks.mu_tonemap(structure_label)).abs()
-    return (diff.mean(dim=1, keepdim=True) < COLOUR_THRESHOLD).float()
+    return (diff.mean(dim=1, keepdim=True) < threshold).float()
 
 
 class SelfHDR2Model(HDRBackboneModel):
@@ -27,6 +27,10 @@ class SelfHDR2Model(HDRBackboneModel):
                             help="training noise on the medium LDR: 'gauss<sigma*255>' or 'none'")
         parser.add_argument('--stru_loss', type=str, default='vgg', choices=('vgg', 'none'),
                             help="structure loss against the stage-1 output: 'vgg' (the method) or 'none' (ablation)")
+        parser.add_argument('--colour_threshold', type=float, default=10,
+                            help='L_color is kept where the mu-law colour and structure components differ by less '
+                                 'than this many 1/255 (channel mean); 10 is the release, the small-budget recipe '
+                                 'widens it because its structure network is weaker (README, "Study")')
         parser.add_argument('--vgg_rgb', type=str2bool, default=False,
                             help='flip BGR to RGB before the VGG (the release does not: known flaw 4)')
         return parser
@@ -37,6 +41,9 @@ class SelfHDR2Model(HDRBackboneModel):
         self.loss_names = ['Color', 'Stru', 'Total']
         self.loss_Color = self.loss_Stru = self.loss_Total = None
         self.use_stru_loss = getattr(opt, 'stru_loss', 'vgg') == 'vgg'
+        self.colour_threshold = getattr(opt, 'colour_threshold', 10) / 255
+        if not self.colour_threshold > 0:  # NaN too
+            raise ValueError(f'--colour_threshold must be positive, got {opt.colour_threshold}')
         self.augment_noise = None
         if self.isTrain:
             self.criterionL1 = networks.L1MuLoss()
@@ -70,7 +77,7 @@ class SelfHDR2Model(HDRBackboneModel):
         if self.label is None or self.other_label is None:
             raise ValueError('stage 2 needs `label` (colour) and `other_label` (structure, --stru_lable_path)')
         out = self.data_out.float()
-        mask = colour_mask(self.label, self.other_label)
+        mask = colour_mask(self.label, self.other_label, self.colour_threshold)
         self.loss_Color = self.criterionL1(out, self.label, mask)
         self.loss_Stru = self.criterionVGG(out, self.other_label) if self.use_stru_loss else out.new_zeros(())
         self.loss_Total = self.loss_Color + self.loss_Stru

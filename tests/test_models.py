@@ -162,6 +162,33 @@ def test_stage2_without_noise(tiny_dataroot, stru_dir, tmp_path):
     assert all(torch.equal(a, batch[f'input{i}']) for i, a in enumerate(model.network_inputs()))
 
 
+def test_stage2_colour_threshold_sets_the_mask(tiny_dataroot, stru_dir, tmp_path):
+    from models import networks
+    from models.selfhdr2_model import colour_mask
+    # the stand-in structure labels are Y_color at half brightness on the left: ~21/255 apart in mu-law there
+    losses = {}
+    for threshold in (10, 30):
+        opt = make_opt('selfhdr2', tiny_dataroot, tmp_path / str(threshold), stru_dir, noise='none',
+                       stru_loss='none', colour_threshold=threshold)
+        model = build(opt)
+        model.set_input(train_batch(opt))
+        model.forward()
+        model.compute_losses()
+        mask = colour_mask(model.label, model.other_label, threshold / 255)
+        assert 0 < mask.mean() < 1 if threshold == 10 else mask.mean() == 1
+        expected = networks.L1MuLoss()(model.data_out.float(), model.label, mask)
+        assert model.loss_Color.item() == pytest.approx(expected.item(), rel=1e-6)
+        losses[threshold] = model.loss_Color.item()
+    assert losses[30] > losses[10]  # the wider mask adds the darkened half's (non-zero) errors
+
+
+@pytest.mark.parametrize('threshold', [0, -5, float('nan')])
+def test_stage2_rejects_a_meaningless_colour_threshold(threshold, tiny_dataroot, stru_dir, tmp_path):
+    opt = make_opt('selfhdr2', tiny_dataroot, tmp_path, stru_dir, colour_threshold=threshold)
+    with pytest.raises(ValueError, match='colour_threshold'):
+        build(opt)
+
+
 def test_supervised_label_is_ground_truth(tiny_dataroot, stru_dir, tmp_path):
     """`--model supervised` sets opt.supervised, so the data set takes Training/*/HDRImg.hdr; stage 1 Y_color."""
     sup = make_opt('supervised', tiny_dataroot, tmp_path, stru_dir)

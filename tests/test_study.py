@@ -30,6 +30,7 @@ def test_results_files(tiny_study):
         row = results['methods'][name]
         for key in ('psnr_mu', 'psnr_l', 'ssim_mu', 'ssim_l', 'pu21_psnr', 'psnr_mu_permuted'):
             assert np.isfinite(row[key]), (name, key)
+        assert 'psnr_mu_motion' in row, name
     # per-pixel, channel-independent anchors cannot depend on the channel order
     for name in ('medium_frame', 'unaligned_merge', 'colour_component'):
         row = results['methods'][name]
@@ -43,6 +44,23 @@ def test_results_files(tiny_study):
     text = (out / 'results.md').read_text()
     assert 'selfhdr' in text and results['machine_text'] in text
     assert (out / 'crops.png').stat().st_size > 0 and (out / 'curves.png').stat().st_size > 0
+
+
+def test_motion_regions_are_where_alignment_changes_the_merge():
+    rng = np.random.default_rng(0)
+    aligned = rng.uniform(0.05, 0.5, (16, 20, 3)).astype(np.float32)
+    unaligned = aligned.copy()
+    unaligned[4:8, 10:15] *= 3  # a ghost: the unaligned merge is wrong there only
+    regions = study.motion_regions({'unaligned_merge': {'a': unaligned, 'b': aligned},
+                                    'colour_component': {'a': aligned, 'b': aligned}})
+    expected = np.zeros((16, 20), bool)
+    expected[4:8, 10:15] = True
+    assert np.array_equal(regions['a'], expected) and not regions['b'].any()
+    # PSNR-mu over the region sees only the ghost's error
+    gt = aligned
+    assert study.psnr_mu_in(unaligned, gt, regions['a']) < 20
+    assert study.psnr_mu_in(aligned, gt, regions['a']) > 100
+    assert np.isnan(study.psnr_mu_in(unaligned, gt, regions['b']))
 
 
 def test_colour_component_anchor_uses_aligned_frames(tiny_study):
@@ -99,7 +117,7 @@ def test_ablations_train_and_score(tiny_study):
         assert np.isfinite(row['psnr_mu']) and np.isfinite(row['psnr_mu_permuted']), name
     ckpt, last = tiny_study / 'ckpt', study.BUDGETS['tiny'].epochs
     for run in ('stage2_no_stru_loss', 'stage2_stage1_half', 'stage1_no_align', 'stage2_no_align',
-                'stage2_from_scratch'):
+                'stage2_from_scratch', 'stage2_colour_threshold_10'):
         assert (ckpt / run / f'SelfHDR_model_{last}.pth').is_file(), run
     # the recipe starts every stage 2 from the stage-1 network that made its labels; the ablation does not
     assert study.BUDGETS['tiny'].stage2_init == 'stage1'
@@ -110,9 +128,14 @@ def test_ablations_train_and_score(tiny_study):
     assert f"stage1_no_align{os.sep}SelfHDR_model_{last}.pth" in loaded['stage2_no_align']
     assert 'loaded SelfHDR from' not in loaded['stage2_from_scratch']
     # ... at its own (lower) peak learning rate; from scratch it uses the budget's rate
-    lr_of = lambda run: float(re.search(r'^\s*lr: (\S+)', (ckpt / run / 'opt_train.txt').read_text(), re.M).group(1))  # noqa: E731
-    assert lr_of('stage2') == study.BUDGETS['tiny'].stage2_lr != study.BUDGETS['tiny'].lr
-    assert lr_of('stage2_from_scratch') == lr_of('stage1') == study.BUDGETS['tiny'].lr
+    def option(run, key):
+        return float(re.search(rf'^\s*{key}: (\S+)', (ckpt / run / 'opt_train.txt').read_text(), re.M).group(1))
+    assert option('stage2', 'lr') == study.BUDGETS['tiny'].stage2_lr != study.BUDGETS['tiny'].lr
+    assert option('stage2_from_scratch', 'lr') == option('stage1', 'lr') == study.BUDGETS['tiny'].lr
+    # the recipe's wider colour mask; the paper's stage 2 and the colour_threshold_release ablation keep 10/255
+    assert option('stage2', 'colour_threshold') == study.BUDGETS['tiny'].stage2_colour_threshold == 30
+    for run in ('stage2_from_scratch', 'stage2_colour_threshold_10'):
+        assert option(run, 'colour_threshold') == 10, run
     # stage1_half: structure labels from the stage-1 network at half its budget
     assert len(list((ckpt / 'stage1' / f'output_{max(1, last // 2)}').glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
     # no_align: its colour labels are the unaligned merge, so they differ from the aligned ones
