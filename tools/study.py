@@ -339,10 +339,7 @@ def motion_regions(anchors: dict[str, dict[str, np.ndarray]]) -> dict[str, np.nd
 
 def psnr_mu_in(out: np.ndarray, gt: np.ndarray, region: np.ndarray) -> float:
     """PSNR-mu over the pixels of ``region`` (NaN when it is empty)."""
-    if not region.any():
-        return float('nan')
-    diff = mu_law(out[region].astype(np.float64)) - mu_law(gt[region].astype(np.float64))
-    return float(10 * np.log10(1.0 / max(np.mean(diff ** 2), 1e-20)))
+    return metrics.psnr_mu(out[region], gt[region]) if region.any() else float('nan')
 
 
 def score(outputs: dict[str, np.ndarray], data_root: Path, split: str = 'Test',
@@ -375,11 +372,13 @@ def score_labels(dataroot: Path, stru_dir: Path, colour_threshold: float) -> dic
     training split's ground truth: how good is what SelfHDR learns from."""
     from models.selfhdr2_model import colour_mask
 
+    def as_batch(image):
+        return torch.from_numpy(image).permute(2, 0, 1)[None]
+
     labels = {'colour_component': {}, 'structure_component': {}, 'stage2_target': {}}
     for scene in sorted(p for p in (dataroot / 'Training').iterdir() if p.is_dir()):
         y_col = read_hdr(dataroot / 'Training_align' / scene.name / 'HDRImg.hdr')
         y_stru = read_hdr(stru_dir / f'{scene.name}.hdr')
-        as_batch = lambda image: torch.from_numpy(image).permute(2, 0, 1)[None]  # noqa: E731
         mask = colour_mask(as_batch(y_col), as_batch(y_stru), colour_threshold / 255)[0, 0].numpy()[..., None]
         labels['colour_component'][scene.name] = y_col
         labels['structure_component'][scene.name] = y_stru
