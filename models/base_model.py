@@ -56,28 +56,36 @@ def clean_state_dict(state):
     return cleaned
 
 
-def cpu_has_native_bf16():
-    """avx512_bf16 or AMX in the CPU flags: bf16 matrix work runs in hardware (elsewhere it is emulated, slower)."""
+def read_cpu_flags(path='/proc/cpuinfo'):
+    """The feature flags of the first CPU in `path` (Linux's /proc/cpuinfo format); empty where it cannot be read."""
     try:
-        with open('/proc/cpuinfo') as handle:
-            flags = next((line.split(':', 1)[1].split() for line in handle if line.startswith('flags')), [])
+        with open(path) as handle:
+            return set(next((line.split(':', 1)[1].split() for line in handle if line.startswith('flags')), []))
     except OSError:
-        return False
+        return set()
+
+
+def cpu_has_native_bf16(flags=None):
+    """avx512_bf16 or AMX in the CPU flags (`flags`; read from /proc/cpuinfo when None): bf16 matrix work runs in
+    hardware (elsewhere it is emulated, slower)."""
+    flags = read_cpu_flags() if flags is None else flags
     return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
-def resolve_amp(amp, device):
+def resolve_amp(amp, device, cpu_flags=None):
     """--amp none|bf16|fp16|auto -> the autocast dtype (None = fp32), saying why in the log.
 
     auto: bf16 on CUDA devices that support it and on CPUs with native bf16, fp32 elsewhere. fp16 on the CPU is
-    refused: it has no fast fp16 kernels there."""
+    refused: it has no fast fp16 kernels there. `cpu_flags`: the CPU's feature flags (read from /proc/cpuinfo when
+    None)."""
     if amp in (None, 'none'):
         return None
+    native = cpu_has_native_bf16() if cpu_flags is None else cpu_has_native_bf16(cpu_flags)
     if amp == 'auto':
         if device.type == 'cuda' and torch.cuda.is_bf16_supported():
             logger.info('--amp auto: bf16 (CUDA device supports it)')
             return torch.bfloat16
-        if device.type == 'cpu' and cpu_has_native_bf16():
+        if device.type == 'cpu' and native:
             logger.info('--amp auto: bf16 (the CPU has native bf16: avx512_bf16/amx)')
             return torch.bfloat16
         logger.info('--amp auto: fp32 (%s)', 'no bf16 on this CUDA device' if device.type == 'cuda'
@@ -85,7 +93,7 @@ def resolve_amp(amp, device):
         return None
     if amp == 'fp16' and device.type == 'cpu':
         raise ValueError('--amp fp16 is not supported on the CPU (no fast fp16 kernels); use --amp bf16 or auto')
-    if amp == 'bf16' and device.type == 'cpu' and not cpu_has_native_bf16():
+    if amp == 'bf16' and device.type == 'cpu' and not native:
         logger.warning('--amp bf16 on a CPU without native bf16: it runs emulated and slower than fp32')
     return {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
 

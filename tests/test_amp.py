@@ -55,6 +55,32 @@ def test_auto_is_fp32_without_native_bf16(monkeypatch):
     assert base_model.resolve_amp('none', torch.device('cpu')) is None
 
 
+@pytest.mark.parametrize('flags, expected', [
+    ('fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16 amx_int8', torch.bfloat16),  # Sapphire Rapids-like
+    ('fpu sse2 avx2 avx512f avx512_bf16', torch.bfloat16),  # Cooper Lake / Zen 4: avx512_bf16 without AMX
+    ('fpu sse2 avx2 amx_bf16', torch.bfloat16),
+    ('fpu sse2 avx2 fma', None),  # Zen 2/3: AVX2 only, bf16 would be emulated
+    ('fpu sse2 avx2 avx512f avx512bw', None),  # AVX-512 without bf16 (Skylake-SP)
+    ('', None),
+])
+def test_auto_resolves_from_the_cpuinfo_flags(tmp_path, flags, expected):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text(f'processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n'
+                       f'flags\t\t: {flags}\n')
+    cpu_flags = base_model.read_cpu_flags(str(cpuinfo))
+    assert cpu_flags == set(flags.split())
+    assert base_model.resolve_amp('auto', torch.device('cpu'), cpu_flags=cpu_flags) is expected
+    # explicit choices do not depend on the flags
+    assert base_model.resolve_amp('none', torch.device('cpu'), cpu_flags=cpu_flags) is None
+    assert base_model.resolve_amp('bf16', torch.device('cpu'), cpu_flags=cpu_flags) is torch.bfloat16
+
+
+def test_unreadable_cpuinfo_means_fp32(tmp_path):
+    flags = base_model.read_cpu_flags(str(tmp_path / 'missing'))
+    assert flags == set()
+    assert base_model.resolve_amp('auto', torch.device('cpu'), cpu_flags=flags) is None
+
+
 def test_fp16_on_cpu_is_refused(tiny_dataroot, tmp_path, capsys):
     with pytest.raises(SystemExit):
         tiny_opt(tiny_dataroot, tmp_path, 'x', amp='fp16')
