@@ -133,13 +133,15 @@ def rng_states():
 
 
 def set_rng_states(states):
-    torch.set_rng_state(states['torch'])
+    """Restore what rng_states() saved. torch's setters take CPU byte tensors only, so states that were loaded
+    onto a GPU (map_location='cuda') are brought back first."""
+    torch.set_rng_state(states['torch'].cpu())
     version, internal, gauss = states['python']
     random.setstate((version, tuple(internal), gauss))
     n = states['numpy']
-    np.random.set_state((n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    np.random.set_state((n['kind'], n['keys'].cpu().numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
     if 'cuda' in states and torch.cuda.is_available() and len(states['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states['cuda'])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states['cuda']])
 
 
 def non_finite_entries(state):
@@ -508,7 +510,9 @@ class BaseModel(ABC):
                 logger.warning('no optimizer state at %s; resuming with a fresh optimizer', path)
                 continue
             try:
-                entry = torch.load(path, map_location=self.device, weights_only=True)
+                # On the CPU: the file also holds the RNG states, which torch.set_rng_state takes as CPU tensors
+                # only; optimizer.load_state_dict moves the optimizer's state to its parameters' device itself.
+                entry = torch.load(path, map_location='cpu', weights_only=True)
             except Exception as exc:  # truncated or foreign file
                 raise CheckpointError(f'cannot read optimizer state {path}: {exc}; delete it to resume with a fresh '
                                       'optimizer, or resume with --load_optimizers False') from exc
