@@ -28,12 +28,30 @@ def test_sig17_stops_to_times(tmp_path):
     ('0\n0\n2\n', 'must increase strictly'),
     ('', 'empty'),
     ('0\nnan\n2\n', 'non-finite'),
+    # 2**200 overflows float32 to inf: refused at the door instead of training on it (issue 21)
+    ('0 3 200', r"exposure value \(stops\) must be in \[-32, 32\], got 200.0 \(token '200'\)"),
+    ('-40 0 3', r'must be in \[-32, 32\], got -40'),
+    ('0 3 1e400', 'non-finite'),
 ])
 def test_sig17_errors_name_the_file(tmp_path, text, match):
     p = _write(tmp_path / 'exposure.txt', text)
     with pytest.raises(ExposureFileError, match=match) as info:
         read_sig17_exposures(p)
     assert str(p) in str(info.value)
+
+
+@pytest.mark.parametrize('text, match', [('1/250 1/60 1e7', r'must be in \[1e-09, 1e\+06\], got 10000000.0'),
+                                         ('1/0 1 2', "non-numeric value '1/0'"), ('0 1 2', 'must be positive')])
+def test_times_in_seconds_are_range_checked(tmp_path, text, match):
+    p = _write(tmp_path / 'exposures.txt', text)
+    with pytest.raises(ExposureFileError, match=match) as info:
+        parse_values(p, 'seconds')
+    assert str(p) in str(info.value)
+
+
+def test_extreme_but_allowed_stops_stay_finite_in_float32(tmp_path):
+    t = read_sig17_exposures(_write(tmp_path / 'exposure.txt', '-32 0 32'))
+    assert np.isfinite(t).all() and np.isfinite(1 / t).all()
 
 
 def test_missing_file(tmp_path):

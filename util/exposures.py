@@ -4,6 +4,9 @@ All readers return exposure **times** as a float32 array ordered short, medium, 
 
 File formats assumed (the data sets ship plain text files; we parse them strictly):
 
+Every value must be finite and, in stops, within ``util.flags.STOPS_RANGE`` ([-32, 32]); in seconds within
+``util.flags.SECONDS_RANGE`` ([1e-9, 1e6]); anything else is an :class:`ExposureFileError` naming the file and value.
+
 * **SIGGRAPH17 (Kalantari)** ``<scene>/exposure.txt``: one number per frame, in **stops**
   (whitespace- or newline-separated, blank lines ignored). ``t_i = 2 ** value_i``. The scene's
   three ``.tif`` frames sorted by file name are short, medium, long, so the values must be
@@ -30,6 +33,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from util.flags import SECONDS_RANGE, STOPS_RANGE, NumberRangeError, checked_number
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +70,22 @@ def parse_values(path, unit: str = 'stops') -> np.ndarray:
         try:
             # Fractions ('1/250') only make sense for times; stops are plain numbers.
             v = float(Fraction(tok)) if (unit == 'seconds' and '/' in tok) else float(tok)
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise ExposureFileError(f'{path}: non-numeric value {tok!r}') from None
+        # The one check at the door: finite, and in the range whose times stay finite in float32 (2**200 would
+        # overflow to inf and train silently on it).
         if not np.isfinite(v):
             raise ExposureFileError(f'{path}: non-finite value {tok!r}')
-        values.append(v)
+        if unit == 'seconds' and v <= 0:
+            raise ExposureFileError(f'{path}: exposure times must be positive, got {tok!r}')
+        lo, hi = STOPS_RANGE if unit == 'stops' else SECONDS_RANGE
+        what = 'exposure value (stops)' if unit == 'stops' else 'exposure time (seconds)'
+        try:
+            values.append(checked_number(v, what, lo, hi, source=str(path)))
+        except NumberRangeError as exc:
+            raise ExposureFileError(f'{exc} (token {tok!r})') from None
     if not values:
         raise ExposureFileError(f'{path}: exposure file is empty')
-    if unit == 'seconds' and min(values) <= 0:
-        raise ExposureFileError(f'{path}: exposure times must be positive, got {values}')
     return np.asarray(values, dtype=np.float64)
 
 
