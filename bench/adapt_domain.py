@@ -8,7 +8,7 @@ The domain: brackets rendered by util/synthetic.py from the two HDRIs the shippe
 (``courtyard``, ``sunset``; its training used the other six and photos), with
 
 * another camera: each frame's linear signal is encoded with Hable's filmic curve (bench/response_estimate.py,
-  applied with util/camera_response.encode) and quantised to **8-bit PNG**, where training saw 16-bit gamma 2.2;
+  applied with photo/response.encode) and quantised to **8-bit PNG**, where training saw 16-bit gamma 2.2;
 * more noise: shot noise 2e-3..6e-3 and read noise 4e-3..1e-2 (training: 1e-4..1e-3 and 2e-4..2e-3);
 * more motion: camera shake up to 4 % of the width and 3 degrees, 2-4 objects moving 8-20 % of the width
   (training: 2 %, 1.5 degrees, 1-3 objects, 3-12 %);
@@ -46,10 +46,10 @@ import torch  # noqa: E402
 
 from bench.response_estimate import hable_filmic_table  # noqa: E402
 from tools import adapt  # noqa: E402
-from tools.merge_brackets import _load_network, merge  # noqa: E402
+from photo.merge import load_network as _load_network, merge  # noqa: E402
 from tools.study import describe_machine, machine_info  # noqa: E402
 from util import metrics  # noqa: E402
-from util.camera_response import encode, save_response  # noqa: E402
+from photo.response import encode, save_response  # noqa: E402
 from util.synthetic import (EXPOSURE_NAME, SynthConfig, list_hdr_files, load_sources, scene_rng,  # noqa: E402
                             synthesize_scene)
 

@@ -28,7 +28,8 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from tools.merge_brackets import load_bracket, merge  # noqa: E402
+from photo.frames import load_bracket  # noqa: E402
+from photo.merge import merge  # noqa: E402
 from util.colour import merge_colour_component  # noqa: E402
 from util.figures import labelled_grid  # noqa: E402
 from util.hdr_io import write_ldr16  # noqa: E402

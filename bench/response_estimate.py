@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from util import metrics  # noqa: E402
-from util.camera_response import (ESTIMATE_METHODS, Response, ResponseError, encode, estimate_response, gamma_table,  # noqa: E402
+from photo.response import (ESTIMATE_METHODS, Response, ResponseError, encode, estimate_response, gamma_table,  # noqa: E402
                                   normalise_table, srgb_table)
 from util.colour import merge_colour_component  # noqa: E402
 from util.synthetic import SynthConfig, list_hdr_files, load_sources, scene_rng, synthesize_scene  # noqa: E402

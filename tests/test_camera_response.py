@@ -1,8 +1,8 @@
-"""util/camera_response.py: tables, files, applying a curve, and recovering it from a bracket."""
+"""photo/response.py: tables, files, applying a curve, and recovering it from a bracket."""
 import numpy as np
 import pytest
 
-from util.camera_response import (ESTIMATE_METHODS, Response, ResponseError, check_table, encode, estimate_response,
+from photo.response import (ESTIMATE_METHODS, Response, ResponseError, check_table, encode, estimate_response,
                                   gamma_table, linearise, load_response, resolve_response, save_response, srgb_table)
 
 

@@ -6,13 +6,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP = ('util', 'data', 'models', 'options', 'tools', 'bench', 'tests', 'train', 'test')
+TOP = ('util', 'data', 'models', 'options', 'photo', 'tools', 'bench', 'tests', 'train', 'test')
 # layer -> top-level packages/modules of this project it must not import
 FORBIDDEN = {
-    'util': {'models', 'data', 'options', 'tools', 'bench', 'tests', 'train', 'test'},
-    'data': {'models', 'options', 'tools', 'bench', 'tests', 'train', 'test'},
-    'models': {'data', 'options', 'tools', 'bench', 'tests', 'train', 'test'},
-    'options': {'tools', 'bench', 'tests', 'train', 'test'},
+    'util': {'models', 'data', 'options', 'photo', 'tools', 'bench', 'tests', 'train', 'test'},
+    'data': {'models', 'options', 'photo', 'tools', 'bench', 'tests', 'train', 'test'},
+    'models': {'data', 'options', 'photo', 'tools', 'bench', 'tests', 'train', 'test'},
+    'options': {'photo', 'tools', 'bench', 'tests', 'train', 'test'},
+    # the bracket pipeline: a library over util, models and data; training runs through the entry points,
+    # which only tools/adapt.py calls
+    'photo': {'options', 'tools', 'bench', 'tests', 'train', 'test'},
 }
 BACKBONES = ('ahdrnet', 'fshdr', 'hdr_transformer', 'sctnet')
 # the pure layer modules: nn.Module/autograd code shared by backbones, importing no project module at all
@@ -78,3 +81,14 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path, monkeypa
     finally:
         probe.unlink()
     assert 'models.networks' in names and 'options.base_options' in names
+
+
+def test_the_bracket_pipeline_lives_in_photo_and_the_tools_are_thin():
+    """merge_brackets and adapt are command lines over photo/: no library code of their own, no tool imports another."""
+    for tool in ('merge_brackets', 'adapt'):
+        path = ROOT / 'tools' / f'{tool}.py'
+        names = imported_modules(path)
+        assert any(n.startswith('photo.') for n in names), f'{tool}.py does not use photo/'
+        assert not [n for n in names if n.startswith('tools')], f'{tool}.py imports another tool'
+        defs = [n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)]
+        assert not set(defs) & {'merge', 'load_bracket', 'write_outputs', 'find_brackets', 'prepare_bracket'}, defs

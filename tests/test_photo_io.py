@@ -1,10 +1,10 @@
-"""util/photo_io.py: half/float EXR, 16-bit linear TIFF, PNG, the comparison sheet, atomic writes."""
+"""photo/outputs.py: half/float EXR, 16-bit linear TIFF, PNG, the comparison sheet, atomic writes."""
 import cv2
 import numpy as np
 import pytest
 
 from util.hdr_io import read_exr
-from util.photo_io import OutputError, atomic_write, compare_sheet, write_exr, write_png8, write_tiff16
+from photo.outputs import OutputError, atomic_write, compare_sheet, write_exr, write_png8, write_tiff16
 
 
 def _img(h=20, w=30, seed=0):

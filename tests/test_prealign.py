@@ -1,9 +1,9 @@
-"""util/prealign.py: homographies of handheld brackets recovered across exposures; failures are warnings."""
+"""photo/prealign.py: homographies of handheld brackets recovered across exposures; failures are warnings."""
 import cv2
 import numpy as np
 import pytest
 
-from util.prealign import corner_shift, equalised_grey, estimate_homography, prealign
+from photo.prealign import corner_shift, equalised_grey, estimate_homography, prealign
 
 H, W = 96, 128
 

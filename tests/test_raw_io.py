@@ -1,9 +1,9 @@
-"""util/raw_io.py on DNG files the tests build themselves: linear output, white balance, exposure metadata, errors."""
+"""photo/raw.py on DNG files the tests build themselves: linear output, white balance, exposure metadata, errors."""
 import numpy as np
 import pytest
 
 from dng_maker import write_dng
-from util.raw_io import RawReadError, is_raw, read_raw, relative_exposure
+from photo.raw import RawReadError, is_raw, read_raw, relative_exposure
 
 H, W = 32, 48
 

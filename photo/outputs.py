@@ -1,5 +1,6 @@
-"""Output files of ``tools/merge_brackets.py`` that ``util/hdr_io.py`` does not write: half or float OpenEXR,
-16-bit linear TIFF, 8-bit PNG, and a labelled side-by-side comparison sheet.
+"""The outputs of a merged bracket (``write_outputs``: .hdr, .exr, .tif, the tone-mapped preview .png and the
+comparison sheet), and the writers ``util/hdr_io.py`` does not have: half or float OpenEXR, 16-bit linear TIFF,
+8-bit PNG, and a labelled side-by-side comparison sheet.
 
 Every writer is atomic: it writes a temporary file in the destination folder and ``os.replace``s it onto the
 final name, so an interrupted run never leaves a half-written file under that name. Images are float ``H x W x 3``
@@ -8,16 +9,23 @@ final name, so an interrupted run never leaves a half-written file under that na
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import cv2
 import numpy as np
 
+from photo.errors import MergeError
+from util.colour import GAMMA
 from util.hdr_io import ImageWriteError
 from util.hdr_io import atomic_write as _atomic_write
+from util.hdr_io import write_hdr
+from util.tonemap import OPERATORS, tonemap
+
+if TYPE_CHECKING:  # only an annotation: photo.merge imports nothing of this file
+    from photo.merge import MergeResult
 
 __all__ = ['OutputError', 'atomic_write', 'write_exr', 'write_tiff16', 'write_png8', 'compare_sheet',
-           'EXR_TYPES']
+           'EXR_TYPES', 'OUTPUT_FORMATS', 'DEFAULT_FORMATS', 'write_outputs']
 
 EXR_TYPES = ('half', 'float')
 
@@ -123,3 +131,56 @@ def compare_sheet(panels: Sequence[tuple[str, np.ndarray]], max_height: int = 36
         cv2.putText(sheet, text, (x + 2, th + 3), font, scale, (235, 235, 235), thick, cv2.LINE_AA)
         x += tile.shape[1] + gap
     return sheet
+
+
+OUTPUT_FORMATS = ('hdr', 'exr', 'tiff', 'png')
+DEFAULT_FORMATS = ('hdr', 'exr', 'png')
+
+
+def _display_frame(x: np.ndarray, kind: str) -> np.ndarray:
+    """An input frame for viewing: camera codes as they are, RAW linear values with the display gamma."""
+    return np.clip(x, 0, 1) ** (1 / GAMMA) if kind == 'raw' else np.clip(x, 0, 1)
+
+
+def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
+                  preview_exposure: float = 0.0, formats: Sequence[str] = DEFAULT_FORMATS,
+                  exr_type: str = 'float', compare: bool = False) -> dict[str, Path]:
+    """Write the requested ``formats`` of ``<name>``: ``.hdr`` (RGBE), ``.exr`` (``exr_type`` half or float),
+    ``.tif`` (16-bit linear), ``.png`` (tone-mapped preview), and with ``compare`` ``<name>_compare.png`` (the
+    three inputs, the classical merge and the network's result side by side, labelled). Every file is written
+    to a temporary name and renamed into place. Returns the paths by format."""
+    if operator not in OPERATORS:
+        raise MergeError(f'--tonemap {operator!r} is unknown; choose from {sorted(OPERATORS)}')
+    if not name or Path(name).name != name:
+        raise MergeError(f'--name {name!r} must be a plain file name without folders')
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+    if unknown or not formats:
+        raise MergeError(f'--formats {" ".join(formats)}: choose one or more of {", ".join(OUTPUT_FORMATS)}')
+    if exr_type not in EXR_TYPES:
+        raise MergeError(f'--exr_type {exr_type!r}: choose half or float')
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MergeError(f'{output_dir}: cannot create the output folder ({exc})') from exc
+    ext = {'hdr': 'hdr', 'exr': 'exr', 'tiff': 'tif', 'png': 'png'}
+    paths = {f: output_dir / f'{name}.{ext[f]}' for f in OUTPUT_FORMATS if f in formats}
+    if 'hdr' in paths:
+        write_hdr(paths['hdr'], result.hdr)
+    if 'exr' in paths:
+        write_exr(paths['exr'], result.hdr, exr_type)
+    if 'tiff' in paths:
+        write_tiff16(paths['tiff'], result.hdr)
+    preview = tonemap(result.hdr, operator, exposure=preview_exposure)
+    if 'png' in paths:
+        write_png8(paths['png'], preview)
+    if compare:
+        b = result.bracket
+        labels = [f'short x1: {b.paths[0].name}', f'medium x{b.times[1]:g} (ref): {b.paths[1].name}',
+                  f'long x{b.times[2]:g}: {b.paths[2].name}']
+        panels = [(lab, _display_frame(x, b.kind)) for lab, x in zip(labels, b.frames)]
+        panels.append(('classical merge', tonemap(np.maximum(result.classical, 0), operator,
+                                                  exposure=preview_exposure)))
+        panels.append((f'{result.network} (SelfHDR)', preview))
+        paths['compare'] = write_png8(output_dir / f'{name}_compare.png', compare_sheet(panels))
+    return paths

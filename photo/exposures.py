@@ -1,0 +1,135 @@
+"""Exposure times of a bracket: EXIF ``ExposureTime``, ``--exposures`` values, the check that they agree with the
+frames' brightness, and which frames of a longer bracket are used."""
+from __future__ import annotations
+
+import logging
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from photo.errors import MergeError
+from photo.response import Response, resolve_response
+from util.colour import GAMMA
+
+logger = logging.getLogger(__name__)
+
+EXIF_IFD = 0x8769        # pointer to the Exif sub-IFD
+EXPOSURE_TIME = 0x829A   # ExposureTime, seconds, RATIONAL
+
+
+def _exif_value_to_seconds(value, path: Path) -> float:
+    """EXIF RATIONAL (Pillow's IFDRational, a (num, den) pair, or a plain number) -> seconds."""
+    raw = value
+    if isinstance(value, (tuple, list)):
+        if len(value) == 2 and all(isinstance(v, int) for v in value):
+            num, den = value
+            value = num / den if den else math.nan
+        elif len(value) >= 1:
+            return _exif_value_to_seconds(value[0], path)  # several values: the first is the frame's
+        else:
+            value = math.nan
+    elif isinstance(value, bytes):
+        value = value.decode('ascii', errors='replace').strip('\x00 ')
+    try:
+        seconds = float(Fraction(value)) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise MergeError(f'{path}: EXIF ExposureTime {raw!r} is not a positive number of seconds; '
+                         'pass the times with --exposures')
+    return seconds
+
+
+def read_exposure_time(path) -> float | None:
+    """Exposure time in seconds from the file's EXIF ``ExposureTime``; None when the file has none.
+
+    Looks in the Exif sub-IFD (JPEG, camera TIFFs) and then IFD0 (some TIFF writers put it there).
+    Raises :class:`MergeError` when the tag exists but holds no valid time.
+    """
+    from PIL import Image, UnidentifiedImageError  # lazy: only EXIF reading needs Pillow
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            exif = img.getexif()
+            value = exif.get_ifd(EXIF_IFD).get(EXPOSURE_TIME)
+            if value is None:
+                value = exif.get(EXPOSURE_TIME)
+            if value is None and img.format == 'PNG':
+                img.load()  # a PNG's eXIf chunk may follow the image data
+                exif = img.getexif()
+                value = exif.get_ifd(EXIF_IFD).get(EXPOSURE_TIME, exif.get(EXPOSURE_TIME))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # OpenCV may still read frames Pillow cannot parse; they just have no usable EXIF.
+        logger.debug('%s: no EXIF read (%s)', path, exc)
+        return None
+    if value is None:
+        return None
+    return _exif_value_to_seconds(value, path)
+
+
+def parse_exposures(values: Sequence, unit: str = 'seconds') -> list[float]:
+    """``--exposures`` values -> exposure times in seconds (``unit='seconds'``; fractions such as
+    ``1/100`` allowed) or relative times ``2 ** v`` (``unit='stops'``)."""
+    if unit not in ('seconds', 'stops'):
+        raise MergeError(f"--exposures_in must be 'seconds' or 'stops', got {unit!r}")
+    times = []
+    for v in values:
+        try:
+            number = float(Fraction(str(v).strip()))
+        except (ValueError, ZeroDivisionError):
+            raise MergeError(f'--exposures: {v!r} is not a number') from None
+        if not math.isfinite(number):
+            raise MergeError(f'--exposures: {v!r} is not finite')
+        if unit == 'seconds':
+            if number <= 0:
+                raise MergeError(f'--exposures: exposure time {v!r} s must be positive')
+            times.append(number)
+        else:
+            times.append(2.0 ** number)
+    return times
+
+
+
+# Tolerance of the exposure check: JPEG tone curves bend the gamma-2.2 estimate, but not by this much.
+EXPOSURE_TOLERANCE_STOPS = 1.5
+
+
+def check_exposures_match_frames(paths: Sequence[Path], frames: Sequence[np.ndarray], times: np.ndarray,
+                                 response: Response | None = None,
+                                 tolerance_stops: float = EXPOSURE_TOLERANCE_STOPS) -> None:
+    """Raise when the exposure times contradict the frames' brightness (sorted by exposure).
+
+    The ratio between neighbouring frames is measured as the median of ``f(X_b) / f(X_a)`` (``f``: the response,
+    gamma 2.2 by default) over the pixels well exposed in both (motion moves few of them), and must agree with
+    ``t_b / t_a`` within ``tolerance_stops``."""
+    response = response if response is not None else resolve_response(f'gamma{GAMMA:g}')
+    for a in range(len(frames) - 1):
+        b = a + 1
+        xa, xb = frames[a], frames[b]
+        ok = (xa > 0.1) & (xa < 0.9) & (xb > 0.1) & (xb < 0.9)
+        if ok.sum() < 100:
+            continue  # too few common well-exposed pixels to judge
+        la, lb = response.linear(xa)[ok], response.linear(xb)[ok]
+        measured = float(np.median(lb / np.maximum(la, 1e-8)))
+        expected = float(times[b] / times[a])
+        off = math.log2(measured / expected)
+        if abs(off) > tolerance_stops:
+            raise MergeError(f'exposure times contradict the images: {paths[b]} is {math.log2(measured):.1f} stops '
+                             f'brighter than {paths[a]}, but the times say {math.log2(expected):.1f} stops; check '
+                             '--exposures (or the EXIF), or pass --trust_exposures to use them anyway')
+
+
+def select_frames(times: Sequence[float], reference: int | None = None) -> tuple[int, int, int]:
+    """Indices (short, medium, long) into frames sorted by exposure: the shortest, the longest, and as the
+    reference ``reference`` or the frame nearest the middle of the two in stops."""
+    n = len(times)
+    if reference is None:
+        mid = (math.log2(times[0]) + math.log2(times[-1])) / 2
+        reference = min(range(1, n - 1), key=lambda k: abs(math.log2(times[k]) - mid))
+    return 0, reference, n - 1
+
+

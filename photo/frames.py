@@ -1,0 +1,142 @@
+"""Reading a bracket: frames (8/16-bit JPEG/PNG/TIFF or camera RAW), their exposure times, their order, and the
+three frames used (short, medium = reference, long)."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from photo.errors import MergeError
+from photo.exposures import parse_exposures, read_exposure_time, select_frames
+from photo.raw import is_raw, read_raw, relative_exposure
+from util.hdr_io import read_ldr
+
+logger = logging.getLogger(__name__)
+
+N_FRAMES = 3
+
+
+@dataclass
+class BracketFrames:
+    """The three frames used, short, medium (reference), long, with their times (``times[0] == 1``)."""
+
+    paths: list[Path]               # sorted order
+    frames: list[np.ndarray]        # H x W x 3 BGR float32 in [0, 1], sorted order
+    times: np.ndarray               # float64 (3,), normalised by the shortest
+    times_source: str               # 'exif', 'seconds' or 'stops'
+    order: list[int]                # order[k] = index in the given inputs of the k-th sorted frame
+    raw_times: list[float] = field(default_factory=list)  # as read/given, in the given input order
+    kind: str = 'ldr'               # 'ldr' (camera-encoded codes) or 'raw' (linear radiance from rawpy)
+    unused: list[Path] = field(default_factory=list)  # frames of a longer bracket that were not selected
+
+    @property
+    def reordered(self) -> bool:
+        return self.order != sorted(self.order)
+
+
+def _check_distinct_files(paths: Sequence[Path]) -> None:
+    import hashlib
+
+    seen = {}
+    for p in paths:
+        key = hashlib.sha256(p.read_bytes()).hexdigest()
+        if key in seen:
+            raise MergeError(f'{seen[key]} and {p} are the same image; a bracket needs three different exposures')
+        seen[key] = p
+
+
+
+
+# The networks were trained with 2 or 3 stops between neighbouring frames.
+MAX_GAP_STOPS = 4.0
+
+
+def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_in: str = 'seconds',
+                 strict_order: bool = False, reference=None) -> BracketFrames:
+    """Read three or more frames and their exposure times, check them, sort them by exposure time and pick
+    short, medium (reference) and long (:func:`select_frames`; ``reference``: the medium frame's path)."""
+    paths = [Path(p) for p in inputs]
+    if len(paths) < N_FRAMES:
+        raise MergeError(f'a bracket needs at least {N_FRAMES} frames (short, medium, long exposure), '
+                         f'got {len(paths)}: {", ".join(map(str, paths)) or "none"}')
+    for p in paths:
+        if not p.is_file():
+            raise MergeError(f'{p}: file does not exist' if not p.exists() else f'{p}: not a regular file')
+    _check_distinct_files(paths)
+    raw_flags = [is_raw(p) for p in paths]
+    kind = 'raw' if all(raw_flags) else 'ldr'
+    if any(raw_flags) and not all(raw_flags):
+        raise MergeError('a bracket must be all RAW or all JPEG/PNG/TIFF; RAW: '
+                         f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if r)}; others: '
+                         f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if not r)}')
+    raws = [read_raw(p) for p in paths] if kind == 'raw' else []  # RawReadError names the file
+    frames = [r.linear for r in raws] if kind == 'raw' else [read_ldr(p) for p in paths]  # ImageReadError too
+    shapes = {tuple(f.shape[:2]) for f in frames}
+    if len(shapes) != 1:
+        sizes = ', '.join(f'{p} is {f.shape[1]}x{f.shape[0]}' for p, f in zip(paths, frames))
+        raise MergeError(f'frames differ in size ({sizes}); all three must have the same width and height')
+
+    if exposures is not None:
+        if len(exposures) != len(paths):
+            raise MergeError(f'--exposures: expected {len(paths)} values, one per input, got {len(exposures)}')
+        raw = parse_exposures(exposures, exposures_in)
+        source = exposures_in
+    elif kind == 'raw':
+        raw, what = relative_exposure(raws)
+        missing = [str(p) for p, t in zip(paths, raw) if t is None]
+        if missing:
+            raise MergeError(f'{", ".join(missing)}: no exposure time in the RAW metadata; give the times with '
+                             '--exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
+        source = f'raw metadata ({what})'
+    else:
+        raw = [read_exposure_time(p) for p in paths]
+        missing = [str(p) for p, t in zip(paths, raw) if t is None]
+        if missing:
+            raise MergeError(f'{", ".join(missing)}: no EXIF ExposureTime; give the times with --exposures '
+                             '(seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
+        source = 'exif'
+
+    n = len(paths)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if math.isclose(raw[i], raw[j], rel_tol=1e-6):
+                raise MergeError(f'{paths[i]} and {paths[j]} have the same exposure ({raw[i]:g} '
+                                 f'{"s" if source != "stops" else "relative"}); a bracket needs three '
+                                 'different exposures')
+
+    order = sorted(range(n), key=lambda k: raw[k])
+    if order != list(range(n)):
+        used = ', '.join(f'{paths[k]} ({raw[k]:g})' for k in order)
+        if strict_order:
+            raise MergeError(f'--strict_order: inputs are not given from shortest to longest exposure; by exposure '
+                             f'they are {used}')
+        logger.warning('inputs were not in short, medium, long order; sorted by exposure time: %s', used)
+    ref_k = None
+    if reference is not None:
+        ref_path = Path(reference)
+        matches = [k for k, p in enumerate(order) if paths[p] == ref_path or paths[p].resolve() == ref_path.resolve()]
+        if not matches:
+            raise MergeError(f'--reference {reference}: not one of the inputs')
+        ref_k = matches[0]
+        if ref_k in (0, n - 1):
+            raise MergeError(f'--reference {reference}: it is the {"shortest" if ref_k == 0 else "longest"} '
+                             'exposure; the reference must have a shorter and a longer frame beside it')
+    sel = select_frames([raw[k] for k in order], ref_k)
+    chosen = [order[k] for k in sel]
+    times = np.array([raw[k] for k in chosen], dtype=np.float64)
+    times = times / times[0]  # the networks expect t_short = 1 (training data's radiance scale)
+    unused = [paths[k] for k in order if k not in chosen]
+    if unused:
+        logger.info('%d frames: using short = %s, medium (reference) = %s, long = %s; not used: %s', n,
+                    *(paths[k] for k in chosen), ', '.join(map(str, unused)))
+    gaps = np.diff(np.log2(times))
+    if gaps.max() > MAX_GAP_STOPS:
+        logger.warning('%.1f stops between %s and %s; the networks were trained with 2-3 stops between frames',
+                       gaps.max(), *(paths[chosen[k]] for k in (int(gaps.argmax()), int(gaps.argmax()) + 1)))
+    return BracketFrames(paths=[paths[k] for k in chosen], frames=[frames[k] for k in chosen], times=times,
+                         times_source=source, order=chosen, raw_times=list(raw), kind=kind, unused=unused)
+

@@ -1,0 +1,165 @@
+"""Merging a bracket with a trained backbone: the network's inputs, the forward (padding, tiles, AMP), the result
+and its classical (triangle-weight) counterpart. ``merge`` runs the whole pipeline: read, pre-align, linearise,
+check the exposures, (align,) forward."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from photo.errors import MergeError
+from photo.exposures import check_exposures_match_frames
+from photo.frames import BracketFrames, load_bracket
+from photo.prealign import corner_shift, prealign
+from photo.response import Response
+from photo.response_choice import (LINEAR_RAW, estimate_from_bracket, resolve_response_flag,
+                                   save_response_to_file)
+from util.colour import EPS_T, GAMMA
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MergeResult:
+    """The merged radiance (H x W x 3 BGR float32, short exposure's scale) and how it was made."""
+
+    hdr: np.ndarray
+    bracket: BracketFrames
+    network: str
+    response: Response
+    aligned: bool
+    inputs: list[np.ndarray] = field(default_factory=list)  # frames as the network saw them (training gamma)
+
+    @property
+    def classical(self) -> np.ndarray:
+        """Kalantari's triangle-weight merge of the same inputs (the classical anchor of specs/method.md)."""
+        from util.colour import merge_colour_component
+
+        return merge_colour_component(*self.inputs, self.bracket.times)
+
+
+def _build_inputs(frames, times, gamma: float = GAMMA):
+    """Per frame the network input ``cat([X ** 2.2 / (t + 1e-8), X])`` as a (1, 6, H, W) tensor; ``frames`` are
+    already in the training encoding (``Response.to_training_ldr``)."""
+    import torch
+
+    inputs = []
+    for x, t in zip(frames, times):
+        x = np.asarray(x, dtype=np.float32)
+        h = np.power(x, np.float32(gamma)) / np.float32(float(t) + EPS_T)
+        six = np.concatenate([h, x], axis=2).transpose(2, 0, 1)  # (6, H, W): linear first, LDR second
+        inputs.append(torch.from_numpy(np.ascontiguousarray(six)).unsqueeze(0))  # (1, 6, H, W)
+    return inputs
+
+
+def load_network(network: str, checkpoint, device):
+    from models.base_model import load_backbone_state
+    from models.networks import NETWORKS, define_network
+
+    if network not in NETWORKS:
+        raise MergeError(f"--network '{network}' is unknown; available: {', '.join(NETWORKS)}")
+    try:
+        net = define_network(network)
+    except ImportError as exc:
+        raise MergeError(f'--network {network}: backbone module {NETWORKS[network][0]} cannot be imported '
+                         f'({exc})') from exc
+    load_backbone_state(net, str(checkpoint), device='cpu')  # CheckpointError names the file and keys
+    return net.eval().to(device)
+
+
+def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
+          exposures_in: str = 'seconds', response: str | Response = f'gamma{GAMMA:g}', device: str = 'cpu',
+          tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
+          trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
+          net=None, amp: str = 'none') -> MergeResult:
+    """Merge three exposures into HDR radiance with a trained backbone. See ``tools/merge_brackets.py`` for the behaviour.
+
+    Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
+    :class:`models.base_model.CheckpointError` for a checkpoint that does not fit ``network``. ``net``: an
+    already loaded backbone (batches load the checkpoint once). ``amp``: none|bf16|fp16|auto, the network's
+    forward under autocast (as train.py/test.py ``--amp``); the merge arithmetic stays fp32.
+    """
+    import torch
+
+    from models.base_model import resolve_amp
+
+    from models.backbones import BACKBONES
+    from util.tiling import padded, tiled_forward
+
+    if not isinstance(response, Response) and str(response).lower() != 'estimate':
+        response = resolve_response_flag(response)
+    if tile < 0 or (tile > 0 and not 0 <= tile_overlap < tile):
+        raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise MergeError(f'--device {device}: CUDA is not available on this machine; use --device cpu')
+    if network in BACKBONES and BACKBONES[network].aligned_input and not align:
+        logger.warning('%s was trained on aligned frames; consider --align for dynamic scenes', network)
+
+    bracket = load_bracket(inputs, exposures, exposures_in, strict_order, reference)
+    if bracket.kind == 'raw':
+        given = response.name if isinstance(response, Response) else str(response)
+        if given != f'gamma{GAMMA:g}':
+            logger.warning('--response %s ignored: RAW frames are decoded linear (%s)', given, bracket.paths[1])
+        if save_response_to is not None:
+            logger.warning('--save_response ignored: a RAW bracket has no camera response to save')
+            save_response_to = None
+        response = LINEAR_RAW
+    frames, valid = bracket.frames, None
+    if prealign:
+        frames, valid = prealign_bracket(bracket, response if isinstance(response, Response) else None)
+    if not isinstance(response, Response):  # 'estimate': from this bracket (pre-aligned, inside every frame)
+        response = estimate_from_bracket(frames, bracket.times, bracket.paths[1], valid)
+    if save_response_to is not None:
+        save_response_to_file(save_response_to, response)
+    if not trust_exposures:
+        check_exposures_match_frames(bracket.paths, bracket.frames, bracket.times, response)
+    logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s); response %s',
+                ', '.join(map(str, bracket.paths)), ', '.join(f'{t:g}' for t in bracket.times),
+                bracket.times_source, response.name)
+    frames = [response.to_training_ldr(f) for f in frames]  # linearised, re-encoded with gamma 2.2
+    if align:
+        from util.align import align_frames
+
+        frames = list(align_frames(*frames, bracket.times).frames)
+
+    if net is None:
+        net = load_network(network, checkpoint, device)
+    xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
+    multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
+    fn = padded(net, multiple=multiple, mode='release') if multiple else net
+    height, width = frames[0].shape[:2]
+    try:
+        amp_dtype = resolve_amp(amp, torch.device(device))
+    except ValueError as exc:
+        raise MergeError(str(exc)) from None
+    autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    with torch.inference_mode(), autocast:
+        try:
+            out = tiled_forward(fn, xs, tile, tile_overlap)
+        except ValueError as exc:  # e.g. a frame too small for the transformers' padding
+            raise MergeError(f'{bracket.paths[1]}: {network} cannot process {width}x{height} frames ({exc})') from exc
+    hdr = out[0].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) BGR
+    if not np.isfinite(hdr).all():
+        raise MergeError(f'{checkpoint}: the network produced NaN/Inf values (broken checkpoint?)')
+    return MergeResult(hdr=np.ascontiguousarray(hdr, dtype=np.float32), bracket=bracket, network=network,
+                       response=response, aligned=align, inputs=frames)
+
+
+def prealign_bracket(bracket: BracketFrames, response: Response | None):
+    """Homography of each frame onto the medium one (photo.prealign); a frame that cannot be aligned is a
+    warning and keeps its geometry."""
+    lin_of = response.linear if response is not None else (lambda x: np.power(x, np.float32(GAMMA)))
+    res = prealign(bracket.frames, [lin_of(f) for f in bracket.frames], bracket.times, reference=1)
+    for i, why in res.failed.items():
+        logger.warning('%s could not be pre-aligned to %s (%s); it keeps its own geometry (use --no_prealign '
+                       'for tripod shots)', bracket.paths[i], bracket.paths[1], why)
+    h, w = bracket.frames[1].shape[:2]
+    for i in res.moved:
+        logger.info('pre-aligned %s onto %s (corners moved up to %.1f px)', bracket.paths[i], bracket.paths[1],
+                    corner_shift(res.homographies[i], h, w))
+    return res.frames, (res.valid if res.moved else None)
+
+
+_load_network = load_network  # the old private name (bench scripts)
