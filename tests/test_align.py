@@ -227,3 +227,54 @@ def test_prepare_sen_layout_8bit(tmp_path):
     dst = root / 'Scenes_align' / 'office'
     assert sorted(p.name for p in dst.iterdir()) == ['img1.tif', 'img2.tif', 'img3.tif']
     assert read_ldr(dst / 'img1.tif', expect_bits=8).shape == (48, 64, 3)
+
+
+def _clipped_sky_pair(object_value):
+    """A medium frame whose top half is a clipped, textureless sky, and a short frame that sees the sky's true
+    brightness there except for a small patch of value ``object_value``. The flow estimator below returns
+    inconsistent flows (forward-backward check fails everywhere)."""
+    mid = np.full((48, 64, 3), 0.4, np.float32)
+    mid[:24] = 1.0  # clipped
+    short = equalise_exposure(mid, TIMES[1], TIMES[0])
+    short[:24] = 0.8  # the sky: brighter than the medium frame's clip, brought to the short exposure (0.53)
+    short[8:16, 24:40] = object_value
+    return mid, short
+
+
+def _inconsistent_flow(ref, src):
+    flow = np.zeros(ref.shape[:2] + (2,), np.float32)
+    flow[..., 0] = 3.0  # forward and backward the same: |f + b| = 6 px
+    return flow
+
+
+def test_clipped_reference_keeps_a_warp_that_agrees_with_the_clip():
+    mid, short = _clipped_sky_pair(object_value=0.8)
+    cfg = AlignConfig(feather_sigma=1.0)
+    out, valid, _ = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow, cfg=cfg)
+    sky = (slice(2, 22), slice(2, 58))  # away from the object, inside the frame
+    assert (valid[sky] == 1).all()  # kept, not feathered towards the fallback
+    np.testing.assert_allclose(out[sky], 0.8, atol=1e-6)
+    # The release's behaviour: the fallback, the clipped medium frame scaled down, loses the highlight
+    old, old_valid, _ = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow,
+                                   cfg=AlignConfig(clip_aware=False))
+    assert (old_valid[sky] == 0).all()
+    np.testing.assert_allclose(old[sky], equalise_exposure(mid, TIMES[1], TIMES[0])[sky], atol=1e-6)
+    # Below the clip, the reference is trusted: the rejected warp is still replaced there
+    assert (valid[30:] == 0).all()
+
+
+def test_clipped_reference_rejects_a_warp_darker_than_the_clip():
+    mid, short = _clipped_sky_pair(object_value=0.2)  # a dark object where the medium frame is clipped
+    out, valid, _ = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow,
+                               cfg=AlignConfig(feather_sigma=0.0))
+    patch = (slice(9, 15), slice(23, 36))  # the object, moved 3 px left by the warp
+    assert (valid[patch] == 0).all()
+    np.testing.assert_allclose(out[patch], equalise_exposure(mid, TIMES[1], TIMES[0])[patch], atol=1e-6)
+
+
+def test_no_fallback_is_the_plain_warp():
+    mid, short = _clipped_sky_pair(object_value=0.2)
+    out, valid, flow = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow,
+                                  cfg=AlignConfig(fallback=False))
+    np.testing.assert_allclose(out, warp(short, flow)[0], atol=1e-6)
+    assert (valid == 1).all()

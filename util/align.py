@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     'AlignConfig', 'AlignResult', 'DISFlow', 'RAFTFlow', 'make_flow_estimator',
     'equalise_exposure', 'exposure_equalised_pair', 'to_flow_u8', 'warp', 'fb_consistency',
-    'align_pair', 'align_frames',
+    'agrees_with_clipped_reference', 'align_pair', 'align_frames',
 ]
 
 DIS_PRESETS = {
@@ -71,6 +71,14 @@ class AlignConfig:
     black_thr: float = 2.0 / 255.0    # "black" in a frame's own exposure
     sat_thr: float = 0.99             # "saturated" in a frame's own exposure
     feather_sigma: float = 1.0        # blur of the validity mask, in pixels (0: hard mask)
+    # Where the reference is clipped, the fallback knows only a lower bound (the clipped value), so a warp that
+    # failed the checks is kept there when it agrees with the reference: above the clip in its clipped channels,
+    # within clip_tol of it in the others. Off: the fallback replaces every rejected pixel (the label then
+    # loses clipped skies, whose flat white gives the forward-backward check nothing to hold on to).
+    clip_aware: bool = True
+    clip_tol: float = 0.1             # in the reference's exposure, gamma-encoded
+    # False: no fallback at all, the plain flow-aligned frames (the study's anchor ``flow_merge``)
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.flow not in ('dis', 'raft'):
@@ -251,6 +259,17 @@ def fb_consistency(flow_fw: np.ndarray, flow_bw: np.ndarray, alpha: float = 0.01
     return err2 <= alpha * mag2 + beta
 
 
+def agrees_with_clipped_reference(warped: np.ndarray, ref: np.ndarray, t_src: float, t_ref: float,
+                                  sat_thr: float = 0.99, tol: float = 0.1) -> np.ndarray:
+    """Pixels where the reference is clipped in some channel and the (darker) warped source agrees with it:
+    brought to the reference's exposure, it reaches the clip (less ``tol``) in every clipped channel and lies
+    within ``tol`` of the reference in the others."""
+    src_at_ref = np.asarray(warped, np.float32) * np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))
+    ref_clipped = ref >= sat_thr
+    agrees = np.where(ref_clipped, src_at_ref >= sat_thr - tol, np.abs(src_at_ref - ref) <= tol)
+    return ref_clipped.any(axis=2) & agrees.all(axis=2)
+
+
 def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
                estimator=None, cfg: AlignConfig | None = None):
     """Warp ``src`` (exposure ``t_src``) onto ``ref`` (exposure ``t_ref``).
@@ -268,6 +287,8 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
 
     flow = _flow_at_scale(estimator, ref_eq, src_eq, cfg.flow_scale)
     warped, valid = warp(src, flow)
+    if not cfg.fallback:
+        return np.clip(warped, 0.0, 1.0).astype(np.float32), np.ones(ref.shape[:2], np.float32), flow
     if cfg.consistency:
         flow_bw = _flow_at_scale(estimator, src_eq, ref_eq, cfg.flow_scale)
         consistent = fb_consistency(flow, flow_bw, cfg.fb_alpha, cfg.fb_beta)
@@ -275,6 +296,8 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
         valid &= consistent | both_sat  # clipped in both: content agrees whatever the flow
     both_black = (_chan_max(warped) <= cfg.black_thr) & (_chan_max(ref) <= cfg.black_thr)
     valid &= ~both_black
+    if cfg.clip_aware and t_src < t_ref:
+        valid |= agrees_with_clipped_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol)
 
     weight = valid.astype(np.float32)
     if cfg.feather_sigma > 0 and not valid.all():
@@ -283,6 +306,10 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
         weight = cv2.erode(weight, np.ones((2 * r + 1, 2 * r + 1), np.uint8))
         weight = cv2.GaussianBlur(weight, (0, 0), cfg.feather_sigma)
         weight = np.minimum(weight, valid.astype(np.float32))
+        if cfg.clip_aware and t_src < t_ref:
+            # no feathering into a clipped reference: blending towards its fallback there darkens a highlight
+            keep = valid & (_chan_max(ref) >= cfg.sat_thr)
+            weight[keep] = 1.0
     fallback = equalise_exposure(ref, t_ref, t_src)
     w3 = weight[:, :, None]
     aligned = np.clip(w3 * warped + (1.0 - w3) * fallback, 0.0, 1.0).astype(np.float32)
