@@ -1,13 +1,12 @@
 """Flags shared by train.py and test.py, with the release's names, meanings and defaults."""
 import argparse
 import logging
-import math
 import os
 
 import torch
 
 from models import backbones
-from util.flags import str2bool  # noqa: F401  (re-exported: options' flag type)
+from util.flags import LR_RANGE, NumberRangeError, checked_number, str2bool  # noqa: F401  (str2bool re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -175,19 +174,50 @@ class BaseOptions:
     POSITIVE_INT_FLAGS = ('batch_size', 'patch_size', 'iters_per_epoch', 'max_test_images')
     TRAIN_POSITIVE_INT_FLAGS = ('save_epoch_freq', 'print_freq', 'test_every', 'lr_decay_iters')
 
+    # Numeric flags and their documented ranges (lo, hi, lo excluded): checked at start-up by util.flags.checked_number
+    # so that a value that is not finite, or that overflows float32 inside the optimizer (--lr 1e39), is an error
+    # naming the flag instead of a RuntimeError deep inside training. Flags a model or data set adds are checked when
+    # present.
+    NUMBER_RANGES = {
+        'init_gain': (0.0, 100.0, False), 'seed': (0, 2 ** 63 - 1, False), 'tile': (0, 1 << 16, False),
+        'tile_overlap': (0, 1 << 16, False), 'batch_size': (1, 1 << 16, False), 'patch_size': (1, 1 << 16, False),
+        'iters_per_epoch': (1, 10 ** 9, False),
+        'colour_threshold': (0.0, 255.0, True),
+    }
+    TRAIN_NUMBER_RANGES = {
+        'lr': (LR_RANGE[0], LR_RANGE[1], True), 'weight_decay': (0.0, 1.0, False), 'beta1': (0.0, 1.0, False),
+        'beta2': (0.0, 1.0, False), 'momentum': (0.0, 1.0, False), 'alpha': (0.0, 1.0, False),
+        'niter': (0, 10 ** 7, False), 'niter_decay': (0, 10 ** 7, False), 'lr_decay_iters': (1, 10 ** 7, False),
+        'save_epoch_freq': (1, 10 ** 7, False), 'print_freq': (1, 10 ** 9, False), 'test_every': (1, 10 ** 7, False),
+    }
+
     def validate(self, opt):
         flags = self.POSITIVE_INT_FLAGS + (self.TRAIN_POSITIVE_INT_FLAGS if self.isTrain else ())
         for flag in flags:
             value = getattr(opt, flag, None)
             if isinstance(value, int) and value < 1:
                 self.parser.error(f'--{flag} must be at least 1, got {value}')
+        ranges = dict(self.NUMBER_RANGES, **(self.TRAIN_NUMBER_RANGES if self.isTrain else {}))
+        for flag, (lo, hi, lo_open) in ranges.items():
+            value = getattr(opt, flag, None)
+            if value is None:
+                continue
+            try:
+                checked_number(value, f'--{flag}', lo, hi, lo_open=lo_open, integer=isinstance(lo, int))
+            except NumberRangeError as exc:
+                self.parser.error(str(exc))
+        for flag in ('max_dataset_size', 'max_test_images'):  # counts whose default, inf, means 'all'
+            cap = getattr(opt, flag, None)
+            if cap is not None and cap != float('inf'):
+                try:
+                    checked_number(cap, f'--{flag}', 1, None)
+                except NumberRangeError as exc:
+                    self.parser.error(f'{exc} (or inf for all)')
         if not self.isTrain:
             return
         if opt.niter < 0 or opt.niter_decay < 0 or opt.niter + opt.niter_decay < 1:
             self.parser.error(f'--niter {opt.niter} and --niter_decay {opt.niter_decay}: nothing to train '
                               '(need at least one epoch, neither negative)')
-        if not (math.isfinite(opt.lr) and opt.lr > 0):
-            self.parser.error(f'--lr must be a finite positive number, got {opt.lr}')
         multiple = backbones.backbone(opt.network).crop_multiple
         if opt.patch_size % multiple:
             self.parser.error(f'--patch_size {opt.patch_size}: {opt.network} trains on windows of {multiple} pixels, '

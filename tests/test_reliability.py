@@ -19,8 +19,17 @@ def test_zero_flags_are_refused_by_name(tiny_dataroot, tmp_path, flag, capsys):
 
 @pytest.mark.parametrize('flags, message', [
     ({'niter': 0}, 'nothing to train'),
-    ({'lr': 'inf'}, '--lr must be a finite positive number'),
-    ({'lr': -1}, '--lr must be a finite positive number'),
+    ({'lr': 'inf'}, '--lr must be finite, got inf'),
+    ({'lr': -1}, '--lr must be in (0, 1], got -1.0'),
+    # float32 overflow inside the optimizer was a raw RuntimeError naming no flag (issue 21)
+    ({'lr': 1e39}, '--lr must be in (0, 1], got 1e+39'),
+    ({'lr': 1e10}, '--lr must be in (0, 1], got 10000000000.0'),
+    ({'beta2': 1.5}, '--beta2 must be in [0, 1], got 1.5'),
+    ({'init_gain': 'nan'}, '--init_gain must be finite, got nan'),
+    ({'tile': -1}, '--tile must be in [0, 65536], got -1'),
+    ({'max_dataset_size': 'nan'}, '--max_dataset_size must be finite, got nan'),
+    ({'max_dataset_size': 0.5}, '--max_dataset_size must be in [1, inf), got 0.5'),
+    ({'model': 'selfhdr2', 'colour_threshold': 0}, '--colour_threshold must be in (0, 255], got 0.0'),
     ({'network': 'SCTNet', 'patch_size': 36}, 'multiple of 8'),
     ({'suffix': '{nope}'}, "--suffix '{nope}'"),
 ])
