@@ -13,6 +13,8 @@ net=${net:-AHDRNet}
 name=${name:-ahdrnet_short_stage2}
 epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
+amp=${amp:-auto}                       # auto: bf16 where the hardware has it (a CPU with avx512_bf16/AMX, CUDA
+                                       # with bf16), fp32 elsewhere; none: the release's fp32 (README, "Speed")
 extra=${extra:-}                       # e.g. "--tile 512" or "--extra_metrics pu21"
 
 if [ "$dataroot" = "./datasets/demo" ]; then
@@ -21,4 +23,4 @@ fi
 
 python test.py --dataroot $dataroot --dataset_name $dataset --model selfhdr2 --network $net \
     --checkpoints_dir $ckpt --name $name --load_iter $epoch --gpu_ids $gpu -j 0 --verbose False \
-    --save_imgs True $extra
+    --save_imgs True --amp $amp $extra

@@ -8,8 +8,8 @@ set -e
 
 budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the shipped model (~2 h on 2 cores)
 case "$budget" in
-    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30 ;;
-    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=30 ;;
+    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30; d_compile=False ;;
+    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=30; d_compile=True ;;
     *) echo "train.sh: unknown budget '$budget' (demo, short)" >&2; exit 2 ;;
 esac
 dataroot=${dataroot:-$d_root}          # SIGGRAPH17 layout: Training/ Training_align/ Test/ [Test_align/]
@@ -32,15 +32,20 @@ init=${init:-stage1}                   # stage 2's initial weights: stage1 (our 
 lr2=${lr2:-$d_lr2}                     # stage 2's learning rate when it starts from stage 1 (from scratch: lr)
 colour_threshold=${colour_threshold:-$d_thr}  # stage 2 keeps L_color where the colour and structure components
                                        # agree within this many 1/255; the paper: 10 (README, "Study")
+amp=${amp:-auto}                       # auto: bf16 where the hardware has it (CUDA with bf16, a CPU with
+                                       # avx512_bf16/AMX), fp32 elsewhere; none: the release's fp32 (README, "Speed")
+compile=${compile:-$d_compile}         # torch.compile the training network: pays over the short budget's 4000
+                                       # iterations; the demo's 240 barely repay its warm-up (README, "Speed")
 
 if [ "$dataroot" = "$d_root" ]; then
     python tools/make_demo_data.py --root "$dataroot" --train $d_train --test $d_test
 fi
 
 common="--dataroot $dataroot --dataset_name sig17align --network $net --checkpoints_dir $ckpt --gpu_ids $gpu \
- -j $workers --verbose False"
+ -j $workers --verbose False --amp $amp"
 train_common="$common --batch_size $batch --patch_size $patch --niter $niter --lr_decay_iters $lr_decay --lr $lr \
- --lr_policy $policy --iters_per_epoch $iters --print_freq 25 --test_every $every"
+ --lr_policy $policy --iters_per_epoch $iters --print_freq 25 --test_every $every --compile $compile"
+echo "train.sh: budget $budget, --amp $amp (train.py logs what it resolves to), --compile $compile for training"
 
 # 1. Structure-focused network (stage 1), on unaligned frames with the colour component as label.
 python train.py $train_common --model selfhdr1 --name ${name}_stage1

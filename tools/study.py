@@ -204,10 +204,27 @@ def make_unaligned_labels_copy(src_root: Path, dst_root: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------ training
+# The study's precision (set by run_study from --amp/--compile, see precision_settings): every train.py and test.py
+# run gets --amp, the trainings --compile, and the scoring forwards run under the same autocast.
+PRECISION = {'amp': 'none', 'compile': False, 'dtype': None}
+
+
+def precision_settings(amp: str, compile_: str, budget_name: str) -> dict:
+    """--amp as given (auto: bf16 where the hardware has it); --compile auto: on for the short and long budgets,
+    whose thousands of iterations repay the compile warm-up, off for tiny (seconds)."""
+    from models.base_model import resolve_amp
+
+    on = compile_ == 'True' or (compile_ == 'auto' and budget_name != 'tiny')
+    dtype = resolve_amp(amp, torch.device('cpu'))  # the scoring forwards run on the CPU
+    logger.info('precision: --amp %s (scoring forwards in %s), --compile %s for the trainings', amp,
+                'bf16' if dtype is not None else 'fp32', on)
+    return {'amp': amp, 'compile': on, 'dtype': dtype}
+
+
 def common_args(dataroot: Path, ckpt: Path, network: str) -> list[str]:
     return ['--dataroot', str(dataroot), '--dataset_name', 'sig17align', '--network', network,
             '--checkpoints_dir', str(ckpt), '--gpu_ids', 'auto' if torch.cuda.is_available() else '-1',
-            '-j', '0', '--verbose', 'False']
+            '-j', '0', '--verbose', 'False', '--amp', PRECISION['amp']]
 
 
 def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, budget: Budget,
@@ -225,7 +242,8 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
         '--model', model, '--name', name, '--batch_size', str(budget.batch), '--patch_size', str(budget.patch),
         '--niter', str(budget.epochs), '--iters_per_epoch', str(budget.iters_per_epoch), '--lr', str(budget.lr),
         '--lr_policy', budget.lr_policy, '--print_freq', str(max(1, budget.iters_per_epoch // 4)),
-        '--test_every', str(budget.test_every), '--seed', str(budget.seed)] + list(extra)  # later flags win
+        '--test_every', str(budget.test_every), '--seed', str(budget.seed),
+        '--compile', str(PRECISION['compile'])] + list(extra)  # later flags win
     if last:
         # train.py picks the newest complete checkpoint (and says which) in its own log; an initialising
         # --load_path would restart from that file instead, so it only applies to a fresh run
@@ -303,7 +321,8 @@ def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray
             ldr = read_ldr(path)
             x = np.concatenate([ldr_to_hdr(ldr, t), ldr], axis=2).transpose(2, 0, 1)
             xs.append(torch.from_numpy(np.ascontiguousarray(x))[None])
-        with torch.inference_mode():
+        dtype = PRECISION['dtype']
+        with torch.inference_mode(), torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             out = fn(*xs)
         outputs[scene.name] = out[0].float().permute(1, 2, 0).numpy()
     return outputs
@@ -469,6 +488,7 @@ def run_study(args) -> dict:
     ckpt = work / 'ckpt'
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    PRECISION.update(precision_settings(args.amp, args.compile, args.budget))
     logger.info('study %s, %s, on %s', args.budget, args.network, describe_machine(info))
 
     dataroot = ensure_demo_dataset(work / 'data', n_train=budget.n_train, n_test=budget.n_test, size=budget.size,
@@ -565,6 +585,8 @@ def run_study(args) -> dict:
         'labels': score_labels(dataroot, stru, budget.stage2_colour_threshold),
         'curves': {run: curve_points(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'permutation': list(PERMUTATION), 'date': time.strftime('%Y-%m-%d %H:%M'),
+        'precision': {'amp': PRECISION['amp'], 'scoring': 'bf16' if PRECISION['dtype'] is not None else 'fp32',
+                      'compile': PRECISION['compile']},
     }
     if args.note:
         results['notes'] = list(args.note)
@@ -590,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vgg', default='auto', choices=('imagenet', 'auto', 'random'),
                    help='VGG19 weights of the stage-2 structure loss (auto: ImageNet if cached, else random)')
     p.add_argument('--ablations', nargs='*', default=[], choices=ABLATIONS, help='extra stage-2 trainings')
+    p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
+                   help="autocast of the trainings and scoring forwards: auto = bf16 where the hardware has it (a CPU "
+                        "with avx512_bf16/AMX, CUDA with bf16), fp32 elsewhere; none = the release's fp32")
+    p.add_argument('--compile', default='auto', choices=('auto', 'True', 'False'),
+                   help='torch.compile the training networks; auto: on for the short and long budgets, off for tiny')
     p.add_argument('--note', action='append', default=[],
                    help='a line for the results (e.g. which machine trained which run); repeatable')
     return p
