@@ -10,7 +10,8 @@ from tiny_data import single_thread, use_tiny_backbone
 from tools import study
 from util.hdr_io import read_hdr, read_ldr
 
-METHODS = ('selfhdr', 'supervised', 'medium_frame', 'unaligned_merge', 'colour_component', 'structure_component')
+METHODS = ('selfhdr', 'supervised', 'medium_frame', 'unaligned_merge', 'colour_component', 'flow_merge',
+           'structure_component')
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +33,7 @@ def test_results_files(tiny_study):
             assert np.isfinite(row[key]), (name, key)
         assert 'psnr_mu_motion' in row, name
     # per-pixel, channel-independent anchors cannot depend on the channel order
-    for name in ('medium_frame', 'unaligned_merge', 'colour_component'):
+    for name in ('medium_frame', 'unaligned_merge', 'colour_component', 'flow_merge'):
         row = results['methods'][name]
         assert row['psnr_mu_permuted'] == pytest.approx(row['psnr_mu'], abs=1e-3)
     assert results['machine']['cpu'] and results['machine']['torch_threads'] >= 1
@@ -44,6 +45,37 @@ def test_results_files(tiny_study):
     text = (out / 'results.md').read_text()
     assert 'selfhdr' in text and results['machine_text'] in text
     assert (out / 'crops.png').stat().st_size > 0 and (out / 'curves.png').stat().st_size > 0
+
+
+def test_every_split_scores_every_method_per_region(tiny_study):
+    out = tiny_study / 'results'
+    results = json.loads((out / 'results.json').read_text())
+    assert list(results['splits']) == list(study.TEST_SPLITS)
+    for split, record in results['splits'].items():
+        assert set(record['methods']) == set(METHODS), split
+        assert record['settings'] == {k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in study.TEST_SPLITS[split].items()}
+        for name, row in record['methods'].items():
+            assert np.isfinite(row['psnr_mu']) and np.isfinite(row['psnr_l']), (split, name)
+            for region in ('clipped', 'well_exposed', 'dark', 'motion'):
+                assert f'psnr_mu_{region}' in row, (split, name, region)
+    # the study's own test split is the top-level table
+    assert results['splits']['current']['methods']['selfhdr']['psnr_mu'] == results['methods']['selfhdr']['psnr_mu']
+    # the clipped split does clip: its medium frames are clipped over a large part of the image
+    scenes = sorted((tiny_study / 'splits' / 'clipped' / 'Test').iterdir())
+    fractions = [(read_ldr(sorted(s.glob('*.tif'))[1]).max(axis=2) > 0.95).mean() for s in scenes]
+    assert min(fractions) > 0.2, fractions
+    text = (out / 'results.md').read_text()
+    assert all(f'Split `{split}`' in text for split in study.TEST_SPLITS)
+    assert (out / 'worst_regions.png').stat().st_size > 0
+
+
+def test_exposure_regions_partition_the_image():
+    mid = np.array([[[0.01, 0.02, 0.03], [0.5, 0.5, 0.99]], [[0.3, 0.2, 0.1], [0.04, 0.5, 0.01]]], np.float32)
+    regions = study.exposure_regions(mid)
+    assert regions['dark'].tolist() == [[True, False], [False, False]]
+    assert regions['clipped'].tolist() == [[False, True], [False, False]]
+    assert regions['well_exposed'].tolist() == [[False, False], [True, True]]
 
 
 def test_motion_regions_are_where_alignment_changes_the_merge():

@@ -220,3 +220,30 @@ def test_config_validation():
         SynthConfig(n_objects=(2, 1))
     with pytest.raises(ValueError, match='stop_choices'):
         dataclasses.replace(SynthConfig(), stop_choices=(0.0,))
+
+
+@pytest.mark.parametrize('fraction', [0.3, 0.6])
+def test_clipped_normalisation_sets_the_medium_frames_clipped_share(sources, fraction):
+    cfg = _cfg(noise=False, normalisation='clipped', clipped_fraction=(fraction, fraction), **STATIC)
+    scene = synthesize_scene(sources, scene_rng(3, 'Test', 0), cfg)
+    clipped = (scene.ldrs[1].max(axis=2) >= 65535 / 65536).mean()
+    assert abs(clipped - fraction) < 0.05
+    assert scene.meta['normalisation'] == 'clipped'
+
+
+def test_mean_normalisation_sets_the_medium_frames_mean(sources):
+    cfg = _cfg(noise=False, normalisation='mean', mean_level=(0.1, 0.1), radiance_cap=None, **STATIC)
+    scene = synthesize_scene(sources, scene_rng(3, 'Test', 1), cfg)
+    t_mid = 2.0 ** scene.exposures[1]
+    linear = (scene.gt * t_mid) @ np.array([0.114, 0.587, 0.299], np.float32)  # before the sensor clips
+    assert linear.mean() == pytest.approx(0.1, rel=1e-3)
+
+
+def test_default_normalisation_is_unchanged_by_the_new_settings(sources):
+    # the new settings must not move the training data: same draws, same scene as before they existed
+    a = synthesize_scene(sources, scene_rng(5, 'Training', 0), _cfg())
+    b = synthesize_scene(sources, scene_rng(5, 'Training', 0), _cfg(normalisation='highlight',
+                                                                    clipped_fraction=(0.4, 0.5)))
+    np.testing.assert_array_equal(a.ldrs[1], b.ldrs[1])
+    with pytest.raises(ValueError, match='normalisation'):
+        _cfg(normalisation='percentile')

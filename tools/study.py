@@ -33,6 +33,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +45,24 @@ if str(_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from data.demo import ensure_demo_dataset  # noqa: E402
+from data.demo import TEST_HDRIS, ensure_demo_dataset  # noqa: E402
+from data.study_splits import SPLIT_DESCRIPTIONS, TEST_SPLITS, ensure_test_split  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import saved_model_epochs  # noqa: E402
 from util import metrics  # noqa: E402
+from util.align import AlignConfig, align_frames  # noqa: E402
 from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
-from util.figures import draw_curves, labelled_grid  # noqa: E402
+from util.figures import draw_curves, labelled_grid, write_stacked  # noqa: E402
 from util.hdr_io import read_hdr, read_ldr, write_hdr, write_ldr16  # noqa: E402
 from util.tonemap import mu_law, tonemap  # noqa: E402
 
 logger = logging.getLogger('study')
 
 NETWORK_METHODS = ('selfhdr', 'supervised', 'structure_component')
-ANCHORS = ('medium_frame', 'unaligned_merge', 'colour_component')
+ANCHORS = ('medium_frame', 'unaligned_merge', 'colour_component', 'flow_merge')
+REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')  # per-region PSNR-mu, pooled over a split's scenes
+CLIPPED_LEVEL, DARK_LEVEL = 0.95, 0.05  # medium-frame LDR levels: any channel above / every channel below
 MOTION_THRESHOLD = 10 / 255  # mu-law difference between the unaligned and the aligned merge that marks motion
 PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
 ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch', 'colour_threshold_release')
@@ -329,12 +334,18 @@ def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray
 
 
 def anchor_outputs(data_root: Path, split: str = 'Test') -> dict[str, dict[str, np.ndarray]]:
+    """The classical anchors per scene: the medium frame alone, the triangle merge of the unaligned frames, of
+    the plain DIS-flow-aligned frames (``flow_merge``: no validity check, no fallback) and of our aligned frames
+    (``<split>_align``: the colour component)."""
     result = {name: {} for name in ANCHORS}
+    plain_flow = AlignConfig(consistency=False, fallback=False)
     for scene in sorted(p for p in (data_root / split).iterdir() if p.is_dir()):
         frames, times = scene_frames_and_times(scene, 'sig17')
         ldrs = [read_ldr(p) for p in frames]
         result['medium_frame'][scene.name] = ldr_to_hdr(ldrs[1], times[1])
         result['unaligned_merge'][scene.name] = merge_colour_component(*ldrs, times)
+        result['flow_merge'][scene.name] = merge_colour_component(*align_frames(*ldrs, times, plain_flow).frames,
+                                                                  times)
         aligned_dir = data_root / f'{split}_align' / scene.name
         aligned = [read_ldr(p) for p in list_frames(aligned_dir, 'sig17')] \
             if aligned_dir.is_dir() and list(aligned_dir.glob('*.tif')) else None
@@ -361,11 +372,20 @@ def psnr_mu_in(out: np.ndarray, gt: np.ndarray, region: np.ndarray) -> float:
     return metrics.psnr_mu(out[region], gt[region]) if region.any() else float('nan')
 
 
+def exposure_regions(ldr_mid: np.ndarray) -> dict[str, np.ndarray]:
+    """Pixel masks from the medium frame: clipped (a channel above 0.95), dark (every channel below 0.05) and
+    well exposed (the rest)."""
+    top = ldr_mid.max(axis=2)
+    clipped, dark = top > CLIPPED_LEVEL, top < DARK_LEVEL
+    return {'clipped': clipped, 'dark': dark, 'well_exposed': ~clipped & ~dark}
+
+
 def score(outputs: dict[str, np.ndarray], data_root: Path, split: str = 'Test',
           motion: dict[str, np.ndarray] | None = None) -> dict:
     """Mean metrics of ``outputs`` (scene -> linear BGR) against ``<split>/<scene>/HDRImg.hdr``; with ``motion``
-    (scene -> pixel mask, see motion_regions) also PSNR-mu over the moving regions."""
-    rows = []
+    (scene -> pixel mask, see motion_regions) also PSNR-mu over the moving regions (mean over scenes,
+    ``psnr_mu_motion``) and PSNR-mu per region, pooled over the pixels of every scene (``psnr_mu_<region>``)."""
+    rows, pooled = [], {region: ([], []) for region in REGIONS}
     for scene, out in outputs.items():
         scene_dir = data_root / split / scene
         gt = read_hdr(scene_dir / 'HDRImg.hdr')
@@ -377,8 +397,19 @@ def score(outputs: dict[str, np.ndarray], data_root: Path, split: str = 'Test',
                      'colour_error_deg': metrics.colour_error_deg(out, gt, well_exposed_mask(mid))})
         if motion is not None:
             rows[-1]['psnr_mu_motion'] = psnr_mu_in(out, gt, motion[scene]) if scene in motion else float('nan')
-    # nanmean: a scene without well-exposed pixels has no colour error
-    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+            masks = dict(exposure_regions(mid), motion=motion.get(scene, np.zeros(mid.shape[:2], bool)))
+            for region, mask in masks.items():
+                pooled[region][0].append(out[mask])
+                pooled[region][1].append(gt[mask])
+    # nanmean: a scene without well-exposed pixels has no colour error (nor, without motion, a motion score)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        result = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]} if rows else {}
+    if motion is not None and rows:
+        for region, (outs, gts) in pooled.items():
+            result[f'psnr_mu_{region}'] = psnr_mu_in(np.concatenate(outs), np.concatenate(gts),
+                                                     np.ones(sum(len(o) for o in outs), bool))
+    return result
 
 
 def well_exposed_mask(ldr_mid: np.ndarray) -> np.ndarray:
@@ -407,6 +438,68 @@ def score_labels(dataroot: Path, stru_dir: Path, colour_threshold: float) -> dic
 
 def permute_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v[..., list(PERMUTATION)] for k, v in outputs.items()}
+
+
+def score_split(split: str, split_root: Path, aligned_root: Path, trained: dict, stage1_net, network: str):
+    """Every method on one test split: the trained networks (unaligned frames, or aligned ones for a backbone
+    that takes them), the structure component (stage 1 on aligned frames) and the anchors. Returns the split's
+    record (description, settings, methods) and the outputs (method -> scene -> linear BGR)."""
+    test_dir = aligned_root / 'Test' if backbone(network).aligned_input else split_root / 'Test'
+    outputs = {name: network_outputs(model, network, test_dir) for name, model in trained.items()}
+    outputs['structure_component'] = network_outputs(stage1_net, network, aligned_root / 'Test')
+    anchors = anchor_outputs(split_root)
+    outputs.update(anchors)
+    motion = motion_regions(anchors)
+    outputs['_motion'] = motion
+    order = ['selfhdr', 'supervised', *ANCHORS, 'structure_component'] + [n for n in trained if n not in
+                                                                          ('selfhdr', 'supervised')]
+    methods = {name: score(outputs[name], split_root, motion=motion) for name in order}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in TEST_SPLITS.get(split, {}).items()}
+    return {'description': SPLIT_DESCRIPTIONS.get(split, split), 'settings': settings, 'methods': methods}, outputs
+
+
+def worst_region_sheet(splits: dict, split_outputs: dict, work: Path, dataroot: Path, path: Path,
+                       crop: int = 64) -> None:
+    """One row per split: the region where SelfHDR scores lowest, and in it the crop with the largest mu-law error,
+    shown for the medium frame, the merges, both networks and the ground truth."""
+    import cv2
+
+    shown = ('medium_frame', 'flow_merge', 'colour_component', 'supervised', 'selfhdr')
+    rows = []
+    for split, record in splits.items():
+        scores = {r: record['methods']['selfhdr'].get(f'psnr_mu_{r}', float('nan')) for r in REGIONS}
+        scores = {r: v for r, v in scores.items() if np.isfinite(v)}
+        if not scores:
+            continue
+        region = min(scores, key=scores.get)
+        outs = split_outputs[split]
+        root = dataroot if split == 'current' else work / 'splits' / split
+        best = None
+        for scene, out in outs['selfhdr'].items():
+            scene_dir = root / 'Test' / scene
+            gt = read_hdr(scene_dir / 'HDRImg.hdr')
+            mid = read_ldr(scene_frames_and_times(scene_dir, 'sig17')[0][1])
+            mask = outs['_motion'].get(scene) if region == 'motion' else exposure_regions(mid)[region]
+            if mask is None or not mask.any():
+                continue
+            err = np.abs(mu_law(np.clip(out, 0, 1)) - mu_law(gt)).mean(axis=2) * mask
+            window = cv2.boxFilter(err.astype(np.float32), -1, (crop, crop), normalize=True,
+                                   borderType=cv2.BORDER_CONSTANT)
+            y, x = np.unravel_index(int(np.argmax(window)), window.shape)
+            if best is None or window[y, x] > best[0]:
+                best = (float(window[y, x]), scene, gt, y, x)
+        if best is None:
+            continue
+        _, scene, gt, y, x = best
+        h, w = gt.shape[:2]
+        y0, x0 = min(max(0, y - crop // 2), h - crop), min(max(0, x - crop // 2), w - crop)
+        tiles = {f'{split} {region}: {name}' if name == shown[0] else name:
+                 tonemap(np.clip(outs[name][scene][y0:y0 + crop, x0:x0 + crop], 0, 1), 'mu') for name in shown}
+        tiles['ground_truth'] = tonemap(gt[y0:y0 + crop, x0:x0 + crop], 'mu')
+        rows.append(labelled_grid({k: cv2.resize(v, (160, 160), interpolation=cv2.INTER_NEAREST)
+                                   for k, v in tiles.items()}, path, columns=len(tiles)))
+    if rows:
+        write_stacked(rows, path)
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -465,6 +558,18 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [f'{row[k]:.2f}' if row.get(k) is not None else '-'
                      for k in ('psnr_mu', 'psnr_l', 'psnr_mu_motion', 'psnr_mu_permuted')]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    for split, record in results.get('splits', {}).items():
+        lines += ['', f"Split `{split}`: {record['description']}. PSNR-mu per region is pooled over the split's "
+                  'pixels of that region; regions from the medium frame: clipped (a channel above '
+                  f'{CLIPPED_LEVEL}), dark (every channel below {DARK_LEVEL}), well exposed (the rest), and moving.',
+                  '', '| method | PSNR-mu | PSNR-l | clipped | well exposed | dark | moving |', '|---' * 7 + '|']
+        for name, row in record['methods'].items():
+            cells = [f'{row[k]:.2f}' if row.get(k) is not None and np.isfinite(row[k]) else '-'
+                     for k in ('psnr_mu', 'psnr_l') + tuple(f'psnr_mu_{r}' for r in REGIONS)]
+            lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    if results.get('splits'):
+        lines += ['', '`worst_regions.png`: per split, the region where SelfHDR scores lowest and in it the 64x64 '
+                  'crop with its largest mu-law error (mu-law tone map).']
     trained_on = {run: m for run, m in results.get('run_machines', {}).items() if m}
     if trained_on:
         lines += ['', 'Trained on: ' + '; '.join(f"{run}: {' then '.join(m)}" for run, m in trained_on.items()) + '.']
@@ -546,42 +651,48 @@ def run_study(args) -> dict:
             ablation_runs[ablation] = ('stage2_colour_threshold_10', dataroot)
 
     logger.info('scoring')
-    test_dir, perm_dir = dataroot / 'Test', permuted_root / 'Test'
-    if backbone(net).aligned_input:  # FSHDR takes aligned frames, at test time too
-        test_dir = aligned_root / 'Test'
-        perm_dir = make_aligned_test_copy(permuted_root, work / 'data_permuted_aligned') / 'Test'
     trained = {'selfhdr': load_network(ckpt, 'stage2', epochs, net),
                'supervised': load_network(ckpt, 'supervised', epochs, net)}
-    outputs = {name: network_outputs(model, net, test_dir) for name, model in trained.items()}
-    outputs['structure_component'] = network_outputs(load_network(ckpt, 'stage1', epochs, net), net,
-                                                     aligned_root / 'Test')
-    permuted = {name: network_outputs(model, net, perm_dir) for name, model in trained.items()}
-    anchors = anchor_outputs(dataroot)
-    outputs.update(anchors)
-    motion = motion_regions(anchors)
-    methods = {}
-    for name in ('selfhdr', 'supervised') + ANCHORS + ('structure_component',):
-        row = score(outputs[name], dataroot, motion=motion)
-        # The anchors are per-pixel, channel-independent formulas: their permuted score is their own score on the
-        # permuted scenes, computed by permuting their output.
-        perm = permuted.get(name, permute_outputs(outputs[name]))
-        row['psnr_mu_permuted'] = score(perm, permuted_root)['psnr_mu']
-        row['iterations'] = {'selfhdr': 2 * budget.iters, 'supervised': budget.iters,
-                             'structure_component': budget.iters}.get(name, 0)
-        methods[name] = row
-    ablations = {}
     for ablation, (run, _) in ablation_runs.items():
-        model = load_network(ckpt, run, epochs, net)
-        row = score(network_outputs(model, net, test_dir), dataroot, motion=motion)
-        row['psnr_mu_permuted'] = score(network_outputs(model, net, perm_dir), permuted_root)['psnr_mu']
-        ablations[ablation] = row
+        trained[ablation] = load_network(ckpt, run, epochs, net)
+    stage1_net = load_network(ckpt, 'stage1', epochs, net)
+    splits, split_outputs = {}, {}
+    for split in args.splits:
+        if split == 'current':
+            split_root, split_aligned = dataroot, aligned_root
+        else:
+            split_root = ensure_test_split(work / 'splits' / split, split, _ROOT / 'datasets' / 'hdri', TEST_HDRIS,
+                                           budget.n_test, budget.size, budget.seed)
+            split_aligned = make_aligned_test_copy(split_root, work / 'splits_aligned' / split)
+        splits[split], split_outputs[split] = score_split(split, split_root, split_aligned, trained, stage1_net, net)
+        logger.info('split %s: %s', split, ', '.join(f"{m} {row['psnr_mu']:.2f}"
+                                                      for m, row in splits[split]['methods'].items()))
+    current = splits.get('current') or next(iter(splits.values()))
+    methods = {name: row for name, row in current['methods'].items() if name not in ablation_runs}
+    ablations = {name: current['methods'][name] for name in ablation_runs}
+    if 'current' in splits:  # the channel-permuted copy of the study's own test split
+        perm_dir = permuted_root / 'Test'
+        if backbone(net).aligned_input:  # FSHDR takes aligned frames, at test time too
+            perm_dir = make_aligned_test_copy(permuted_root, work / 'data_permuted_aligned') / 'Test'
+        outputs = split_outputs['current']
+        for name, row in list(methods.items()) + list(ablations.items()):
+            # The anchors are per-pixel, channel-independent formulas: their permuted score is their own score on
+            # the permuted scenes, computed by permuting their output.
+            perm = network_outputs(trained[name], net, perm_dir) if name in trained \
+                else permute_outputs(outputs[name])
+            row['psnr_mu_permuted'] = score(perm, permuted_root)['psnr_mu']
+    for rows in [methods] + [s['methods'] for s in splits.values()]:
+        for name, row in rows.items():
+            row['iterations'] = {'selfhdr': 2 * budget.iters, 'supervised': budget.iters,
+                                 'structure_component': budget.iters}.get(name, 2 * budget.iters
+                                                                          if name in ablation_runs else 0)
     results = {
         'network': net, 'budget_name': args.budget, 'budget': dataclasses.asdict(budget),
         'machine': info, 'machine_text': describe_machine(info),
         'seconds': {run: run_seconds(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'run_machines': {run: run_machines(ckpt / run) for run in
                          ('supervised', 'stage1', 'stage2') + tuple(run for run, _ in ablation_runs.values())},
-        'methods': methods, 'ablations': ablations,
+        'methods': methods, 'ablations': ablations, 'splits': splits,
         'labels': score_labels(dataroot, stru, budget.stage2_colour_threshold),
         'curves': {run: curve_points(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'permutation': list(PERMUTATION), 'date': time.strftime('%Y-%m-%d %H:%M'),
@@ -592,11 +703,13 @@ def run_study(args) -> dict:
         results['notes'] = list(args.note)
     atomic_json(out / 'results.json', results)
     write_markdown(results, out / 'results.md')
-    scene = sorted(outputs['selfhdr'])[0]
-    crops = {name: tonemap(np.clip(outputs[name][scene], 0, 1), 'mu') for name in
+    first = split_outputs.get('current') or next(iter(split_outputs.values()))
+    scene = sorted(first['selfhdr'])[0]
+    crops = {name: tonemap(np.clip(first[name][scene], 0, 1), 'mu') for name in
              ('medium_frame', 'unaligned_merge', 'colour_component', 'structure_component', 'supervised', 'selfhdr')}
     crops['ground_truth'] = tonemap(read_hdr(dataroot / 'Test' / scene / 'HDRImg.hdr'), 'mu')
     labelled_grid(crops, out / 'crops.png')
+    worst_region_sheet(splits, split_outputs, work, dataroot, out / 'worst_regions.png')
     draw_curves(results['curves'], out / 'curves.png')
     logger.info('wrote %s', out)
     return results
@@ -612,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vgg', default='auto', choices=('imagenet', 'auto', 'random'),
                    help='VGG19 weights of the stage-2 structure loss (auto: ImageNet if cached, else random)')
     p.add_argument('--ablations', nargs='*', default=[], choices=ABLATIONS, help='extra stage-2 trainings')
+    p.add_argument('--splits', nargs='+', default=list(TEST_SPLITS), choices=list(TEST_SPLITS),
+                   help='test splits to score on (data/study_splits.py); current = the study data\'s own')
     p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
                    help="autocast of the trainings and scoring forwards: auto = bf16 where the hardware has it (a CPU "
                         "with avx512_bf16/AMX, CUDA with bf16), fp32 elsewhere; none = the release's fp32")
@@ -633,7 +748,7 @@ def main(argv=None) -> int:
         return 1
     print(Path(args.out or '.') / 'results.md' if args.out else 'done')
     for name, row in results['methods'].items():
-        print(f"{name:<22}{row['psnr_mu']:8.2f}{row['psnr_l']:8.2f}{row['psnr_mu_permuted']:8.2f}")
+        print(f"{name:<22}{row['psnr_mu']:8.2f}{row['psnr_l']:8.2f}{row.get('psnr_mu_permuted', float('nan')):8.2f}")
     return 0
 
 

@@ -40,6 +40,13 @@ def labelled_grid(images: dict[str, np.ndarray], path, columns: int = 4, max_sid
     return canvas
 
 
+def write_stacked(rows: list[np.ndarray], path) -> np.ndarray:
+    """Stack 8-bit images of one width (e.g. ``labelled_grid`` rows) top to bottom and write them as PNG."""
+    canvas = np.concatenate(rows, axis=0)
+    _write_png(Path(path), canvas)
+    return canvas
+
+
 def _chart(series: dict[str, dict], title: str, size=(300, 480)) -> np.ndarray:
     h, w = size
     img = np.full((h, w, 3), 255, np.uint8)

@@ -51,6 +51,7 @@ FRAME_NAMES = ('0_short.tif', '1_medium.tif', '2_long.tif')
 GT_NAME = 'HDRImg.hdr'
 EXPOSURE_NAME = 'exposure.txt'
 SPLIT_IDS = {'Training': 0, 'Test': 1}
+NORMALISATIONS = ('highlight', 'clipped', 'mean')
 _LDR_LEVELS = 2.0 ** 16  # 16-bit code = round(x * 2**16), decoded as code / 2**16 (method.md)
 
 
@@ -64,6 +65,13 @@ class SynthConfig:
     wrap_panoramas: bool = True  # equirectangular sources (W == 2H) wrap around horizontally
     highlight_percentile: float = 99.5
     highlight_level: tuple[float, float] = (0.5, 1.0)  # that percentile's radiance, short scale
+    # How the scene's brightness is set: 'highlight' (the percentile above at highlight_level; the training
+    # data's rule), 'clipped' (the medium frame clips on a fraction of the pixels drawn from clipped_fraction:
+    # large skies and windows), or 'mean' (the medium frame's mean linear luminance drawn from mean_level, a
+    # camera's auto-exposure rather than a highlight rule). The radiance cap applies after any of them.
+    normalisation: str = 'highlight'
+    clipped_fraction: tuple[float, float] = (0.3, 0.7)
+    mean_level: tuple[float, float] = (0.08, 0.3)
     radiance_cap: float | None = 1.0  # keeps the ground truth in the sigmoid's range
     # camera motion of the short and long frames relative to the medium one
     max_translation: float = 0.02  # fraction of the image width
@@ -98,9 +106,13 @@ class SynthConfig:
         lo, hi = self.n_objects
         if lo < 0 or hi < lo:
             raise ValueError(f'SynthConfig.n_objects must be 0 <= low <= high, got {self.n_objects}')
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f'SynthConfig.normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}')
+        if not 0 < self.clipped_fraction[0] <= self.clipped_fraction[1] < 1:
+            raise ValueError(f'SynthConfig.clipped_fraction must be 0 < low <= high < 1, got {self.clipped_fraction}')
         if not 0 <= self.permute_prob <= 1:
             raise ValueError(f'SynthConfig.permute_prob must be in [0, 1], got {self.permute_prob}')
-        for name in ('crop_scale', 'highlight_level', 'object_size', 'object_gain', 'shot_noise', 'read_noise',
+        for name in ('crop_scale', 'highlight_level', 'mean_level', 'object_size', 'object_gain', 'shot_noise', 'read_noise',
                      'wb_gain', 'saturation'):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
@@ -377,8 +389,17 @@ def synthesize_scene(sources: Sequence[HDRSource], rng: np.random.Generator,
 
     ref = bg[margin[1]:margin[1] + h, margin[0]:margin[0] + w]
     level = rng.uniform(*cfg.highlight_level)
-    bright = float(np.percentile(ref.max(axis=2), cfg.highlight_percentile))
-    bg *= np.float32(level / max(bright, 1e-8))
+    if cfg.normalisation == 'highlight':
+        bright = float(np.percentile(ref.max(axis=2), cfg.highlight_percentile))
+        bg *= np.float32(level / max(bright, 1e-8))
+    elif cfg.normalisation == 'clipped':
+        # the medium frame clips where radiance * t_mid >= 1: put that many pixels above 1 / t_mid
+        fraction = rng.uniform(*cfg.clipped_fraction)
+        bright = float(np.quantile(ref.max(axis=2), 1.0 - fraction))
+        bg *= np.float32(1.0 / (times[1] * max(bright, 1e-8)))
+    else:  # 'mean'
+        mean = math.exp(rng.uniform(*np.log(cfg.mean_level)))
+        bg *= np.float32(mean / (times[1] * max(float(_luma(ref).mean()), 1e-8)))
     bg_mean = float(_luma(bg[margin[1]:margin[1] + h, margin[0]:margin[0] + w]).mean())
 
     n_obj = int(rng.integers(cfg.n_objects[0], cfg.n_objects[1] + 1))
@@ -402,6 +423,7 @@ def synthesize_scene(sources: Sequence[HDRSource], rng: np.random.Generator,
     meta = {'background': bg_src.name, 'stop': stop,
             'colour_matrix': None if bg_colour is None else bg_colour.tolist(), 'margin_xy': list(margin),
             'homographies': [m.tolist() for m in homs], 'radiance_scale_level': level,
+            'normalisation': cfg.normalisation,
             'noise': {'enabled': cfg.noise, 'shot': shot, 'read': read},
             'objects': [o['meta'] for o in objects]}
     return SyntheticScene(ldrs=ldrs, exposures=exposures, gt=gt, meta=meta)
