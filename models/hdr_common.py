@@ -1,8 +1,36 @@
 """What the SelfHDR models share: one backbone (`netSelfHDR`), its optimizer, batches and the test forward."""
+import functools
+import inspect
+
 import torch
 
 from . import networks
 from .base_model import BaseModel, NonFiniteLossError
+
+
+def ddp_buffer_options():
+    """No buffer broadcast at every forward: the transformers' buffers (masks, position indices) are constants,
+    36.6/48.8 MB per step for HDR-Transformer/SCTNet, and the broadcast would also start in a forward that one rank
+    makes alone. Buffers are still made equal at construction. torch >= 2.14 names it forward_sync_buffers."""
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
+    return {'forward_sync_buffers': False} if 'forward_sync_buffers' in params else {'broadcast_buffers': False}
+
+
+def _restride(shape, stride, grad):
+    if grad.stride() == stride:
+        return grad
+    if all(g == s for g, s, n in zip(grad.stride(), stride, shape) if n > 1):
+        return grad.as_strided(shape, stride)  # the same memory order: only size-1 dimensions' strides differ
+    return torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
+def keep_grad_layout(net):
+    """Hand DDP gradients with their parameters' strides. Under autocast, the gradients of 1x1 convolution weights
+    (SCTNet's channel attention) come back with other strides on their size-1 dimensions; DDP then copies them into
+    its buckets at every step and warns "Grad strides do not match bucket view strides". Restrided as views here."""
+    for param in net.parameters():
+        if param.requires_grad and 1 in param.shape:
+            param.register_hook(functools.partial(_restride, tuple(param.shape), param.stride()))
 
 
 class HDRBackboneModel(BaseModel):
@@ -22,7 +50,8 @@ class HDRBackboneModel(BaseModel):
         net = networks.init_net(net, opt.init_type, opt.init_gain, self.gpu_ids)
         if getattr(opt, 'distributed', False):
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
+            keep_grad_layout(net)
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids, **ddp_buffer_options())
         self.netSelfHDR = net
         if self.isTrain:
             self.optimizer_names = [opt.optimizer]
@@ -52,7 +81,8 @@ class HDRBackboneModel(BaseModel):
             with self.autocast():
                 self.data_out = self.netSelfHDR(*inputs)
         else:
-            self.data_out = self.run_network(self.netSelfHDR, *inputs)
+            # Evaluation runs on rank 0 alone (train.validate): not through DDP, whose forward may start collectives.
+            self.data_out = self.run_network(networks.without_ddp(self.netSelfHDR), *inputs)
 
     def compute_losses(self):
         """Set every `loss_<name>` and return the total to back-propagate."""

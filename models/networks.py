@@ -94,6 +94,17 @@ def unwrap(net):
             return net
 
 
+def without_ddp(net):
+    """`net` without its DistributedDataParallel layer (a compiled DDP gives its bare module), for forwards that
+    one rank makes alone; other wrappers are kept."""
+    if isinstance(net, nn.parallel.DistributedDataParallel):
+        return net.module
+    inner = getattr(net, '_orig_mod', None)
+    if isinstance(inner, nn.parallel.DistributedDataParallel):
+        return inner.module
+    return net
+
+
 def get_optimizer(opt, params):
     if opt.optimizer == 'Adam':
         return torch.optim.Adam(params, lr=opt.lr, betas=(opt.beta1, opt.beta2), weight_decay=opt.weight_decay)

@@ -77,3 +77,156 @@ def test_resume_with_a_gpu_device_restores_rng_states_on_the_cpu(tiny, tiny_data
     state = resumed.optimizer.state_dict()['state']
     assert len(state) == len(list(resumed.netSelfHDR.parameters()))
     assert all(not v.is_meta for s in state.values() for v in s.values() if torch.is_tensor(v))
+
+
+# -------------------------------------------------------------------------------- 2. DDP of every backbone
+BACKBONES = ('AHDRNet', 'FSHDR', 'HDR-Transformer', 'SCTNet')
+# Small transformers with the releases' structure (buffers included: masks and relative-position indices).
+TINY_TRANSFORMER = {'HDR-Transformer': dict(img_size=16, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=4,
+                                            mlp_ratio=2.0),
+                    'SCTNet': dict(img_size=16, embed_dim=24, depths=(2, 2), num_heads=(2, 2), window_size=4,
+                                   mlp_ratio=2.0)}
+GRAD_STRIDES = 'Grad strides do not match bucket view strides'
+
+
+def _tiny_networks(original):
+    from tiny_data import tiny_ahdr
+
+    def define_network(name, **kwargs):
+        if kwargs:
+            return original(name, **kwargs)
+        if name == 'AHDRNet':
+            return tiny_ahdr()
+        return original(name, **TINY_TRANSFORMER.get(name, {}))
+    return define_network
+
+
+def ddp_train_worker(rank, world_size, ports, dataroot, checkpoints_dir, out_dir, networks_to_run):
+    """One rank: train.main as torchrun starts it (environment variables), once per backbone, with validation every
+    epoch and the plateau policy (an all_reduce per epoch); writes its final weights and the warnings it saw."""
+    import datetime
+    import json
+    import os
+    import torch.distributed as dist
+    import train
+    from models import networks
+    from tiny_data import train_args
+
+    torch.set_num_threads(1)
+    networks.define_network = _tiny_networks(networks.define_network)
+    init = dist.init_process_group
+    # a collective that the other rank never joins fails in seconds instead of gloo's default 30 minutes
+    dist.init_process_group = lambda *a, **k: init(*a, timeout=datetime.timedelta(seconds=20), **k)
+    report = {}
+    for network, port in zip(networks_to_run, ports):
+        os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR='127.0.0.1',
+                          MASTER_PORT=str(port))
+        trained = {}
+        original_train = train.train
+
+        def keep_model(opt):
+            trained['model'] = original_train(opt)
+            return trained['model']
+
+        train.train = keep_model
+        argv = train_args(dataroot, checkpoints_dir, f'ddp_{network}', 'selfhdr1', network=network, niter=2,
+                          iters_per_epoch=2, calc_metrics=True, test_every=1, lr_policy='plateau')
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter('always')
+            rc = train.main(argv)
+        train.train = original_train
+        report[network] = {'rc': rc, 'warnings': [str(w.message)[:200] for w in seen]}
+        if rc == 0:
+            state = networks.unwrap(trained['model'].netSelfHDR).state_dict()
+            torch.save(state, os.path.join(out_dir, f'{network}_rank{rank}.pth'))
+    with open(os.path.join(out_dir, f'report_rank{rank}.json'), 'w') as handle:
+        json.dump(report, handle)
+
+
+def run_ranks(fn, args, nprocs=2, timeout=240):
+    """torch.multiprocessing.spawn with a deadline: a hung collective fails the test instead of hanging it."""
+    context = torch.multiprocessing.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method='spawn')
+    deadline = __import__('time').monotonic() + timeout
+    while not context.join(timeout=max(1.0, deadline - __import__('time').monotonic())):
+        if __import__('time').monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            raise TimeoutError(f'the {nprocs} ranks did not finish in {timeout} s')
+
+
+def test_ddp_every_backbone_trains_validates_and_steps_plateau(tiny_dataroot, tmp_path):
+    """2 gloo processes run train.py per backbone for 2 epochs, validating after each (rank 0 only) and stepping the
+    plateau policy (an all_reduce): with the buffers broadcast through DDP, rank 0's eval forward met the other
+    rank's all_reduce or its shutdown. The ranks end with the same weights, rank 0 logged both validations, and
+    no rank warned about gradient strides (a gradient copy per step)."""
+    import json
+    ports = [free_port() for _ in BACKBONES]
+    run_ranks(ddp_train_worker, (2, ports, str(tiny_dataroot), str(tmp_path / 'ckpt'), str(tmp_path), BACKBONES))
+    reports = [json.loads((tmp_path / f'report_rank{r}.json').read_text()) for r in (0, 1)]
+    for network in BACKBONES:
+        assert [reports[r][network]['rc'] for r in (0, 1)] == [0, 0], (network, reports)
+        states = [torch.load(tmp_path / f'{network}_rank{r}.pth', weights_only=True) for r in (0, 1)]
+        for key in states[0]:
+            assert torch.equal(states[0][key], states[1][key]), (network, key)
+        log = (tmp_path / 'ckpt' / f'ddp_{network.lower()}' / 'train.log').read_text()
+        assert log.count('validation PSNR-mu') == 2, network
+        for r in (0, 1):
+            assert not [w for w in reports[r][network]['warnings'] if GRAD_STRIDES in w], (network, r)
+
+
+@pytest.fixture
+def one_process_group():
+    """A gloo process group of one rank (DDP's reducer and its checks run as with several)."""
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('network', BACKBONES)
+def test_ddp_wrapper_syncs_no_buffers_and_evaluates_unwrapped(network, one_process_group, tiny_dataroot, tmp_path,
+                                                              monkeypatch):
+    from models import networks
+    monkeypatch.setattr(networks, 'define_network', _tiny_networks(networks.define_network))
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'ddp_args', 'supervised', network=network)
+    opt.distributed, opt.rank, opt.world_size = True, 0, 1
+    with single_thread():
+        model = create_model(opt)
+        model.setup(opt)
+        ddp = model.netSelfHDR
+        assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+        assert not ddp.will_sync_module_buffers()
+        called = []
+        monkeypatch.setattr(type(ddp), 'forward', lambda self, *a, **k: called.append(1))
+        x = torch.rand(1, 6, 16, 16)
+        model.set_input({'input0': x, 'input1': x, 'input2': x, 'expo': torch.tensor([[1.0, 4.0, 16.0]])})
+        model.eval()
+        model.test()
+    assert called == [] and model.data_out.shape == (1, 3, 16, 16)
+
+
+def test_ddp_gradients_keep_the_parameter_layout_under_autocast(one_process_group, tiny_dataroot, tmp_path,
+                                                                monkeypatch):
+    """Under autocast, SCTNet's 1x1 convolution weights got gradients with other strides on their size-1 dimensions,
+    which DDP copies into its buckets at every step, warning once."""
+    from models import networks
+    monkeypatch.setattr(networks, 'define_network', _tiny_networks(networks.define_network))
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'ddp_strides', 'supervised', network='SCTNet', amp='bf16')
+    opt.distributed, opt.rank, opt.world_size = True, 0, 1
+    with single_thread():
+        torch.manual_seed(0)
+        model = create_model(opt)
+        model.setup(opt)
+        xs = [torch.rand(1, 6, 16, 16) for _ in range(3)]
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter('always')
+            with model.autocast():
+                out = model.netSelfHDR(*xs)
+            out.float().mean().backward()
+    assert not [w for w in seen if GRAD_STRIDES in str(w.message)]
+    params = list(networks.unwrap(model.netSelfHDR).parameters())
+    assert any(1 in p.shape for p in params)
+    assert all(p.grad.stride() == p.stride() for p in params if p.grad is not None)
