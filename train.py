@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 import data
 import models
-from models.base_model import CheckpointError, NonFiniteLossError, saved_model_epochs
+from models.base_model import (CheckpointError, NonFiniteLossError, checkpoint_problem, remove_stale_temporaries,
+                               saved_model_epochs)
 from data.base_dataset import DatasetError
 from options.train_options import TrainOptions
 from util import metrics
@@ -70,12 +71,34 @@ def validate(model, loader):
 
 
 def newest_good_checkpoint(model):
-    """Where to resume from after a divergence: the newest checkpoint on disk (only finite weights are saved)."""
+    """Where to resume from after a divergence: the newest checkpoint on disk whose weights are read back and checked
+    finite here (not assumed), with the flag that resumes from it."""
     epochs = saved_model_epochs(model.save_dir, model.model_names)
-    if not epochs:
-        return f'no checkpoint was saved in {model.save_dir}'
-    path = model.network_path(model.model_names[0], epochs[-1])
-    return f'the newest good checkpoint is {path} (epoch {epochs[-1]}), kept as it is'
+    skipped = []
+    for epoch in reversed(epochs):
+        paths = [model.network_path(name, epoch) for name in model.model_names]
+        problem = next((p for p in map(checkpoint_problem, paths) if p), None)
+        if problem is None:
+            note = f' (newer ones unusable: {"; ".join(skipped)})' if skipped else ''
+            return (f'the newest good checkpoint (weights read back and checked finite) is {paths[0]} (epoch {epoch}), '
+                    f'kept as it is{note}; resume from it with --load_iter {epoch}')
+        skipped.append(problem)
+    if skipped:
+        return f'no good checkpoint in {model.save_dir}: {"; ".join(skipped)}'
+    return f'no checkpoint was saved in {model.save_dir}'
+
+
+def batch_files(loader, scenes):
+    """The files of a batch's scenes, from the data set's record of what it read (for error messages)."""
+    names = scenes if isinstance(scenes, (list, tuple)) else [scenes]
+    files = getattr(getattr(loader, 'dataset', None), 'files', {}) or {}
+    parts = []
+    for name in dict.fromkeys(names):  # unique, in order
+        entry = files.get(name)
+        if entry:
+            listed = list(entry.get('ldr', [])) + [entry[k] for k in ('label', 'other_label') if k in entry]
+            parts.append(f'{name}: {", ".join(listed)}')
+    return '; '.join(parts)
 
 
 def build_loaders(opt):
@@ -118,8 +141,9 @@ def run_epoch(model, loader, visualizer, opt, epoch, total_epochs):
             model.optimize_parameters()
             epoch_loss += float(model.loss_Total.detach())
         except NonFiniteLossError as exc:
-            raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}; training stopped; '
-                                     f'{newest_good_checkpoint(model)}') from None
+            files = batch_files(loader, batch.get('fname', []))
+            raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}' + (f' (files: {files})' if files else '')
+                                     + f'; training stopped; {newest_good_checkpoint(model)}') from None
         if i % opt.print_freq == 0 or i == iters:
             losses = model.get_current_losses()
             progress.set_postfix({k: f'{v:.4f}' for k, v in losses.items()})
@@ -154,6 +178,10 @@ def end_epoch(model, val_loader, visualizer, opt, epoch, total_epochs, mean_loss
 def train(opt):
     torch.manual_seed(opt.seed)  # the backbone's seeded construction reproduces the release's initial weights
     np.random.seed(opt.seed)
+    if opt.rank == 0:
+        # Before anything can fail (data, options, checkpoints): an interrupted save's temporaries never outlive the
+        # next start, even one that stops with an error.
+        remove_stale_temporaries(os.path.join(opt.checkpoints_dir, opt.name))
     if opt.gpu_ids:
         torch.backends.cudnn.benchmark = True
     train_loader, sampler, val_loader = build_loaders(opt)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from util.colour import ldr_to_hdr
 from util.exposures import ExposureFileError, list_frames, select_frames
+from util.flags import RADIANCE_MAX
 from util.hdr_io import ChannelLayoutError, ImageReadError, read_hdr, read_ldr
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class BaseDataset(torch.utils.data.Dataset):
         self.expos: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.other_labels: dict[str, np.ndarray] = {}
+        # scene -> {'ldr': [3 paths], 'label': path, 'other_label': path}: what train.py names when a batch
+        # gives a non-finite loss
+        self.files: dict[str, dict] = {}
         self._rng = None
         self._rng_key = None
 
@@ -149,6 +153,7 @@ class BaseDataset(torch.utils.data.Dataset):
                 raise DatasetError(f'{name}: expected 3 LDR frames, got {len(spec["ldr"])}')
             self.expos[name] = np.asarray(spec['expo'], dtype=np.float32).reshape(3)
             self.ldrs[name] = [None, None, None]
+            self.files[name] = {'ldr': [str(p) for p in spec['ldr']]}
             for i, path in enumerate(spec['ldr']):
                 jobs.append((name, 'ldr', i, read_frame, Path(path)))
             for slot in ('label', 'other_label'):
@@ -176,6 +181,10 @@ class BaseDataset(torch.utils.data.Dataset):
                 raise
 
         for (name, slot, i), (img, path) in results.items():
+            if slot != 'ldr':
+                self.files[name][slot] = str(path)
+                if self.split != 'test':  # test.py names a ground truth it cannot score, scene by scene
+                    self._check_radiance(name, slot, img, path)
             if slot == 'ldr':
                 self.ldrs[name][i] = img
             elif slot == 'label':
@@ -188,6 +197,16 @@ class BaseDataset(torch.utils.data.Dataset):
             logger.warning('%s (%s): %d frames were grey or had an alpha channel and were converted (--lenient_data): '
                            '%s', self.dataset_name, self.split, len(converted),
                            ', '.join(map(str, converted[:3])) + (' ...' if len(converted) > 3 else ''))
+
+    def _check_radiance(self, name: str, slot: str, img: np.ndarray, path: Path) -> None:
+        """Labels are radiance the losses take the mu-law of: finite (the readers check) and at most RADIANCE_MAX,
+        beyond which ``5000 x`` overflows float32 and the first step's loss is NaN with nothing to say why."""
+        peak = float(img.max()) if img.size else 0.0
+        if not peak <= RADIANCE_MAX or float(img.min()) < 0:
+            what = 'colour label' if slot == 'label' else 'structure label'
+            raise DatasetError(f'{path}: {what} of scene {name} holds radiance from {float(img.min()):.4g} to '
+                               f'{peak:.4g}, outside [0, {RADIANCE_MAX:g}] (the mu-law loss overflows float32 beyond '
+                               'it); rescale or regenerate the label')
 
     def _check_sizes(self, name: str, spec: dict) -> None:
         ref_shape = self.ldrs[name][0].shape[:2]

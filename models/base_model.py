@@ -114,7 +114,7 @@ def remove_stale_temporaries(save_dir):
     """Delete the temporary files of saves that a kill interrupted (`*.pth.tmp<pid>`), saying which."""
     if not os.path.isdir(save_dir):
         return []
-    stale = [f for f in os.listdir(save_dir) if re.fullmatch(r'.+\.pth\.tmp\d+', f)]
+    stale = [f for f in os.listdir(save_dir) if re.fullmatch(r'.+\.pth\.tmp\d+|opt_\w+\.txt\.tmp', f)]
     for name in stale:
         os.remove(os.path.join(save_dir, name))
         logger.warning('removed %s: the temporary file of an interrupted save', os.path.join(save_dir, name))
@@ -147,6 +147,20 @@ def set_rng_states(states):
 def non_finite_entries(state):
     """Names of the floating-point tensors of a state dict that hold NaN or Inf."""
     return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def checkpoint_problem(path):
+    """None when `path` reads back as a checkpoint whose tensors are all finite, else what is wrong with it (a
+    "good checkpoint" message names only files that passed this)."""
+    try:
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # missing, truncated or foreign file
+        return f'{path} cannot be read ({type(exc).__name__})'
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        return f'{path} is not a model checkpoint'
+    broken = non_finite_entries(state)
+    return f'{path} holds NaN/Inf weights ({", ".join(broken[:4])})' if broken else None
 
 
 def load_backbone_state(net, path, device='cpu'):
@@ -434,6 +448,7 @@ class BaseModel(ABC):
         if not self.is_main_process:
             return
         os.makedirs(self.save_dir, exist_ok=True)
+        states = {}
         for name in self.model_names:
             net = networks.unwrap(getattr(self, 'net' + name))
             state = OrderedDict((k, v.detach().cpu()) for k, v in net.state_dict().items())
@@ -443,12 +458,42 @@ class BaseModel(ABC):
                 # write those over a good checkpoint.
                 raise NonFiniteLossError(f'the weights of net{name} became NaN/Inf during epoch {epoch} '
                                          f'({", ".join(broken[:4])}); epoch {epoch} was not saved')
-            atomic_torch_save({'state_dict': state}, self.network_path(name, epoch))
+            states[name] = state
+        # Finite weights can still be useless: after a diverging last step (--lr far too high) they may be ~1e10 and
+        # every forward NaN. "Good" is checked, not assumed: the networks must give a finite output on the last batch.
+        problem = self.output_problem()
+        if problem:
+            raise NonFiniteLossError(f'after epoch {epoch}, {problem}; epoch {epoch} was not saved')
+        for name in self.model_names:
+            atomic_torch_save({'state_dict': states[name]}, self.network_path(name, epoch))
         self.save_optimizers(epoch)
+
+    def output_problem(self):
+        """Before a save: a description of why the current weights give a non-finite output on the last training
+        batch, or None (also when there is nothing to check). Models with inputs override it."""
+        return None
+
+    def resume_hint(self, epoch):
+        """What to say when epoch `epoch` cannot be resumed (a save that a kill interrupted): the last complete
+        epoch (networks and optimizer state of the same epoch) and the flags that resume from it."""
+        epochs = [e for e in saved_model_epochs(self.save_dir, self.model_names) if e != epoch]
+        optimizer_epochs = {self._optimizer_epoch(name) for name in self.optimizer_names}
+        complete = next(iter(optimizer_epochs)) if len(optimizer_epochs) == 1 else None
+        if complete is not None and complete in epochs:
+            return (f'epoch {epoch} was not saved completely (an interrupted save?); the last complete epoch is '
+                    f'{complete}: resume from it with --load_iter {complete} --load_optimizers True, or let '
+                    '--continue_train True pick it')
+        if epochs:
+            return (f'epoch {epoch} was not saved completely (an interrupted save?); the newest network without its '
+                    f'optimizer state is epoch {epochs[-1]}: resume with --load_iter {epochs[-1]} (fresh optimizer), '
+                    'or --continue_train True')
+        return f'no complete epoch is saved in {self.save_dir}: start without --load_iter'
 
     def load_networks(self, epoch):
         for name in self.model_names:
             path = self.opt.load_path or self.network_path(name, epoch)
+            if not self.opt.load_path and self.isTrain and not os.path.isfile(path):
+                raise CheckpointError(f'checkpoint not found: {path}; {self.resume_hint(epoch)}')
             net = networks.unwrap(getattr(self, 'net' + name))
             load_backbone_state(net, path, device='cpu')
             logger.info('loaded %s from %s', name, path)
@@ -520,7 +565,7 @@ class BaseModel(ABC):
                     or entry.get('epoch') != epoch:
                 found = (entry.get('name'), entry.get('epoch')) if isinstance(entry, dict) else (type(entry), None)
                 raise CheckpointError(f'{path} holds {found[0]} of epoch {found[1]}, '
-                                      f'not SelfHDR_optimizer_{name} of epoch {epoch}')
+                                      f'not SelfHDR_optimizer_{name} of epoch {epoch}: {self.resume_hint(epoch)}')
             getattr(self, 'optimizer_' + name).load_state_dict(entry['state_dict'])
             logger.info('loaded optimizer state from %s', path)
             manifest = entry

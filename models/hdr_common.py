@@ -72,6 +72,51 @@ class HDRBackboneModel(BaseModel):
         self.other_label = self.to_device(input['other_label']) if 'other_label' in input else None
         self.fname = input.get('fname')
 
+    def output_problem(self):
+        """The network must give a finite output on the last training batch (clean medium frame, eval mode, no
+        gradient, no random draw, so a resumed run replays exactly); else what is wrong, naming the batch's scenes."""
+        if getattr(self, 'input0', None) is None:
+            return None
+        net = networks.unwrap(self.netSelfHDR)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                out = net(self.input0, self.input1, self.input2)
+        finally:
+            net.train(was_training)
+        if torch.isfinite(out).all():
+            return None
+        largest = max((float(p.detach().abs().max()) for p in net.parameters()), default=0.0)
+        return (f'the weights are finite (largest {largest:.3g}) but give a NaN/Inf output on the last batch '
+                f'(scenes {self.batch_scenes()}): training diverged (a learning rate too high?)')
+
+    def batch_scenes(self):
+        """The scene names of the current batch, as one string."""
+        names = self.fname if isinstance(self.fname, (list, tuple)) else [self.fname]
+        return ', '.join(dict.fromkeys(str(n) for n in names)) if self.fname is not None else '(unnamed)'
+
+    def diagnose_non_finite(self):
+        """Which of the batch's tensors or the network's weights hold NaN/Inf, or else that the output overflowed."""
+        bad_inputs = [name for name in ('input0', 'input1', 'input2', 'label', 'other_label')
+                      if getattr(self, name, None) is not None and not torch.isfinite(getattr(self, name)).all()]
+        net = networks.unwrap(self.netSelfHDR)
+        bad_weights = [name for name, p in net.named_parameters() if not torch.isfinite(p.detach()).all()]
+        parts = []
+        if bad_inputs:
+            parts.append(f'non-finite inputs: {", ".join(bad_inputs)}')
+        if bad_weights:
+            parts.append(f'non-finite weights: {", ".join(bad_weights[:4])}'
+                         + (f' ... ({len(bad_weights)} in all)' if len(bad_weights) > 4 else ''))
+        if parts:
+            return '; '.join(parts)
+        out = self.data_out
+        if out is not None and not torch.isfinite(out.detach()).all():
+            largest = max(float(p.detach().abs().max()) for p in net.parameters())
+            return (f'inputs and weights are finite, the network output is not (largest weight {largest:.3g}: '
+                    'a learning rate too high for this run?)')
+        return 'inputs, weights and output are finite: the loss itself overflowed (labels too large?)'
+
     def network_inputs(self):
         return self.input0, self.input1, self.input2
 
@@ -94,7 +139,8 @@ class HDRBackboneModel(BaseModel):
         total = self.compute_losses()
         if not torch.isfinite(total.detach()).all():
             values = ', '.join(f'{n}={float(getattr(self, "loss_" + n).detach()):.4g}' for n in self.loss_names)
-            raise NonFiniteLossError(f'non-finite loss ({values})')
+            raise NonFiniteLossError(f'non-finite loss ({values}) on the batch of scenes {self.batch_scenes()}; '
+                                     f'{self.diagnose_non_finite()}')
         self.scaler.scale(total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()

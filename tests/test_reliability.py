@@ -63,6 +63,9 @@ def test_test_script_fails_on_nan_checkpoint(tiny_dataroot, tmp_path):
     _nan_checkpoint(tmp_path / 'bad' / 'SelfHDR_model_1.pth')
     with single_thread():
         assert test_script.main(eval_args(tiny_dataroot, tmp_path, 'bad', load_iter=1)) == 1
+    # the exit status alone would pass on any failure: the message must name the file and the broken weights
+    log = (tmp_path / 'bad' / 'test.log').read_text()
+    assert f'{tmp_path / "bad" / "SelfHDR_model_1.pth"} holds NaN or Inf weights in conv3.weight' in log
 
 
 def test_diverged_weights_are_not_saved(tiny_dataroot, tmp_path):
@@ -77,3 +80,98 @@ def test_diverged_weights_are_not_saved(tiny_dataroot, tmp_path):
     with pytest.raises(NonFiniteLossError, match='epoch 1 was not saved'):
         model.save_networks(1)
     assert (tmp_path / 'div' / 'SelfHDR_model_1.pth').read_bytes() == good
+
+
+# ------------------------------------------------------------------- "good" is verified (issue 21)
+@pytest.fixture
+def tiny(monkeypatch):
+    from tiny_data import use_tiny_backbone
+    use_tiny_backbone(monkeypatch)
+    with single_thread():
+        yield
+
+
+@pytest.fixture
+def huge_lr_allowed(monkeypatch):
+    """--lr 1e10 is refused at the door now; the tests of what happens past the door lift the bound."""
+    from options.base_options import BaseOptions
+    monkeypatch.setitem(BaseOptions.TRAIN_NUMBER_RANGES, 'lr', (0.0, 1e12, True))
+
+
+def _train_log(tmp_path, name):
+    return (tmp_path / name / 'train.log').read_text()
+
+
+def test_huge_rgbe_label_is_refused_at_load_naming_scene_and_file(tiny_dataroot, tmp_path):
+    import shutil
+    import data
+    from data.base_dataset import DatasetError
+    from util.hdr_io import read_hdr, write_hdr
+    root = tmp_path / 'data'
+    shutil.copytree(tiny_dataroot, root)
+    label = root / 'Training_align' / '002' / 'HDRImg.hdr'
+    image = read_hdr(label)
+    image[:] = 1.7e38  # the largest RGBE values: finite, but 5000 x overflows float32 in the mu-law loss
+    write_hdr(label, image)
+    opt = tiny_opt(root, tmp_path, 'x')
+    with pytest.raises(DatasetError) as info:
+        data.create_dataset('sig17align', 'train', opt)
+    assert str(label) in str(info.value) and 'scene 002' in str(info.value) and '1e+10' in str(info.value)
+
+
+def test_non_finite_loss_names_scenes_files_and_the_cause(tiny, tiny_dataroot, tmp_path, huge_lr_allowed):
+    import train
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'div', lr=1e10, iters_per_epoch=3)) == 1
+    log = _train_log(tmp_path, 'div')
+    message = next(line for line in log.splitlines() if 'non-finite loss' in line)
+    assert 'epoch 1, iteration 2' in message and 'on the batch of scenes 00' in message
+    assert 'inputs and weights are finite, the network output is not (largest weight' in message
+    assert f'files: 00' in message and str(tiny_dataroot / 'Training') in message and '_short.tif' in message
+    assert 'no checkpoint was saved' in message
+
+
+def test_non_finite_inputs_and_weights_are_told_apart(tiny, tiny_dataroot, tmp_path):
+    import data
+    import models
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'nan')
+    model = models.create_model(opt)
+    model.setup(opt)
+    batch = next(iter(data.create_dataloader(data.create_dataset('sig17align', 'train', opt), opt, 'train')))
+    batch['input1'][0, 0, 0, 0] = float('nan')
+    model.set_input(batch)
+    with pytest.raises(NonFiniteLossError, match=r'non-finite inputs: input1$') as info:
+        model.optimize_parameters()
+    assert 'on the batch of scenes' in str(info.value)
+    batch['input1'][0, 0, 0, 0] = 0.5
+    with torch.no_grad():
+        model.netSelfHDR.conv2.weight[0, 0, 0, 0] = float('inf')
+    model.set_input(batch)
+    with pytest.raises(NonFiniteLossError, match=r'non-finite weights: conv2.weight$'):
+        model.optimize_parameters()
+
+
+def test_a_diverged_last_step_is_never_saved(tiny, tiny_dataroot, tmp_path, huge_lr_allowed):
+    """--lr 1e10, one iteration per epoch: the step that diverges is the epoch's last, its loss was finite and its
+    weights are finite (~1e10), yet every forward is NaN. Epoch 1 used to be saved and called good."""
+    import train
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'last', lr=1e10, iters_per_epoch=1, niter=3)) == 1
+    assert not list((tmp_path / 'last').glob('SelfHDR_model_*.pth'))
+    log = _train_log(tmp_path, 'last')
+    assert 'after epoch 1, the weights are finite (largest 1e+10) but give a NaN/Inf output on the last batch' in log
+    assert 'epoch 1 was not saved' in log and 'no checkpoint was saved' in log
+
+
+def test_newest_good_checkpoint_is_one_that_was_checked(tiny, tiny_dataroot, tmp_path, huge_lr_allowed):
+    import train
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'good', iters_per_epoch=1, niter=1)) == 0
+    run = tmp_path / 'good'
+    _nan_checkpoint(run / 'SelfHDR_model_5.pth')  # a broken newer file (written by hand, not by training)
+    # a fresh optimizer (its saved state would restore the old learning rate)
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'good', lr=1e10, iters_per_epoch=1, niter=3,
+                                 load_iter=1)) == 1
+    log = _train_log(tmp_path, 'good')
+    assert (f'the newest good checkpoint (weights read back and checked finite) is {run / "SelfHDR_model_1.pth"} '
+            '(epoch 1), kept as it is') in log
+    assert 'newer ones unusable: ' in log and 'SelfHDR_model_5.pth holds NaN/Inf weights (conv3.weight)' in log
+    assert 'resume from it with --load_iter 1' in log
+    assert not (run / 'SelfHDR_model_2.pth').exists()

@@ -137,3 +137,36 @@ def _epoch_losses(run, epoch):
     """The loss lines of one epoch in loss_log.txt, without their timings."""
     lines = [line for line in (run / 'loss_log.txt').read_text().splitlines() if f'epoch: {epoch},' in line]
     return [re.sub(r'time: [\d.]+, data: [\d.]+', '', line) for line in lines]
+
+
+@pytest.mark.parametrize('kill_at', [3, 4])  # during epoch 2's model file, during its optimizer file
+def test_explicit_resume_of_a_half_saved_epoch_names_the_last_complete_one(tiny, tiny_dataroot, tmp_path, kill_at):
+    """kill -9 inside epoch 2's save, then `--load_iter 2`: the error names epoch 1 and the flags that resume from it,
+    and the interrupted save's temporary file is gone after that (failing) start."""
+    args = train_args(tiny_dataroot, tmp_path, 'half', niter=2, iters_per_epoch=1)
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, str(ROOT / 'tests' / 'kill_at_save.py'), str(kill_at), 'during', *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run = tmp_path / 'half'
+    assert list(run.glob('*.tmp*'))
+    rc = train.main(train_args(tiny_dataroot, tmp_path, 'half', niter=2, iters_per_epoch=1, load_iter=2,
+                               load_optimizers=True))
+    assert rc == 1
+    log = (run / 'train.log').read_text()
+    assert 'epoch 2 was not saved completely' in log
+    assert 'the last complete epoch is 1: resume from it with --load_iter 1 --load_optimizers True' in log
+    assert not list(run.glob('*.tmp*'))
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'half', niter=2, iters_per_epoch=1, load_iter=1,
+                                 load_optimizers=True)) == 0
+    assert (run / 'SelfHDR_model_2.pth').is_file()
+
+
+def test_stale_temporaries_are_removed_even_when_the_next_start_fails(tiny, tiny_dataroot, tmp_path):
+    run = tmp_path / 'run'
+    run.mkdir()
+    stale = [run / 'SelfHDR_model_1.pth.tmp999', run / 'SelfHDR_optimizer_Adam.pth.tmp998', run / 'opt_train.txt.tmp']
+    for path in stale:
+        path.write_bytes(b'half')
+    assert train.main(train_args(tmp_path / 'no_such_data', tmp_path, 'run', niter=1)) == 2
+    assert not any(path.exists() for path in stale)
