@@ -113,3 +113,31 @@ def test_study_passes_its_precision_to_train_and_test(study, monkeypatch, tmp_pa
     (argv,) = seen
     assert _flag(argv, '--amp') == 'auto' and _flag(argv, '--compile') == 'True'
     assert _flag(study.common_args(tmp_path, tmp_path, 'AHDRNet'), '--amp') == 'auto'  # test.py's stage-0 run
+
+
+# ------------------------------------------------------------------------------------------------ tools/adapt.py
+def _adapt_args(*extra):
+    from tools import adapt
+    return adapt.build_parser().parse_args(['--brackets', 'b', '--checkpoint', 'c.pth', '--network', 'AHDRNet',
+                                            '--out', 'o.pth', *extra])
+
+
+@pytest.mark.parametrize('extra, amp, compiled', [
+    ((), 'auto', 'False'),  # 300 iterations: the compile warm-up is not repaid
+    (('--iters', '2000'), 'auto', 'True'),
+    (('--amp', 'none', '--compile', 'False', '--iters', '2000'), 'none', 'False'),
+    (('--compile', 'True'), 'auto', 'True'),
+])
+def test_adapt_passes_amp_auto_to_train_and_test(tmp_path, extra, amp, compiled):
+    from tools import adapt
+    args = _adapt_args(*extra)
+    work = adapt.Work(tmp_path)
+    train_argv = adapt.train_argv(args, work, epochs=2, per_epoch=3, resume=False)
+    assert _flag(train_argv, '--amp') == amp and _flag(train_argv, '--compile') == compiled
+    assert _flag(adapt.device_flags(args), '--amp') == amp  # also what the stage-0 test.py run gets
+
+
+def test_adapt_refuses_fp16_on_the_cpu():
+    from tools import adapt
+    with pytest.raises(adapt.AdaptError, match='fp16'):
+        adapt._check_args(_adapt_args('--amp', 'fp16'))

@@ -61,10 +61,17 @@ from util.tonemap import OPERATORS  # noqa: E402
 from util.visualizer import setup_logging  # noqa: E402
 
 logger = logging.getLogger('adapt')
+COMPILE_MIN_ITERS = 1000  # --compile auto: fine-tunings at least this long compile (bench/results/demo_compile.json)
 
 
 def device_flags(args) -> list[str]:
-    return ['--gpu_ids', '0' if args.device == 'cuda' else '-1', '-j', '0', '--verbose', 'False']
+    """Device and precision of every train.py/test.py run (--amp auto: bf16 where the hardware has it)."""
+    return ['--gpu_ids', '0' if args.device == 'cuda' else '-1', '-j', '0', '--verbose', 'False', '--amp', args.amp]
+
+
+def compiles(args) -> bool:
+    """--compile auto: on when the fine-tuning is long enough to repay torch.compile's warm-up."""
+    return args.compile == 'True' or (args.compile == 'auto' and args.iters >= COMPILE_MIN_ITERS)
 
 
 def structure_labels(args, work: Work, structure_ckpt: str) -> None:
@@ -89,7 +96,7 @@ def train_argv(args, work: Work, epochs: int, per_epoch: int, resume: bool) -> l
             '--patch_size', str(args.patch_size), '--niter', str(epochs), '--iters_per_epoch', str(per_epoch),
             '--lr', str(args.lr), '--lr_policy', args.lr_policy, '--vgg_weights', args.vgg_weights,
             '--calc_metrics', 'False', '--print_freq', str(max(1, min(per_epoch, 25))), '--seed', str(args.seed),
-            '--save_epoch_freq', '1'] + device_flags(args)
+            '--save_epoch_freq', '1', '--compile', str(compiles(args))] + device_flags(args)
     if args.vgg_path:
         argv += ['--vgg_path', args.vgg_path]
     # --continue_train picks the newest complete epoch; --load_path would restart from the input checkpoint.
@@ -109,8 +116,9 @@ def fine_tune(args, work: Work) -> Path:
     if epochs * per_epoch != args.iters:
         logger.info('--iters %d is run as %d epochs of %d iterations (%d in all)', args.iters, epochs, per_epoch,
                     epochs * per_epoch)
-    logger.info('fine-tuning %s: %d iterations of batch %d x %dx%d crops, lr %g (%s)%s', args.network,
+    logger.info('fine-tuning %s: %d iterations of batch %d x %dx%d crops, lr %g (%s), --amp %s, %s%s', args.network,
                 epochs * per_epoch, args.batch_size, args.patch_size, args.patch_size, args.lr, args.lr_policy,
+                args.amp, 'compiled' if compiles(args) else 'not compiled',
                 f'; resuming after epoch {done[-1]}' if done else '')
     status = train.main(train_argv(args, work, epochs, per_epoch, resume=bool(done)))
     setup_logging(str(work.root / 'adapt.log'))
@@ -164,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights with a warning (offline); 'imagenet' requires them")
     p.add_argument('--vgg_path', type=str, default='', help='file with torchvision VGG19 ImageNet weights')
     p.add_argument('--response', type=str, default=None,
-                   help='camera response, as merge_brackets: gamma2.2 (default), gamma<value>, srgb, estimate, or a '
+                   help='camera response, as merge_brackets: auto (default: estimated for 8-bit brackets, with a '
+                        'reliability check falling back to sRGB; 16-bit gamma 2.2), gamma<value>, srgb, estimate, or a '
                         'saved .npy/.csv table')
     p.add_argument('--gamma', type=float, default=None, help='shorthand for --response gamma<value>')
     p.add_argument('--trust_exposures', action='store_true',
@@ -173,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tonemap', type=str, default='display', choices=sorted(OPERATORS),
                    help='tone map of the comparison sheets')
     p.add_argument('--device', type=str, default='cpu', choices=['cpu', 'cuda'], help='where the networks run')
+    p.add_argument('--amp', type=str, default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
+                   help="precision of the networks: auto = bf16 where the hardware has it (a CPU with avx512_bf16/"
+                        "AMX, CUDA with bf16), fp32 elsewhere; none = fp32 (README, 'Speed')")
+    p.add_argument('--compile', type=str, default='auto', choices=('auto', 'True', 'False'),
+                   help=f'torch.compile the network for the fine-tuning; auto: when --iters >= {COMPILE_MIN_ITERS}, '
+                        'where the compile warm-up is repaid (bench/demo_compile.py)')
     p.add_argument('--tile', type=int, default=0, help='tile side of the inference passes (0: whole image)')
     p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
     p.add_argument('--malloc', type=str, default='tuned', choices=['tuned', 'system'],
@@ -195,6 +210,8 @@ def _check_args(args) -> None:
     out = Path(args.out)
     if out.suffix.lower() != '.pth' or out.is_dir():
         raise AdaptError(f'--out {out}: expected a .pth file name')
+    if args.amp == 'fp16' and args.device != 'cuda':
+        raise AdaptError('--amp fp16 is CUDA-only (the CPU has no fast fp16 kernels); use --amp bf16 or auto')
     if args.device == 'cuda':
         import torch
 
