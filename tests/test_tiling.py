@@ -185,3 +185,66 @@ def test_tile_layout_of_full_resolution_frame():
     assert _tile_layout(1000, 512, 32) == (355, [0, 322, 645])
     assert _tile_layout(1500, 512, 32) == (399, [0, 367, 734, 1101])
     assert _tile_layout(300, 512, 32) == (300, [0])
+
+
+# ------------------------------------------------------------------------------------------ --tile auto, memory
+
+def test_choose_tile_whole_image_when_it_fits():
+    from util.tiling import choose_tile, forward_bytes
+    budget = forward_bytes(1000, 1500, 6000)
+    assert choose_tile(1000, 1500, 6000, budget) == 0  # the release's whole-image forward, no seams
+    assert choose_tile(1000, 1500, 6000, budget - 1) > 0
+
+
+@pytest.mark.parametrize('budget_gb, multiple', [(1.0, 0), (3.0, 0), (0.3, 8), (64.0, 0)])
+def test_choose_tile_largest_that_fits(budget_gb, multiple):
+    from util.tiling import GIB, MAX_AUTO_TILE, choose_tile, forward_bytes
+    height, width, bpp = 4000, 6000, 6000  # a 24 MP photo, AHDRNet-like bytes per pixel
+    budget = budget_gb * GIB
+    tile = choose_tile(height, width, bpp, budget, multiple=multiple)
+    assert 0 < tile <= MAX_AUTO_TILE
+    assert forward_bytes(tile, tile, bpp, multiple) <= budget
+    if tile < MAX_AUTO_TILE:  # the next size up would not have fitted
+        assert forward_bytes(tile + 16, tile + 16, bpp, multiple) > budget
+
+
+def test_choose_tile_says_what_to_change_when_nothing_fits():
+    from util.tiling import GIB, MemoryBudgetError, choose_tile
+    with pytest.raises(MemoryBudgetError, match='6000x4000.*--max_memory.*downscale'):
+        choose_tile(4000, 6000, 6000, 0.01 * GIB)
+
+
+def test_available_memory_reads_meminfo_and_the_cgroup_limit(tmp_path):
+    from util.tiling import available_memory
+    meminfo = tmp_path / 'meminfo'
+    meminfo.write_text('MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n')
+    cgroup = tmp_path / 'cgroup'
+    cgroup.mkdir()
+    assert available_memory(str(meminfo), str(cgroup)) == 20000000 * 1024  # no cgroup files: MemAvailable
+    (cgroup / 'memory.max').write_text('max\n')
+    (cgroup / 'memory.current').write_text('1000\n')
+    assert available_memory(str(meminfo), str(cgroup)) == 20000000 * 1024  # 'max': no limit
+    (cgroup / 'memory.max').write_text(f'{8 << 30}\n')
+    (cgroup / 'memory.current').write_text(f'{2 << 30}\n')
+    assert available_memory(str(meminfo), str(cgroup)) == 6 << 30  # a container's limit wins
+    assert available_memory(str(tmp_path / 'none'), str(tmp_path / 'none')) is None
+
+
+def test_raw_allocator_errors_are_recognised():
+    from util.tiling import is_out_of_memory
+    raw = RuntimeError('[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can\'t allocate memory: '
+                       'you tried to allocate 18432000000 bytes. Error code 12 (Cannot allocate memory)')
+    assert is_out_of_memory(raw) and is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB'))
+    assert not is_out_of_memory(RuntimeError('shape mismatch')) and not is_out_of_memory(ValueError('x'))
+
+
+def test_bf16_tiles_are_blended_in_fp32():
+    net = _seed0_ahdr()
+    xs = _bracket(48, 64, seed=0)
+    with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+        whole = net(*xs)
+        tiled = tiled_forward(net, xs, 32, 16)
+    assert whole.dtype == torch.bfloat16 and tiled.dtype == torch.float32
+    # bf16's own rounding (8 bits) plus the seams measured in fp32 above
+    assert (tiled - whole.float()).abs().max() < 3e-2

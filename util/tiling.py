@@ -1,4 +1,6 @@
 """Test-time padding (the release's `chop`) and tiled inference in bounded memory."""
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +71,8 @@ def tiled_forward(fn, inputs, tile, overlap=32):
     `_tile_layout`) and blend them with linear ramps in the overlaps.
 
     Peak memory is that of one tile plus the output; the result differs from a whole-image pass only near tile
-    seams, by the networks' border effects (tests state the tolerance)."""
+    seams, by the networks' border effects (tests state the tolerance). A tiled result is float32 whatever the
+    forward's dtype."""
     if tile <= 0:
         return fn(*inputs)
     if overlap < 0 or overlap >= tile:
@@ -83,7 +86,7 @@ def tiled_forward(fn, inputs, tile, overlap=32):
     for i, top in enumerate(rows):
         for j, left in enumerate(cols):
             window = [x[..., top:top + tile_h, left:left + tile_w] for x in inputs]
-            piece = fn(*window)
+            piece = fn(*window).float()  # blended in fp32: a bf16 forward's tiles summed in bf16 lose 8 bits
             h, w = piece.shape[-2:]
             wy = _ramp(h, overlap, i == 0, i == len(rows) - 1, piece.device)
             wx = _ramp(w, overlap, j == 0, j == len(cols) - 1, piece.device)
@@ -94,3 +97,102 @@ def tiled_forward(fn, inputs, tile, overlap=32):
             out[..., top:top + h, left:left + w] += piece * weight
             weight_sum[top:top + h, left:left + w] += weight
     return out / weight_sum
+
+
+# ------------------------------------------------------------------------------------------ memory and --tile auto
+GIB = 1 << 30
+MIN_TILE = 96  # below this the overlap is most of every tile; an image that needs smaller tiles does not fit
+MAX_AUTO_TILE = 768  # larger tiles save little work (the overlap costs ~9% at 768) and cost memory
+
+
+class MemoryBudgetError(ValueError):
+    """The image does not fit the memory budget even in the smallest tiles; the message says what to change."""
+
+
+def available_memory(meminfo='/proc/meminfo', cgroup='/sys/fs/cgroup'):
+    """Bytes that can still be allocated without swapping: the kernel's MemAvailable, capped by the memory limit of
+    the process's cgroup (v2 `memory.max` less `memory.current`, or v1's limit less usage) inside a container.
+    None where neither can be read (not Linux)."""
+    found = []
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith('MemAvailable:'):
+                    found.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_name, usage_name in (('memory.max', 'memory.current'),
+                                   ('memory/memory.limit_in_bytes', 'memory/memory.usage_in_bytes')):
+        try:
+            with open(os.path.join(cgroup, limit_name)) as handle:
+                limit = handle.read().strip()
+            with open(os.path.join(cgroup, usage_name)) as handle:
+                usage = int(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < 1 << 60:  # 'max' or v1's huge sentinel: no limit
+            found.append(max(0, int(limit) - usage))
+        break
+    return min(found) if found else None
+
+
+def resident_memory(status='/proc/self/status'):
+    """This process's resident memory in bytes (VmRSS), or 0 where it cannot be read."""
+    try:
+        with open(status) as handle:
+            for line in handle:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def default_memory_budget(fraction=0.8):
+    """--max_memory's default in bytes: `fraction` of the memory available now plus what this process already
+    holds (the budget covers the whole process); 8 GiB where the available memory cannot be read."""
+    free = available_memory()
+    if free is None:
+        return 8 * GIB
+    return int(fraction * free) + resident_memory()
+
+
+def forward_bytes(height, width, bytes_per_pixel, multiple=0):
+    """Estimated peak memory of one forward on a height x width input, padded to `multiple` as the release pads
+    (up to `multiple` more pixels per side); `bytes_per_pixel` is the backbone's measured figure
+    (models/backbones.py, bench/infer_memory.py)."""
+    if multiple:
+        height, width = height + multiple, width + multiple
+    return bytes_per_pixel * height * width
+
+
+def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, max_tile=MAX_AUTO_TILE,
+                min_tile=MIN_TILE):
+    """--tile auto: the tile side for an image of height x width whose forward may use `budget` bytes.
+
+    0 (the whole image at once, the release's way and free of seams) when that fits; otherwise the largest tile
+    side of at most `max_tile` whose forward fits (tiles are blended over `overlap` pixels, see `tiled_forward`).
+    Raises MemoryBudgetError, saying what to change, when even `min_tile` pixels do not fit."""
+    if forward_bytes(height, width, bytes_per_pixel, multiple) <= budget:
+        return 0
+    tile = min(max_tile, max(height, width))
+    while tile >= min_tile:
+        tile_h, tile_w = min(tile, height), min(tile, width)
+        if forward_bytes(tile_h, tile_w, bytes_per_pixel, multiple) <= budget:
+            return tile
+        tile -= 16
+    need = forward_bytes(min(min_tile, height), min(min_tile, width), bytes_per_pixel, multiple)
+    raise MemoryBudgetError(
+        f'a {width}x{height} image does not fit in memory: the network needs about {need / GIB:.2f} GB even in '
+        f'{min_tile}-pixel tiles, and {max(budget, 0) / GIB:.2f} GB are left for it. Free memory (close other '
+        f'programs), raise --max_memory if the machine has more, or use smaller frames (downscale the photos)')
+
+
+def is_out_of_memory(exc):
+    """Whether `exc` is PyTorch's (or the OS's) failure to allocate memory, CPU or CUDA."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or 'out of memory' in text.lower()
+                                              or 'DefaultCPUAllocator' in text)
