@@ -288,6 +288,13 @@ class BaseModel(ABC):
         self.is_main_process = getattr(opt, 'rank', 0) == 0
         self.amp_dtype = resolve_amp(getattr(opt, 'amp', 'none'), self.device)
         self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16 and self.device.type == 'cuda')
+        if len(self.gpu_ids) > 1 and not getattr(opt, 'distributed', False) and self.amp_dtype == torch.bfloat16:
+            # torch's DataParallel runs each replica in a thread that re-enters autocast with `enabled` only, so the
+            # replicas compute in float16 (the thread's default), without the gradient scaling fp16 needs.
+            raise ValueError(f'--gpu_ids {",".join(map(str, self.gpu_ids))} with --amp {opt.amp} (bf16): DataParallel '
+                             'would run its replicas in float16, unscaled. Use one process per GPU instead: '
+                             f'torchrun --nproc_per_node {len(self.gpu_ids)} train.py ... (DistributedDataParallel), '
+                             'or one GPU, or --amp fp16 / none')
         self.memory_format = (torch.channels_last if getattr(opt, 'channels_last', False)
                               else torch.contiguous_format)
 
@@ -539,6 +546,8 @@ class BaseModel(ABC):
         extra = {'iteration': epoch * getattr(self.opt, 'iters_per_epoch', 0),
                  'schedulers': [scheduler.state_dict() for scheduler in self.schedulers],
                  'rng': rng_states()}
+        if self.scaler.is_enabled():  # fp16: the loss scale it has found, not 65536 again after a resume
+            extra['scaler'] = self.scaler.state_dict()
         for name in self.optimizer_names:
             optimizer = getattr(self, 'optimizer_' + name)
             entry = {'name': f'SelfHDR_optimizer_{name}', 'epoch': epoch, 'state_dict': optimizer.state_dict(), **extra}
@@ -580,6 +589,8 @@ class BaseModel(ABC):
             for scheduler, state in zip(self.schedulers, states):
                 if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     scheduler.load_state_dict(state)
+        if manifest.get('scaler') and self.scaler.is_enabled():
+            self.scaler.load_state_dict(manifest['scaler'])
         if manifest.get('rng'):
             set_rng_states(manifest['rng'])
         logger.info('resumed at epoch %s, iteration %s', manifest.get('epoch'), manifest.get('iteration', '?'))

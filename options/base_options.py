@@ -158,6 +158,11 @@ class BaseOptions:
         if opt.gpu_ids and not torch.cuda.is_available():
             raise ValueError(f"--gpu_ids {requested} asks for CUDA, but no CUDA device is available; "
                              "use --gpu_ids -1 for the CPU")
+        count = torch.cuda.device_count() if opt.gpu_ids else 0
+        absent = [i for i in opt.gpu_ids if i >= count]
+        if absent:
+            raise ValueError(f"--gpu_ids {requested}: no GPU {','.join(map(str, absent))}; this machine shows {count} "
+                             f"CUDA device(s), ids 0 to {count - 1} (CUDA_VISIBLE_DEVICES renumbers them from 0)")
         if opt.amp == 'fp16' and not opt.gpu_ids:
             self.parser.error('--amp fp16 is CUDA-only (the CPU has no fast fp16 kernels); use --amp bf16 or auto')
         # What the backbone needs, from its row of the table: test-time padding (the release's `chop`) and

@@ -230,3 +230,42 @@ def test_ddp_gradients_keep_the_parameter_layout_under_autocast(one_process_grou
     params = list(networks.unwrap(model.netSelfHDR).parameters())
     assert any(1 in p.shape for p in params)
     assert all(p.grad.stride() == p.stride() for p in params if p.grad is not None)
+
+
+# ------------------------------------------------------------------------ 3. DataParallel with bf16; --gpu_ids
+@pytest.fixture
+def two_fake_gpus(monkeypatch):
+    """What the options and BaseModel see on a machine with 2 bf16-capable GPUs (no CUDA call is made)."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+
+
+@pytest.mark.parametrize('amp', ['bf16', 'auto'])
+def test_dataparallel_with_bf16_is_refused_in_favour_of_torchrun(two_fake_gpus, amp, tiny_dataroot, tmp_path):
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'dp', 'supervised', gpu_ids='0,1', amp=amp)
+    with pytest.raises(ValueError, match='torchrun --nproc_per_node 2 train.py'):
+        create_model(opt)
+
+
+def test_gpu_ids_are_checked_against_the_device_count(two_fake_gpus, tiny_dataroot, tmp_path):
+    with pytest.raises(ValueError, match=r'no GPU 3; this machine shows 2 CUDA device\(s\), ids 0 to 1'):
+        tiny_opt(tiny_dataroot, tmp_path, 'ids', 'supervised', gpu_ids='0,3')
+    assert tiny_opt(tiny_dataroot, tmp_path, 'ids', 'supervised', gpu_ids='1').gpu_ids == [1]
+
+
+# ------------------------------------------------------------------------------------- 5. GradScaler in checkpoints
+def test_fp16_loss_scale_is_saved_and_restored(tiny, tiny_dataroot, tmp_path):
+    """A CPU GradScaler stands in for the CUDA one of --amp fp16 (same state_dict)."""
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'scale', 'supervised', load_optimizers=True)
+    model = create_model(opt)
+    model.setup(opt)
+    model.scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 16)
+    model.scaler.scale(torch.ones(()))  # creates the scale tensor
+    model.scaler.update(new_scale=512.0)  # as if overflows had halved it
+    (tmp_path / 'scale').mkdir()
+    model.save_optimizers(1)
+    resumed = create_model(opt)
+    resumed.scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 16)
+    resumed.restore_training_state(resumed.load_optimizers(1))
+    assert resumed.scaler.get_scale() == 512.0
