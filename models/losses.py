@@ -155,16 +155,22 @@ class AugmentNoise:
 
     Each call draws from a fresh CPU generator seeded with a call counter (1, 2, 3, ...), independent of
     torch.manual_seed. The release keeps that counter module-global; we keep it per instance (one instance per
-    model, so a training run sees the same sequence) and let checkpoints/tests set it.
+    model, so a training run sees the same sequence) and let checkpoints/tests set it. Under DDP every rank would
+    draw the same noise for its different crops; rank r > 0 seeds with (counter + r * 0x9E3779B1) mod 2**32 (the CPU
+    generator keeps 32 bits of a seed; the odd stride keeps the ranks' seeds apart for billions of steps). Rank 0
+    and a single process keep the release's sequence.
     """
 
-    def __init__(self, style='gauss0.5'):
+    RANK_STRIDE = 0x9E3779B1
+
+    def __init__(self, style='gauss0.5', rank=0):
         if not style.startswith('gauss'):
             raise ValueError(f"AugmentNoise style '{style}' is not supported (only 'gauss<sigma>')")
         self.std = float(style[len('gauss'):]) / 255.0
         self.calls = 0
+        self.rank = rank
 
     def __call__(self, shape):
         self.calls += 1
-        generator = torch.Generator('cpu').manual_seed(self.calls)
+        generator = torch.Generator('cpu').manual_seed((self.calls + self.rank * self.RANK_STRIDE) % 2 ** 32)
         return torch.normal(0.0, self.std, size=tuple(shape), generator=generator)

@@ -53,7 +53,7 @@ class SelfHDR2Model(HDRBackboneModel):
             self.criterionVGG = networks.VGGLoss(vgg_features, rgb=getattr(opt, 'vgg_rgb', False)).to(self.device)
         if self.isTrain:
             noise = getattr(opt, 'noise', 'gauss0.5')
-            self.augment_noise = None if noise == 'none' else networks.AugmentNoise(noise)
+            self.augment_noise = None if noise == 'none' else networks.AugmentNoise(noise, rank=getattr(opt, 'rank', 0))
 
     def on_epoch_start(self, epoch, iters_per_epoch):
         if self.augment_noise is not None:

@@ -269,3 +269,20 @@ def test_fp16_loss_scale_is_saved_and_restored(tiny, tiny_dataroot, tmp_path):
     resumed.scaler = torch.amp.GradScaler('cpu', init_scale=2.0 ** 16)
     resumed.restore_training_state(resumed.load_optimizers(1))
     assert resumed.scaler.get_scale() == 512.0
+
+
+# -------------------------------------------------------------------------------------------- 5. per-rank noise
+def test_training_noise_differs_between_ranks_and_rank0_keeps_the_release_sequence(tiny, tiny_dataroot, tmp_path):
+    from models.losses import AugmentNoise
+    noises = []
+    for rank in (0, 1):
+        opt = tiny_opt(tiny_dataroot, tmp_path, f'noise{rank}', 'selfhdr2', stru_lable_path=str(tmp_path))
+        opt.rank = rank
+        model = create_model(opt)
+        model.on_epoch_start(2, 3)  # the counter of an uninterrupted run: 3 draws before epoch 2
+        noises.append(model.augment_noise((1, 3, 8, 8)))
+    release = AugmentNoise('gauss0.5')
+    release.calls = 3
+    assert torch.equal(noises[0], release((1, 3, 8, 8)))
+    assert not torch.allclose(noises[0], noises[1])
+    assert noises[1].std().item() == pytest.approx(0.5 / 255, rel=0.3)
