@@ -28,6 +28,7 @@ from util import metrics
 from util.fs import OutputWriteError, write_failure_cause
 from util.hdr_io import ImageReadError, ImageWriteError, write_hdr
 from util.malloc import tune_malloc
+from util.tiling import MemoryBudgetError, is_out_of_memory
 from util.tonemap import mu_law
 from util.visualizer import setup_logging
 
@@ -183,6 +184,16 @@ def main(argv=None):
     except (DatasetError, ImageReadError) as exc:  # the user's data: the message names the file or folder
         logger.error('%s', exc)
         return 2
+    except MemoryBudgetError as exc:  # --tile auto found no tile that fits: the message says what to change
+        logger.error('%s', exc)
+        return 1
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        logger.error('out of memory running %s (tile %s): use --tile auto (tiles chosen to fit the memory), or a '
+                     'smaller --tile, or lower --max_memory if other programs need the memory (%s)',
+                     opt.network, opt.tile, str(exc).splitlines()[0][:200])
+        return 1
     except OSError as exc:  # reports and logs written with open(): a full disk or a read-only folder
         target = exc.filename or os.path.join(opt.checkpoints_dir, opt.name)
         logger.error('cannot write %s: %s', target, write_failure_cause(exc, target))

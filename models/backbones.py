@@ -18,11 +18,17 @@ class Backbone:
     pad_multiple: int    # test inputs are reflection-padded to a multiple of this (the release's `chop`); 0: none
     crop_multiple: int   # training crops must be a multiple of this (window size)
     aligned_input: bool  # the network takes flow-aligned frames, at test time too (FSHDR)
+    # Peak memory of one inference forward per input pixel in bytes, (fp32, bf16 autocast): what --tile auto budgets
+    # with (util.tiling.choose_tile). Measured by bench/infer_memory.py (bench/results/infer_memory.json); a row
+    # without a measurement gets a cautious figure.
+    infer_bytes_per_pixel: tuple[int, int] = (16384, 16384)
 
 
 BACKBONES = {b.name: b for b in (
-    Backbone('AHDRNet', 'models.ahdrnet', 'AHDR', pad_multiple=0, crop_multiple=1, aligned_input=False),
-    Backbone('FSHDR', 'models.fshdr', 'FSHDR', pad_multiple=0, crop_multiple=1, aligned_input=True),
+    Backbone('AHDRNet', 'models.ahdrnet', 'AHDR', pad_multiple=0, crop_multiple=1, aligned_input=False,
+             infer_bytes_per_pixel=(5701, 3720)),
+    Backbone('FSHDR', 'models.fshdr', 'FSHDR', pad_multiple=0, crop_multiple=1, aligned_input=True,
+             infer_bytes_per_pixel=(10331, 5496)),
     Backbone('HDR-Transformer', 'models.hdr_transformer', 'HDRTransformer', pad_multiple=8, crop_multiple=8,
              aligned_input=False),
     Backbone('SCTNet', 'models.sctnet', 'SCTNet', pad_multiple=8, crop_multiple=8, aligned_input=False),

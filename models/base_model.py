@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from util.fs import is_write_failure, write_failure
-from util.tiling import padded, tiled_forward
+from util.tiling import GIB, choose_tile, default_memory_budget, padded, resident_memory, tiled_forward
 from . import networks
 from .backbones import backbone
 
@@ -432,9 +432,32 @@ class BaseModel(ABC):
             # the table's multiple; 8 (the release's) when --chop is forced on a backbone that needs none
             fn = padded(net, multiple=backbone(self.opt.network).pad_multiple or 8,
                         mode=getattr(self.opt, 'pad_mode', 'release'))
+        tile = getattr(self.opt, 'tile', 0)
+        if tile == 'auto':
+            tile = self.auto_tile(*inputs[0].shape[-2:])
         with self.autocast():
-            out = tiled_forward(fn, inputs, getattr(self.opt, 'tile', 0), getattr(self.opt, 'tile_overlap', 32))
+            out = tiled_forward(fn, inputs, tile, getattr(self.opt, 'tile_overlap', 32))
         return out.float()
+
+    def auto_tile(self, height, width):
+        """--tile auto for a height x width input: the whole image when its forward fits the memory left under
+        --max_memory (default: 80% of the available memory; on a GPU 90% of its free memory), else the largest tile
+        that fits (util.tiling.choose_tile, from the backbone's measured memory per pixel). Said in the log when
+        it changes."""
+        row = backbone(self.opt.network)
+        per_pixel = row.infer_bytes_per_pixel[0 if self.amp_dtype is None else 1]
+        max_memory = getattr(self.opt, 'max_memory', 0) * GIB
+        if self.device.type == 'cuda':
+            budget = max_memory or 0.9 * torch.cuda.mem_get_info(self.device)[0]
+        else:
+            budget = (max_memory or default_memory_budget()) - resident_memory()
+        tile = choose_tile(height, width, per_pixel, budget, getattr(self.opt, 'tile_overlap', 32),
+                           multiple=row.pad_multiple)
+        if tile != getattr(self, '_auto_tile', None):
+            logger.info('--tile auto: %s for %dx%d inputs (%.1f GB for the network)',
+                        f'tiles of at most {tile} pixels' if tile else 'the whole image', width, height, budget / GIB)
+            self._auto_tile = tile
+        return tile
 
     def test(self):
         with torch.inference_mode():

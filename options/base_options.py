@@ -13,6 +13,16 @@ logger = logging.getLogger(__name__)
 NETWORK_CHOICES = backbones.NAMES
 
 
+def tile_flag(text):
+    """--tile: a tile side in pixels (0: the whole image) or 'auto' (chosen per image from the memory budget)."""
+    if str(text).strip().lower() == 'auto':
+        return 'auto'
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a tile side in pixels or 'auto', got {text!r}") from None
+
+
 
 
 def parse_gpu_ids(text):
@@ -94,8 +104,12 @@ class BaseOptions:
         parser.add_argument('--pad_mode', type=str, default='release', choices=('release', 'clean'),
                             help="transformer test padding: 'release' pads 8 when a side is already a multiple "
                                  "of 8 (reproduces the release); 'clean' pads only what is needed")
-        parser.add_argument('--tile', type=int, default=0,
-                            help='test in overlapping tiles of this size (0: whole image, as the release)')
+        parser.add_argument('--tile', type=tile_flag, default=0,
+                            help='test in overlapping tiles of this size (0: whole image, as the release); auto: the '
+                                 'whole image when it fits --max_memory, else the largest tiles that do')
+        parser.add_argument('--max_memory', type=float, default=0,
+                            help='GB the process may use, for --tile auto (0: 80%% of the memory available at the '
+                                 'start; on a GPU, 90%% of its free memory)')
         parser.add_argument('--tile_overlap', type=int, default=32, help='overlap between tiles, in pixels')
         parser.add_argument('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16', 'auto'),
                             help='autocast precision on CUDA or CPU (fp16: CUDA only, with gradient scaling); auto: '
@@ -185,6 +199,7 @@ class BaseOptions:
     # present.
     NUMBER_RANGES = {
         'init_gain': (0.0, 100.0, False), 'seed': (0, 2 ** 63 - 1, False), 'tile': (0, 1 << 16, False),
+        'max_memory': (0.0, 1 << 20, False),
         'tile_overlap': (0, 1 << 16, False), 'batch_size': (1, 1 << 16, False), 'patch_size': (1, 1 << 16, False),
         'iters_per_epoch': (1, 10 ** 9, False),
         'colour_threshold': (0.0, 255.0, True),
@@ -205,7 +220,7 @@ class BaseOptions:
         ranges = dict(self.NUMBER_RANGES, **(self.TRAIN_NUMBER_RANGES if self.isTrain else {}))
         for flag, (lo, hi, lo_open) in ranges.items():
             value = getattr(opt, flag, None)
-            if value is None:
+            if value is None or (flag == 'tile' and value == 'auto'):
                 continue
             try:
                 checked_number(value, f'--{flag}', lo, hi, lo_open=lo_open, integer=isinstance(lo, int))

@@ -238,3 +238,65 @@ def test_sen_tursun_fshdr_read_the_three_aligned_frames(dataset, folder, n_frame
         assert not torch.equal(a['input0'], b['input0'])
         assert torch.equal(a['expo'], b['expo'])
         assert 'label' not in b
+
+
+def test_tile_auto_is_the_whole_image_when_it_fits_and_tiles_when_not(tiny_dataroot, checkpoints, expected_outputs,
+                                                                       tmp_path, monkeypatch):
+    import util.tiling
+    from util.tiling import GIB, forward_bytes, resident_memory
+    ckpt, _ = checkpoints
+    outputs, _ = expected_outputs
+    path = ckpt / 'release' / 'SelfHDR_model_1.pth'
+    shapes = []
+    forward = AHDR.forward
+
+    def recording_forward(self, *inputs):
+        shapes.append(tuple(inputs[0].shape[-2:]))
+        return forward(self, *inputs)
+
+    monkeypatch.setattr(AHDR, 'forward', recording_forward)
+    rc = test_script.main(eval_args(tiny_dataroot, tmp_path, 'auto', load_path=path, tile='auto', save_imgs=True))
+    assert rc == 0 and shapes == [SIZE] * 2  # fits: the release's whole-image forward, outputs unchanged
+    for scene in TEST_SCENES:
+        assert_rgbe_close(read_hdr(tmp_path / 'auto' / 'output_0' / f'{scene}.hdr'), outputs[1, scene])
+    # A budget that leaves room for a 32-pixel tile of the real AHDRNet only (MIN_TILE lowered for the tiny image)
+    monkeypatch.setattr(util.tiling, 'MIN_TILE', 16)
+    per_pixel = 5701  # models/backbones.py, AHDRNet fp32
+    budget = resident_memory() + 1.05 * forward_bytes(32, 32, per_pixel)
+    shapes.clear()
+    rc = test_script.main(eval_args(tiny_dataroot, tmp_path, 'auto_tiled', load_path=path, tile='auto',
+                                    tile_overlap=8, max_memory=budget / GIB, save_imgs=True))
+    assert rc == 0
+    assert shapes and max(max(s) for s in shapes) <= 40 and len(shapes) > 2
+    for scene in TEST_SCENES:
+        saved = read_hdr(tmp_path / 'auto_tiled' / 'output_0' / f'{scene}.hdr')
+        assert np.isfinite(saved).all() and np.abs(saved - outputs[1, scene]).mean() < 0.02 * outputs[1, scene].mean()
+
+
+def test_tile_auto_that_cannot_fit_says_what_to_change(tiny_dataroot, checkpoints, tmp_path):
+    ckpt, _ = checkpoints
+    rc = test_script.main(eval_args(tiny_dataroot, tmp_path, 'nofit', load_path=ckpt / 'release' / 'SelfHDR_model_1.pth',
+                                    tile='auto', max_memory=0.01))
+    assert rc == 1
+    assert re.search(r'64x48 image does not fit in memory.*--max_memory', (tmp_path / 'nofit' / 'test.log').read_text())
+
+
+def test_raw_allocator_error_is_translated(tiny_dataroot, checkpoints, tmp_path, monkeypatch):
+    ckpt, _ = checkpoints
+
+    def failing_forward(self, *inputs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 18432000000 bytes.")
+
+    monkeypatch.setattr(AHDR, 'forward', failing_forward)
+    rc = test_script.main(eval_args(tiny_dataroot, tmp_path, 'oom', load_path=ckpt / 'release' / 'SelfHDR_model_1.pth'))
+    assert rc == 1
+    log = (tmp_path / 'oom' / 'test.log').read_text()
+    assert 'out of memory' in log and '--tile auto' in log
+
+
+@pytest.mark.parametrize('flags, message', [({'tile': 'big'}, "tile side in pixels or 'auto'"),
+                                            ({'max_memory': -1}, '--max_memory')])
+def test_tile_and_memory_flags_are_checked(tiny_dataroot, tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        tiny_opt(tiny_dataroot, tmp_path, 'x', 'selfhdr2', is_train=False, **flags)
+    assert message in capsys.readouterr().err

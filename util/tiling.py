@@ -167,13 +167,15 @@ def forward_bytes(height, width, bytes_per_pixel, multiple=0):
     return bytes_per_pixel * height * width
 
 
-def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, max_tile=MAX_AUTO_TILE,
-                min_tile=MIN_TILE):
+def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, max_tile=None, min_tile=None):
     """--tile auto: the tile side for an image of height x width whose forward may use `budget` bytes.
 
     0 (the whole image at once, the release's way and free of seams) when that fits; otherwise the largest tile
     side of at most `max_tile` whose forward fits (tiles are blended over `overlap` pixels, see `tiled_forward`).
-    Raises MemoryBudgetError, saying what to change, when even `min_tile` pixels do not fit."""
+    Raises MemoryBudgetError, saying what to change, when even `min_tile` pixels do not fit. `max_tile` and
+    `min_tile` default to MAX_AUTO_TILE and MIN_TILE."""
+    max_tile = MAX_AUTO_TILE if max_tile is None else max_tile
+    min_tile = max(MIN_TILE if min_tile is None else min_tile, 2 * overlap)  # tiles mostly of their own pixels
     if forward_bytes(height, width, bytes_per_pixel, multiple) <= budget:
         return 0
     tile = min(max_tile, max(height, width))
@@ -182,11 +184,13 @@ def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, 
         if forward_bytes(tile_h, tile_w, bytes_per_pixel, multiple) <= budget:
             return tile
         tile -= 16
-    need = forward_bytes(min(min_tile, height), min(min_tile, width), bytes_per_pixel, multiple)
+    tile_h, tile_w = min(min_tile, height), min(min_tile, width)
+    need = forward_bytes(tile_h, tile_w, bytes_per_pixel, multiple)
     raise MemoryBudgetError(
         f'a {width}x{height} image does not fit in memory: the network needs about {need / GIB:.2f} GB even in '
-        f'{min_tile}-pixel tiles, and {max(budget, 0) / GIB:.2f} GB are left for it. Free memory (close other '
-        f'programs), raise --max_memory if the machine has more, or use smaller frames (downscale the photos)')
+        f'tiles of {tile_w}x{tile_h} pixels, and {max(budget, 0) / GIB:.2f} GB are left for it. Free memory '
+        f'(close other programs), raise --max_memory if the machine has more, or use smaller frames (downscale '
+        f'the photos)')
 
 
 def is_out_of_memory(exc):
