@@ -15,7 +15,8 @@ epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
 amp=${amp:-auto}                       # auto: bf16 where the hardware has it (a CPU with avx512_bf16/AMX, CUDA
                                        # with bf16), fp32 elsewhere; none: the release's fp32 (README, "Speed")
-extra=${extra:-}                       # e.g. "--tile 512" or "--extra_metrics pu21"
+tile=${tile:-auto}                     # auto: the whole image (as the release) when it fits in memory, else tiles
+extra=${extra:-}                       # e.g. "--max_memory 8" or "--extra_metrics pu21"
 
 if [ "$dataroot" = "./datasets/demo" ]; then
     python tools/make_demo_data.py --root "$dataroot"
@@ -23,4 +24,4 @@ fi
 
 python test.py --dataroot $dataroot --dataset_name $dataset --model selfhdr2 --network $net \
     --checkpoints_dir $ckpt --name $name --load_iter $epoch --gpu_ids $gpu -j 0 --verbose False \
-    --save_imgs True --amp $amp $extra
+    --save_imgs True --amp $amp --tile $tile $extra
