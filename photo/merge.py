@@ -14,7 +14,7 @@ from photo.exposures import check_exposures_match_frames
 from photo.frames import BracketFrames, load_bracket
 from photo.prealign import corner_shift, prealign
 from photo.response import Response
-from photo.response_choice import (LINEAR_RAW, estimate_from_bracket, resolve_response_flag,
+from photo.response_choice import (AUTO, LINEAR_RAW, choose_response, is_8bit, resolve_response_flag,
                                    save_response_to_file)
 from util.colour import EPS_T, GAMMA
 
@@ -70,7 +70,7 @@ def load_network(network: str, checkpoint, device):
 
 
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
-          exposures_in: str = 'seconds', response: str | Response = f'gamma{GAMMA:g}', device: str = 'cpu',
+          exposures_in: str = 'seconds', response: str | Response = AUTO, device: str = 'cpu',
           tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
           net=None, amp: str = 'none') -> MergeResult:
@@ -88,7 +88,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     from models.backbones import BACKBONES
     from util.tiling import padded, tiled_forward
 
-    if not isinstance(response, Response) and str(response).lower() != 'estimate':
+    if not isinstance(response, Response) and str(response).lower() not in ('estimate', AUTO):
         response = resolve_response_flag(response)
     if tile < 0 or (tile > 0 and not 0 <= tile_overlap < tile):
         raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
@@ -100,7 +100,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     bracket = load_bracket(inputs, exposures, exposures_in, strict_order, reference)
     if bracket.kind == 'raw':
         given = response.name if isinstance(response, Response) else str(response)
-        if given != f'gamma{GAMMA:g}':
+        if given not in (f'gamma{GAMMA:g}', AUTO):
             logger.warning('--response %s ignored: RAW frames are decoded linear (%s)', given, bracket.paths[1])
         if save_response_to is not None:
             logger.warning('--save_response ignored: a RAW bracket has no camera response to save')
@@ -109,8 +109,9 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     frames, valid = bracket.frames, None
     if prealign:
         frames, valid = prealign_bracket(bracket, response if isinstance(response, Response) else None)
-    if not isinstance(response, Response):  # 'estimate': from this bracket (pre-aligned, inside every frame)
-        response = estimate_from_bracket(frames, bracket.times, bracket.paths[1], valid)
+    if not isinstance(response, Response):  # 'auto'/'estimate': from this bracket (pre-aligned, inside every frame)
+        response = choose_response(response, frames, bracket.times, bracket.paths, valid, is_8bit(bracket.frames))
+        logger.info('camera response: %s (%s)', response.name, response.why)
     if save_response_to is not None:
         save_response_to_file(save_response_to, response)
     if not trust_exposures:

@@ -31,6 +31,7 @@ Responses (``resolve_response``): ``gamma2.2`` (or any ``gamma<g>``), ``srgb`` (
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ['N_CODES', 'TRAINING_GAMMA', 'ResponseError', 'Response', 'gamma_table', 'srgb_table', 'normalise_table',
            'check_table', 'save_response', 'load_response', 'resolve_response', 'estimate_response',
-           'linearise', 'encode', 'ESTIMATE_METHODS']
+           'linearise', 'encode', 'ESTIMATE_METHODS', 'JUDGED_CODES']
 
 N_CODES = 256
 TRAINING_GAMMA = 2.2  # util.colour.GAMMA; repeated so this module imports nothing of the project
@@ -145,7 +146,11 @@ def load_response(path) -> np.ndarray:
     ext = path.suffix.lower()
     try:
         if ext == '.npy':
-            f = np.load(path, allow_pickle=False)
+            try:
+                f = np.load(path, allow_pickle=False)
+            except Exception as exc:  # a damaged header raises SyntaxError or tokenize.TokenError, among others
+                raise ResponseError(f'{path}: not a readable .npy response table ({type(exc).__name__}: {exc})') \
+                    from exc
         elif ext == '.csv':
             lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
             if lines and not re.match(r'^\s*[-+0-9.]', lines[0]):
@@ -155,9 +160,10 @@ def load_response(path) -> np.ndarray:
                 f = f[:, 1:]  # leading code column
         else:
             raise ResponseError(f'{path}: a response file must end in .npy or .csv')
+        f = np.asarray(f, dtype=np.float64)  # strings, structured or object arrays fail here, naming the file
     except ResponseError:
         raise
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise ResponseError(f'{path}: not a readable response table ({exc})') from exc
     return check_table(f, str(path))
 
@@ -198,6 +204,7 @@ class Response:
 
     name: str
     table: np.ndarray
+    why: str = ''  # how it was chosen (the automatic choice says why; shown in the log)
 
     @property
     def is_training_gamma(self) -> bool:
@@ -297,6 +304,7 @@ def _pixel_pairs(xa: np.ndarray, xb: np.ndarray, valid: np.ndarray | None,
     return za[take], zb[take], np.ones(take.size)
 
 
+@functools.lru_cache(maxsize=1)
 def _log_code_prior() -> np.ndarray:
     """``sum (d2 g / du2)**2 du`` over knots 1..255 with ``u = log z``: power laws (``g = gamma u + c``) and the
     sRGB toe cost nothing, so codes with little data are extrapolated as a power law."""
@@ -310,13 +318,18 @@ def _log_code_prior() -> np.ndarray:
         r[k], r[k + 1], r[k + 2] = 2 / (h1 * (h1 + h2)), -2 / (h1 * h2), 2 / (h2 * (h1 + h2))
         rows.append(r * np.sqrt((h1 + h2) / 2))
     d2 = np.array(rows)
-    return d2.T @ d2
+    prior = d2.T @ d2
+    prior.setflags(write=False)  # cached: shared by every solve
+    return prior
 
 
 def _solve_ratio(pairs: list[tuple[np.ndarray, np.ndarray, float, np.ndarray]], smoothness: float,
-                 iterations: int) -> np.ndarray:
-    """One channel, in the log domain ``g = log f``: weighted least squares on ``g(zb) - g(za) = log R`` (linear
-    in ``g``, no per-pixel unknowns), ``g(255) = 0``, a second-difference prior, IRLS with Cauchy weights."""
+                 iterations: int) -> tuple[np.ndarray, float]:
+    """One curve, in the log domain ``g = log f``: weighted least squares on ``g(zb) - g(za) = log R`` (linear
+    in ``g``, no per-pixel unknowns), ``g(255) = 0``, a second-difference prior, IRLS with Cauchy weights.
+
+    Returns the curve and the fit's residual: the weighted RMS of ``g(zb) - g(za) - log R`` in stops (log2), with
+    the data weights but not the robust ones, so that pairs that disagree (moved content, wrong times) show."""
     n = N_CODES
     za = np.concatenate([p[0] for p in pairs])
     zb = np.concatenate([p[1] for p in pairs])
@@ -346,18 +359,27 @@ def _solve_ratio(pairs: list[tuple[np.ndarray, np.ndarray, float, np.ndarray]], 
         robust = 1.0 / (1.0 + (res / (2.385 * s)) ** 2)                  # Cauchy: moved pixels weigh little
     f = np.exp(g - g[-1])
     f[0] = 0.0
-    return f
+    res = (vals * g[cols]).sum(axis=1) - log_r
+    residual = float(np.sqrt(np.sum(base_w * res ** 2) / np.sum(base_w)) / np.log(2))
+    return f, residual
 
 
 def estimate_response(frames: Sequence[np.ndarray], times: Sequence[float], method: str = 'ratio',
                       valid: np.ndarray | None = None, smoothness: float = 1e-5, iterations: int = 4,
-                      min_count: int = 3, data: str = 'histogram', per_code: int = 40) -> np.ndarray:
+                      min_count: int = 3, data: str = 'histogram', per_code: int = 40, channels: str = 'shared',
+                      info: dict | None = None) -> np.ndarray:
     """Recover the normalised 256 x 3 response from a bracket (frames H x W x 3 BGR in [0, 1], any bit depth).
 
     ``times`` are the relative exposure times of ``frames`` (any scale). ``valid`` (H x W bool) marks pixels
     that may be used (e.g. inside every frame after pre-alignment). Frames need not be sorted.
+    ``channels='shared'`` (default; ``ratio`` only) fits one curve to the three channels' data together: a
+    camera's JPEG engine applies one tone curve to R, G and B after white balance, and three separately
+    extrapolated curves would differ in scale, i.e. tint the image; ``'separate'`` fits one per channel.
+    ``info``: a dict filled with what the reliability check needs (:func:`estimate_diagnostics`).
     Raises :class:`ResponseError` when the bracket holds too few unclipped pixels to fit a curve.
     """
+    if channels not in ('shared', 'separate'):
+        raise ResponseError(f"channels must be 'shared' or 'separate', got {channels!r}")
     if data not in ('histogram', 'pixels'):
         raise ResponseError(f"data must be 'histogram' or 'pixels', got {data!r}")
     if method not in ESTIMATE_METHODS:
@@ -373,6 +395,7 @@ def estimate_response(frames: Sequence[np.ndarray], times: Sequence[float], meth
     if method in ('debevec', 'robertson'):
         return _estimate_opencv(frames, times, method)
     table = np.empty((N_CODES, 3))
+    by_channel = []
     for c in range(3):
         pairs = []
         for j in range(len(frames) - 1):
@@ -387,8 +410,49 @@ def estimate_response(frames: Sequence[np.ndarray], times: Sequence[float], meth
             raise ResponseError(f'too few unclipped pixels shared by neighbouring exposures to estimate the response '
                                 f'(channel {"BGR"[c]}: {n_codes} distinct code values, need 32); use --response '
                                 'gamma2.2, srgb or a saved curve')
-        table[:, c] = _solve_ratio(pairs, smoothness, iterations)
-    return normalise_table(table)
+        by_channel.append(pairs)
+    separate = [_solve_ratio(pairs, smoothness, iterations) for pairs in by_channel]
+    if channels == 'shared':
+        curve, residual = _solve_ratio([p for pairs in by_channel for p in pairs], smoothness, iterations)
+        table[:] = curve[:, None]
+    else:
+        for c in range(3):
+            table[:, c] = separate[c][0]
+        residual = max(r for _, r in separate)
+    table = normalise_table(table)
+    if info is not None:
+        info.update(_diagnostics(frames, by_channel, table, [f for f, _ in separate], residual))
+    return table
+
+
+# The codes over which a curve is judged (and the bench scores it): the noise floor and the clipping shoulder
+# of 8-bit JPEGs lie outside.
+JUDGED_CODES = (20, 235)
+
+
+def _diagnostics(frames, by_channel, table, separate, residual) -> dict:
+    """What the reliability check of an estimate looks at (all in stops where a curve is compared)."""
+    lo, hi = JUDGED_CODES
+    z = np.arange(lo, hi + 1)
+    covered = []
+    for pairs in by_channel:          # codes of the judged range that some pair of neighbouring frames observed
+        seen = np.zeros(N_CODES, bool)
+        for za, zb, _, _ in pairs:
+            seen[np.clip(np.rint(za), 0, N_CODES - 1).astype(int)] = True
+            seen[np.clip(np.rint(zb), 0, N_CODES - 1).astype(int)] = True
+        covered.append(float(seen[z].mean()))
+    overlap = []                      # pixels well exposed in both frames of each neighbouring pair
+    for a, b in zip(frames[:-1], frames[1:]):
+        ok = ((a > 0.05) & (a < 0.95) & (b > 0.05) & (b < 0.95)).all(axis=2)
+        overlap.append(float(ok.mean()))
+    g = np.log2(np.maximum(table[z, 0], 1e-12))
+    slope = np.gradient(g, np.log2(z))  # local exponent d log f / d log z (2.2 for gamma 2.2)
+    spread = 0.0                        # how far the per-channel fits are from the shared one (offsets removed)
+    for f in separate:
+        d = np.log2(np.maximum(f[z], 1e-12)) - g
+        spread = max(spread, float(np.sqrt(np.mean((d - d.mean()) ** 2))))
+    return {'coverage': min(covered), 'overlap': overlap, 'residual_stops': residual,
+            'slope_min': float(slope.min()), 'slope_max': float(slope.max()), 'channel_spread_stops': spread}
 
 
 def _estimate_opencv(frames: list[np.ndarray], times: list[float], method: str) -> np.ndarray:

@@ -1,12 +1,29 @@
 """Which camera response a bracket gets: the ``--response``/``--gamma`` flags, the linear identity of RAW frames,
-and the estimate from the bracket itself."""
+and the estimate from the bracket itself.
+
+The default, ``auto``:
+
+* **8-bit frames** (JPEG, 8-bit PNG/TIFF: every value a multiple of 1/255) get the curve **estimated from the
+  bracket** (``photo.response.estimate_response``, one curve shared by the three channels), if the estimate
+  passes a reliability check (:func:`unreliable_reasons`): enough of codes 20..235 observed by neighbouring
+  exposures, a small fit residual, per-channel fits that agree with the shared one (they do not when the data
+  cannot pin the curve: little overlap, heavy clipping), and a plausible local exponent. Otherwise **sRGB**,
+  and the log says why.
+* **16-bit frames** keep the training encoding (gamma 2.2, frames unchanged), **RAW** frames are linear.
+
+The log says which curve was used and why; a bracket whose neighbouring frames share almost no well-exposed
+pixels is a warning in any case (the merge then rests on one frame per region, and no curve can be estimated).
+"""
 from __future__ import annotations
 
 import logging
 import math
 
 from photo.errors import MergeError
-from photo.response import Response, ResponseError, estimate_response, gamma_table, resolve_response, save_response
+import numpy as np
+
+from photo.response import (Response, ResponseError, estimate_response, gamma_table, resolve_response,
+                            save_response, srgb_table)
 from util.colour import GAMMA
 
 logger = logging.getLogger(__name__)
@@ -22,12 +39,94 @@ def resolve_response_flag(spec) -> Response:
         raise MergeError(f'--response: {exc}') from exc
 
 
-def estimate_from_bracket(frames, times, name, valid=None) -> Response:
+AUTO = 'auto'
+# Reliability check of an estimate (see the module docstring; set on bench/response_estimate.py's brackets: the
+# well-exposed ones pass with the per-channel fits within 0.04 stops of the shared curve, the heavily clipped
+# training-style ones whose estimate is off by 0.1-1.6 stops show 0.08 to 1.6).
+MIN_COVERAGE = 0.5          # fraction of codes 20..235 observed by some pair of neighbouring frames
+MAX_RESIDUAL_STOPS = 0.25   # RMS of the ratio constraints the curve leaves unexplained
+MAX_CHANNEL_SPREAD = 0.08   # stops between the per-channel fits and the shared curve (offsets removed)
+SLOPE_RANGE = (0.5, 12.0)   # local exponent d log f / d log z over codes 20..235 (sRGB 1.4-2.3, filmic up to ~9)
+MIN_OVERLAP = 0.02          # fraction of pixels well exposed in both of two neighbouring frames
+
+
+def is_8bit(frames) -> bool:
+    """Whether the frames hold 8-bit codes (every value a multiple of 1/255; looked at on a subsample)."""
+    for x in frames:
+        v = np.asarray(x, dtype=np.float64).ravel()[::7] * 255.0
+        if v.size and np.abs(v - np.rint(v)).max() > 1e-3:
+            return False
+    return True
+
+
+def unreliable_reasons(info: dict) -> list[str]:
+    """Why an estimate should not be trusted (empty: it passes); ``info`` from ``estimate_response(info=...)``."""
+    reasons = []
+    if info['coverage'] < MIN_COVERAGE:
+        reasons.append(f'only {info["coverage"]:.0%} of codes 20..235 seen by neighbouring exposures')
+    if info['residual_stops'] > MAX_RESIDUAL_STOPS:
+        reasons.append(f'fit residual {info["residual_stops"]:.2f} stops')
+    if info['channel_spread_stops'] > MAX_CHANNEL_SPREAD:
+        reasons.append(f'the channels disagree by {info["channel_spread_stops"]:.2f} stops')
+    if not SLOPE_RANGE[0] <= info['slope_min'] <= info['slope_max'] <= SLOPE_RANGE[1]:
+        reasons.append(f'implausible curve (local exponent {info["slope_min"]:.1f} to {info["slope_max"]:.1f})')
+    return reasons
+
+
+def overlap_warning(frames, paths) -> str | None:
+    """A warning when two neighbouring frames (sorted by exposure) share almost no well-exposed pixels."""
+    for a in range(len(frames) - 1):
+        xa, xb = frames[a], frames[a + 1]
+        ok = ((xa > 0.05) & (xa < 0.95) & (xb > 0.05) & (xb < 0.95)).all(axis=2)
+        if ok.mean() < MIN_OVERLAP:
+            return (f'{paths[a]} and {paths[a + 1]} share almost no well-exposed pixels ({ok.mean():.1%}): the '
+                    'exposures are too far apart (or one frame is mostly black or clipped) for the bracket to '
+                    'overlap; colours and the camera curve cannot be checked between them')
+    return None
+
+
+def estimate_from_bracket(frames, times, name, valid=None, info: dict | None = None) -> Response:
     try:
-        table = estimate_response(frames, times, valid=valid)
+        table = estimate_response(frames, times, valid=valid, info=info)
     except ResponseError as exc:
         raise MergeError(f'{name}: --response estimate failed: {exc}') from exc
-    return Response('estimate', table)
+    return Response('estimate', table, why='--response estimate')
+
+
+def choose_response(spec, frames, times, paths, valid=None, eight_bit: bool | None = None) -> Response:
+    """The response of an LDR bracket (frames sorted by exposure) for ``spec`` ``auto`` or ``estimate`` (others:
+    :func:`resolve_response_flag`). ``eight_bit``: whether the files hold 8-bit codes (default: judged from
+    ``frames``; pre-aligned frames are interpolated, so pass it from the frames as read). Warns when the bracket
+    lacks exposure overlap."""
+    spec = str(spec).lower()
+    warning = overlap_warning(frames, paths)
+    if warning:
+        logger.warning(warning)
+    if spec == 'estimate':
+        info = {}
+        response = estimate_from_bracket(frames, times, paths[1], valid, info)
+        reasons = unreliable_reasons(info)
+        if reasons:
+            logger.warning('%s: the estimated camera curve may be wrong (%s); consider --response srgb or a curve '
+                           'saved from a better bracket', paths[1], '; '.join(reasons))
+        return response
+    if not (is_8bit(frames) if eight_bit is None else eight_bit):
+        return Response(f'gamma{GAMMA:g}', gamma_table(GAMMA),
+                        why='auto: 16-bit frames, taken as encoded like the training data (gamma 2.2)')
+    info = {}
+    try:
+        table = estimate_response(frames, times, valid=valid, info=info)
+        reasons = unreliable_reasons(info)
+    except ResponseError as exc:
+        table, reasons = None, [str(exc).split(';')[0]]
+    if not reasons:
+        return Response('estimate', table,
+                        why=f'auto: estimated from this 8-bit bracket (fit residual {info["residual_stops"]:.3f} '
+                            f'stops, channels agree within {info["channel_spread_stops"]:.3f}, '
+                            f'{info["coverage"]:.0%} of codes seen)')
+    why = f'auto: the estimate from this bracket is unreliable ({"; ".join(reasons)}), so sRGB is used'
+    logger.warning('%s: %s; give --response if you know the camera curve', paths[1], why[6:])
+    return Response('srgb', srgb_table(), why=why)
 
 
 def save_response_to_file(path, response: Response) -> None:
@@ -39,11 +138,11 @@ def save_response_to_file(path, response: Response) -> None:
 
 
 def response_flag(args) -> str:
-    """The response named by the ``--response``/``--gamma`` flags of ``args`` (gamma 2.2 when neither)."""
+    """The response named by the ``--response``/``--gamma`` flags of ``args`` (``auto`` when neither)."""
     if args.gamma is not None and args.response is not None:
         raise MergeError('give either --response or --gamma, not both')
     if args.gamma is not None:
         if not (math.isfinite(args.gamma) and args.gamma > 0):
             raise MergeError(f'--gamma must be a positive number, got {args.gamma}')
         return f'gamma{args.gamma:g}'
-    return args.response if args.response is not None else f'gamma{GAMMA:g}'
+    return args.response if args.response is not None else AUTO

@@ -61,7 +61,8 @@ def bracket(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def jpeg_result(bracket):
-    return merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'])
+    """The bracket merged with the training encoding (gamma 2.2: frames pass unchanged), not the auto default."""
+    return merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2')
 
 
 def _run(capsys, args):
@@ -108,7 +109,7 @@ def test_exif_invalid_value_names_file(value):
 def test_main_jpeg_writes_consistent_outputs(bracket, jpeg_result, tmp_path, capsys):
     out_dir = tmp_path / 'out'
     rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
-                            '--output_dir', out_dir, '--name', 'scene'])
+                            '--output_dir', out_dir, '--name', 'scene', '--response', 'gamma2.2'])
     assert rc == 0, cap.err
     exr = read_exr(out_dir / 'scene.exr')
     hdr = read_hdr(out_dir / 'scene.hdr')
@@ -147,7 +148,7 @@ def test_merge_equals_direct_network_call(bracket, jpeg_result):
 def test_shuffled_inputs_are_sorted(bracket, jpeg_result, caplog):
     short, medium, long_ = bracket['jpg']
     with caplog.at_level(logging.WARNING):
-        res = merge([long_, short, medium], 'AHDRNet', bracket['ckpt'])
+        res = merge([long_, short, medium], 'AHDRNet', bracket['ckpt'], response='gamma2.2')
     assert res.bracket.order == [1, 2, 0] and res.bracket.reordered
     assert res.bracket.paths == [short, medium, long_]
     np.testing.assert_array_equal(res.hdr, jpeg_result.hdr)
@@ -199,6 +200,41 @@ def test_estimate_and_save_response_then_reuse(bracket, tmp_path, capsys):
                                  saved, '--output_dir', tmp_path, '--name', 'reuse'))
     assert rc == 0, cap.err
     np.testing.assert_allclose(read_exr(tmp_path / 'reuse.exr'), read_exr(tmp_path / 'est.exr'), atol=1e-5)
+
+
+def test_default_response_estimates_a_filmic_jpeg_bracket(bracket, tmp_path, capsys, caplog):
+    """JPEGs through an S-shaped camera curve, correct EXIF times: the default (auto) estimates the curve, so the
+    linearised frames keep the true 2-stop ratios, where gamma 2.2 misreads them. The log says which curve and why."""
+    from photo.response import encode, normalise_table
+
+    x = np.linspace(0, 1, 200001)
+    y = (x * 4) ** 1.6 / ((x * 4) ** 1.6 + 0.35)
+    lin = np.interp(np.arange(256) / 255, (y / y[-1]) ** (1 / 2.2), x)
+    filmic = normalise_table(np.repeat(lin[:, None], 3, axis=1))
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float64)
+    rad = (2.0 ** (-9 + 9.5 * xx / 127) * (0.7 + 0.3 * np.sin(yy / 5.0) ** 2))[..., None] * np.array([0.8, 1.0, 1.2])
+    rad = rad * np.exp(0.1 * rng.standard_normal(rad.shape))
+    paths = []
+    for name, (num, den) in zip(('short', 'medium', 'long'), EXIF_TIMES):
+        paths.append(tmp_path / f'{name}.jpg')
+        _save_jpeg(paths[-1], encode(np.clip(rad * 100.0 * num / den, 0, 1), filmic).astype(np.float32), (num, den))
+
+    def stops_between(res, a, b):  # brightness ratio of two linearised frames where both are well exposed
+        la, lb = (res.inputs[k].astype(np.float64) ** 2.2 for k in (a, b))
+        ok = (la > 0.01) & (lb < 0.6)
+        return np.log2(np.median(lb[ok] / la[ok]))
+
+    with caplog.at_level(logging.INFO):
+        auto = merge(paths, 'AHDRNet', bracket['ckpt'], prealign=False)
+    assert auto.response.name == 'estimate'
+    assert 'camera response: estimate (auto: estimated from this 8-bit bracket' in caplog.text
+    fixed = merge(paths, 'AHDRNet', bracket['ckpt'], prealign=False, response='gamma2.2', trust_exposures=True)
+    for a, b in ((0, 1), (1, 2)):
+        assert abs(stops_between(auto, a, b) - 2) < 0.15
+        assert abs(stops_between(fixed, a, b) - 2) > 0.3
+    rc, cap = _run(capsys, _args(bracket, paths, '--output_dir', tmp_path, '--name', 'auto'))
+    assert rc == 0 and 'response estimate' in cap.out, cap.err
 
 
 @pytest.mark.parametrize('flags, message', [(['--response', 'gammaX'], '--response'),
@@ -390,7 +426,7 @@ def handheld(tmp_path_factory):
 
 def test_prealign_moves_shaken_frames_onto_the_medium(bracket, handheld, caplog):
     with caplog.at_level(logging.INFO):
-        res = merge(handheld, 'AHDRNet', bracket['ckpt'])
+        res = merge(handheld, 'AHDRNet', bracket['ckpt'], response='gamma2.2')
     assert 'pre-aligned' in caplog.text and 'short.jpg' in caplog.text and 'long.jpg' in caplog.text
     med = read_ldr(handheld[1]).astype(np.float64) ** 2.2
     def misfit(x, gain):
@@ -400,7 +436,7 @@ def test_prealign_moves_shaken_frames_onto_the_medium(bracket, handheld, caplog)
     raw_short = read_ldr(handheld[0])
     assert misfit(res.inputs[0], 4) < 0.5 * misfit(raw_short, 4)
     np.testing.assert_array_equal(res.inputs[1], read_ldr(handheld[1]))  # the reference is untouched
-    off = merge(handheld, 'AHDRNet', bracket['ckpt'], prealign=False)
+    off = merge(handheld, 'AHDRNet', bracket['ckpt'], prealign=False, response='gamma2.2')
     np.testing.assert_array_equal(off.inputs[0], raw_short)
 
 
@@ -535,7 +571,7 @@ def test_batch_refuses_single_bracket_flags(bracket, tmp_path, capsys):
 
 def test_all_formats_half_exr_and_compare(bracket, jpeg_result, tmp_path, capsys):
     rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--output_dir', tmp_path, '--name', 's', '--formats', 'hdr',
-                                 'exr', 'tiff', 'png', '--exr_type', 'half', '--compare'))
+                                 'exr', 'tiff', 'png', '--exr_type', 'half', '--compare', '--response', 'gamma2.2'))
     assert rc == 0, cap.err
     assert sorted(p.name for p in tmp_path.iterdir()) == ['s.exr', 's.hdr', 's.png', 's.tif', 's_compare.png']
     exr = read_exr(tmp_path / 's.exr')

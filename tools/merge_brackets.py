@@ -23,8 +23,9 @@ Behaviour, and the choices made here:
   whose geometry the output keeps). Of more than three, the shortest, the longest and the one nearest their
   middle in stops (or ``--reference``) are used; the tool says which. When the given order differs, a warning lists the order used.
   ``--strict_order`` refuses instead (exit code 2), for scripts that must not be second-guessed.
-* **Camera response** ``--response`` (``photo.response``): ``gamma2.2`` (default), ``gamma<g>``, ``srgb``,
-  ``estimate`` (recovered from the bracket itself) or a saved ``.npy``/``.csv`` table (``--save_response``
+* **Camera response** ``--response`` (``photo.response``): ``auto`` (default; ``photo.response_choice``: 8-bit
+  frames get the curve estimated from the bracket when it passes a reliability check, else sRGB, and the log says
+  which and why; 16-bit frames gamma 2.2), ``gamma<g>``, ``srgb``, ``estimate`` (recovered from the bracket itself) or a saved ``.npy``/``.csv`` table (``--save_response``
   writes the one used, to reuse for the same camera). Each frame is linearised with it and **re-encoded with
   the training gamma**, ``X' = f(X) ** (1/2.2)``, so the network gets ``cat([X' ** 2.2 / (t + 1e-8), X'])``:
   the kind of input it was trained on, with the camera's own linear radiance. For ``gamma2.2`` the frames
@@ -108,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--strict_order', action='store_true',
                    help='refuse inputs not given short, medium, long instead of sorting them')
     p.add_argument('--response', type=str, default=None,
-                   help="camera response used to linearise JPEG/PNG/TIFF frames: gamma2.2 (default), gamma<value>, "
-                        "srgb, estimate (recovered from this bracket), or a 256x3 .npy/.csv table saved with "
-                        "--save_response")
+                   help="camera response used to linearise JPEG/PNG/TIFF frames: auto (default: 8-bit frames get the "
+                        "curve estimated from the bracket, or sRGB when the estimate fails its reliability check; "
+                        "16-bit frames gamma 2.2), gamma<value>, srgb, estimate (always the bracket's own), or a "
+                        "256x3 .npy/.csv table saved with --save_response")
     p.add_argument('--save_response', type=str, default=None,
                    help='write the response used (e.g. the estimated one) to this .npy or .csv file, to reuse '
                         'with --response FILE for the same camera')
