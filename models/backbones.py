@@ -30,8 +30,9 @@ BACKBONES = {b.name: b for b in (
     Backbone('FSHDR', 'models.fshdr', 'FSHDR', pad_multiple=0, crop_multiple=1, aligned_input=True,
              infer_bytes_per_pixel=(10331, 5496)),
     Backbone('HDR-Transformer', 'models.hdr_transformer', 'HDRTransformer', pad_multiple=8, crop_multiple=8,
-             aligned_input=False),
-    Backbone('SCTNet', 'models.sctnet', 'SCTNet', pad_multiple=8, crop_multiple=8, aligned_input=False),
+             aligned_input=False, infer_bytes_per_pixel=(6443, 6387)),
+    Backbone('SCTNet', 'models.sctnet', 'SCTNet', pad_multiple=8, crop_multiple=8, aligned_input=False,
+             infer_bytes_per_pixel=(9638, 6957)),
 )}
 
 
