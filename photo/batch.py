@@ -56,7 +56,10 @@ def find_brackets(input_dir) -> list[BracketJob]:
         exposures = None
         exp_file = sub / EXPOSURE_FILE
         if exp_file.is_file():
-            exposures = exp_file.read_text().split()
+            try:
+                exposures = exp_file.read_text(encoding='utf-8-sig').split()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise MergeError(f'{exp_file}: cannot read exposure file ({exc})') from None
         jobs.append(BracketJob(name=sub.name, folder=sub, inputs=files, exposures=exposures))
     if not jobs:
         loose = _image_files(root)

@@ -13,6 +13,7 @@ import numpy as np
 from photo.errors import MergeError
 from photo.response import Response, resolve_response
 from util.colour import GAMMA
+from util.flags import SECONDS_RANGE, STOPS_RANGE, NumberRangeError, checked_number
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def _exif_value_to_seconds(value, path: Path) -> float:
     if isinstance(value, (tuple, list)):
         if len(value) == 2 and all(isinstance(v, int) for v in value):
             num, den = value
-            value = num / den if den else math.nan
+            value = Fraction(num, den) if den else math.nan
         elif len(value) >= 1:
             return _exif_value_to_seconds(value[0], path)  # several values: the first is the frame's
         else:
@@ -35,12 +36,15 @@ def _exif_value_to_seconds(value, path: Path) -> float:
         value = value.decode('ascii', errors='replace').strip('\x00 ')
     try:
         seconds = float(Fraction(value)) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
         raise MergeError(f'{path}: EXIF ExposureTime {raw!r} is not a positive number of seconds; '
                          'pass the times with --exposures')
-    return seconds
+    try:  # the one check at the door: a time float32 arithmetic can divide by
+        return checked_number(seconds, 'EXIF ExposureTime (seconds)', *SECONDS_RANGE, source=str(path))
+    except NumberRangeError as exc:
+        raise MergeError(f'{exc}; pass the times with --exposures') from None
 
 
 def read_exposure_time(path) -> float | None:
@@ -80,16 +84,18 @@ def parse_exposures(values: Sequence, unit: str = 'seconds') -> list[float]:
     for v in values:
         try:
             number = float(Fraction(str(v).strip()))
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             raise MergeError(f'--exposures: {v!r} is not a number') from None
         if not math.isfinite(number):
             raise MergeError(f'--exposures: {v!r} is not finite')
-        if unit == 'seconds':
-            if number <= 0:
-                raise MergeError(f'--exposures: exposure time {v!r} s must be positive')
-            times.append(number)
-        else:
-            times.append(2.0 ** number)
+        if unit == 'seconds' and number <= 0:
+            raise MergeError(f'--exposures: exposure time {v!r} s must be positive')
+        lo, hi = SECONDS_RANGE if unit == 'seconds' else STOPS_RANGE
+        try:
+            number = checked_number(number, f'--exposures value ({unit})', lo, hi)
+        except NumberRangeError as exc:
+            raise MergeError(f'{exc} (given as {v!r})') from None
+        times.append(number if unit == 'seconds' else 2.0 ** number)
     return times
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from util.flags import SECONDS_RANGE, NumberRangeError, checked_number
+
 logger = logging.getLogger(__name__)
 
 __all__ = ['RAW_EXTS', 'RawReadError', 'RawFrame', 'is_raw', 'read_raw', 'relative_exposure']
@@ -76,16 +78,29 @@ def read_raw(path) -> RawFrame:
                     aperture=float(other.aperture), camera_wb=wb)
 
 
+ISO_RANGE = (1.0, 1e7)          # ISO speeds a camera writes
+F_NUMBER_RANGE = (0.3, 1000.0)  # f-numbers (pinholes included)
+
+
+def _plausible(value, bounds) -> bool:
+    try:
+        checked_number(value, 'metadata', *bounds)
+    except NumberRangeError:
+        return False
+    return True
+
+
 def relative_exposure(frames: list[RawFrame]) -> tuple[list[float | None], str]:
     """Exposure of each frame from its metadata: shutter time, times ISO (when every frame has one) and divided by
     the f-number squared (when every frame has one). A frame without a shutter time gives None.
 
     Returns the exposures and a description of what entered them."""
-    use_iso = all(f.iso > 0 for f in frames) and len({f.iso for f in frames}) > 1
-    use_ap = all(f.aperture > 0 for f in frames) and len({f.aperture for f in frames}) > 1
+    # Metadata checked at the door: a value that is not finite or not plausible counts as missing.
+    use_iso = all(_plausible(f.iso, ISO_RANGE) for f in frames) and len({f.iso for f in frames}) > 1
+    use_ap = all(_plausible(f.aperture, F_NUMBER_RANGE) for f in frames) and len({f.aperture for f in frames}) > 1
     out = []
     for f in frames:
-        if not (f.shutter_s > 0 and np.isfinite(f.shutter_s)):
+        if not _plausible(f.shutter_s, SECONDS_RANGE):
             out.append(None)
             continue
         e = f.shutter_s * (f.iso / 100.0 if use_iso else 1.0) / (f.aperture ** 2 if use_ap else 1.0)
