@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from util.fs import is_write_failure, write_failure
-from util.tiling import GIB, choose_tile, default_memory_budget, padded, resident_memory, tiled_forward
+from util.tiling import auto_tile, padded, tiled_forward
 from . import networks
 from .backbones import backbone
 
@@ -442,21 +442,13 @@ class BaseModel(ABC):
     def auto_tile(self, height, width):
         """--tile auto for a height x width input: the whole image when its forward fits the memory left under
         --max_memory (default: 80% of the available memory; on a GPU 90% of its free memory), else the largest tile
-        that fits (util.tiling.choose_tile, from the backbone's measured memory per pixel). Said in the log when
-        it changes."""
+        that fits (util.tiling.auto_tile, from the backbone's measured memory per pixel); logged when it changes."""
         row = backbone(self.opt.network)
-        per_pixel = row.infer_bytes_per_pixel[0 if self.amp_dtype is None else 1]
-        max_memory = getattr(self.opt, 'max_memory', 0) * GIB
-        if self.device.type == 'cuda':
-            budget = max_memory or 0.9 * torch.cuda.mem_get_info(self.device)[0]
-        else:
-            budget = (max_memory or default_memory_budget()) - resident_memory()
-        tile = choose_tile(height, width, per_pixel, budget, getattr(self.opt, 'tile_overlap', 32),
-                           multiple=row.pad_multiple)
-        if tile != getattr(self, '_auto_tile', None):
-            logger.info('--tile auto: %s for %dx%d inputs (%.1f GB for the network)',
-                        f'tiles of at most {tile} pixels' if tile else 'the whole image', width, height, budget / GIB)
-            self._auto_tile = tile
+        said = getattr(self, '_auto_tile_said', set())
+        tile = auto_tile(height, width, row.infer_bytes_per_pixel[0 if self.amp_dtype is None else 1],
+                         getattr(self.opt, 'max_memory', 0), getattr(self.opt, 'tile_overlap', 32),
+                         multiple=row.pad_multiple, device=self.device, log=(height, width) not in said)
+        self._auto_tile_said = said | {(height, width)}
         return tile
 
     def test(self):

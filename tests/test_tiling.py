@@ -85,11 +85,9 @@ def test_padded_forward_reproduces_release_test_pipeline(backbone, network):
     if not folder.is_dir():
         pytest.skip(f'golden reference not found at {folder}')
     from models.networks import define_network
-    try:
-        torch.manual_seed(0)
-        net = define_network(network)
-    except (ImportError, AttributeError, NotImplementedError) as exc:  # the backbone may not be written yet
-        pytest.skip(f'{network} backbone not importable/constructible yet: {exc!r}')
+    # Both backbones exist: an ImportError or AttributeError here is a failure, never a skip.
+    torch.manual_seed(0)
+    net = define_network(network)
     net.load_state_dict(torch.load(folder / 'state_dict.pth', map_location='cpu', weights_only=True), strict=True)
     net.eval()
     io = torch.load(folder / 'io.pt', map_location='cpu', weights_only=True)
@@ -196,16 +194,17 @@ def test_choose_tile_whole_image_when_it_fits():
     assert choose_tile(1000, 1500, 6000, budget - 1) > 0
 
 
-@pytest.mark.parametrize('budget_gb, multiple', [(1.0, 0), (3.0, 0), (0.3, 8), (64.0, 0)])
+@pytest.mark.parametrize('budget_gb, multiple', [(1.6, 0), (3.0, 0), (1.5, 8), (64.0, 0)])
 def test_choose_tile_largest_that_fits(budget_gb, multiple):
-    from util.tiling import GIB, MAX_AUTO_TILE, choose_tile, forward_bytes
+    from util.tiling import GIB, MAX_AUTO_TILE, TILED_OUTPUT_BYTES_PER_PIXEL, choose_tile, forward_bytes
     height, width, bpp = 4000, 6000, 6000  # a 24 MP photo, AHDRNet-like bytes per pixel
     budget = budget_gb * GIB
+    left = budget - TILED_OUTPUT_BYTES_PER_PIXEL * height * width  # the whole image's output buffers come first
     tile = choose_tile(height, width, bpp, budget, multiple=multiple)
     assert 0 < tile <= MAX_AUTO_TILE
-    assert forward_bytes(tile, tile, bpp, multiple) <= budget
+    assert forward_bytes(tile, tile, bpp, multiple) <= left
     if tile < MAX_AUTO_TILE:  # the next size up would not have fitted
-        assert forward_bytes(tile + 16, tile + 16, bpp, multiple) > budget
+        assert forward_bytes(tile + 16, tile + 16, bpp, multiple) > left
 
 
 def test_choose_tile_says_what_to_change_when_nothing_fits():

@@ -1,8 +1,11 @@
 """Test-time padding (the release's `chop`) and tiled inference in bounded memory."""
+import logging
 import os
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 
 def chop_padding(size, multiple=8, mode='release'):
@@ -103,6 +106,9 @@ def tiled_forward(fn, inputs, tile, overlap=32):
 GIB = 1 << 30
 MIN_TILE = 96  # below this the overlap is most of every tile; an image that needs smaller tiles does not fit
 MAX_AUTO_TILE = 768  # larger tiles save little work (the overlap costs ~9% at 768) and cost memory
+# A tiled run also holds the whole image's fp32 output, its weight sum and the result's copies (division, the
+# caller's HWC array): bytes per pixel of the image, taken from the budget before the tiles get theirs.
+TILED_OUTPUT_BYTES_PER_PIXEL = 56
 
 
 class MemoryBudgetError(ValueError):
@@ -178,6 +184,7 @@ def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, 
     min_tile = max(MIN_TILE if min_tile is None else min_tile, 2 * overlap)  # tiles mostly of their own pixels
     if forward_bytes(height, width, bytes_per_pixel, multiple) <= budget:
         return 0
+    budget -= TILED_OUTPUT_BYTES_PER_PIXEL * height * width
     tile = min(max_tile, max(height, width))
     while tile >= min_tile:
         tile_h, tile_w = min(tile, height), min(tile, width)
@@ -200,3 +207,19 @@ def is_out_of_memory(exc):
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or 'out of memory' in text.lower()
                                               or 'DefaultCPUAllocator' in text)
+
+
+def auto_tile(height, width, bytes_per_pixel, max_memory=0.0, overlap=32, multiple=0, device='cpu', log=True):
+    """--tile auto as the command lines run it: `choose_tile` with the memory this process has left, i.e.
+    `max_memory` GB (0: `default_memory_budget()`, most of what is available now) less what it holds already; on
+    a CUDA device `max_memory` GB or 90% of the device's free memory. Logs the choice (at debug level without
+    `log`); raises MemoryBudgetError."""
+    limit = max_memory * GIB
+    if str(device).startswith('cuda'):
+        budget = limit or 0.9 * torch.cuda.mem_get_info(torch.device(device))[0]
+    else:
+        budget = (limit or default_memory_budget()) - resident_memory()
+    tile = choose_tile(height, width, bytes_per_pixel, budget, overlap, multiple=multiple)
+    logger.log(logging.INFO if log else logging.DEBUG, '--tile auto: %s for %dx%d inputs (%.1f GB left for the '
+               'network)', f'tiles of at most {tile} pixels' if tile else 'the whole image', width, height, budget / GIB)
+    return tile
