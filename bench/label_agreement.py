@@ -28,17 +28,20 @@ _ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_ROOT))
 
 from tools.study import machine_info, describe_machine  # noqa: E402
-from util.hdr_io import read_hdr  # noqa: E402
+from util.exposures import scene_frames_and_times  # noqa: E402
+from util.hdr_io import read_hdr, read_ldr  # noqa: E402
 from util.tonemap import mu_law  # noqa: E402
 
 BANDS = (0, 10, 20, 30, 40, 60, 1e9)  # label disagreement, in 1/255 of mu-law (channel mean)
 THRESHOLDS = (5, 10, 15, 20, 25, 30, 40, 60)
 
 
+REGIONS = ('all', 'medium_clipped', 'medium_not_clipped')  # medium frame: a channel above 0.95, or none
+
+
 def measure(data: Path, stru: Path) -> dict:
     n_bands = len(BANDS) - 1
-    pixels, colour_closer = np.zeros(n_bands), np.zeros(n_bands)
-    err_colour, err_stru = np.zeros(n_bands), np.zeros(n_bands)
+    acc = {r: {k: np.zeros(n_bands) for k in ('pixels', 'closer', 'err_colour', 'err_stru')} for r in REGIONS}
     target_psnr = {t: [] for t in THRESHOLDS}
     scenes = sorted(p for p in (data / 'Training').iterdir() if p.is_dir())
     if not scenes:
@@ -54,25 +57,34 @@ def measure(data: Path, stru: Path) -> dict:
         apart = np.abs(t_col - t_stru).mean(axis=2) * 255
         e_col, e_stru = np.abs(t_col - t_gt).mean(axis=2), np.abs(t_stru - t_gt).mean(axis=2)
         band = np.digitize(apart, BANDS) - 1
-        for b in range(n_bands):
-            sel = band == b
-            pixels[b] += sel.sum()
-            colour_closer[b] += (e_col[sel] < e_stru[sel]).sum()
-            err_colour[b] += e_col[sel].sum()
-            err_stru[b] += e_stru[sel].sum()
+        clipped = read_ldr(scene_frames_and_times(scene, 'sig17')[0][1]).max(axis=2) > 0.95
+        for region, where in (('all', np.ones_like(clipped)), ('medium_clipped', clipped),
+                              ('medium_not_clipped', ~clipped)):
+            a = acc[region]
+            for b in range(n_bands):
+                sel = (band == b) & where
+                a['pixels'][b] += sel.sum()
+                a['closer'][b] += (e_col[sel] < e_stru[sel]).sum()
+                a['err_colour'][b] += e_col[sel].sum()
+                a['err_stru'][b] += e_stru[sel].sum()
         for t in THRESHOLDS:
             mask = (apart < t)[..., None]
             target = np.where(mask, t_col, t_stru)
             target_psnr[t].append(10 * np.log10(1.0 / np.mean((target - t_gt) ** 2)))
-    total = pixels.sum()
-    bands = []
-    for b in range(n_bands):
-        n = max(pixels[b], 1)
-        bands.append({'from': BANDS[b], 'to': BANDS[b + 1] if BANDS[b + 1] < 1e9 else None,
-                      'share_of_pixels': pixels[b] / total, 'colour_label_closer': colour_closer[b] / n,
-                      'mean_abs_error_colour_255': err_colour[b] / n * 255,
-                      'mean_abs_error_structure_255': err_stru[b] / n * 255})
-    return {'scenes': len(scenes), 'bands': bands,
+    def table(a):
+        total, bands = max(a['pixels'].sum(), 1), []
+        for b in range(n_bands):
+            n = max(a['pixels'][b], 1)
+            bands.append({'from': BANDS[b], 'to': BANDS[b + 1] if BANDS[b + 1] < 1e9 else None,
+                          'share_of_pixels': a['pixels'][b] / total, 'colour_label_closer': a['closer'][b] / n,
+                          'mean_abs_error_colour_255': a['err_colour'][b] / n * 255,
+                          'mean_abs_error_structure_255': a['err_stru'][b] / n * 255})
+        return bands
+
+    return {'scenes': len(scenes), 'bands': table(acc['all']),
+            'bands_by_region': {r: table(acc[r]) for r in REGIONS[1:]},
+            'region_share': {r: float(acc[r]['pixels'].sum() / max(acc['all']['pixels'].sum(), 1))
+                             for r in REGIONS[1:]},
             'stage2_target_psnr_mu': {str(t): float(np.mean(v)) for t, v in target_psnr.items()}}
 
 
@@ -96,6 +108,9 @@ def main(argv=None) -> int:
         print(f"{row['from']:>3}-{to:<4} /255: {row['share_of_pixels']:.4f} of pixels, Y_color closer "
               f"{row['colour_label_closer']:.2f}, mean |error| Y_color {row['mean_abs_error_colour_255']:.1f} "
               f"Y_stru {row['mean_abs_error_structure_255']:.1f} (/255)")
+    for region, bands in result['bands_by_region'].items():
+        print(f"{region} ({result['region_share'][region]:.3f} of pixels): Y_color closer by band: "
+              + ', '.join(f"{r['from']}+: {r['colour_label_closer']:.2f} ({r['share_of_pixels']:.3f})" for r in bands))
     print('stage-2 target PSNR-mu by threshold:',
           ', '.join(f'{t}: {v:.2f}' for t, v in result['stage2_target_psnr_mu'].items()))
     print(f'wrote {out}')

@@ -12,12 +12,18 @@ from . import networks
 from .hdr_common import HDRBackboneModel
 
 COLOUR_THRESHOLD = 10 / 255  # the release's
+CLIPPED_LEVEL = 0.95  # a medium-frame LDR value above this is taken as clipped
 
 
 def colour_mask(colour_label, structure_label, threshold=COLOUR_THRESHOLD):
     """1 where the mu-law colour and structure components agree within `threshold` (channel mean)."""
     diff = (networks.mu_tonemap(colour_label) - networks.mu_tonemap(structure_label)).abs()
     return (diff.mean(dim=1, keepdim=True) < threshold).float()
+
+
+def clipped_mask(ldr_mid, level=CLIPPED_LEVEL):
+    """1 where the medium LDR frame is clipped in some channel."""
+    return (ldr_mid.amax(dim=1, keepdim=True) > level).float()
 
 
 class SelfHDR2Model(HDRBackboneModel):
@@ -31,6 +37,10 @@ class SelfHDR2Model(HDRBackboneModel):
                             help='L_color is kept where the mu-law colour and structure components differ by less '
                                  'than this many 1/255 (channel mean); 10 is the release, the small-budget recipe '
                                  'widens it because its structure network is weaker (README, "Study")')
+        parser.add_argument('--colour_keep_clipped', type=str2bool, default=False,
+                            help='also keep L_color wherever the medium frame is clipped (a channel above 0.95): '
+                                 'there only the short frame knows the radiance, and the colour component carries '
+                                 'it (round-3 recipe; the release: False)')
         parser.add_argument('--vgg_rgb', type=str2bool, default=False,
                             help='flip BGR to RGB before the VGG (the release does not: known flaw 4)')
         return parser
@@ -42,6 +52,7 @@ class SelfHDR2Model(HDRBackboneModel):
         self.loss_Color = self.loss_Stru = self.loss_Total = None
         self.use_stru_loss = getattr(opt, 'stru_loss', 'vgg') == 'vgg'
         self.colour_threshold = getattr(opt, 'colour_threshold', 10) / 255
+        self.colour_keep_clipped = bool(getattr(opt, 'colour_keep_clipped', False))
         if not self.colour_threshold > 0:  # NaN too
             raise ValueError(f'--colour_threshold must be positive, got {opt.colour_threshold}')
         self.augment_noise = None
@@ -78,6 +89,8 @@ class SelfHDR2Model(HDRBackboneModel):
             raise ValueError('stage 2 needs `label` (colour) and `other_label` (structure, --stru_lable_path)')
         out = self.data_out.float()
         mask = colour_mask(self.label, self.other_label, self.colour_threshold)
+        if self.colour_keep_clipped:
+            mask = torch.maximum(mask, clipped_mask(self.input1[:, 3:6]))
         self.loss_Color = self.criterionL1(out, self.label, mask)
         self.loss_Stru = self.criterionVGG(out, self.other_label) if self.use_stru_loss else out.new_zeros(())
         self.loss_Total = self.loss_Color + self.loss_Stru

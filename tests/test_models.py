@@ -182,11 +182,36 @@ def test_stage2_colour_threshold_sets_the_mask(tiny_dataroot, stru_dir, tmp_path
     assert losses[30] > losses[10]  # the wider mask adds the darkened half's (non-zero) errors
 
 
+def test_stage2_keeps_the_colour_loss_where_the_medium_frame_is_clipped(tiny_dataroot, stru_dir, tmp_path):
+    from models import networks
+    from models.selfhdr2_model import clipped_mask, colour_mask
+    losses = {}
+    for keep in (False, True):
+        opt = make_opt('selfhdr2', tiny_dataroot, tmp_path / str(keep), stru_dir, noise='none', stru_loss='none',
+                       colour_threshold=10, colour_keep_clipped=keep)
+        model = build(opt)
+        batch = train_batch(opt)
+        batch['input1'][:, 3:6, :, :4] = 1.0  # a clipped band in the medium frame, where the labels disagree
+        model.set_input(batch)
+        model.forward()
+        model.compute_losses()
+        mask = colour_mask(model.label, model.other_label, 10 / 255)
+        clipped = clipped_mask(model.input1[:, 3:6])
+        assert clipped[..., :4].eq(1).all() and clipped.mean() < 1
+        if keep:
+            mask = torch.maximum(mask, clipped)
+        expected = networks.L1MuLoss()(model.data_out.float(), model.label, mask)
+        assert model.loss_Color.item() == pytest.approx(expected.item(), rel=1e-6)
+        losses[keep] = model.loss_Color.item()
+    assert losses[True] > losses[False]
+
+
 @pytest.mark.parametrize('threshold', [0, -5, float('nan')])
-def test_stage2_rejects_a_meaningless_colour_threshold(threshold, tiny_dataroot, stru_dir, tmp_path):
-    opt = make_opt('selfhdr2', tiny_dataroot, tmp_path, stru_dir, colour_threshold=threshold)
-    with pytest.raises(ValueError, match='colour_threshold'):
-        build(opt)
+def test_stage2_rejects_a_meaningless_colour_threshold(threshold, tiny_dataroot, stru_dir, tmp_path, capsys):
+    # refused when the flags are parsed (util.flags' check at the door), or at the latest by the model
+    with pytest.raises((ValueError, SystemExit)) as info:
+        build(make_opt('selfhdr2', tiny_dataroot, tmp_path, stru_dir, colour_threshold=threshold))
+    assert 'colour_threshold' in str(info.value) + capsys.readouterr().err
 
 
 def test_supervised_label_is_ground_truth(tiny_dataroot, stru_dir, tmp_path):

@@ -68,6 +68,9 @@ def test_every_split_scores_every_method_per_region(tiny_study):
     text = (out / 'results.md').read_text()
     assert all(f'Split `{split}`' in text for split in study.TEST_SPLITS)
     assert (out / 'worst_regions.png').stat().st_size > 0
+    # the validation split: training HDRIs, every split's settings in turn, scored like a split
+    assert set(results['validation']['methods']) == set(METHODS)
+    assert 'Split `validation`' in text
 
 
 def test_exposure_regions_partition_the_image():
@@ -123,8 +126,11 @@ def test_rerun_skips_finished_and_resumes_interrupted(tiny_study):
     for run, mtime in before.items():
         assert (ckpt / run / f'SelfHDR_model_{last}.pth').stat().st_mtime_ns == mtime  # not retrained
     assert (ckpt / 'stage2' / f'SelfHDR_model_{last}.pth').is_file()
-    assert 'resuming' in (ckpt / 'stage2' / 'train.log').read_text() or \
-        'loaded SelfHDR from' in (ckpt / 'stage2' / 'train.log').read_text()
+    # Resumed from its own last complete epoch, not retrained from the stage-1 start: 'loaded SelfHDR from' alone is
+    # in every stage-2 log (its --load_path start), so the check names the resumed epoch and the file it came from.
+    log = (ckpt / 'stage2' / 'train.log').read_text()
+    assert f'--continue_train: resuming after epoch {last - 1}' in log
+    assert f'loaded SelfHDR from {ckpt / "stage2" / f"SelfHDR_model_{last - 1}.pth"}' in log
 
 
 def test_stage0_labels_written_for_every_training_scene(tiny_study):
@@ -148,9 +154,19 @@ def test_ablations_train_and_score(tiny_study):
     for name, row in results['ablations'].items():
         assert np.isfinite(row['psnr_mu']) and np.isfinite(row['psnr_mu_permuted']), name
     ckpt, last = tiny_study / 'ckpt', study.BUDGETS['tiny'].epochs
+
+    def option(run, key):
+        value = re.search(rf'^\s*{key}: (\S+)', (ckpt / run / 'opt_train.txt').read_text(), re.M).group(1)
+        return {'True': 1.0, 'False': 0.0}.get(value, None) if value in ('True', 'False') else float(value)
+
     for run in ('stage2_no_stru_loss', 'stage2_stage1_half', 'stage1_no_align', 'stage2_no_align',
-                'stage2_from_scratch', 'stage2_colour_threshold_10'):
+                'stage2_from_scratch', 'stage2_colour_threshold_10', 'stage2_keep_clipped',
+                'stage2_colour_threshold_60'):
         assert (ckpt / run / f'SelfHDR_model_{last}.pth').is_file(), run
+    assert option('stage2_keep_clipped', 'colour_keep_clipped') == 1 and option('stage2', 'colour_keep_clipped') == 0
+    # every ablation is scored on every split and on the validation split too
+    for record in list(results['splits'].values()) + [results['validation']]:
+        assert set(study.ABLATIONS) <= set(record['methods'])
     # the recipe starts every stage 2 from the stage-1 network that made its labels; the ablation does not
     assert study.BUDGETS['tiny'].stage2_init == 'stage1'
     loaded = {run: (ckpt / run / 'train.log').read_text() for run in
@@ -160,14 +176,13 @@ def test_ablations_train_and_score(tiny_study):
     assert f"stage1_no_align{os.sep}SelfHDR_model_{last}.pth" in loaded['stage2_no_align']
     assert 'loaded SelfHDR from' not in loaded['stage2_from_scratch']
     # ... at its own (lower) peak learning rate; from scratch it uses the budget's rate
-    def option(run, key):
-        return float(re.search(rf'^\s*{key}: (\S+)', (ckpt / run / 'opt_train.txt').read_text(), re.M).group(1))
     assert option('stage2', 'lr') == study.BUDGETS['tiny'].stage2_lr != study.BUDGETS['tiny'].lr
     assert option('stage2_from_scratch', 'lr') == option('stage1', 'lr') == study.BUDGETS['tiny'].lr
     # the recipe's wider colour mask; the paper's stage 2 and the colour_threshold_release ablation keep 10/255
     assert option('stage2', 'colour_threshold') == study.BUDGETS['tiny'].stage2_colour_threshold == 30
     for run in ('stage2_from_scratch', 'stage2_colour_threshold_10'):
         assert option(run, 'colour_threshold') == 10, run
+    assert option('stage2_colour_threshold_60', 'colour_threshold') == 60
     # stage1_half: structure labels from the stage-1 network at half its budget
     assert len(list((ckpt / 'stage1' / f'output_{max(1, last // 2)}').glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
     # no_align: its colour labels are the unaligned merge, so they differ from the aligned ones

@@ -46,7 +46,8 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from data.demo import TEST_HDRIS, ensure_demo_dataset  # noqa: E402
-from data.study_splits import SPLIT_DESCRIPTIONS, TEST_SPLITS, ensure_test_split  # noqa: E402
+from data.study_splits import (SPLIT_DESCRIPTIONS, TEST_SPLITS, ensure_test_split,  # noqa: E402
+                               ensure_validation_split)
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import saved_model_epochs  # noqa: E402
 from util import metrics  # noqa: E402
@@ -65,7 +66,8 @@ REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')  # per-region PSNR-mu, p
 CLIPPED_LEVEL, DARK_LEVEL = 0.95, 0.05  # medium-frame LDR levels: any channel above / every channel below
 MOTION_THRESHOLD = 10 / 255  # mu-law difference between the unaligned and the aligned merge that marks motion
 PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
-ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch', 'colour_threshold_release')
+ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch', 'colour_threshold_release',
+             'colour_keep_clipped', 'colour_threshold_60')
 
 
 @dataclass(frozen=True)
@@ -558,7 +560,10 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [f'{row[k]:.2f}' if row.get(k) is not None else '-'
                      for k in ('psnr_mu', 'psnr_l', 'psnr_mu_motion', 'psnr_mu_permuted')]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-    for split, record in results.get('splits', {}).items():
+    tables = dict(results.get('splits', {}))
+    if results.get('validation'):
+        tables['validation'] = results['validation']
+    for split, record in tables.items():
         lines += ['', f"Split `{split}`: {record['description']}. PSNR-mu per region is pooled over the split's "
                   'pixels of that region; regions from the medium frame: clipped (a channel above '
                   f'{CLIPPED_LEVEL}), dark (every channel below {DARK_LEVEL}), well exposed (the rest), and moving.',
@@ -644,6 +649,17 @@ def run_study(args) -> dict:
             train_run('stage2_from_scratch', 'selfhdr2', dataroot, ckpt, net, budget,
                       stage2_flags(stru, 'stage1', epochs, 'scratch', 10.0))
             ablation_runs[ablation] = ('stage2_from_scratch', dataroot)
+        elif ablation == 'colour_keep_clipped':
+            # L_color also wherever the medium frame is clipped, whatever the structure label says there
+            train_run('stage2_keep_clipped', 'selfhdr2', dataroot, ckpt, net, budget,
+                      stage2_extra + ['--colour_keep_clipped', 'True'])
+            ablation_runs[ablation] = ('stage2_keep_clipped', dataroot)
+        elif ablation == 'colour_threshold_60':
+            # A wider mask still: with the round-3 colour label, Y_color is the closer label in most pixels up to
+            # 60/255 of disagreement (bench/label_agreement.py)
+            train_run('stage2_colour_threshold_60', 'selfhdr2', dataroot, ckpt, net, budget,
+                      stage2_flags(stru, 'stage1', epochs, budget.stage2_init, 60.0))
+            ablation_runs[ablation] = ('stage2_colour_threshold_60', dataroot)
         elif ablation == 'colour_threshold_release':
             # The release's colour mask (10/255), everything else as the recipe
             train_run('stage2_colour_threshold_10', 'selfhdr2', dataroot, ckpt, net, budget,
@@ -667,6 +683,13 @@ def run_study(args) -> dict:
         splits[split], split_outputs[split] = score_split(split, split_root, split_aligned, trained, stage1_net, net)
         logger.info('split %s: %s', split, ', '.join(f"{m} {row['psnr_mu']:.2f}"
                                                       for m, row in splits[split]['methods'].items()))
+    # The validation split (training HDRIs, every split's settings in turn): where recipe choices are made
+    val_root = ensure_validation_split(work / 'splits' / 'validation', _ROOT / 'datasets' / 'hdri', TEST_HDRIS,
+                                       budget.n_test, budget.size, budget.seed)
+    validation, _ = score_split('validation', val_root,
+                                make_aligned_test_copy(val_root, work / 'splits_aligned' / 'validation'),
+                                trained, stage1_net, net)
+    validation['description'] = 'validation: training HDRIs, each split\'s settings in turn (for recipe choices)'
     current = splits.get('current') or next(iter(splits.values()))
     methods = {name: row for name, row in current['methods'].items() if name not in ablation_runs}
     ablations = {name: current['methods'][name] for name in ablation_runs}
@@ -692,7 +715,7 @@ def run_study(args) -> dict:
         'seconds': {run: run_seconds(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'run_machines': {run: run_machines(ckpt / run) for run in
                          ('supervised', 'stage1', 'stage2') + tuple(run for run, _ in ablation_runs.values())},
-        'methods': methods, 'ablations': ablations, 'splits': splits,
+        'methods': methods, 'ablations': ablations, 'splits': splits, 'validation': validation,
         'labels': score_labels(dataroot, stru, budget.stage2_colour_threshold),
         'curves': {run: curve_points(ckpt / run) for run in ('supervised', 'stage1', 'stage2')},
         'permutation': list(PERMUTATION), 'date': time.strftime('%Y-%m-%d %H:%M'),

@@ -1,0 +1,122 @@
+"""The colour component (Y_color) against the plain flow-aligned merge, per study split and per region.
+
+For every split of ``data/study_splits.py`` (scenes rendered from the hold-out HDRIs with the split's settings,
+the same generator streams as the study's) and for the validation split (training HDRIs), it merges each bracket
+four ways and scores them against the ground truth:
+
+* ``unaligned_merge``: the triangle merge of the frames as shot;
+* ``flow_merge``: after a plain DIS-flow alignment (no validity check, no fallback);
+* ``label_release_fallback``: our alignment with the fallback everywhere a warp is rejected (``clip_aware=False``,
+  the behaviour before round 3);
+* ``colour_component``: our alignment as shipped (the fallback does not replace a warp that agrees with a clipped
+  medium frame).
+
+PSNR-mu and PSNR-l are means over scenes; per region (clipped / well exposed / dark in the medium frame, moving =
+where alignment changes the merge by 10/255 in mu-law), PSNR-mu is pooled over the split's pixels. Also the share
+of clipped pixels where the merge is off by more than 0.1 (linear, ground truth in [0, 1]).
+
+    python bench/label_highlights.py                  # 12 scenes per split, 256x384, about 2 minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
+
+from data.demo import DEFAULT_HDRI_DIR, TEST_HDRIS  # noqa: E402
+from data.study_splits import TEST_SPLITS, split_config  # noqa: E402
+from tools.study import describe_machine, machine_info  # noqa: E402
+from util import metrics  # noqa: E402
+from util.align import AlignConfig, align_frames  # noqa: E402
+from util.colour import merge_colour_component  # noqa: E402
+from util.synthetic import list_hdr_files, load_sources, synthesize_scene  # noqa: E402
+from util.tonemap import mu_law  # noqa: E402
+
+MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False),
+          'label_release_fallback': AlignConfig(clip_aware=False),
+          'colour_component': AlignConfig()}
+REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')
+
+
+def quantise16(x: np.ndarray) -> np.ndarray:
+    """What the aligned frames read back as after data/align_split.py writes them."""
+    return (np.clip(np.rint(x.astype(np.float64) * 65536), 0, 65535) / 65536).astype(np.float32)
+
+
+def score_split(scenes) -> dict:
+    names = ('unaligned_merge',) + tuple(MERGES)
+    rows = {n: {'psnr_mu': [], 'psnr_l': [], 'off_clipped': []} for n in names}
+    pooled = {n: {r: ([], []) for r in REGIONS} for n in names}
+    for scene in scenes:
+        t = [2.0 ** v for v in scene.exposures]
+        mid, gt = scene.ldrs[1], scene.gt
+        outs = {'unaligned_merge': merge_colour_component(*scene.ldrs, t)}
+        for name, cfg in MERGES.items():
+            res = align_frames(*scene.ldrs, t, cfg)
+            outs[name] = merge_colour_component(quantise16(res.frames[0]), mid, quantise16(res.frames[2]), t)
+        top = mid.max(axis=2)
+        motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
+                        - mu_law(np.clip(outs['colour_component'], 0, 1))).mean(axis=2) >= 10 / 255
+        masks = {'clipped': top > 0.95, 'dark': top < 0.05, 'well_exposed': (top <= 0.95) & (top >= 0.05),
+                 'motion': motion}
+        for name, out in outs.items():
+            out = np.clip(out, 0, 1)
+            rows[name]['psnr_mu'].append(metrics.psnr_mu(out, gt))
+            rows[name]['psnr_l'].append(metrics.psnr_l(out, gt))
+            if masks['clipped'].any():
+                rows[name]['off_clipped'].append(float((np.abs(out - gt).max(axis=2) > 0.1)[masks['clipped']].mean()))
+            for region, mask in masks.items():
+                pooled[name][region][0].append(out[mask])
+                pooled[name][region][1].append(gt[mask])
+    result = {}
+    for name in names:
+        row = {k: float(np.mean(v)) if v else None for k, v in rows[name].items()}
+        for region, (outs, gts) in pooled[name].items():
+            o, g = np.concatenate(outs), np.concatenate(gts)
+            row[f'psnr_mu_{region}'] = metrics.psnr_mu(o, g) if len(o) else None
+        result[name] = row
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--scenes', type=int, default=12)
+    p.add_argument('--size', default='256x384')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default=str(_ROOT / 'bench' / 'results' / 'label_highlights.json'))
+    args = p.parse_args(argv)
+    size = tuple(int(v) for v in args.size.split('x'))
+    files = list_hdr_files(DEFAULT_HDRI_DIR)
+    held = load_sources([f for f in files if f.stem in TEST_HDRIS])
+    train = load_sources([f for f in files if f.stem not in TEST_HDRIS])
+    names = list(TEST_SPLITS)
+    results = {}
+    start = time.time()
+    for k, split in enumerate(names):
+        cfg = split_config(split, size)
+        # the study's streams (data/study_splits.py): [seed, 1, scene, 100 + split number]
+        scenes = [synthesize_scene(held, np.random.default_rng([args.seed, 1, i, 100 + k]), cfg)
+                  for i in range(args.scenes)]
+        results[split] = score_split(scenes)
+        print(split, {n: round(r['psnr_l'], 2) for n, r in results[split].items()}, flush=True)
+    val = [synthesize_scene(train, np.random.default_rng([args.seed, 1, i, 100 + len(names)]),
+                            split_config(names[i % len(names)], size)) for i in range(args.scenes)]
+    results['validation'] = score_split(val)
+    record = {'splits': results, 'scenes_per_split': args.scenes, 'size': list(size), 'seed': args.seed,
+              'seconds': time.time() - start, 'machine': describe_machine(machine_info()),
+              'note': 'label_release_fallback = the aligner before round 3 (fallback wherever a warp is rejected); '
+                      '"current" here is rendered with the split streams, not the study data\'s own Test scenes'}
+    Path(args.out).write_text(json.dumps(record, indent=1))
+    print('wrote', args.out)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
