@@ -7,20 +7,11 @@ import torch
 
 from models import backbones
 from util.flags import LR_RANGE, NumberRangeError, checked_number, str2bool  # noqa: F401  (str2bool re-exported)
+from util.tiling import tile_flag
 
 logger = logging.getLogger(__name__)
 
 NETWORK_CHOICES = backbones.NAMES
-
-
-def tile_flag(text):
-    """--tile: a tile side in pixels (0: the whole image) or 'auto' (chosen per image from the memory budget)."""
-    if str(text).strip().lower() == 'auto':
-        return 'auto'
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a tile side in pixels or 'auto', got {text!r}") from None
 
 
 

@@ -115,6 +115,18 @@ class MemoryBudgetError(ValueError):
     """The image does not fit the memory budget even in the smallest tiles; the message says what to change."""
 
 
+def tile_flag(text):
+    """--tile: a tile side in pixels (0: the whole image) or 'auto' (chosen per image from the memory budget)."""
+    import argparse
+
+    if str(text).strip().lower() == 'auto':
+        return 'auto'
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a tile side in pixels or 'auto', got {text!r}") from None
+
+
 def available_memory(meminfo='/proc/meminfo', cgroup='/sys/fs/cgroup'):
     """Bytes that can still be allocated without swapping: the kernel's MemAvailable, capped by the memory limit of
     the process's cgroup (v2 `memory.max` less `memory.current`, or v1's limit less usage) inside a container.
