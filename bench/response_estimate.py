@@ -1,29 +1,39 @@
-"""How well does ``--response estimate`` recover a camera curve that is not gamma 2.2, and what does it buy the
-classical merge? Writes bench/results/response_estimate.json (a few seconds on one core).
+"""How well does the bracket's own camera curve come out, and does the default (``--response auto``) get colours
+right? Writes bench/results/response_estimate.json (a few minutes on one core).
 
-    python bench/response_estimate.py [--scenes 3] [--size 128 192]
+    python bench/response_estimate.py [--crops 8] [--scenes 6] [--size 128 192]
 
-Brackets come from util/synthetic.py's scene generator (CC0 HDRIs in datasets/hdri, camera shake, moving
-objects, shot and read noise; exposures 1, 4, 16 or 1, 8, 64). Its frames are gamma 2.2 before 16-bit
-quantisation, so the noisy linear signal is ``X ** 2.2``; each bracket is re-encoded with a known curve
-and quantised to 8 bits, as a JPEG camera would:
+Two kinds of synthetic 8-bit brackets, from the CC0 HDRIs in datasets/hdri:
 
-* ``srgb``: the IEC 61966-2-1 transfer function;
-* ``filmic``: Hable's filmic S-curve (toe and shoulder, white point 11.2) followed by the 1/2.2 display gamma;
-* ``gamma2.2``: the control, where assuming 2.2 is right.
+* ``auto_exposed``: a random crop per HDRI, exposed like a camera's auto-exposure (the medium frame's median
+  linear luminance at 10-20 %), frames at -2/0/+2 EV, shot and read noise of a camera sensor (read noise
+  1e-4..5e-4, shot-noise gain 1e-5..1e-4 of full scale), no motion: a tripod bracket with exposure overlap;
+* ``training_style``: util/synthetic.py's generator (the training data's: the brightest 0.5 % at the short
+  frame's top, so the medium and long frames clip on 30-95 % of the pixels; camera shake, moving objects,
+  stronger noise; 2- or 3-stop steps): brackets that often lack the overlap to estimate a curve.
 
-For each bracket and each way of getting the response (``ratio``: our fit, the default of ``estimate``;
-OpenCV's ``debevec`` and ``robertson``; ``gamma2.2`` assumed; ``true``: the curve itself) it reports
+Each bracket's noisy linear frames are encoded with a known camera curve and quantised to 8 bits: ``srgb``,
+``gamma1.8`` ... ``gamma2.4``, two filmic S-curves (``filmic_hable``: Hable's, white point 11.2, then the 1/2.2
+display gamma; ``filmic_aces``: Narkowicz's ACES fit, white 4) and ``jpeg_shoulder`` (sRGB with a soft shoulder
+above code 204, as JPEG engines roll off highlights).
 
-* the curve's error over codes 8..250 of all channels: RMS of ``log f_est - log f_true``
-  as used (normalised at code 255, the saturation point) and scale-free (per-channel mean log offset removed:
-  the exposure ratios fix the shape, not where code 255 sits when the top codes are clipped);
-* the classical merge (Kalantari's triangle weights on the unaligned frames, ``H = f(X) / t``, re-encoded as
-  ``X' = f(X) ** (1/2.2)`` for the weights, as ``tools/merge_brackets.py`` feeds the networks) scored against the
-  ground truth with PSNR-mu and PSNR-l.
+Reported per curve and bracket kind:
+
+* **curve error** of the estimate (``photo.response.estimate_response``, shared curve; ``separate``: one per
+  channel) over codes 20..235, RMS of ``log2 f_est - log2 f_true`` in stops: ``as_used`` (both normalised at
+  code 255, the clipping point) and ``shape`` (one offset common to the three channels removed: a common scale
+  is an exposure change of the whole HDR, a relative quantity; a per-channel one would be a tint and is kept);
+* **colour error** of the classical merge (Kalantari's triangle weights, frames linearised with the response
+  and re-encoded with the training gamma, as photo/merge.py feeds the networks) against the true radiance:
+  the median over pixels (all but the darkest 5 % of the ground truth) of the angle between the RGB vectors,
+  in degrees, then the median over brackets, for the default (``auto``) and each fixed choice (``gamma1.8`` ..
+  ``gamma2.4``, ``srgb``), ``estimate`` and the true curve; ``auto_minus_best_fixed`` is the default's distance
+  to the best fixed choice for that curve (done when <= 0.5 degrees);
+* how often ``auto`` kept the estimate and how often it fell back to sRGB.
 """
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -31,110 +41,206 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# One BLAS thread: the curve fit's 256 x 256 solves are tiny, and threads spinning beside a busy core make each
+# one take seconds instead of milliseconds.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from photo.response import Response, encode, estimate_response, gamma_table, normalise_table, srgb_table  # noqa: E402
+from photo.response_choice import choose_response  # noqa: E402
 from util import metrics  # noqa: E402
-from photo.response import (ESTIMATE_METHODS, Response, ResponseError, encode, estimate_response, gamma_table,  # noqa: E402
-                                  normalise_table, srgb_table)
 from util.colour import merge_colour_component  # noqa: E402
 from util.synthetic import SynthConfig, list_hdr_files, load_sources, scene_rng, synthesize_scene  # noqa: E402
 
-CODES = np.arange(8, 251)
+CODES = np.arange(20, 236)
+FIXED = ('gamma1.8', 'gamma2.0', 'gamma2.2', 'gamma2.4', 'srgb')
 
 
-def hable_filmic_table(white: float = 11.2) -> np.ndarray:
-    """Inverse (code -> radiance) of Hable's filmic curve + 1/2.2 display gamma, radiance 1 at the white point."""
-    a, b, c, d, e, f = 0.15, 0.50, 0.10, 0.20, 0.02, 0.30
-
-    def curve(x):
-        return (x * (a * x + c * b) + d * e) / (x * (a * x + b) + d * f) - e / f
-
+def table_from_forward(forward) -> np.ndarray:
+    """Code -> radiance table of a camera curve given as radiance (0..1) -> display value, normalised at 1."""
     x = np.linspace(0.0, 1.0, 400001)
-    y = (curve(x * white) / curve(white)) ** (1 / 2.2)
-    lin = np.interp(np.arange(256) / 255.0, y, x)
+    y = forward(x)
+    lin = np.interp(np.arange(256) / 255.0, y / y[-1], x)
     return normalise_table(np.repeat(lin[:, None], 3, axis=1))
 
 
-CURVES = {'srgb': srgb_table, 'filmic': hable_filmic_table, 'gamma2.2': lambda: gamma_table(2.2)}
+def hable(x, white=11.2):
+    a, b, c, d, e, f = 0.15, 0.50, 0.10, 0.20, 0.02, 0.30
+
+    def curve(v):
+        return (v * (a * v + c * b) + d * e) / (v * (a * v + b) + d * f) - e / f
+
+    return (curve(x * white) / curve(white)) ** (1 / 2.2)
 
 
-def curve_errors(est: np.ndarray, true: np.ndarray) -> dict:
-    d = np.log(np.maximum(est[CODES], 1e-12)) - np.log(true[CODES])
-    return {'rms_log_error': float(np.sqrt(np.mean(d ** 2))),
-            'rms_log_error_scale_free': float(np.sqrt(np.mean((d - d.mean(axis=0)) ** 2)))}
+def aces(x, white=4.0):
+    def curve(v):
+        return (v * (2.51 * v + 0.03)) / (v * (2.43 * v + 0.59) + 0.14)
+
+    return (curve(x * white) / curve(white)) ** (1 / 2.2)
 
 
-def classical_merge(frames8, times, table) -> np.ndarray:
+def jpeg_shoulder(x, knee=0.8):
+    s = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+    return np.where(s < knee, s, knee + (1 - knee) * np.tanh((s - knee) / (1 - knee)) / np.tanh(1.0))
+
+
+CURVES = {'srgb': srgb_table, 'gamma1.8': lambda: gamma_table(1.8), 'gamma2.0': lambda: gamma_table(2.0),
+          'gamma2.2': lambda: gamma_table(2.2), 'gamma2.4': lambda: gamma_table(2.4),
+          'filmic_hable': lambda: table_from_forward(hable), 'filmic_aces': lambda: table_from_forward(aces),
+          'jpeg_shoulder': lambda: table_from_forward(jpeg_shoulder)}
+
+
+def auto_exposed_brackets(n, size, seed, noise_scale=1.0):
+    """(true radiance, times, noisy linear frames) per crop: auto-exposed medium frame, -2/0/+2 EV, no motion."""
+    sources = load_sources(list_hdr_files(os.path.join(ROOT, 'datasets', 'hdri')))
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = np.asarray(sources[i % len(sources)].radiance, np.float32)
+        H, W = img.shape[:2]
+        s = rng.uniform(0.5, 0.9)
+        h, w = int(H * s), int(W * s * 0.9)
+        y0, x0 = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        crop = cv2.resize(img[y0:y0 + h, x0:x0 + w], size[::-1], interpolation=cv2.INTER_AREA).astype(np.float64)
+        crop = np.maximum(crop, 1e-7)
+        crop *= rng.uniform(0.1, 0.2) / np.median(crop.mean(axis=2))
+        times = [1.0, 4.0, 16.0]
+        crop /= 4.0  # short-exposure scale: the medium frame (t = 4) is the auto-exposed one
+        shot, read = 10 ** rng.uniform(-5, -4) * noise_scale ** 2, 10 ** rng.uniform(-4, -3.3) * noise_scale
+        frames = []
+        for t in times:
+            e = crop * t
+            e = e + np.sqrt(shot * e + read ** 2) * rng.standard_normal(e.shape)
+            frames.append(np.clip(e, 0, 1))
+        out.append({'gt': crop, 'times': times, 'linear': frames, 'source': sources[i % len(sources)].name})
+    return out
+
+
+def training_style_brackets(n, size, seed):
+    sources = load_sources(list_hdr_files(os.path.join(ROOT, 'datasets', 'hdri')))
+    out = []
+    for i in range(n):
+        scene = synthesize_scene(sources, scene_rng(seed, 'Test', i), SynthConfig(size=tuple(size)))
+        out.append({'gt': np.asarray(scene.gt, np.float64), 'times': [2.0 ** v for v in scene.exposures],
+                    'linear': [np.asarray(x, np.float64) ** 2.2 for x in scene.ldrs],
+                    'source': scene.meta['background']})
+    return out
+
+
+def curve_errors(est, true) -> dict:
+    d = np.log2(np.maximum(est[CODES], 1e-12)) - np.log2(true[CODES])
+    return {'as_used': float(np.sqrt(np.mean(d ** 2))), 'shape': float(np.sqrt(np.mean((d - d.mean()) ** 2)))}
+
+
+def colour_error(merged, gt) -> float:
+    """Median angle (degrees) between merged and true RGB over all but the darkest 5 % of the ground truth."""
+    lum = gt.mean(axis=2)
+    ok = lum > np.percentile(lum, 5)
+    a, b = merged[ok].astype(np.float64), gt[ok]
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-20)
+    return float(np.median(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
+
+
+def classical(frames8, times, table):
     resp = Response('bench', table)
     x = [resp.to_training_ldr(f) for f in frames8]
-    return merge_colour_component(x[0], x[1], x[2], times)
+    return merge_colour_component(x[0], x[1], x[2], np.asarray(times, np.float64))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--scenes', type=int, default=4)
+    parser.add_argument('--crops', type=int, default=8, help='auto-exposed brackets (one crop per HDRI, cycled)')
+    parser.add_argument('--scenes', type=int, default=6, help='training-style brackets')
     parser.add_argument('--size', type=int, nargs=2, default=(128, 192), metavar=('H', 'W'))
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--output', default=os.path.join(ROOT, 'bench', 'results', 'response_estimate.json'))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the fallback warnings are counted, not printed
 
-    sources = load_sources(list_hdr_files(os.path.join(ROOT, 'datasets', 'hdri')))
-    cfg = SynthConfig(size=tuple(args.size))
     start = time.perf_counter()
+    kinds = {'auto_exposed': auto_exposed_brackets(args.crops, args.size, args.seed),
+             'training_style': training_style_brackets(args.scenes, args.size, args.seed)}
+    fixed_tables = {name: CURVES[name]() for name in FIXED}
     rows = []
-    for i in range(args.scenes):
-        scene = synthesize_scene(sources, scene_rng(args.seed, 'Test', i), cfg)
-        times = [2.0 ** v for v in scene.exposures]
-        linear = [np.asarray(x, np.float64) ** 2.2 for x in scene.ldrs]  # noisy, clipped, unquantised-ish signal
-        for curve_name, make in CURVES.items():
-            true = make()
-            frames8 = [(np.rint(encode(lin, true) * 255) / 255).astype(np.float32) for lin in linear]
-            ways = {m: None for m in ESTIMATE_METHODS}
-            ways['gamma2.2'] = gamma_table(2.2)
-            ways['true'] = true
-            for way in ways:
-                t0 = time.perf_counter()
+    for kind, brackets in kinds.items():
+        for i, b in enumerate(brackets):
+            for curve_name, make in CURVES.items():
+                true = make()
+                frames8 = [(np.rint(encode(lin, true) * 255) / 255).astype(np.float32) for lin in b['linear']]
+                row = {'kind': kind, 'bracket': i, 'source': b['source'], 'curve': curve_name}
                 try:
-                    table = ways[way] if ways[way] is not None else estimate_response(frames8, times, method=way)
-                except ResponseError as exc:
-                    rows.append({'scene': i, 'curve': curve_name, 'response': way, 'failed': str(exc)})
-                    print(f'scene {i} {curve_name:9s} {way:10s} failed: {exc}')
-                    continue
-                seconds = time.perf_counter() - t0
-                merged = classical_merge(frames8, times, table)
-                row = {'scene': i, 'background': scene.meta['background'], 'stop': scene.meta['stop'],
-                       'curve': curve_name, 'response': way, 'seconds': seconds,
-                       'psnr_mu': metrics.psnr_mu(np.clip(merged, 0, 1), scene.gt),
-                       'psnr_l': metrics.psnr_l(np.clip(merged, 0, 1), scene.gt), **curve_errors(table, true)}
+                    est = estimate_response(frames8, b['times'])
+                    row['curve_error'] = curve_errors(est, true)
+                    row['curve_error_separate'] = curve_errors(estimate_response(frames8, b['times'],
+                                                                                 channels='separate'), true)
+                except ValueError as exc:
+                    est, row['estimate_failed'] = None, str(exc)
+                auto = choose_response('auto', frames8, b['times'], ['short', 'medium', 'long'])
+                row['auto_choice'] = auto.name
+                row['auto_why'] = auto.why
+                tables = {'auto': auto.table, **fixed_tables, 'true': true}
+                if est is not None:
+                    tables['estimate'] = est
+                row['colour_error_deg'] = {}
+                for way, table in tables.items():
+                    merged = classical(frames8, b['times'], table)
+                    row['colour_error_deg'][way] = colour_error(merged, b['gt'])
+                    if way in ('auto', 'true'):
+                        row[f'psnr_mu_{way}'] = metrics.psnr_mu(np.clip(merged, 0, 1).astype(np.float32),
+                                                                (b['gt'] / max(b['gt'].max(), 1.0)).astype(np.float32))
                 rows.append(row)
-                print(f"scene {i} {curve_name:9s} {way:10s} curve rms log {row['rms_log_error']:.4f} "
-                      f"(scale-free {row['rms_log_error_scale_free']:.4f})  merge PSNR-mu {row['psnr_mu']:.2f} "
-                      f"PSNR-l {row['psnr_l']:.2f}")
+                ce = row.get('curve_error', {})
+                print(f"{kind:14s} {i} {curve_name:13s} shape {ce.get('shape', float('nan')):.3f} as-used "
+                      f"{ce.get('as_used', float('nan')):.3f}  auto={auto.name:8s} colour auto "
+                      f"{row['colour_error_deg']['auto']:.2f} best fixed "
+                      f"{min(row['colour_error_deg'][w] for w in FIXED):.2f}", flush=True)
+
     summary = {}
-    for curve_name in CURVES:
-        for way in [*ESTIMATE_METHODS, 'gamma2.2', 'true']:
-            sel = [r for r in rows if r['curve'] == curve_name and r['response'] == way and 'failed' not in r]
-            n_failed = sum(1 for r in rows if r['curve'] == curve_name and r['response'] == way and 'failed' in r)
-            summary[f'{curve_name}/{way}'] = {
-                'n_scored': len(sel), 'n_failed': n_failed,
-                **{k: float(np.mean([r[k] for r in sel])) if sel else None for k in
-                   ('rms_log_error', 'rms_log_error_scale_free', 'psnr_mu', 'psnr_l', 'seconds')}}
-    out = {'what': 'camera response recovery on synthetic 8-bit brackets (bench/response_estimate.py)',
-           'size_hw': list(args.size), 'scenes': args.scenes, 'seed': args.seed, 'codes_scored': [8, 250],
-           'numpy': np.__version__, 'machine': platform.machine(), 'python': platform.python_version(),
-           'wall_seconds': time.perf_counter() - start, 'summary_mean_over_scenes': summary, 'rows': rows}
+    for kind in kinds:
+        for curve_name in CURVES:
+            sel = [r for r in rows if r['kind'] == kind and r['curve'] == curve_name]
+            est_ok = [r for r in sel if 'curve_error' in r]
+            colour = {way: float(np.median([r['colour_error_deg'][way] for r in sel if way in r['colour_error_deg']]))
+                      for way in ('auto', *FIXED, 'estimate', 'true') if any(way in r['colour_error_deg'] for r in sel)}
+            best = min(FIXED, key=lambda w: colour[w])
+            summary[f'{kind}/{curve_name}'] = {
+                'n': len(sel), 'estimate_failed': len(sel) - len(est_ok),
+                'curve_shape_stops_mean': float(np.mean([r['curve_error']['shape'] for r in est_ok])) if est_ok else None,
+                'curve_shape_stops_max': float(np.max([r['curve_error']['shape'] for r in est_ok])) if est_ok else None,
+                'curve_as_used_stops_mean': float(np.mean([r['curve_error']['as_used'] for r in est_ok])) if est_ok else None,
+                'curve_shape_separate_stops_mean': (float(np.mean([r['curve_error_separate']['shape'] for r in est_ok]))
+                                                    if est_ok else None),
+                'auto_kept_estimate': sum(r['auto_choice'] == 'estimate' for r in sel),
+                'auto_fell_back': sum(r['auto_choice'] != 'estimate' for r in sel),
+                'colour_error_deg_median': colour, 'best_fixed': best,
+                'auto_minus_best_fixed_deg': colour['auto'] - colour[best]}
+    out = {'what': 'camera-curve estimate and default-response colour error on synthetic 8-bit brackets '
+                   '(bench/response_estimate.py)',
+           'size_hw': list(args.size), 'crops': args.crops, 'scenes': args.scenes, 'seed': args.seed,
+           'codes_scored': [int(CODES[0]), int(CODES[-1])], 'units': 'curve errors in stops (log2), colour in degrees',
+           'machine': {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
+                       'cpus': os.cpu_count(), 'note': 'run nice -n 19 beside a training job on the other core'},
+           'numpy': np.__version__, 'python': platform.python_version(),
+           'wall_seconds': time.perf_counter() - start, 'summary': summary, 'rows': rows}
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
     tmp = args.output + '.tmp'
     with open(tmp, 'w') as fh:
         json.dump(out, fh, indent=1)
     os.replace(tmp, args.output)
-    print(f'wrote {args.output} ({out["wall_seconds"]:.1f} s)')
+    print(f'wrote {args.output} ({out["wall_seconds"]:.0f} s)')
+    print(f'{"kind/curve":30s} {"shape":>6s} {"max":>6s} {"as-used":>7s} {"sep.":>6s}  kept/fell  '
+          f'{"auto":>5s} {"best fixed":>16s} {"gap":>5s}')
     for key, v in summary.items():
-        if v['n_scored']:
-            print(f"{key:22s} curve {v['rms_log_error']:.4f} / {v['rms_log_error_scale_free']:.4f}  "
-                  f"PSNR-mu {v['psnr_mu']:.2f}  PSNR-l {v['psnr_l']:.2f}  ({v['n_failed']} failed)")
-        else:
-            print(f'{key:22s} all {v["n_failed"]} failed')
+        c = v['colour_error_deg_median']
+        f = (lambda x: f'{x:6.3f}' if x is not None else '   n/a')  # noqa: E731
+        print(f"{key:30s} {f(v['curve_shape_stops_mean'])} {f(v['curve_shape_stops_max'])} "
+              f"{f(v['curve_as_used_stops_mean']):>7s} {f(v['curve_shape_separate_stops_mean'])}  "
+              f"{v['auto_kept_estimate']:4d}/{v['auto_fell_back']:<4d}  {c['auto']:5.2f} "
+              f"{v['best_fixed']:>9s} {c[v['best_fixed']]:5.2f} {v['auto_minus_best_fixed_deg']:+5.2f}")
 
 
 if __name__ == '__main__':
