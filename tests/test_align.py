@@ -256,11 +256,15 @@ def test_clipped_reference_keeps_a_warp_that_agrees_with_the_clip():
     np.testing.assert_allclose(out[sky], 0.8, atol=1e-6)
     # The release's behaviour: the fallback, the clipped medium frame scaled down, loses the highlight
     old, old_valid, _ = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow,
-                                   cfg=AlignConfig(clip_aware=False))
+                                   cfg=AlignConfig(clip_aware=False, photometric=False))
     assert (old_valid[sky] == 0).all()
     np.testing.assert_allclose(old[sky], equalise_exposure(mid, TIMES[1], TIMES[0])[sky], atol=1e-6)
-    # Below the clip, the reference is trusted: the rejected warp is still replaced there
-    assert (valid[30:] == 0).all()
+    # Below the clip the warp agrees with the reference (same content), so it is kept; with only the clip rule
+    # the reference is trusted there and the rejected warp is replaced
+    assert (valid[30:, :50] == 1).all()  # (feathered towards the right border, which maps out of frame)
+    _, clip_only, _ = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow,
+                                 cfg=AlignConfig(photometric=False))
+    assert (clip_only[30:] == 0).all() and (clip_only[sky] == 1).all()
 
 
 def test_clipped_reference_rejects_a_warp_darker_than_the_clip():
@@ -278,3 +282,18 @@ def test_no_fallback_is_the_plain_warp():
                                   cfg=AlignConfig(fallback=False))
     np.testing.assert_allclose(out, warp(short, flow)[0], atol=1e-6)
     assert (valid == 1).all()
+
+
+def test_a_rejected_warp_that_agrees_with_the_reference_is_kept():
+    # A long frame with the medium frame's content (noise-free), and a flow the forward-backward check rejects:
+    # where the warp lands on equal content it agrees photometrically and is kept; on different content it is not
+    mid = np.full((40, 48, 3), 0.3, np.float32)
+    mid[:, 30:] = 0.6
+    long = equalise_exposure(mid, TIMES[1], TIMES[2])
+    out, valid, _ = align_pair(mid, long, TIMES[1], TIMES[2], estimator=_inconsistent_flow,
+                               cfg=AlignConfig(feather_sigma=0.0, despeckle=0))
+    assert (valid[:, 2:26] == 1).all()  # samples 3 px to the right: still the same 0.3 region
+    assert (valid[:, 27:30] == 0).all()  # samples the 0.6 region: disagrees, the fallback is used
+    off, off_valid, _ = align_pair(mid, long, TIMES[1], TIMES[2], estimator=_inconsistent_flow,
+                                   cfg=AlignConfig(feather_sigma=0.0, photometric=False))
+    assert (off_valid[:, 2:26] == 0).all()

@@ -22,6 +22,12 @@ Per pair (reference = medium frame, source = short or long frame):
    (both clipped), and replacing a clipped short frame by the medium frame scaled down would lower
    a value that is only known to be at least 1.
 
+   A rejected warp is kept where it agrees with the reference (brought to the reference's exposure, within
+   ``clip_tol`` per channel; a clipped channel counts as a lower bound). Where the medium frame is clipped the
+   fallback knows only that bound, so without this a textureless clipped sky, on which the forward-backward
+   check has nothing to hold, lost its highlights to the clipped fallback; and noisy frames fail the check far
+   from any motion. Feathering never blends a kept pixel of a clipped reference towards the fallback.
+
 All functions are NumPy/OpenCV on float32 H x W x 3 BGR images in [0, 1].
 """
 from __future__ import annotations
@@ -41,7 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     'AlignConfig', 'AlignResult', 'DISFlow', 'RAFTFlow', 'make_flow_estimator',
     'equalise_exposure', 'exposure_equalised_pair', 'to_flow_u8', 'warp', 'fb_consistency',
-    'agrees_with_clipped_reference', 'align_pair', 'align_frames',
+    'agrees_with_clipped_reference', 'agrees_with_reference', 'align_pair', 'align_frames',
 ]
 
 DIS_PRESETS = {
@@ -77,6 +83,14 @@ class AlignConfig:
     # loses clipped skies, whose flat white gives the forward-backward check nothing to hold on to).
     clip_aware: bool = True
     clip_tol: float = 0.1             # in the reference's exposure, gamma-encoded
+    # Keep any rejected warp that agrees with the reference within clip_tol (clipped channels as bounds): noisy
+    # frames fail the forward-backward check far from any motion, and there the fallback hands the label the
+    # medium frame's noise instead of the long frame's clean shadows.
+    photometric: bool = True
+    # Rejections narrower than this many pixels are noise, not occlusion (a morphological opening of the rejected
+    # set): in noisy frames the check fails on scattered single pixels, and feathering around each of them would
+    # hand most of the image to the fallback. 0: keep every rejection.
+    despeckle: int = 0
     # False: no fallback at all, the plain flow-aligned frames (the study's anchor ``flow_merge``)
     fallback: bool = True
 
@@ -270,6 +284,20 @@ def agrees_with_clipped_reference(warped: np.ndarray, ref: np.ndarray, t_src: fl
     return ref_clipped.any(axis=2) & agrees.all(axis=2)
 
 
+def agrees_with_reference(warped: np.ndarray, ref: np.ndarray, t_src: float, t_ref: float,
+                          sat_thr: float = 0.99, tol: float = 0.1) -> np.ndarray:
+    """Pixels where the warped source, brought to the reference's exposure, agrees with the reference in every
+    channel: within ``tol`` where neither is clipped; where one is clipped, the other must reach that clip's level
+    (less ``tol``)."""
+    gain = np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))
+    warped = np.asarray(warped, np.float32)
+    src_at_ref = warped * gain
+    ref_clipped, src_clipped = ref >= sat_thr, warped >= sat_thr
+    agrees = np.where(ref_clipped, src_at_ref >= sat_thr - tol,
+                      np.where(src_clipped, ref >= sat_thr * gain - tol, np.abs(src_at_ref - ref) <= tol))
+    return agrees.all(axis=2)
+
+
 def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
                estimator=None, cfg: AlignConfig | None = None):
     """Warp ``src`` (exposure ``t_src``) onto ``ref`` (exposure ``t_ref``).
@@ -286,7 +314,8 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
     ref_eq, src_eq = exposure_equalised_pair(ref, src, t_ref, t_src)
 
     flow = _flow_at_scale(estimator, ref_eq, src_eq, cfg.flow_scale)
-    warped, valid = warp(src, flow)
+    warped, inside = warp(src, flow)
+    valid = inside.copy()
     if not cfg.fallback:
         return np.clip(warped, 0.0, 1.0).astype(np.float32), np.ones(ref.shape[:2], np.float32), flow
     if cfg.consistency:
@@ -298,7 +327,13 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
     valid &= ~both_black
     if cfg.clip_aware and t_src < t_ref:
         valid |= agrees_with_clipped_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol)
+    if cfg.photometric:  # not out of frame, and not where both frames are black (no evidence either way)
+        valid |= agrees_with_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol) & inside & ~both_black
 
+    if cfg.despeckle > 0 and not valid.all():
+        k = np.ones((cfg.despeckle, cfg.despeckle), np.uint8)
+        rejected = cv2.morphologyEx((~valid).astype(np.uint8), cv2.MORPH_OPEN, k).astype(bool)
+        valid = ~rejected
     weight = valid.astype(np.float32)
     if cfg.feather_sigma > 0 and not valid.all():
         # Erode first so feathering only ever lowers the weight near invalid pixels.
