@@ -42,18 +42,39 @@ def setup_distributed(opt):
         return
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     if opt.gpu_ids:
-        opt.gpu_ids = [local_rank]
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group('nccl')
+        # More processes than GPUs (e.g. a check on one GPU): the ranks share the GPUs, over gloo, since NCCL refuses
+        # two ranks on one device.
+        count = torch.cuda.device_count()
+        shared = int(os.environ.get('LOCAL_WORLD_SIZE', world_size)) > count
+        opt.gpu_ids = [local_rank % count]
+        torch.cuda.set_device(opt.gpu_ids[0])
+        if shared and opt.rank == 0:
+            logger.warning('%d processes share %d GPU(s): gloo instead of NCCL (slower; for checks)', world_size, count)
+        dist.init_process_group('gloo' if shared else 'nccl')
     else:
         dist.init_process_group('gloo')
 
 
 def set_epoch_seed(opt, epoch):
-    """Seed each epoch from (seed, epoch, rank) so that a resumed run replays the same epoch exactly."""
+    """Seed each epoch from (seed, epoch, rank) so that a resumed run replays the same epoch exactly: on the CPU
+    always, on a GPU with --deterministic True (cuDNN's autotuner may pick other algorithms in another process)."""
     seed = opt.seed + 1000 * epoch + 100003 * opt.rank
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
+
+
+def configure_backends(opt):
+    """cuDNN on a GPU run: autotuned algorithms (benchmark, the fastest) by default; with --deterministic, fixed
+    deterministic algorithms and torch's deterministic kernels where they exist, so that a resumed run replays the
+    uninterrupted one bit for bit (slower; the replay is exact on the CPU either way)."""
+    if not opt.gpu_ids:
+        return
+    deterministic = bool(getattr(opt, 'deterministic', False))
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS's reproducible workspace
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def validate(model, loader):
@@ -131,7 +152,7 @@ def run_epoch(model, loader, visualizer, opt, epoch, total_epochs):
     """One pass over the training loader; returns the sum of the step losses."""
     iters = len(loader)
     data_start = time.time()
-    epoch_loss = 0.0
+    epoch_loss = torch.zeros((), dtype=torch.float64, device=model.device)  # summed where it is: no sync per step
     progress = tqdm(loader, desc=f'epoch {epoch}/{total_epochs}', disable=opt.rank != 0, leave=False)
     for i, batch in enumerate(progress, start=1):
         t_data = time.time() - data_start
@@ -139,7 +160,7 @@ def run_epoch(model, loader, visualizer, opt, epoch, total_epochs):
         model.set_input(batch)
         try:
             model.optimize_parameters()
-            epoch_loss += float(model.loss_Total.detach())
+            epoch_loss += model.loss_Total.detach()
         except NonFiniteLossError as exc:
             files = batch_files(loader, batch.get('fname', []))
             raise NonFiniteLossError(f'epoch {epoch}, iteration {i}: {exc}' + (f' (files: {files})' if files else '')
@@ -150,7 +171,7 @@ def run_epoch(model, loader, visualizer, opt, epoch, total_epochs):
             visualizer.print_current_losses(epoch, i, losses, time.time() - step_start, t_data,
                                             lr=model.get_learning_rate(), global_step=(epoch - 1) * iters + i)
         data_start = time.time()
-    return epoch_loss
+    return float(epoch_loss)
 
 
 def end_epoch(model, val_loader, visualizer, opt, epoch, total_epochs, mean_loss):
@@ -182,8 +203,7 @@ def train(opt):
         # Before anything can fail (data, options, checkpoints): an interrupted save's temporaries never outlive the
         # next start, even one that stops with an error.
         remove_stale_temporaries(os.path.join(opt.checkpoints_dir, opt.name))
-    if opt.gpu_ids:
-        torch.backends.cudnn.benchmark = True
+    configure_backends(opt)
     train_loader, sampler, val_loader = build_loaders(opt)
     model = models.create_model(opt)
     model.setup(opt)

@@ -17,6 +17,8 @@ The two backbones once had a copy each of this code, and the copies had drifted;
 behaviour was picked and the reason is given where it is implemented. None of the choices changes either
 network's outputs (the golden tests of both compare against the releases).
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
@@ -72,6 +74,23 @@ def shifted_window_mask(height, width, window_size, shift_size, device=None):
 def windows_with_mask(mask):
     """Per window: does its mask hold any non-zero entry? (Only windows on the last row/column do.)"""
     return mask.reshape(mask.shape[0], -1).ne(0).any(dim=1)  # (nW,) bool
+
+
+@functools.lru_cache(maxsize=64)
+def masked_windows(height, width, window_size, shift_size):
+    """The windows (row-major indices) whose shifted-window mask holds non-zeros, from the geometry alone: those of
+    the last window row and column, where the rolled-in bands meet. Equal to windows_with_mask(shifted_window_mask(..))
+    but computed on the host, so a GPU forward waits for nothing (a nonzero().tolist() per block did)."""
+    if shift_size <= 0:
+        return ()
+    rows, cols = height // window_size, width // window_size
+    return tuple(r * cols + c for r in range(rows) for c in range(cols) if r == rows - 1 or c == cols - 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _window_index(local, device):
+    """A chunk's masked windows as an index tensor on `device`, made once (a host-to-device copy waits)."""
+    return torch.tensor(local, dtype=torch.long, device=device)
 
 
 def window_order(height, width, window_size, shift_size, device=None):
@@ -148,7 +167,8 @@ class WindowAttentionFunction(torch.autograd.Function):
 
     qkv_t: (3C, B'*T), row (j*C + h*d + i) for j in (q, k, v), head h, channel i; column b*T + p for window b
     and token p; window b belongs to image b // nW and uses mask[b % nW]. bias: (nH, T, T); mask: (nW, T, T)
-    or None (never differentiated); mask_flags: (nW,) bool, which windows' masks hold non-zeros.
+    or None (never differentiated); mask_flags: which windows' masks hold non-zeros, as a tuple of window indices
+    (host-side, see masked_windows) or an (nW,) bool tensor (read back to the host: a sync on a GPU).
     Returns out_t (C, B'*T), rows (h*d + i).
 
     Windows are processed in chunks of `CHUNK_WINDOWS`; within a chunk q/k/v are copied once to
@@ -161,12 +181,17 @@ class WindowAttentionFunction(torch.autograd.Function):
     @staticmethod
     def _plan(mask, mask_flags, batch, num_windows):
         """Chunks (n0, n1, w0, w1) with the chunk's masked windows (local indices) and their mask rows."""
-        masked = torch.nonzero(mask_flags).flatten().tolist() if mask is not None else []
+        if mask is None:
+            masked = ()
+        elif torch.is_tensor(mask_flags):
+            masked = torch.nonzero(mask_flags).flatten().tolist()
+        else:
+            masked = mask_flags
         plan = []
         for n0, n1, w0, w1 in _chunks(batch, num_windows, CHUNK_WINDOWS):
-            local = [i - w0 for i in masked if w0 <= i < w1]
+            local = tuple(i - w0 for i in masked if w0 <= i < w1)
             if local:
-                index = torch.tensor(local, device=mask.device)
+                index = _window_index(local, mask.device)
                 plan.append((n0, n1, w0, w1, index, mask[w0 + index]))  # (k,), (k, T, T)
             else:
                 plan.append((n0, n1, w0, w1, None, None))
@@ -301,7 +326,8 @@ class WindowAttention(nn.Module):
     def forward(self, x, mask=None, mask_flags=None):
         """x: windows (B', T, C), B' = N * nW; mask: (nW, T, T) additive or None. Returns (B', T, C).
 
-        `mask_flags` (nW,) bool, which windows' masks are non-zero, is derived from `mask` when omitted.
+        `mask_flags` (window indices, or an (nW,) bool tensor), which windows' masks are non-zero, is derived from
+        `mask` when omitted (a host sync on a GPU: blocks pass masked_windows(...) instead).
         """
         b, t, c = x.shape
         num_windows = mask.shape[0] if mask is not None else b
@@ -432,7 +458,8 @@ class SwinTransformerBlock(nn.Module):
         order, inverse = plan.orders[s]
 
         windows = PermuteTokens.apply(normed, order, inverse).view(-1, m * m, c)  # (N*nW, T, C) shifted windows
-        attended = self.attn(windows, mask).view(n, length, c)  # (N, L, C) in window order
+        flags = masked_windows(h, w, m, s) if mask is not None else None
+        attended = self.attn(windows, mask, flags).view(n, length, c)  # (N, L, C) in window order
         attended = PermuteTokens.apply(attended, inverse, order)  # (N, L, C) image order, shift undone
         x = add_residual(x, attended, self.drop_path)
         return add_residual(x, self.mlp(self.norm2(x)), self.drop_path)

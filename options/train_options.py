@@ -31,4 +31,8 @@ class TrainOptions(BaseOptions):
         parser.add_argument('--print_freq', type=int, default=100, help='iterations between loss prints')
         parser.add_argument('--test_every', type=int, default=1000, help='epochs between validations')
         parser.add_argument('--save_epoch_freq', type=int, default=1, help='epochs between checkpoints')
+        parser.add_argument('--deterministic', type=str2bool, default=False,
+                            help='GPU runs: deterministic cuDNN algorithms (no autotuning) and kernels, so that a '
+                                 'resumed run replays the uninterrupted one exactly; slower (the CPU replays exactly '
+                                 'either way)')
         return parser

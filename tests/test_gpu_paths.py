@@ -4,7 +4,9 @@ with bf16 refused, no host syncs in the transformers' forward, per-rank training
 checkpoint, --gpu_ids against the device count, and the cuDNN flags of --deterministic."""
 import random
 import socket
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ import torch
 import models.base_model as base_model
 from models import create_model
 from tiny_data import single_thread, tiny_opt, use_tiny_backbone
+
+PROJECT = str(Path(__file__).resolve().parents[1])
 
 
 @pytest.fixture
@@ -286,3 +290,95 @@ def test_training_noise_differs_between_ranks_and_rank0_keeps_the_release_sequen
     assert torch.equal(noises[0], release((1, 3, 8, 8)))
     assert not torch.allclose(noises[0], noises[1])
     assert noises[1].std().item() == pytest.approx(0.5 / 255, rel=0.3)
+
+
+# ------------------------------------------------------------------------------ 4. no host syncs in a forward
+@pytest.mark.parametrize('size, window, shift', [((16, 16), 4, 2), ((16, 24), 8, 4), ((32, 16), 8, 4), ((24, 40), 8, 4),
+                                                  ((16, 16), 4, 0)])
+def test_masked_windows_from_the_geometry_match_the_mask(size, window, shift):
+    from models.transformer_layers import masked_windows, shifted_window_mask, windows_with_mask
+    expected = (tuple(torch.nonzero(windows_with_mask(shifted_window_mask(*size, window, shift))).flatten().tolist())
+                if shift else ())
+    assert masked_windows(*size, window, shift) == expected
+
+
+class HostSyncCounter:
+    """Counts the calls that read a tensor's values back to the host (on a GPU each waits for the queue to drain),
+    and torch.tensor / torch.nonzero calls (a host-to-device copy and a data-dependent shape)."""
+
+    READS = ('tolist', 'item', '__bool__', '__float__', '__int__', '__index__')
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name in self.READS:
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(getattr(torch.Tensor, name), name))
+        for name in ('tensor', 'nonzero'):
+            monkeypatch.setattr(torch, name, self._wrap(getattr(torch, name), f'torch.{name}'))
+        self.active = False
+
+    def _wrap(self, fn, name):
+        def counted(*args, **kwargs):
+            # only the project's own calls: torch's optimizers read their CPU step counters, which is no sync
+            if self.active and sys._getframe(1).f_code.co_filename.startswith(PROJECT):
+                self.calls.append(name)
+            return fn(*args, **kwargs)
+        return counted
+
+
+@pytest.mark.parametrize('network', ['HDR-Transformer', 'SCTNet'])
+@pytest.mark.parametrize('size', [16, 24])  # 16: the stored masks; 24: masks built for the runtime size
+def test_transformer_forward_makes_no_host_sync_after_the_first(network, size, monkeypatch):
+    from models import networks
+    torch.manual_seed(0)
+    net = networks.define_network(network, **TINY_TRANSFORMER[network]).train()
+    xs = [torch.rand(1, 6, size, size) for _ in range(3)]
+    counter = HostSyncCounter(monkeypatch)
+    with single_thread():
+        net(*xs).mean().backward()  # the first call may fill caches
+        counter.active = True
+        net(*xs).mean().backward()
+        with torch.no_grad():
+            net.eval()(*xs)
+    assert counter.calls == []
+
+
+def test_training_step_reads_the_loss_back_once_after_the_backward(tiny, tiny_dataroot, tmp_path, monkeypatch):
+    """A step's only host read is the finite-loss check, made once the backward is queued; run_epoch sums the losses
+    on the device and reads the losses back at print_freq only."""
+    import data
+    import train
+    from util.visualizer import Visualizer
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'syncs', 'supervised', print_freq=100, iters_per_epoch=3)
+    opt.rank, opt.distributed = 0, False
+    model = create_model(opt)
+    model.setup(opt)
+    loader = list(data.create_dataloader(data.create_dataset('sig17align', 'train', opt), opt, 'train'))
+    events = []
+    counter = HostSyncCounter(monkeypatch)
+    backward = torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, 'backward', lambda self, *a, **k: (events.append('backward'),
+                                                                        backward(self, *a, **k))[1])
+    counter.calls = events
+    counter.active = True
+    total = train.run_epoch(model, loader, Visualizer(opt, enabled=False), opt, 1, 1)
+    counter.active = False
+    per_step = ['backward', '__bool__']
+    printed = ['__float__'] * len(model.loss_names)  # get_current_losses at the epoch's last iteration
+    assert events == per_step * 2 + per_step + printed + ['__float__']  # + the epoch sum, read once
+    assert total > 0
+
+
+@pytest.mark.parametrize('deterministic', [False, True])
+def test_cudnn_flags_follow_deterministic(deterministic, tiny_dataroot, tmp_path, monkeypatch):
+    import train
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', torch.backends.cudnn.benchmark)
+    monkeypatch.setattr(torch.backends.cudnn, 'deterministic', torch.backends.cudnn.deterministic)
+    monkeypatch.setenv('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    called = []
+    monkeypatch.setattr(torch, 'use_deterministic_algorithms', lambda *a, **k: called.append((a, k)))
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'cudnn', 'supervised', deterministic=deterministic)
+    opt.gpu_ids = [0]
+    train.configure_backends(opt)
+    assert torch.backends.cudnn.benchmark is (not deterministic)
+    assert torch.backends.cudnn.deterministic is deterministic
+    assert bool(called) is deterministic
