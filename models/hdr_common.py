@@ -33,31 +33,6 @@ def keep_grad_layout(net):
             param.register_hook(functools.partial(_restride, tuple(param.shape), param.stride()))
 
 
-def ddp_buffer_options():
-    """No buffer broadcast at every forward: the transformers' buffers (masks, position indices) are constants,
-    36.6/48.8 MB per step for HDR-Transformer/SCTNet, and the broadcast would also start in a forward that one rank
-    makes alone. Buffers are still made equal at construction. torch >= 2.14 names it forward_sync_buffers."""
-    params = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
-    return {'forward_sync_buffers': False} if 'forward_sync_buffers' in params else {'broadcast_buffers': False}
-
-
-def _restride(shape, stride, grad):
-    if grad.stride() == stride:
-        return grad
-    if all(g == s for g, s, n in zip(grad.stride(), stride, shape) if n > 1):
-        return grad.as_strided(shape, stride)  # the same memory order: only size-1 dimensions' strides differ
-    return torch.empty_strided(shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
-
-
-def keep_grad_layout(net):
-    """Hand DDP gradients with their parameters' strides. Under autocast, the gradients of 1x1 convolution weights
-    (SCTNet's channel attention) come back with other strides on their size-1 dimensions; DDP then copies them into
-    its buckets at every step and warns "Grad strides do not match bucket view strides". Restrided as views here."""
-    for param in net.parameters():
-        if param.requires_grad and 1 in param.shape:
-            param.register_hook(functools.partial(_restride, tuple(param.shape), param.stride()))
-
-
 class HDRBackboneModel(BaseModel):
     """Builds the chosen backbone exactly as the release does (seeded constructor, no re-initialisation by default)
     and trains it with the losses a subclass defines in `compute_losses()`."""
