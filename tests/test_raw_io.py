@@ -67,6 +67,35 @@ def test_iso_enters_the_exposure_when_it_differs(tmp_path):
     assert times[1] / times[0] == pytest.approx(4.0) and 'ISO' in what
 
 
+def _meta(shutter, iso=0.0, aperture=0.0):
+    """A RawFrame with constructed metadata: the ISO / f-number branches run whatever LibRaw reads from a DNG."""
+    from photo.raw import RawFrame
+    return RawFrame(path=None, linear=np.zeros((1, 1, 3), np.float32), shutter_s=shutter, iso=iso, aperture=aperture,
+                    camera_wb=(1.0, 1.0, 1.0, 1.0))
+
+
+def test_iso_branch_on_constructed_metadata():
+    times, what = relative_exposure([_meta(0.02, iso=100), _meta(0.02, iso=400), _meta(0.01, iso=1600)])
+    assert times == pytest.approx([0.02, 0.08, 0.16]) and what == 'shutter time x ISO'
+    # equal ISOs (or one frame without ISO) leave ISO out
+    assert relative_exposure([_meta(0.02, iso=200), _meta(0.04, iso=200)]) == ([0.02, 0.04], 'shutter time')
+    assert relative_exposure([_meta(0.02, iso=200), _meta(0.04, iso=0)])[1] == 'shutter time'
+
+
+def test_f_number_branch_on_constructed_metadata():
+    times, what = relative_exposure([_meta(0.02, aperture=4.0), _meta(0.02, aperture=2.0)])
+    assert times == pytest.approx([0.02 / 16, 0.02 / 4]) and what == 'shutter time / f-number^2'
+    times, what = relative_exposure([_meta(0.02, iso=100, aperture=4.0), _meta(0.02, iso=200, aperture=2.0)])
+    assert times == pytest.approx([0.02 * 1 / 16, 0.02 * 2 / 4]) and what == 'shutter time x ISO / f-number^2'
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -100.0, 1e30])
+def test_implausible_iso_or_f_number_counts_as_missing(bad):
+    assert relative_exposure([_meta(0.02, iso=bad), _meta(0.04, iso=400)]) == ([0.02, 0.04], 'shutter time')
+    assert relative_exposure([_meta(0.02, aperture=bad), _meta(0.04, aperture=2.0)]) == ([0.02, 0.04], 'shutter time')
+    assert relative_exposure([_meta(bad), _meta(0.04)])[0][0] is None  # no usable shutter time
+
+
 @pytest.mark.parametrize('content', [b'', b'not a raw file at all' * 100])
 def test_unreadable_raw_names_the_file(tmp_path, content):
     bad = tmp_path / 'broken.nef'
