@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# GPU checks in one run of at most 8 minutes on one CUDA device: golden forwards, bf16/fp16 steps, a one-process
-# NCCL DDP step via torchrun, fp32/bf16/fp16/channels_last/compile throughput and a tiny study, each section under
-# its own timeout (see bench/gpu_check.py). Figures go to $OUT/gpu_check.{json,log} when OUT is set, else to
-# bench/results/. Extra arguments are passed on, e.g. --sections golden amp --networks AHDRNet.
+# The one prepared GPU check, under 8 minutes in one call (bench/gpu_check.py says what each section checks).
+#
+#   python bench/gpu_check.py --pack     # here, first: the golden tensors into bench/golden_pack/ (~25 MB, untracked
+#                                        # but not ignored, so the device call carries it; delete it afterwards)
+#   bash bench/gpu_check.sh              # on the GPU machine: $OUT/gpu_check.json, .log and _verdict.txt
+#   bash bench/gpu_check.sh --dry_run    # on a CPU: the sections that can run there, with tiny backbones
+#
+# Extra arguments go to bench/gpu_check.py, e.g. --sections golden resume --networks AHDRNet.
 set -u
 cd "$(dirname "$0")/.." || exit 2
-# The Python driver keeps to --budget_s (450 s); this outer limit only catches a driver that hangs itself.
+export PYTHONUNBUFFERED=1
+# The driver keeps to --budget_s (440 s); this outer limit only catches a driver that hangs itself.
 exec timeout -k 5 470 "${PYTHON:-python}" bench/gpu_check.py "$@"
