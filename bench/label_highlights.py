@@ -6,7 +6,8 @@ four ways and scores them against the ground truth:
 
 * ``unaligned_merge``: the triangle merge of the frames as shot;
 * ``flow_merge``: after a plain DIS-flow alignment (no validity check, no fallback);
-* ``label_release_fallback``: our alignment with the fallback everywhere a warp is rejected (``clip_aware=False``,
+* ``label_release_fallback``: our alignment with the fallback everywhere a warp is rejected (``clip_aware=False,
+  photometric=False``,
   the behaviour before round 3);
 * ``colour_component``: our alignment as shipped (the fallback does not replace a warp that agrees with a clipped
   medium frame).
@@ -40,7 +41,7 @@ from util.synthetic import list_hdr_files, load_sources, synthesize_scene  # noq
 from util.tonemap import mu_law  # noqa: E402
 
 MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False),
-          'label_release_fallback': AlignConfig(clip_aware=False),
+          'label_release_fallback': AlignConfig(clip_aware=False, photometric=False),
           'colour_component': AlignConfig()}
 REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')
 

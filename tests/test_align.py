@@ -297,3 +297,17 @@ def test_a_rejected_warp_that_agrees_with_the_reference_is_kept():
     off, off_valid, _ = align_pair(mid, long, TIMES[1], TIMES[2], estimator=_inconsistent_flow,
                                    cfg=AlignConfig(feather_sigma=0.0, photometric=False))
     assert (off_valid[:, 2:26] == 0).all()
+
+
+def test_the_agreement_tolerance_grows_with_the_frames_noise():
+    rng = np.random.default_rng(0)
+    clean = np.full((48, 64, 3), 0.4, np.float32)
+    mid = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
+    long = np.clip(equalise_exposure(clean, TIMES[1], TIMES[2]) + rng.normal(0, 0.1, clean.shape), 0, 1)
+    long = long.astype(np.float32)
+    kept = {}
+    for noise_tol in (0.0, 5.0):
+        _, valid, _ = align_pair(mid, long, TIMES[1], TIMES[2], estimator=_inconsistent_flow,
+                                 cfg=AlignConfig(feather_sigma=0.0, noise_tol=noise_tol))
+        kept[noise_tol] = valid[:, :60].mean()
+    assert kept[0.0] < 0.5 < 0.95 < kept[5.0]  # a fixed 0.1 rejects most noisy pixels; 5 sigma keeps them

@@ -91,6 +91,9 @@ class AlignConfig:
     # set): in noisy frames the check fails on scattered single pixels, and feathering around each of them would
     # hand most of the image to the fallback. 0: keep every rejection.
     despeckle: int = 0
+    # >0: the photometric tolerance grows to this many times the frames' noise (Immerkaer's estimate of both,
+    # at the reference's exposure) where that exceeds clip_tol
+    noise_tol: float = 5.0
     # False: no fallback at all, the plain flow-aligned frames (the study's anchor ``flow_merge``)
     fallback: bool = True
 
@@ -328,7 +331,13 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
     if cfg.clip_aware and t_src < t_ref:
         valid |= agrees_with_clipped_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol)
     if cfg.photometric:  # not out of frame, and not where both frames are black (no evidence either way)
-        valid |= agrees_with_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol) & inside & ~both_black
+        tol = cfg.clip_tol
+        if cfg.noise_tol > 0:
+            from util.label_denoise import estimate_noise_sigma
+            gain = (float(t_ref) / float(t_src)) ** (1.0 / GAMMA)
+            sigma = np.hypot(estimate_noise_sigma(ref), estimate_noise_sigma(src) * gain)
+            tol = max(tol, cfg.noise_tol * float(sigma))
+        valid |= agrees_with_reference(warped, ref, t_src, t_ref, cfg.sat_thr, tol) & inside & ~both_black
 
     if cfg.despeckle > 0 and not valid.all():
         k = np.ones((cfg.despeckle, cfg.despeckle), np.uint8)
