@@ -5,6 +5,7 @@ checkpoint, --gpu_ids against the device count, and the cuDNN flags of --determi
 import random
 import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -150,9 +151,9 @@ def ddp_train_worker(rank, world_size, ports, dataroot, checkpoints_dir, out_dir
 def run_ranks(fn, args, nprocs=2, timeout=240):
     """torch.multiprocessing.spawn with a deadline: a hung collective fails the test instead of hanging it."""
     context = torch.multiprocessing.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method='spawn')
-    deadline = __import__('time').monotonic() + timeout
-    while not context.join(timeout=max(1.0, deadline - __import__('time').monotonic())):
-        if __import__('time').monotonic() > deadline:
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
             for process in context.processes:
                 if process.is_alive():
                     process.kill()
