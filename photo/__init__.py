@@ -10,7 +10,9 @@
 ``merge``          the network's inputs and forward, ``merge()`` (the whole pipeline), the classical merge
 ``outputs``        .hdr/.exr/.tif/.png writers, the preview, the comparison sheet, ``write_outputs()``
 ``batch``          one bracket per sub-folder: run, skip failures, summary table
-``adapt``          self-supervised adaptation to the user's brackets (work folder, preparation, outputs)
+``contact_sheet``  a batch's ``index.html``: preview, classical merge, inputs, log line per bracket
+``adapt``          self-supervised adaptation to the user's brackets (work folder, preparation, held-out
+                   brackets and the keep-or-not decision, outputs)
 =================  ==================================================================================================
 
 ``tools/merge_brackets.py`` and ``tools/adapt.py`` are the command lines over it. Layer: ``photo`` may import

@@ -9,7 +9,8 @@ non-negative scale; the SelfHDR outputs and labels are in [0, 1]) and return flo
   (method.md). The torch twin is used by the losses and must stay exactly this expression.
 * :func:`reinhard`: Reinhard et al. 2002, global photographic operator with key and white point.
 * :func:`display_tonemap`: an equivalent of MATLAB's ``tonemap`` (log luminance, contrast-limited
-  adaptive histogram equalisation, saturation control), then gamma.
+  adaptive histogram equalisation, saturation control), then gamma; by default with clean shadows
+  (:func:`shadow_chroma`: the colour of dark pixels from their dark neighbourhood).
 * :func:`write_png`: 8-bit BGR PNG through ``cv2.imwrite``.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['MU', 'mu_law', 'mu_law_torch', 'luminance', 'reinhard', 'display_tonemap',
+__all__ = ['MU', 'mu_law', 'mu_law_torch', 'luminance', 'reinhard', 'display_tonemap', 'shadow_chroma',
            'tonemap', 'OPERATORS', 'DEFAULT_GAMMA', 'to_uint8', 'write_png']
 
 MU = 5000.0
@@ -100,10 +101,51 @@ def reinhard(x: np.ndarray, exposure: float = 0.0, gamma: float = 2.2, key: floa
     return _gamma(out, gamma)
 
 
+# Clean shadows of the display operator: below SHADOW_STOPS[0] stops under the image's highlights (its 99th
+# luminance percentile) a pixel's colour starts to come from the local fit of shadow_chroma, and from
+# SHADOW_STOPS[1] on only from there.
+SHADOW_STOPS = (-4.0, -7.0)
+
+
+def _box(img: np.ndarray, r: int) -> np.ndarray:
+    return cv2.boxFilter(img, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
+
+
+def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int | None = None,
+                  reg: float = 0.1, stops: tuple[float, float] = SHADOW_STOPS) -> np.ndarray:
+    """Colour ratios ``C / L`` (H x W x 3) whose noise is averaged out in the shadows, as a camera's shadow
+    handling does. Each ratio channel is fitted, in a ``(2 radius + 1)``-pixel window, as a linear function of
+    log luminance (a guided filter with the log luminance as guide and ``reg`` its regularisation, in stops
+    squared): noise that does not follow the luminance is averaged out, colour edges that do (a dark tree against
+    a bright sky) stay sharp, and luminance detail is untouched. The fit replaces a pixel's own ratio gradually
+    from ``stops[0]`` to ``stops[1]`` stops under the 99th luminance percentile; brighter pixels keep theirs.
+    ``radius`` defaults to 0.5 % of the image's shorter side, at least 2 pixels."""
+    h, w = lum.shape
+    ref = float(np.percentile(lum, 99.0))
+    ratio = x / np.maximum(lum, eps)[:, :, None]
+    if ref <= eps:
+        return ratio
+    guide = np.log2(np.maximum(lum, eps * ref) / ref).astype(np.float32)
+    dark = np.clip((guide - stops[0]) / (stops[1] - stops[0]), 0.0, 1.0)[:, :, None]  # 0 bright, 1 deep shadow
+    if not dark.any():
+        return ratio
+    r = max(2, round(0.005 * min(h, w))) if radius is None else int(radius)
+    mean_g = _box(guide, r)
+    var_g = _box(guide * guide, r) - mean_g * mean_g
+    fitted = np.empty_like(ratio)
+    for c in range(3):
+        p = ratio[..., c].astype(np.float32)
+        mean_p = _box(p, r)
+        a = (_box(guide * p, r) - mean_g * mean_p) / (var_g + np.float32(reg))
+        b = mean_p - a * mean_g
+        fitted[..., c] = _box(a, r) * guide + _box(b, r)
+    return (1.0 - dark) * ratio + dark * np.maximum(fitted, 0.0)
+
+
 def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, saturation: float = 1.0,
                     tiles: tuple[int, int] = (4, 4), clip_limit: float = 0.01, nbins: int = 256,
-                    eps: float = 1e-6) -> np.ndarray:
-    """Display-referred operator equivalent to MATLAB's ``tonemap``.
+                    eps: float = 1e-6, clean_shadows: bool = True) -> np.ndarray:
+    """Display-referred operator equivalent to MATLAB's ``tonemap``, with clean shadows.
 
     Steps: luminance, log luminance normalised to [0, 1] over the image, CLAHE of the log
     luminance (``tiles`` grid, ``clip_limit`` as MATLAB's ``ClipLimit``: scikit-image's
@@ -112,6 +154,11 @@ def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, sa
     saturation 1 and no gamma (CLAHE output is already display-referred), hence ``gamma=1``.
     The result is invariant to a global scale of the radiance (the log range is normalised),
     so ``exposure`` matters only through the ``eps`` floor.
+
+    ``clean_shadows`` (default): the colour ratio ``C / L`` of dark pixels comes from
+    :func:`shadow_chroma` (a local, edge-aware fit) instead of the pixel alone. CLAHE lifts the shadows, and dividing a noisy
+    dark pixel by its small luminance turns its noise into saturated false colour; ``False`` is
+    MATLAB's operator exactly. Only the preview changes: the radiance files are never processed.
     """
     from skimage.exposure import equalize_adapthist  # lazy: only this operator needs it
 
@@ -128,7 +175,7 @@ def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, sa
         kernel = (max(1, math.ceil(h / tiles[0])), max(1, math.ceil(w / tiles[1])))
         new_lum = equalize_adapthist(norm, kernel_size=kernel, clip_limit=clip_limit,
                                      nbins=nbins).astype(np.float32)
-    ratio = x / np.maximum(lum, eps)[:, :, None]
+    ratio = shadow_chroma(x, lum, eps) if clean_shadows else x / np.maximum(lum, eps)[:, :, None]
     if saturation != 1.0:
         ratio = ratio ** np.float32(saturation)
     out = ratio * new_lum[:, :, None]
