@@ -151,7 +151,8 @@ def prepare_bracket(job, args, net, work: Work) -> str:
 
     result = merge(job.inputs, args.network, args.checkpoint, exposures=job.exposures, exposures_in='stops',
                    response=response_flag(args), device=args.device, tile=args.tile, tile_overlap=args.tile_overlap,
-                   trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net)
+                   trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net,
+                   amp=getattr(args, 'amp', 'none'), max_memory=getattr(args, 'max_memory', 0))
     frames = [_downscale(np.clip(f, 0, 1), args.max_side) for f in result.inputs]
     h, w = frames[1].shape[:2]
     if min(h, w) < args.patch_size:
@@ -231,7 +232,8 @@ def write_comparisons(jobs, args, state: dict, work: Work, out: Path, compare_di
     for job in tqdm(ok, desc='before/after', unit='bracket', disable=not progress, file=sys.stderr):
         result = merge(job.inputs, args.network, out, exposures=job.exposures, exposures_in='stops',
                        response=response_flag(args), device=args.device, tile=args.tile,
-                       tile_overlap=args.tile_overlap, trust_exposures=True, prealign=not args.no_prealign, net=net)
+                       tile_overlap=args.tile_overlap, trust_exposures=True, prealign=not args.no_prealign, net=net,
+                       amp=getattr(args, 'amp', 'none'), max_memory=getattr(args, 'max_memory', 0))
         before = read_hdr(work.before / f'{job.name}.hdr')
         panels = [(f'input (medium): {result.bracket.paths[1].name}', np.clip(result.inputs[1], 0, 1)),
                   (f'before: {Path(args.checkpoint).name}', tonemap(np.maximum(before, 0), args.tonemap)),

@@ -71,26 +71,28 @@ def load_network(network: str, checkpoint, device):
 
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
           exposures_in: str = 'seconds', response: str | Response = AUTO, device: str = 'cpu',
-          tile: int = 0, tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
+          tile: int | str = 'auto', tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
-          net=None, amp: str = 'none') -> MergeResult:
+          net=None, amp: str = 'none', max_memory: float = 0) -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See ``tools/merge_brackets.py`` for the behaviour.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
     :class:`models.base_model.CheckpointError` for a checkpoint that does not fit ``network``. ``net``: an
     already loaded backbone (batches load the checkpoint once). ``amp``: none|bf16|fp16|auto, the network's
-    forward under autocast (as train.py/test.py ``--amp``); the merge arithmetic stays fp32.
+    forward under autocast (as train.py/test.py ``--amp``); the merge arithmetic stays fp32. ``tile``: a tile side,
+    0 for the whole image, or 'auto' (the whole image when it fits ``max_memory`` GB, 0: most of the available
+    memory, else the largest tiles that fit; ``util.tiling.auto_tile``).
     """
     import torch
 
     from models.base_model import resolve_amp
 
     from models.backbones import BACKBONES
-    from util.tiling import padded, tiled_forward
+    from util.tiling import MemoryBudgetError, auto_tile, is_out_of_memory, padded, tiled_forward
 
     if not isinstance(response, Response) and str(response).lower() not in ('estimate', AUTO):
         response = resolve_response_flag(response)
-    if tile < 0 or (tile > 0 and not 0 <= tile_overlap < tile):
+    if tile != 'auto' and (tile < 0 or (tile > 0 and not 0 <= tile_overlap < tile)):
         raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise MergeError(f'--device {device}: CUDA is not available on this machine; use --device cpu')
@@ -135,12 +137,26 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         amp_dtype = resolve_amp(amp, torch.device(device))
     except ValueError as exc:
         raise MergeError(str(exc)) from None
+    if tile == 'auto':
+        per_pixel = BACKBONES[network].infer_bytes_per_pixel if network in BACKBONES else (16384, 16384)
+        try:
+            tile = auto_tile(height, width, per_pixel[0 if amp_dtype is None else 1], max_memory, tile_overlap,
+                             multiple=multiple, device=device)
+        except MemoryBudgetError as exc:
+            raise MergeError(f'{bracket.paths[1]}: {exc}') from None
     autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
     with torch.inference_mode(), autocast:
         try:
             out = tiled_forward(fn, xs, tile, tile_overlap)
         except ValueError as exc:  # e.g. a frame too small for the transformers' padding
             raise MergeError(f'{bracket.paths[1]}: {network} cannot process {width}x{height} frames ({exc})') from exc
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise MergeError(f'{bracket.paths[1]}: out of memory merging {width}x{height} frames with '
+                             f'{f"--tile {tile}" if tile else "the whole image at once (--tile 0)"}: use --tile auto '
+                             '(tiles chosen to fit the memory) or a smaller --tile, and close other programs or set '
+                             '--max_memory to what this machine can spare') from None
     hdr = out[0].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) BGR
     if not np.isfinite(hdr).all():
         raise MergeError(f'{checkpoint}: the network produced NaN/Inf values (broken checkpoint?)')

@@ -109,7 +109,8 @@ def test_exif_invalid_value_names_file(value):
 def test_main_jpeg_writes_consistent_outputs(bracket, jpeg_result, tmp_path, capsys):
     out_dir = tmp_path / 'out'
     rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
-                            '--output_dir', out_dir, '--name', 'scene', '--response', 'gamma2.2'])
+                            '--output_dir', out_dir, '--name', 'scene', '--response', 'gamma2.2',
+                            '--amp', 'none'])  # the library's fp32 default, compared bit for bit below
     assert rc == 0, cap.err
     exr = read_exr(out_dir / 'scene.exr')
     hdr = read_hdr(out_dir / 'scene.hdr')
@@ -612,3 +613,61 @@ def test_amp_fp16_on_cpu_is_a_clear_error(bracket, capsys):
     rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
                             '--amp', 'fp16'])
     assert rc == 2 and '--amp fp16 is not supported on the CPU' in cap.err
+
+
+# ------------------------------------------------------------------------------------------ precision and memory
+
+def test_defaults_are_amp_auto_and_tile_auto(bracket):
+    from tools.merge_brackets import build_parser
+    args = build_parser().parse_args(['--inputs', 'a', 'b', 'c', '--network', 'AHDRNet', '--checkpoint', 'x'])
+    assert args.amp == 'auto' and args.tile == 'auto' and args.max_memory == 0
+
+
+def test_tile_auto_is_the_whole_image_when_it_fits(bracket, jpeg_result):
+    result = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2', tile='auto')
+    np.testing.assert_array_equal(result.hdr, jpeg_result.hdr)
+
+
+def test_tile_auto_tiles_within_the_budget_and_seams_stay_small(bracket, jpeg_result, monkeypatch, caplog):
+    """A budget with room for 32-pixel tiles only (MIN_TILE lowered for the 48 x 64 bracket; the process's own
+    memory counted as nothing): tiles run, and the result differs from the whole image only near the seams."""
+    import util.tiling
+    monkeypatch.setattr(util.tiling, 'MIN_TILE', 16)
+    monkeypatch.setattr(util.tiling, 'resident_memory', lambda: 0)
+    budget = 1.05 * util.tiling.forward_bytes(32, 32, 5701) + util.tiling.TILED_OUTPUT_BYTES_PER_PIXEL * H * W
+    with caplog.at_level(logging.INFO, logger='util.tiling'):
+        result = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2', tile='auto', tile_overlap=8,
+                       max_memory=budget / util.tiling.GIB)
+    assert 'tiles of at most 32 pixels' in caplog.text
+    diff = np.abs(result.hdr - jpeg_result.hdr)
+    assert diff.max() > 0  # tiles really ran
+    assert diff.max() < 1e-2 and diff.mean() < 1e-3  # test_tiling's AHDR seams at overlap 8, with margin
+
+
+def test_a_bracket_that_cannot_fit_says_what_to_change(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--output_dir', tmp_path, '--max_memory', '0.01'))
+    assert rc == 2
+    assert 'medium.jpg' in cap.err and 'does not fit in memory' in cap.err and '--max_memory' in cap.err
+    assert 'Traceback' not in cap.err
+
+
+def test_raw_allocator_error_becomes_advice(bracket, tmp_path, capsys, monkeypatch):
+    def failing_forward(self, *inputs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you "
+                           'tried to allocate 18432000000 bytes. Error code 12 (Cannot allocate memory)')
+
+    monkeypatch.setattr(AHDR, 'forward', failing_forward)
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--output_dir', tmp_path, '--tile', '0'))
+    assert rc == 2
+    assert 'out of memory' in cap.err and '--tile auto' in cap.err and 'DefaultCPUAllocator' not in cap.err
+
+
+def test_amp_auto_follows_the_cpu(bracket, jpeg_result, monkeypatch):
+    from models import base_model
+    monkeypatch.setattr(base_model, 'cpu_has_native_bf16', lambda flags=None: False)
+    fp32 = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2', amp='auto')
+    np.testing.assert_array_equal(fp32.hdr, jpeg_result.hdr)  # no native bf16: the fp32 path, bit for bit
+    monkeypatch.setattr(base_model, 'cpu_has_native_bf16', lambda flags=None: True)
+    bf16 = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2', amp='auto')
+    assert bf16.hdr.dtype == np.float32 and not np.array_equal(bf16.hdr, jpeg_result.hdr)
+    assert metrics.psnr_mu(bf16.hdr, jpeg_result.hdr) > 35

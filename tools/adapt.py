@@ -57,6 +57,7 @@ from photo.errors import MergeError  # noqa: E402
 from photo.merge import load_network  # noqa: E402
 from photo.response_choice import response_flag  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
+from util.tiling import tile_flag  # noqa: E402
 from util.tonemap import OPERATORS  # noqa: E402
 from util.visualizer import setup_logging  # noqa: E402
 
@@ -81,7 +82,8 @@ def structure_labels(args, work: Work, structure_ckpt: str) -> None:
     argv = ['--dataroot', str(work.data), '--dataset_name', 'sig17align', '--model', 'selfhdr2',
             '--network', args.network, '--checkpoints_dir', str(work.ckpt), '--name', STAGE0_NAME,
             '--load_path', structure_ckpt, '--stage0_inference', 'True', '--save_imgs', 'False',
-            '--results_csv', 'False', '--tile', str(args.tile), '--tile_overlap', str(args.tile_overlap)]
+            '--results_csv', 'False', '--tile', str(args.tile), '--tile_overlap', str(args.tile_overlap),
+            '--max_memory', str(args.max_memory)]
     status = test.main(argv + device_flags(args))
     setup_logging(str(work.root / 'adapt.log'))
     if status != 0:
@@ -188,7 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--compile', type=str, default='auto', choices=('auto', 'True', 'False'),
                    help=f'torch.compile the network for the fine-tuning; auto: when --iters >= {COMPILE_MIN_ITERS}, '
                         'where the compile warm-up is repaid (bench/demo_compile.py)')
-    p.add_argument('--tile', type=int, default=0, help='tile side of the inference passes (0: whole image)')
+    p.add_argument('--tile', type=tile_flag, default='auto',
+                   help='tile side of the inference passes (0: whole image); auto: the whole image when it fits '
+                        '--max_memory, else the largest tiles that do')
+    p.add_argument('--max_memory', type=float, default=0,
+                   help='GB the inference passes may use, for --tile auto (0: 80%% of the memory available)')
     p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
     p.add_argument('--malloc', type=str, default='tuned', choices=['tuned', 'system'],
                    help="glibc malloc setting (util/malloc.py)")

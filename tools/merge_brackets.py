@@ -38,7 +38,10 @@ Behaviour, and the choices made here:
   before the network. FSHDR expects aligned inputs (a warning says so when it is off); AHDRNet,
   HDR-Transformer and SCTNet deghost by themselves.
 * Transformer backbones get the release's test-time reflection padding (``util.tiling.padded_forward``);
-  ``--tile N`` runs overlapping tiles (``util.tiling.tiled_forward``) to bound memory on large photos.
+  ``--tile auto`` (default) runs the whole image when it fits the memory (``--max_memory``, default most of what is
+  available) and overlapping tiles (``util.tiling.tiled_forward``) that fit when it does not; ``--tile N`` forces
+  tiles of N pixels, ``--tile 0`` the whole image. ``--amp auto`` (default) runs the network in bf16 where the
+  hardware has it (a CPU with avx512_bf16/AMX, CUDA with bf16); ``--amp none`` is fp32 throughout.
 * **Preview** operator ``--tonemap``: ``display`` (default; MATLAB-like local operator, readable for any
   scene), ``reinhard``, or ``mu`` (the mu-law of the losses and of the release's PNGs).
 
@@ -67,6 +70,7 @@ from photo.merge import MergeResult, load_network, merge  # noqa: E402,F401
 from photo.outputs import DEFAULT_FORMATS, OUTPUT_FORMATS, write_outputs  # noqa: E402
 from photo.response_choice import response_flag  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
+from util.tiling import tile_flag  # noqa: E402
 from util.tonemap import OPERATORS  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -136,10 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--compare', action='store_true',
                    help='also write <name>_compare.png: the inputs, the classical merge and the network side by side')
     p.add_argument('--device', type=str, default='cpu', choices=['cpu', 'cuda'], help='where the network runs')
-    p.add_argument('--amp', default='none', choices=('none', 'bf16', 'fp16', 'auto'),
+    p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
                    help='mixed precision of the network forward: auto = bf16 where the hardware has it (CUDA, or a '
-                        'CPU with avx512_bf16/AMX), fp32 elsewhere; fp16 only on CUDA')
-    p.add_argument('--tile', type=int, default=0, help='tile side in pixels for bounded memory (0: whole image)')
+                        'CPU with avx512_bf16/AMX), fp32 elsewhere; none = fp32 throughout; fp16 only on CUDA')
+    p.add_argument('--tile', type=tile_flag, default='auto',
+                   help='tile side in pixels for bounded memory (0: whole image); auto: the whole image when it fits '
+                        '--max_memory, else the largest tiles that do (the log says which)')
+    p.add_argument('--max_memory', type=float, default=0,
+                   help='GB this merge may use, for --tile auto (0: 80%% of the memory available at the start)')
     p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')
     p.add_argument('--malloc', type=str, default='tuned', choices=['tuned', 'system'],
                    help="glibc malloc setting (util/malloc.py): 'tuned' halves CPU inference time here")
@@ -165,7 +173,7 @@ def main(argv=None) -> int:
                        tile=args.tile, save_response_to=args.save_response,
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
                        trust_exposures=args.trust_exposures, prealign=not args.no_prealign,
-                       reference=args.reference, amp=args.amp)
+                       reference=args.reference, amp=args.amp, max_memory=args.max_memory)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
                               args.exr_type, args.compare)
