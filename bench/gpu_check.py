@@ -173,7 +173,9 @@ def epoch_losses(log_path, epoch):
     return found
 
 
-def run_logged(cmd, timeout, env=None):
+def run_logged(cmd, timeout, device):
+    # one intra-op thread on a CPU dry run: two spinning OpenMP threads per process on a shared CPU run far slower
+    env = dict(os.environ, OMP_NUM_THREADS='1') if device == 'cpu' else None
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     return done, time.perf_counter() - start
@@ -300,7 +302,7 @@ def section_resume(args, work, result):
     result.update(network=network, amp=amp, tolerance=RESUME_TOL)
     for label, commands in runs.items():
         for argv in commands:
-            done, seconds = run_logged(train_command(args, *argv), timeout=max(10, args.timeout / 3))
+            done, seconds = run_logged(train_command(args, *argv), max(10, args.timeout / 3), args.device)
             result.setdefault('runs', []).append({'run': label, 'rc': done.returncode, 'seconds': seconds})
             if done.returncode:
                 result['stderr_tail'] = (done.stderr or done.stdout)[-2000:]
@@ -335,7 +337,7 @@ def section_ddp(args, work, result):
                 '--master_port', str(free_port())]
     argv = train_flags(args, data, work / 'ddp', 'ddp', network, niter=2, iters_per_epoch=2, calc_metrics=True,
                        test_every=1, lr_policy='plateau')
-    done, seconds = run_logged(train_command(args, *argv, launcher=launcher), timeout=max(10, args.timeout - 10))
+    done, seconds = run_logged(train_command(args, *argv, launcher=launcher), max(10, args.timeout - 10), args.device)
     log = (work / 'ddp' / 'ddp' / 'train.log')
     text = log.read_text() if log.exists() else ''
     output = done.stdout + done.stderr
