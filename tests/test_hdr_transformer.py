@@ -1,10 +1,9 @@
-"""HDR-Transformer backbone (models/hdr_transformer.py): release state_dict and seeded init, golden and
-self-check outputs, size handling, DropPath train/eval behaviour, and agreement of the optimised forward and
-backward (token permutations, chunked channel-major attention) with a spec-literal reference
-(spec: shared/specs/hdr_transformer.md)."""
+"""HDR-Transformer backbone (models/hdr_transformer.py): release state_dict and seeded init, golden outputs, size
+handling, DropPath train/eval behaviour, and agreement of the optimised forward and backward (token permutations,
+chunked channel-major attention) with a spec-literal reference (spec: shared/specs/hdr_transformer.md). The preamble
+and the checks shared with SCTNet (self-check outputs, no_grad vs autograd) live in tests/transformer_backbones.py
+and tests/test_transformer_backbones.py."""
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,11 +13,9 @@ from timm.layers import DropPath
 
 import models.transformer_layers as layers
 from models.hdr_transformer import HDRTransformer
-from conftest import GOLDEN as GOLDEN_ROOT
+from transformer_backbones import BACKBONES, golden_dir, literal_mask, load_selfcheck, selfcheck_fill, selfcheck_inputs
 
-GOLDEN = GOLDEN_ROOT / 'HDRTransformer'
-FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'hdr_transformer_selfcheck.json'
-SELFCHECK = json.loads(FIXTURE.read_text())
+SELFCHECK = load_selfcheck(BACKBONES['HDR-Transformer'].selfcheck)
 
 # A small configuration with the release's structure: 2 CTBs of 2 blocks (plain + shifted), 4x4 windows.
 TINY = dict(img_size=16, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_size=4, mlp_ratio=2.0)
@@ -26,9 +23,7 @@ TINY = dict(img_size=16, embed_dim=12, depths=(2, 2), num_heads=(2, 2), window_s
 
 @pytest.fixture(scope='module')
 def golden():
-    if not GOLDEN.is_dir():
-        pytest.skip(f'golden reference not found at {GOLDEN} (it sits beside the checkout)')
-    return GOLDEN
+    return golden_dir(BACKBONES['HDR-Transformer'].golden)
 
 
 @pytest.fixture(scope='module')
@@ -43,38 +38,8 @@ def selfcheck_net():
     return selfcheck_fill(HDRTransformer()).eval()
 
 
-def selfcheck_fill(net):
-    """Deterministic parameter fill of shared/specs/README.md section 2."""
-    with torch.no_grad():
-        for k, (name, p) in enumerate(net.named_parameters()):
-            v = torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + k), dtype=torch.float32)
-            if p.dim() >= 2:
-                p.copy_(v / math.sqrt(p.numel() / p.shape[0]))
-            elif name.endswith(('norm.weight', 'norm1.weight', 'norm2.weight', 'body.weight')):
-                p.copy_(1 + 0.1 * v)
-            else:
-                p.copy_(0.1 * v)
-    return net
-
-
-def selfcheck_inputs(n, h, w):
-    """x_j[n, c, h, w] = 0.5 + 0.5 sin(0.11 h (c+1) + 0.07 w + 0.9 j + 0.3 n), in float64 then float32."""
-    nn_, c, hh, ww = torch.meshgrid(*(torch.arange(s, dtype=torch.float64) for s in (n, 6, h, w)), indexing='ij')
-    return [(0.5 + 0.5 * torch.sin(0.11 * hh * (c + 1) + 0.07 * ww + 0.9 * j + 0.3 * nn_)).float() for j in (1, 2, 3)]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Spec-literal reference (hdr_transformer.md sections 3-4), written independently of the module's fast paths.
-
-def literal_mask(h, w, m, s):
-    """Section 4.2: region labels 3*rho(i, H) + rho(j, W), partitioned into windows; -100 across regions."""
-    def rho(t, length):
-        return 0 if t < length - m else (1 if t < length - s else 2)
-    labels = torch.tensor([[3 * rho(i, h) + rho(j, w) for j in range(w)] for i in range(h)], dtype=torch.float32)
-    lab = labels.view(h // m, m, w // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)  # (nW, T)
-    same = lab[:, :, None] == lab[:, None, :]
-    return torch.where(same, 0.0, -100.0)
-
 
 def reference_block(blk, x, x_size):
     h, w = x_size
@@ -233,27 +198,6 @@ def test_golden_strict_load_reports_wrong_keys(golden):
     del sd['layers.0.residual_group.blocks.1.attn_mask']
     with pytest.raises(RuntimeError, match='attn_mask'):
         net.load_state_dict(sd, strict=True)
-
-
-@pytest.mark.parametrize('case', sorted(SELFCHECK['cases']))
-def test_selfcheck_values(selfcheck_net, case):
-    spec = SELFCHECK['cases'][case]
-    with torch.no_grad():
-        y = selfcheck_net(*selfcheck_inputs(spec['n'], spec['h'], spec['w']))
-    tol = SELFCHECK['tolerance']
-    assert y.shape == (spec['n'], 3, spec['h'], spec['w'])
-    assert y.mean().item() == pytest.approx(spec['mean'], abs=tol)
-    for index, value in spec['values']:
-        assert y[tuple(index)].item() == pytest.approx(value, abs=tol)
-
-
-def test_no_grad_and_autograd_paths_agree(selfcheck_net):
-    xs = selfcheck_inputs(1, 16, 24)
-    with torch.no_grad():
-        y0 = selfcheck_net(*xs)
-    y1 = selfcheck_net(*xs)  # keeps the attention probabilities for a backward
-    assert y1.requires_grad
-    assert torch.allclose(y0, y1.detach(), rtol=0, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""SCTNet backbone (models/sctnet.py): release state_dict and seeded init, golden and self-check outputs,
-size handling, DropPath train/eval behaviour, and agreement of the optimised forward and backward (token
-gathers, chunked window attention, conv backward) with a spec-literal formulation
-(spec: shared/specs/sctnet.md)."""
+"""SCTNet backbone (models/sctnet.py): release state_dict and seeded init, golden outputs, size handling, DropPath
+train/eval behaviour, and agreement of the optimised forward and backward (token gathers, chunked window attention,
+conv backward) with a spec-literal formulation (spec: shared/specs/sctnet.md). The preamble and the checks shared
+with HDR-Transformer (self-check outputs, no_grad vs autograd) live in tests/transformer_backbones.py and
+tests/test_transformer_backbones.py."""
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +14,10 @@ from timm.layers import DropPath
 import models.sctnet as sct
 import models.transformer_layers as layers
 from models.sctnet import SCTNet
-from conftest import GOLDEN as GOLDEN_ROOT
+from transformer_backbones import (BACKBONES, golden_dir, literal_mask, load_selfcheck, rand_inputs, selfcheck_fill,
+                                   selfcheck_inputs)
 
-GOLDEN = GOLDEN_ROOT / 'SCTNet'
-FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'sctnet_selfcheck.json'
-SELFCHECK = json.loads(FIXTURE.read_text())
+SELFCHECK = load_selfcheck(BACKBONES['SCTNet'].selfcheck)
 
 # A small configuration with the release's structure: 2 GSABs of 2 blocks (plain + shifted), 4x4 windows,
 # 8 channels per frame (4 channel-attention heads of 2).
@@ -28,11 +26,10 @@ TINY = dict(img_size=16, embed_dim=24, depths=(2, 2), num_heads=(2, 2), window_s
 
 @pytest.fixture(scope='module')
 def golden():
-    if not GOLDEN.is_dir():
-        pytest.skip(f'golden reference not found at {GOLDEN} (it sits beside the checkout)')
-    return {'manifest': json.loads((GOLDEN / 'manifest.json').read_text()),
-            'state': torch.load(GOLDEN / 'state_dict.pth', weights_only=True),
-            'io': torch.load(GOLDEN / 'io.pt', weights_only=False)}
+    path = golden_dir(BACKBONES['SCTNet'].golden)
+    return {'manifest': json.loads((path / 'manifest.json').read_text()),
+            'state': torch.load(path / 'state_dict.pth', weights_only=True),
+            'io': torch.load(path / 'io.pt', weights_only=False)}
 
 
 @pytest.fixture(scope='module')
@@ -47,42 +44,8 @@ def selfcheck_net():
     return selfcheck_fill(SCTNet()).eval()
 
 
-def selfcheck_fill(net):
-    """Deterministic parameter fill of shared/specs/README.md section 2."""
-    with torch.no_grad():
-        for k, (name, p) in enumerate(net.named_parameters()):
-            v = torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + k), dtype=torch.float32)
-            if p.dim() >= 2:
-                p.copy_(v / math.sqrt(p.numel() / p.shape[0]))
-            elif name.endswith(('norm.weight', 'norm1.weight', 'norm2.weight', 'body.weight')):
-                p.copy_(1 + 0.1 * v)
-            else:
-                p.copy_(0.1 * v)
-    return net
-
-
-def selfcheck_inputs(n, h, w):
-    """x_j[n, c, h, w] = 0.5 + 0.5 sin(0.11 h (c+1) + 0.07 w + 0.9 j + 0.3 n), in float64 then float32."""
-    nn_, c, hh, ww = torch.meshgrid(*(torch.arange(s, dtype=torch.float64) for s in (n, 6, h, w)), indexing='ij')
-    return [(0.5 + 0.5 * torch.sin(0.11 * hh * (c + 1) + 0.07 * ww + 0.9 * j + 0.3 * nn_)).float() for j in (1, 2, 3)]
-
-
-def rand_inputs(n, h, w, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.rand(n, 6, h, w, generator=g, dtype=dtype) for _ in range(3)]
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Spec-literal reference (sctnet.md sections 3-4 and hdr_transformer.md 4.2-4.5), independent of the fast paths.
-
-def literal_mask(h, w, m, s):
-    """Region labels 3*rho(i, H) + rho(j, W), partitioned into windows; -100 across regions, 0 within."""
-    def rho(t, length):
-        return 0 if t < length - m else (1 if t < length - s else 2)
-    labels = torch.tensor([[3 * rho(i, h) + rho(j, w) for j in range(w)] for i in range(h)], dtype=torch.float32)
-    lab = labels.view(h // m, m, w // m, m).permute(0, 2, 1, 3).reshape(-1, m * m)  # (nW, T)
-    return torch.where(lab[:, :, None] == lab[:, None, :], 0.0, -100.0)
-
 
 def literal_block_forward(self, x, x_size, plan=None):
     """Swin block as the release writes it: roll, partition, unfused attention, reverse, roll back."""
@@ -200,27 +163,6 @@ def test_golden_forward(golden, golden_net, prefix):
         y = golden_net(io[prefix + 'x0'], io[prefix + 'x1'], io[prefix + 'x2'])
     assert y.shape == io[prefix + 'y'].shape
     assert (y - io[prefix + 'y']).abs().max().item() < 1e-5
-
-
-@pytest.mark.parametrize('case', sorted(SELFCHECK['cases']))
-def test_selfcheck_values(selfcheck_net, case):
-    spec = SELFCHECK['cases'][case]
-    with torch.no_grad():
-        y = selfcheck_net(*selfcheck_inputs(spec['n'], spec['h'], spec['w']))
-    tol = SELFCHECK['tolerance']
-    assert y.shape == (spec['n'], 3, *spec['out'])
-    assert y.mean().item() == pytest.approx(spec['mean'], abs=tol)
-    for index, value in spec['values']:
-        assert y[tuple(index)].item() == pytest.approx(value, abs=tol)
-
-
-def test_no_grad_and_autograd_paths_agree(selfcheck_net):
-    xs = selfcheck_inputs(1, 16, 24)
-    with torch.no_grad():
-        y0 = selfcheck_net(*xs)
-    y1 = selfcheck_net(*xs)  # keeps the attention probabilities for a backward
-    assert y1.requires_grad
-    assert torch.equal(y0, y1.detach())
 
 
 # ---------------------------------------------------------------------------------------------------------------

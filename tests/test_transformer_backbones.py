@@ -1,0 +1,43 @@
+"""The checks HDR-Transformer and SCTNet share, parametrised over both (tests/transformer_backbones.py): the
+self-check outputs of the spec's deterministic fill, and the no_grad and autograd forwards agreeing. Each backbone's
+own checks stay in tests/test_hdr_transformer.py and tests/test_sctnet.py."""
+import pytest
+import torch
+
+from transformer_backbones import BACKBONES, load_selfcheck, selfcheck_fill, selfcheck_inputs
+
+CASES = [(name, case) for name, spec in BACKBONES.items() for case in sorted(load_selfcheck(spec.selfcheck)['cases'])]
+
+
+_NETS = {}
+
+
+def _selfcheck_net(name):
+    if name not in _NETS:
+        _NETS[name] = selfcheck_fill(BACKBONES[name].build()).eval()
+    return _NETS[name]
+
+
+@pytest.mark.parametrize('name, case', CASES)
+def test_selfcheck_values(name, case):
+    meta = load_selfcheck(BACKBONES[name].selfcheck)
+    spec = meta['cases'][case]
+    with torch.no_grad():
+        y = _selfcheck_net(name)(*selfcheck_inputs(spec['n'], spec['h'], spec['w']))
+    tol = meta['tolerance']
+    # SCTNet pads sizes that are not multiples of 8 and returns the padded size (spec['out']); HDR-Transformer none
+    assert y.shape == (spec['n'], 3, *spec.get('out', (spec['h'], spec['w'])))
+    assert y.mean().item() == pytest.approx(spec['mean'], abs=tol)
+    for index, value in spec['values']:
+        assert y[tuple(index)].item() == pytest.approx(value, abs=tol)
+
+
+@pytest.mark.parametrize('name', sorted(BACKBONES))
+def test_no_grad_and_autograd_paths_agree(name):
+    net = _selfcheck_net(name)
+    xs = selfcheck_inputs(1, 16, 24)
+    with torch.no_grad():
+        y0 = net(*xs)
+    y1 = net(*xs)  # keeps the attention probabilities for a backward
+    assert y1.requires_grad
+    assert torch.allclose(y0, y1.detach(), rtol=0, atol=BACKBONES[name].no_grad_atol)
