@@ -13,11 +13,13 @@ import numpy as np
 from photo.errors import MergeError
 from photo.exposures import parse_exposures, read_exposure_time, select_frames
 from photo.raw import is_raw, read_raw, relative_exposure
+from util.flags import NumberRangeError, checked_number
 from util.hdr_io import read_ldr
 
 logger = logging.getLogger(__name__)
 
 N_FRAMES = 3
+MIN_SIDE = 16  # pixels: smaller frames are an error naming the file (1x1 was a raw OpenCV assertion)
 
 
 @dataclass
@@ -75,6 +77,13 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
                          f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if not r)}')
     raws = [read_raw(p) for p in paths] if kind == 'raw' else []  # RawReadError names the file
     frames = [r.linear for r in raws] if kind == 'raw' else [read_ldr(p) for p in paths]  # ImageReadError too
+    for p, f in zip(paths, frames):  # sizes are numbers from the files: checked at the door too
+        try:
+            checked_number(min(f.shape[:2]), f'frame size {f.shape[1]}x{f.shape[0]} pixels: its shorter side',
+                           MIN_SIDE, None, source=str(p))
+        except NumberRangeError as exc:
+            raise MergeError(f'{exc}; a bracket to merge needs frames of at least {MIN_SIDE}x{MIN_SIDE} pixels '
+                             '(the alignment and the networks work on windows of 8 and more)') from None
     shapes = {tuple(f.shape[:2]) for f in frames}
     if len(shapes) != 1:
         sizes = ', '.join(f'{p} is {f.shape[1]}x{f.shape[0]}' for p, f in zip(paths, frames))

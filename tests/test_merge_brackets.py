@@ -671,3 +671,18 @@ def test_amp_auto_follows_the_cpu(bracket, jpeg_result, monkeypatch):
     bf16 = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2', amp='auto')
     assert bf16.hdr.dtype == np.float32 and not np.array_equal(bf16.hdr, jpeg_result.hdr)
     assert metrics.psnr_mu(bf16.hdr, jpeg_result.hdr) > 35
+
+
+@pytest.mark.parametrize('size', [(1, 1), (15, 64), (48, 3)])
+def test_frames_too_small_to_merge_name_the_file(tmp_path, capsys, size):
+    """Issue 21: 1x1-pixel frames were a raw OpenCV assertion from resize (pre-alignment); now a MergeError naming
+    the first such file, exit code 2, before any network runs."""
+    paths = []
+    for i, v in enumerate((40, 120, 220)):
+        paths.append(tmp_path / f'f{i}.png')
+        cv2.imwrite(str(paths[-1]), np.full((*size, 3), v, np.uint8))
+    with pytest.raises(MergeError, match=rf'{paths[0]}: frame size {size[1]}x{size[0]} pixels.*at least 16x16'):
+        load_bracket(paths, exposures=['1/100', '1/25', '1/6'])
+    rc, out = _run(capsys, ['--inputs', *paths, '--exposures', '1/100', '1/25', '1/6', '--network', 'AHDRNet',
+                            '--checkpoint', tmp_path / 'unused.pth', '--output_dir', tmp_path / 'out'])
+    assert rc == 2 and str(paths[0]) in out.err and 'at least 16x16' in out.err and 'Traceback' not in out.err
