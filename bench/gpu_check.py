@@ -508,6 +508,9 @@ def verdict(report):
         lines.append(f'  {name:<11} {status}' + (f' ({why[:200]})' if why and status != 'ok' else ''))
     skipped = [n for n, e in report['sections'].items() if e['status'] == 'skipped']
     lines.append('skipped: ' + (', '.join(f"{n} ({report['sections'][n]['reason']})" for n in skipped) or 'none'))
+    if report['dry_run']:
+        lines.append('dry run (CPU stand-ins, says nothing about a GPU): tiny backbones except in golden; no fp16 steps '
+                     '(CUDA only); compile through the eager backend; throughput fp32 only; DDP and resume on gloo/CPU')
     results = report['sections'].get('throughput', {}).get('results')
     if results:
         lines += ['', 'throughput:', throughput_table(results)]
