@@ -30,7 +30,8 @@ def test_pack_keeps_parameters_and_buffer_digests(golden_dir, tmp_path):
 
 def test_dry_run_runs_every_section_it_can(tmp_path, golden_dir):
     cmd = [sys.executable, str(ROOT / 'bench' / 'gpu_check.py'), '--dry_run', '--out', str(tmp_path),
-           '--golden', str(golden_dir), '--networks', 'AHDRNet', 'HDR-Transformer', '--budget_s', '900', '--cap_factor', '3']
+           '--golden', str(golden_dir), '--networks', 'AHDRNet', 'HDR-Transformer', '--budget_s', '900',
+           '--cap_factor', '3']  # slack for a busy CI machine; an idle one needs a fraction of the caps
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     sections = report['sections']
