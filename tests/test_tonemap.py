@@ -166,3 +166,32 @@ def test_cli_tonemap(tmp_path):
         png = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
         assert png.shape == (12, 16, 3) and png.dtype == np.uint8
     assert main([str(tmp_path / 'missing.hdr'), '-o', str(tmp_path / 'm.png')]) == 1
+
+
+def test_display_clean_shadows_removes_chroma_noise_in_the_dark_only():
+    """A green shadow with chroma noise beside a bright sky: with clean shadows the shadow's colour is close to its
+    true green (MATLAB's operator keeps the noise, lifted by CLAHE), the sky is untouched, the edge stays sharp."""
+    from util.tonemap import shadow_chroma
+
+    rng = np.random.default_rng(0)
+    x = np.empty((64, 64, 3), np.float32)
+    x[:, :32] = np.array([0.2, 0.5, 0.3]) * 1e-3                    # shadow, ~10 stops under the sky (BGR)
+    x[:, 32:] = np.array([0.9, 0.7, 0.5])                           # sky
+    x[:, :32] *= 1 + 0.5 * rng.standard_normal((64, 32, 3)).astype(np.float32)
+    x = np.maximum(x, 0)
+
+    def angle_to(img, colour):
+        c = np.asarray(colour, np.float64)
+        cos = (img @ c) / (np.linalg.norm(img, axis=2) * np.linalg.norm(c) + 1e-20)
+        return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+    clean, matlab = display_tonemap(x), display_tonemap(x, clean_shadows=False)
+    inner = (slice(None), slice(4, 28))                             # away from the edge
+    assert np.percentile(angle_to(clean[inner], [0.2, 0.5, 0.3]), 90) < \
+        0.75 * np.percentile(angle_to(matlab[inner], [0.2, 0.5, 0.3]), 90)
+    np.testing.assert_allclose(clean[:, 34:], matlab[:, 34:], atol=1e-6)  # bright pixels keep their colour
+    edge = clean[:, 30:31]                                                  # no sky colour bleeds into the shadow
+    assert np.median(angle_to(edge, [0.2, 0.5, 0.3])) < 0.5 * np.median(angle_to(edge, [0.9, 0.7, 0.5]))
+    lum = luminance(x)
+    ratio = shadow_chroma(x, lum)
+    assert ratio.shape == x.shape and np.isfinite(ratio).all()

@@ -139,7 +139,12 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
         a = (_box(guide * p, r) - mean_g * mean_p) / (var_g + np.float32(reg))
         b = mean_p - a * mean_g
         fitted[..., c] = _box(a, r) * guide + _box(b, r)
-    return (1.0 - dark) * ratio + dark * np.maximum(fitted, 0.0)
+    fitted = np.maximum(fitted, 0.0)
+    fitted_lum = fitted @ _LUMA_BGR
+    # the fit changes chroma only: its luminance is 1, like a pixel's own ratio (grey where the fit has none)
+    fitted = np.where((fitted_lum > 1e-6)[:, :, None], fitted / np.maximum(fitted_lum, 1e-6)[:, :, None], 1.0)
+    mixed = (1.0 - dark) * ratio + dark * fitted
+    return mixed.astype(np.float32, copy=False)
 
 
 def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, saturation: float = 1.0,
