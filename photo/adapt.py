@@ -33,7 +33,7 @@ STATE_FILE = 'state.json'
 # Settings a resumed run must share with the run it continues (the prepared data and the schedule depend on them).
 RESUME_KEYS = ('brackets', 'checkpoint', 'stage1', 'network', 'iters', 'save_every', 'batch_size', 'patch_size',
                'lr', 'lr_policy', 'max_side', 'response', 'no_prealign', 'trust_exposures', 'vgg_weights', 'seed',
-               'denoise_labels')
+               'denoise_labels', 'decide')
 
 
 class AdaptError(ValueError):
@@ -104,7 +104,7 @@ def settings_of(args) -> dict:
             'patch_size': args.patch_size, 'lr': args.lr, 'lr_policy': args.lr_policy, 'max_side': args.max_side,
             'response': response_flag(args), 'no_prealign': args.no_prealign,
             'trust_exposures': args.trust_exposures, 'vgg_weights': args.vgg_weights, 'seed': args.seed,
-            'denoise_labels': args.denoise_labels}
+            'denoise_labels': args.denoise_labels, 'decide': getattr(args, 'decide', 'off')}
 
 
 def open_work(args, out: Path) -> tuple[Work, dict]:
@@ -251,3 +251,145 @@ def summary_table(state: dict) -> str:
     n_ok = sum(b['ok'] for b in state['brackets'].values())
     lines.append(f'{n_ok} of {len(state["brackets"])} brackets used')
     return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------ the decision
+# Adaptation that never hurts: some of the user's brackets are held out of fine-tuning, and the original network
+# and every fine-tuned epoch are scored on them against their colour labels, only where a label can be trusted.
+HOLDOUT_FRACTION = 0.25  # of the usable brackets, at least one when there are two or more
+MIN_GAIN_DB = 0.05       # a fine-tuned epoch must beat the original by this much on the held-out brackets
+HOLDOUT = 'Holdout'      # <out>.partial/data/Holdout/<bracket> and Holdout_align/<bracket>
+
+
+def choose_holdout(names, fraction: float = HOLDOUT_FRACTION) -> list[str]:
+    """Evenly spaced names of the (sorted) usable brackets to hold out; none when fewer than two."""
+    names = sorted(names)
+    n = len(names)
+    if n < 2 or fraction <= 0:
+        return []
+    k = min(n - 1, max(1, round(n * fraction)))
+    return [names[int((i + 0.5) * n / k)] for i in range(k)]
+
+
+def hold_out(work: Work, state: dict, fraction: float = HOLDOUT_FRACTION) -> list[str]:
+    """Move the held-out brackets' prepared scenes out of the training data (once; recorded in the state)."""
+    if 'holdout' in state:
+        return state['holdout']
+    ok = [n for n, b in state['brackets'].items() if b['ok']]
+    held = choose_holdout(ok, fraction)
+    for name in held:
+        for split in ('', '_align'):
+            src, dst = work.data / f'Training{split}' / name, work.data / f'{HOLDOUT}{split}' / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dst, ignore_errors=True)
+            os.replace(src, dst)
+    state['holdout'] = held
+    write_state(work, state)
+    if held:
+        logger.info('held out of fine-tuning, to decide whether it helps: %s', ', '.join(held))
+    else:
+        logger.info('one usable bracket only: nothing can be held out, so the decision is scored on the training '
+                    'bracket itself (a weaker test)')
+    return held
+
+
+def trusted_mask(aligned, times, clip: float = 0.95, dark: float = 0.05, tol_stops: float = 0.3) -> np.ndarray:
+    """Pixels whose colour label (the merge of the aligned frames) can be trusted, H x W bool: some frame sees the
+    pixel well exposed (the medium, or the short where the medium clips, or the long where it is dark), and every
+    pair of frames that both see it unclipped agrees on its radiance within ``tol_stops`` (static, well aligned:
+    no ghost or flow error in the label)."""
+    lin = [np.power(np.clip(x, 0, 1).astype(np.float64), 2.2) / t for x, t in zip(aligned, times)]
+    good = [((x > dark) & (x < clip)).all(axis=2) for x in aligned]
+    unclipped = [((x > 0.01) & (x < clip)).all(axis=2) for x in aligned]
+    medium_clipped = (aligned[1] >= clip).any(axis=2)
+    medium_dark = (aligned[1] <= dark).all(axis=2)
+    supported = good[1] | (medium_clipped & good[0]) | (medium_dark & good[2])
+    consistent = np.ones(supported.shape, bool)
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        both = unclipped[a] & unclipped[b]
+        ratio = np.abs(np.log2(np.maximum(lin[a].mean(axis=2), 1e-9) / np.maximum(lin[b].mean(axis=2), 1e-9)))
+        consistent &= ~(both & (ratio > tol_stops))
+    return supported & consistent
+
+
+def masked_psnr_mu(pred: np.ndarray, label: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR-mu (dB) of ``pred`` against ``label`` over the pixels of ``mask``."""
+    from util.tonemap import mu_law
+
+    diff = mu_law(np.clip(pred, 0, 1)) - mu_law(np.clip(label, 0, 1))
+    mse = float(np.mean(diff[mask] ** 2)) if mask.any() else float('nan')
+    return float(10 * np.log10(1.0 / max(mse, 1e-12)))
+
+
+def load_holdout(work: Work, names, split: str = HOLDOUT) -> list[dict]:
+    """Each held-out bracket's network inputs (the frames as merged, training encoding), times, label and mask."""
+    from util.hdr_io import read_ldr
+
+    items = []
+    for name in names:
+        src, aligned_dir = work.data / split / name, work.data / f'{split}_align' / name
+        if not (aligned_dir / 'HDRImg.hdr').is_file():
+            continue
+        times = 2.0 ** np.loadtxt(src / EXPOSURE_NAME, ndmin=1)
+        frames = [read_ldr(src / f) for f in FRAME_NAMES]
+        aligned = [read_ldr(aligned_dir / f) for f in FRAME_NAMES]
+        items.append({'name': name, 'frames': frames, 'times': times, 'label': read_hdr(aligned_dir / 'HDRImg.hdr'),
+                      'mask': trusted_mask(aligned, times)})
+    return items
+
+
+def score(net, network: str, items, device: str = 'cpu', tile: int | str = 0, tile_overlap: int = 32) -> float:
+    """Mean masked PSNR-mu of the network over the held-out brackets (the network as merge_brackets runs it)."""
+    import torch
+
+    from models.backbones import BACKBONES
+    from photo.merge import _build_inputs
+    from util.tiling import auto_tile, padded, tiled_forward
+
+    multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
+    fn = padded(net, multiple=multiple, mode='release') if multiple else net
+    values = []
+    for item in items:
+        xs = [x.to(device) for x in _build_inputs(item['frames'], item['times'])]
+        size = tile
+        if tile == 'auto':  # tools/adapt.py's default: chosen as merge_brackets chooses it (fp32 here)
+            per_pixel = BACKBONES[network].infer_bytes_per_pixel[0] if network in BACKBONES else 16384
+            size = auto_tile(*xs[0].shape[-2:], per_pixel, overlap=tile_overlap, multiple=multiple, device=device,
+                             log=False)
+        with torch.inference_mode():
+            out = tiled_forward(fn, xs, size, tile_overlap)
+        pred = out[0].float().permute(1, 2, 0).cpu().numpy()
+        values.append(masked_psnr_mu(pred, item['label'], item['mask']))
+    return float(np.mean(values))
+
+
+def decide(args, work: Work, state: dict, epochs: int) -> tuple[Path, dict]:
+    """Score the original network and every fine-tuned epoch on the held-out brackets; keep the best epoch if it
+    beats the original by ``MIN_GAIN_DB``, else the original. Returns the checkpoint to write and the decision."""
+    names = state.get('holdout') or [n for n, b in state['brackets'].items() if b['ok']]
+    where = 'held-out' if state.get('holdout') else 'training (none could be held out)'
+    items = load_holdout(work, names, HOLDOUT if state.get('holdout') else 'Training')
+    candidates = [(0, Path(args.checkpoint))] + [(e, work.run / f'SelfHDR_model_{e}.pth') for e in range(1, epochs + 1)]
+    scores = {}
+    for epoch, path in candidates:
+        if not path.is_file():
+            continue
+        net = load_network(args.network, path, args.device)
+        tile = args.tile if isinstance(args.tile, int) else 0  # 'auto': held-out frames are training-sized
+        scores[epoch] = score(net, args.network, items, args.device, tile, args.tile_overlap)
+        logger.info('%s: PSNR-mu %.3f dB on the trusted pixels of the %s brackets', 'original' if epoch == 0 else
+                    f'epoch {epoch}', scores[epoch], where)
+    best = max((e for e in scores if e > 0), key=lambda e: scores[e], default=None)
+    keep_tuned = best is not None and scores[best] >= scores[0] + MIN_GAIN_DB
+    decision = {'scored_on': where, 'brackets': [i['name'] for i in items],
+                'trusted_fraction': float(np.mean([i['mask'].mean() for i in items])) if items else 0.0,
+                'psnr_mu_by_epoch': {str(e): s for e, s in scores.items()}, 'best_epoch': best,
+                'kept': f'epoch {best}' if keep_tuned else 'original'}
+    if keep_tuned:
+        decision['why'] = (f'epoch {best} of {epochs} scores {scores[best]:.2f} dB against {scores[0]:.2f} for the '
+                           f'original (+{scores[best] - scores[0]:.2f} dB)')
+        return work.run / f'SelfHDR_model_{best}.pth', decision
+    gain = scores[best] - scores[0] if best is not None else float('nan')
+    decision['why'] = (f'no fine-tuned epoch beats the original by {MIN_GAIN_DB} dB (best: epoch {best}, '
+                       f'{gain:+.2f} dB): the original weights are kept')
+    return Path(args.checkpoint), decision

@@ -1,5 +1,6 @@
 """Batches: one bracket per sub-folder of ``--input_dir``; each is merged and written, a failing one is reported
-and skipped, and a summary table says what was used."""
+and skipped, and a summary table (and the contact sheet ``index.html``, photo/contact_sheet.py) says what was
+used."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from photo.contact_sheet import write_thumbnails
 from photo.errors import MergeError
 from photo.merge import MergeResult, merge
 from photo.outputs import write_outputs
@@ -34,6 +36,7 @@ class BracketOutcome:
     ok: bool
     message: str                     # the error, or what was used
     outputs: dict = field(default_factory=dict)
+    thumbs: dict = field(default_factory=dict)  # contact-sheet thumbnails by panel (photo.contact_sheet)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -72,7 +75,8 @@ def find_brackets(input_dir) -> list[BracketJob]:
 def describe(result: MergeResult) -> str:
     b = result.bracket
     text = (f'short {b.paths[0].name}, medium {b.paths[1].name}, long {b.paths[2].name} '
-            f'(x{b.times[1]:g}, x{b.times[2]:g}); response {result.response.name}')
+            f'(x{b.times[1]:g}, x{b.times[2]:g}); response {result.response.name}'
+            + (f' ({result.response.why})' if result.response.why else ''))
     if b.unused:
         text += f'; not used: {", ".join(p.name for p in b.unused)}'
     return text
@@ -95,7 +99,8 @@ def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> l
                            max_memory=getattr(args, 'max_memory', 0))
             paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure,
                                   args.formats, args.exr_type, args.compare)
-            outcomes.append(BracketOutcome(job, True, describe(result), paths))
+            thumbs = write_thumbnails(result, args.output_dir, job.name, args.tonemap, args.preview_exposure)
+            outcomes.append(BracketOutcome(job, True, describe(result), paths, thumbs))
         except (MergeError, OSError, ValueError) as exc:  # the message names the file; go on with the others
             logger.debug('bracket %s failed', job.folder, exc_info=True)
             outcomes.append(BracketOutcome(job, False, str(exc)))

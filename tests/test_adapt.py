@@ -101,7 +101,7 @@ def adapted(inputs, module_monkeypatch, tmp_path_factory):
     """One uninterrupted run (kept work folder, for inspection)."""
     out = tmp_path_factory.mktemp('run') / 'adapted.pth'
     with single_thread():
-        rc = main(_argv(inputs, out, '--keep_work'))
+        rc = main(_argv(inputs, out, '--keep_work', '--decide', 'off'))
     return rc, out
 
 
@@ -244,3 +244,77 @@ def test_colour_labels_are_denoised_unless_turned_off(inputs, adapted, module_mo
     lap = lambda img: np.abs(cv2.Laplacian(np.log1p(5000 * img), cv2.CV_32F)).mean()  # noqa: E731
     assert lap(clean) < lap(raw)
     assert abs(float(clean.mean()) - float(raw.mean())) < 0.05 * float(raw.mean())
+
+
+# ------------------------------------------------------------------------------------------ adaptation that never hurts
+def test_choose_holdout_spreads_and_keeps_training_data():
+    from photo.adapt import choose_holdout
+
+    assert choose_holdout(['a']) == []
+    assert choose_holdout(['b', 'a']) == ['b']
+    assert choose_holdout(['a', 'b', 'c']) == ['b']
+    held = choose_holdout([f's{i:02d}' for i in range(12)])
+    assert len(held) == 3 and len(set(held)) == 3 and held == sorted(held)
+
+
+def test_trusted_mask_excludes_motion_and_unsupported_pixels():
+    from photo.adapt import masked_psnr_mu, trusted_mask
+
+    rad = np.full((20, 30, 3), 0.02, np.float32)
+    rad[:, 20:] = 0.3                                   # the medium frame clips here; the short sees it
+    times = np.array([1.0, 4.0, 16.0])
+    frames = [np.clip((rad * t) ** (1 / 2.2), 0, 1) for t in times]
+    frames[2][2:6, 2:6] = 0.3                           # something moved in the long frame
+    mask = trusted_mask(frames, times)
+    assert mask[10, 10] and mask[10, 25]                # static, well exposed (in the medium, in the short)
+    assert not mask[3:5, 3:5].any()                     # the long frame disagrees: ghost in the label
+    label = rad.copy()
+    pred = rad.copy()
+    pred[~mask] = 1.0                                   # errors outside the mask do not count
+    assert masked_psnr_mu(pred, label, mask) > 100
+    pred[10, 10] *= 1.5
+    assert masked_psnr_mu(pred, label, mask) < 60
+
+
+def _state(out):
+    return json.loads((out.with_name(out.name + '.partial') / 'state.json').read_text())
+
+
+def test_decision_holds_out_scores_and_keeps_what_it_reports(inputs, module_monkeypatch, tmp_path, capsys):
+    from photo import adapt as photo_adapt
+
+    out = tmp_path / 'decided.pth'
+    with single_thread():
+        rc = main(_argv(inputs, out, '--keep_work'))
+    assert rc == 0
+    work = out.with_name(out.name + '.partial')
+    state = _state(out)
+    assert state['holdout'] == ['b_tiff']
+    assert (work / 'data' / 'Holdout_align' / 'b_tiff' / 'HDRImg.hdr').is_file()
+    assert not (work / 'data' / 'Training_align' / 'b_tiff').exists()      # never trained on
+    assert not (work / 'ckpt' / 'stage0' / 'output_0' / 'b_tiff.hdr').exists()
+    d = json.loads(out.with_name('decided_decision.json').read_text())
+    assert d == state['decision'] and d['brackets'] == ['b_tiff'] and 0 < d['trusted_fraction'] <= 1
+    scores = {int(k): v for k, v in d['psnr_mu_by_epoch'].items()}
+    assert sorted(scores) == [0, 1, 2]
+    best = max((1, 2), key=lambda e: scores[e])
+    written = load_state(out)
+    if scores[best] >= scores[0] + photo_adapt.MIN_GAIN_DB:
+        assert d['kept'] == f'epoch {best}'
+        kept = load_state(work / 'ckpt' / 'adapt' / f'SelfHDR_model_{best}.pth')
+    else:
+        assert d['kept'] == 'original'
+        kept = load_state(inputs['ckpt'])
+    assert all(torch.equal(written[k], kept[k]) for k in kept)
+    assert f'decision: kept the {d["kept"]}' in capsys.readouterr().out
+
+
+def test_decision_keeps_the_original_when_fine_tuning_does_not_help(inputs, module_monkeypatch, tmp_path, capsys):
+    out = tmp_path / 'same.pth'
+    with single_thread():  # a learning rate too small to change anything: no epoch can gain 0.05 dB
+        rc = main(_argv(inputs, out, '--lr', '1e-12'))
+    assert rc == 0
+    written, original = load_state(out), load_state(inputs['ckpt'])
+    assert all(torch.equal(written[k], original[k]) for k in original)
+    printed = capsys.readouterr().out
+    assert 'decision: kept the original' in printed and 'original weights are kept' in printed

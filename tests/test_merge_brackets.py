@@ -515,7 +515,8 @@ def test_batch_skips_failing_brackets_and_reports_them(bracket, tmp_path, capsys
                             '--output_dir', out])
     assert rc == 2
     written = sorted(p.name for p in out.iterdir())
-    assert written == ['good_jpg.exr', 'good_jpg.hdr', 'good_jpg.png', 'good_tif.exr', 'good_tif.hdr', 'good_tif.png']
+    assert written == ['good_jpg.exr', 'good_jpg.hdr', 'good_jpg.png', 'good_tif.exr', 'good_tif.hdr', 'good_tif.png',
+                       'index.html', 'index_files']
     assert not [p for p in out.iterdir() if p.name.startswith('.')]  # no temporaries left
     # the summary table: one row per bracket with something in it, the failures naming the file
     lines = {ln.split()[0]: ln for ln in cap.out.splitlines() if ln.split() and ln.split()[0] in
@@ -530,6 +531,45 @@ def test_batch_skips_failing_brackets_and_reports_them(bracket, tmp_path, capsys
     # the batch's outputs equal single runs on the same brackets
     single = merge(bracket['tif'], 'AHDRNet', bracket['ckpt'], exposures=['0', '2', '4'], exposures_in='stops')
     np.testing.assert_array_equal(read_exr(out / 'good_tif.exr'), single.hdr)
+
+
+def test_batch_contact_sheet_shows_every_bracket_and_every_image_exists(bracket, tmp_path, capsys):
+    """index.html: one row per bracket (preview linked to the PNG, classical merge, three inputs, the log line with
+    the response and why), failures with their error; every <img> src is a relative path to a real JPEG."""
+    import re
+    from html.parser import HTMLParser
+
+    src, out = tmp_path / 'in', tmp_path / 'out'
+    _write_batch(src, bracket)
+    rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', out])
+    assert rc == 2 and f'contact sheet: {out / "index.html"}' in cap.out
+    page = (out / 'index.html').read_text(encoding='utf-8')
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.imgs, self.links = [], []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if tag == 'img':
+                self.imgs.append(a['src'])
+            elif tag == 'a':
+                self.links.append(a['href'])
+
+    parser = Collect()
+    parser.feed(page)
+    assert len(parser.imgs) == 2 * 5  # two merged brackets: preview, classical merge, short, medium, long
+    for s in parser.imgs + parser.links:
+        assert not s.startswith(('/', 'file:')) and (out / s).is_file(), s
+    for s in parser.imgs:
+        img = cv2.imread(str(out / s))
+        assert img is not None and max(img.shape[:2]) <= 480
+    assert sorted(parser.links) == ['good_jpg.png', 'good_tif.png']
+    assert 'FAILED' in page and 'at least 3 frames' in page and '2.dng' in page
+    assert re.search(r'good_jpg.*response (estimate|srgb) \(auto: ', page)
+    assert '2 of 5 brackets merged' in page
 
 
 def test_batch_all_good_exits_0(bracket, tmp_path, capsys):

@@ -38,6 +38,7 @@ usable in DIR, a checkpoint that does not fit the network, a leftover ``<out>.pa
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shutil
@@ -50,8 +51,8 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from photo.adapt import (EXIT_INTERRUPTED, EXIT_USAGE, RUN_NAME, STAGE0_NAME, AdaptError, Work,  # noqa: E402,F401
-                         epoch_plan, open_work, prepare, summary_table, write_checkpoint, write_comparisons,
-                         write_state)
+                         decide, epoch_plan, hold_out, open_work, prepare, summary_table, write_checkpoint,
+                         write_comparisons, write_state)
 from photo.batch import find_brackets  # noqa: E402
 from photo.errors import MergeError  # noqa: E402
 from photo.merge import load_network  # noqa: E402
@@ -151,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="denoise the colour label Y_color (non-local means in the tone-mapped domain, strength "
                         "from its own noise level; util/label_denoise.py). It is merged from the inputs themselves, "
                         "so without this the network learns to keep their noise")
+    p.add_argument('--decide', type=str, default='on', choices=('on', 'off'),
+                   help="on: hold a quarter of the brackets out of fine-tuning, score the original network and every "
+                        "epoch on their trusted pixels (static, well exposed) against their colour labels, and write "
+                        "the best epoch only if it beats the original by 0.05 dB, else the original (the decision is "
+                        "printed and saved as <out>_decision.json); off: always the last epoch, all brackets trained")
     p.add_argument('--out', type=str, required=True, help='the adapted checkpoint (release format)')
     p.add_argument('--resume', action='store_true', help='continue the interrupted run kept in <out>.partial/')
     p.add_argument('--keep_work', action='store_true', help='keep <out>.partial/ (data, labels, logs) after success')
@@ -258,10 +264,17 @@ def run(args) -> int:
                 print(summary_table(state))
                 shutil.rmtree(work.root, ignore_errors=True)  # nothing worth resuming
                 raise AdaptError(f'--brackets {args.brackets}: no bracket could be used (see the table above)')
+            if args.decide == 'on':
+                hold_out(work, state)
             structure_labels(args, work, structure_ckpt)
             state['prepared'] = True
             write_state(work, state)
         final = fine_tune(args, work)
+        if args.decide == 'on':
+            final, decision = decide(args, work, state, epoch_plan(args.iters, args.save_every)[0])
+            state['decision'] = decision
+            write_state(work, state)
+            logger.info('decision: kept the %s: %s', decision['kept'], decision['why'])
         write_checkpoint(final, out)
         sheets = write_comparisons(jobs, args, state, work, out, compare_dir, progress)
     except KeyboardInterrupt:
@@ -278,6 +291,12 @@ def run(args) -> int:
     skipped = [(n, b) for n, b in state['brackets'].items() if not b['ok']]
     for name, b in skipped:
         print(f'skipped: {b["folder"]}: {b["message"]}', file=sys.stderr)
+    if 'decision' in state:
+        d = state['decision']
+        print(f'decision: kept the {d["kept"]} ({d["why"]}; scored on the trusted pixels of the {d["scored_on"]} '
+              f'brackets {", ".join(d["brackets"])})')
+        decision_file = out.with_name(out.stem + '_decision.json')
+        decision_file.write_text(json.dumps(d, indent=1))
     print(f'wrote {out} ({time.time() - start:.0f} s) and {len(sheets)} comparison sheets in {compare_dir}')
     if not args.keep_work:
         shutil.rmtree(work.root, ignore_errors=True)

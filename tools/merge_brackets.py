@@ -4,8 +4,9 @@
         --checkpoint pretrained_models/ahdrnet_stage2/SelfHDR_model_1.pth [--output_dir D] [--name N]
 
 Inputs: three or more frames of one scene (``--inputs``), or ``--input_dir`` with one sub-folder per bracket
-(a batch: a progress bar, a failing bracket is reported and skipped, a summary table at the end, exit code 2
-if any failed). Frames are 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
+(a batch: a progress bar, a failing bracket is reported and skipped, a summary table at the end and a contact
+sheet ``index.html`` in ``--output_dir`` (preview, classical merge, inputs and log line of each bracket), exit code
+2 if any failed). Frames are 8- or 16-bit JPEG, PNG or TIFF, read as BGR in [0, 1]
 (``util.hdr_io.read_ldr``), or camera RAW files (DNG, CR2, NEF, ARW, ...; ``photo.raw``: LibRaw demosaicing,
 as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder), chosen with ``--formats``: ``<name>.hdr`` and
 ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1); ``--exr_type half|float``),
@@ -63,6 +64,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from photo.batch import EXPOSURE_FILE, describe, find_brackets, run_batch, summary_table  # noqa: E402
+from photo.contact_sheet import write_index  # noqa: E402
 from photo.errors import MergeError  # noqa: E402
 from photo.exposures import _exif_value_to_seconds, parse_exposures, read_exposure_time  # noqa: E402,F401
 from photo.frames import BracketFrames, load_bracket  # noqa: E402,F401
@@ -209,6 +211,14 @@ def _main_batch(args) -> int:
         return EXIT_USAGE
     outcomes = run_batch(jobs, args, net, progress=not args.quiet)
     print(summary_table(outcomes))
+    try:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        index = write_index(outcomes, args.output_dir)
+        if not args.quiet:
+            print(f'contact sheet: {index}')
+    except OSError as exc:
+        print(f'error: {args.output_dir}: the contact sheet could not be written ({exc})', file=sys.stderr)
+        return EXIT_USAGE
     for o in outcomes:
         if not o.ok:
             print(f'error: {o.job.folder}: {o.message}', file=sys.stderr)
