@@ -150,6 +150,7 @@ def test_labels_and_comparisons(inputs, adapted):
 
 def test_resume_after_interrupt_matches_uninterrupted(inputs, adapted, module_monkeypatch, tmp_path, capsys):
     out = tmp_path / 'adapted.pth'
+    off = ('--decide', 'off')  # as the uninterrupted run: every bracket trained, the last epoch written
     original_end_epoch = train.end_epoch
 
     def end_epoch_then_stop(model, val_loader, visualizer, opt, epoch, *rest):
@@ -161,17 +162,17 @@ def test_resume_after_interrupt_matches_uninterrupted(inputs, adapted, module_mo
     with single_thread():
         module_monkeypatch.setattr(train, 'end_epoch', end_epoch_then_stop)
         try:
-            rc = main(_argv(inputs, out))
+            rc = main(_argv(inputs, out, *off))
         finally:
             module_monkeypatch.setattr(train, 'end_epoch', original_end_epoch)
         assert rc == 130 and not out.exists()
         work = out.with_name(out.name + '.partial')
         assert (work / 'ckpt' / 'adapt' / 'SelfHDR_model_1.pth').is_file()
         capsys.readouterr()
-        assert main(_argv(inputs, out)) == 2  # a leftover run without --resume is refused, naming the folder
+        assert main(_argv(inputs, out, *off)) == 2  # a leftover run without --resume is refused, naming the folder
         assert str(work) in capsys.readouterr().err
-        assert main(_argv(inputs, out, '--iters', '6')) == 2  # --resume with other settings: refused
-        rc = main(_argv(inputs, out, '--resume'))
+        assert main(_argv(inputs, out, *off, '--iters', '6')) == 2  # --resume with other settings: refused
+        rc = main(_argv(inputs, out, *off, '--resume'))
     assert rc == 0
     assert not work.exists()  # removed after success (no --keep_work)
     resumed, straight = load_state(out), load_state(adapted[1])
