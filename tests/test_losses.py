@@ -69,6 +69,11 @@ def test_stage2_against_golden(golden_losses):
     out.grad = None
     torch.manual_seed(0)
     vgg = torchvision.models.vgg19(weights=None)
+    # oneDNN picks other convolution kernels on AVX-512 CPUs, whose backward differs from the reference machine's by
+    # ~2e-4 (relative L2) through VGG's 16 layers; PyTorch's own kernels agree to ~3e-7 on every CPU we met, so the
+    # formula is checked with them
+    mkldnn_off = torch.backends.mkldnn.flags(enabled=False)
+    mkldnn_off.__enter__()
     for key, (total, sq) in d['vgg_random_seed0_param_checksums'].items():
         index = int(key.split('.')[1])
         param = getattr(vgg.features[index], key.split('.')[2])
@@ -76,6 +81,7 @@ def test_stage2_against_golden(golden_losses):
     stru = networks.VGGLoss(vgg.features)(out, d['stru_label'])
     assert stru.item() == pytest.approx(d['s2_loss_Stru_randomVGG_seed0'].item(), rel=1e-5)
     (colour + stru).backward()
+    mkldnn_off.__exit__(None, None, None)
     ref = d['s2_grad_out_total_randomVGG_seed0']
     assert (out.grad - ref).abs().max().item() < 1e-5 * ref.abs().max().item()
 

