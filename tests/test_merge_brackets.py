@@ -731,3 +731,13 @@ def test_frames_too_small_to_merge_name_the_file(tmp_path, capsys, size):
     rc, out = _run(capsys, ['--inputs', *paths, '--exposures', '1/100', '1/25', '1/6', '--network', 'AHDRNet',
                             '--checkpoint', tmp_path / 'unused.pth', '--output_dir', tmp_path / 'out'])
     assert rc == 2 and str(paths[0]) in out.err and 'at least 16x16' in out.err and 'Traceback' not in out.err
+
+
+@pytest.mark.parametrize('flag, value', [('--gamma', 'nan'), ('--gamma', '0'), ('--preview_exposure', '1e39'),
+                                         ('--max_memory', '-1'), ('--tile_overlap', '-5'), ('--tile', '-64'),
+                                         ('--preview_exposure', 'inf')])
+def test_numeric_flags_out_of_range_name_the_flag(bracket, capsys, flag, value):
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', bracket['ckpt'].parent / 'never', flag, value])
+    assert rc == 2 and flag in cap.err and 'Traceback' not in cap.err
+    assert not (bracket['ckpt'].parent / 'never').exists()  # refused before anything was read or written

@@ -71,6 +71,7 @@ from photo.frames import BracketFrames, load_bracket  # noqa: E402,F401
 from photo.merge import MergeResult, load_network, merge  # noqa: E402,F401
 from photo.outputs import DEFAULT_FORMATS, OUTPUT_FORMATS, write_outputs  # noqa: E402
 from photo.response_choice import response_flag  # noqa: E402
+from util.flags import NumberRangeError, checked_number  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 from util.tiling import tile_flag  # noqa: E402
 from util.tonemap import OPERATORS  # noqa: E402
@@ -157,6 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The numeric flags and their documented ranges, checked at the door (util.flags.checked_number): a value that is
+# not finite or out of range is an error naming the flag, not a failure deep inside the merge.
+NUMBER_FLAGS = {'gamma': (0.1, 10.0, False), 'preview_exposure': (-32.0, 32.0, False),
+                'max_memory': (0.0, float(1 << 20), False), 'tile_overlap': (0, 1 << 16, True)}
+
+
+def check_numbers(args) -> None:
+    """Raise NumberRangeError naming the first numeric flag outside its range."""
+    for flag, (lo, hi, integer) in NUMBER_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            checked_number(value, f'--{flag}', lo, hi, integer=integer)
+    if args.tile != 'auto':
+        checked_number(args.tile, '--tile', 0, 1 << 16, integer=True)
+
+
 def main(argv=None) -> int:
     from models.base_model import CheckpointError
 
@@ -165,6 +182,11 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad flags, 0 on --help; return it instead
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        check_numbers(args)
+    except NumberRangeError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='%(levelname)s %(message)s')
     tune_malloc(args.malloc)
     if args.input_dir is not None:
