@@ -33,7 +33,7 @@ sys.path.insert(0, str(_ROOT))
 
 from data.demo import DEFAULT_HDRI_DIR, TEST_HDRIS  # noqa: E402
 from data.study_splits import TEST_SPLITS, split_config  # noqa: E402
-from tools.study import describe_machine, machine_info  # noqa: E402
+from tools.study import MOTION_THRESHOLD, describe_machine, exposure_regions, machine_info  # noqa: E402
 from util import metrics  # noqa: E402
 from util.align import AlignConfig, align_frames  # noqa: E402
 from util.colour import merge_colour_component  # noqa: E402
@@ -62,11 +62,9 @@ def score_split(scenes) -> dict:
         for name, cfg in MERGES.items():
             res = align_frames(*scene.ldrs, t, cfg)
             outs[name] = merge_colour_component(quantise16(res.frames[0]), mid, quantise16(res.frames[2]), t)
-        top = mid.max(axis=2)
         motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
-                        - mu_law(np.clip(outs['colour_component'], 0, 1))).mean(axis=2) >= 10 / 255
-        masks = {'clipped': top > 0.95, 'dark': top < 0.05, 'well_exposed': (top <= 0.95) & (top >= 0.05),
-                 'motion': motion}
+                        - mu_law(np.clip(outs['colour_component'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
+        masks = dict(exposure_regions(mid), motion=motion)  # the study's regions
         for name, out in outs.items():
             out = np.clip(out, 0, 1)
             rows[name]['psnr_mu'].append(metrics.psnr_mu(out, gt))
