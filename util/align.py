@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     'AlignConfig', 'AlignResult', 'DISFlow', 'RAFTFlow', 'make_flow_estimator',
     'equalise_exposure', 'exposure_equalised_pair', 'to_flow_u8', 'warp', 'fb_consistency',
-    'agrees_with_clipped_reference', 'agrees_with_reference', 'align_pair', 'align_frames',
+    'agrees_with_reference', 'align_pair', 'align_frames',
 ]
 
 DIS_PRESETS = {
@@ -276,17 +276,6 @@ def fb_consistency(flow_fw: np.ndarray, flow_bw: np.ndarray, alpha: float = 0.01
     return err2 <= alpha * mag2 + beta
 
 
-def agrees_with_clipped_reference(warped: np.ndarray, ref: np.ndarray, t_src: float, t_ref: float,
-                                  sat_thr: float = 0.99, tol: float = 0.1) -> np.ndarray:
-    """Pixels where the reference is clipped in some channel and the (darker) warped source agrees with it:
-    brought to the reference's exposure, it reaches the clip (less ``tol``) in every clipped channel and lies
-    within ``tol`` of the reference in the others."""
-    src_at_ref = np.asarray(warped, np.float32) * np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))
-    ref_clipped = ref >= sat_thr
-    agrees = np.where(ref_clipped, src_at_ref >= sat_thr - tol, np.abs(src_at_ref - ref) <= tol)
-    return ref_clipped.any(axis=2) & agrees.all(axis=2)
-
-
 def agrees_with_reference(warped: np.ndarray, ref: np.ndarray, t_src: float, t_ref: float,
                           sat_thr: float = 0.99, tol: float = 0.1) -> np.ndarray:
     """Pixels where the warped source, brought to the reference's exposure, agrees with the reference in every
@@ -329,7 +318,9 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
     both_black = (_chan_max(warped) <= cfg.black_thr) & (_chan_max(ref) <= cfg.black_thr)
     valid &= ~both_black
     if cfg.clip_aware and t_src < t_ref:
-        valid |= agrees_with_clipped_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol)
+        # the same agreement, but wherever the medium frame is clipped: its fallback knows only a lower bound there
+        valid |= agrees_with_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol) & \
+            (_chan_max(ref) >= cfg.sat_thr)
     if cfg.photometric:  # not out of frame, and not where both frames are black (no evidence either way)
         tol = cfg.clip_tol
         if cfg.noise_tol > 0:
