@@ -46,19 +46,39 @@ _FINGERPRINTED_CODE = tuple(_REPO / p for p in ('util/synthetic.py', 'data/align
                                                 'util/colour.py', 'util/photo_sources.py'))
 
 
+# How varied the rendered brackets are (util.synthetic.SynthConfig settings over its defaults). 'standard' is the
+# generator's defaults (2- and 3-stop brackets, brightness from the highlights, moderate noise); 'wide' spans what
+# cameras and scenes bring: 1- to 4-stop brackets, brightness from the highlights, from a clipped share of the
+# frame (large skies and windows) or from the mean (auto-exposure), nearly noise-free to high-ISO frames and moving
+# objects up to 16x brighter than the background (round 3; README, "Study").
+VARIETIES: dict[str, dict] = {
+    'standard': {},
+    'wide': {'stop_choices': (1.0, 2.0, 3.0, 4.0), 'normalisation': 'mixed', 'clipped_fraction': (0.1, 0.7),
+             'shot_noise': (1e-6, 6e-3), 'read_noise': (1e-5, 1e-2), 'object_gain': (0.25, 16.0),
+             'object_motion': (0.03, 0.15)},
+}
+
+
+def synth_config(size: tuple[int, int], colour_aug: bool = True, variety: str = 'standard') -> SynthConfig:
+    """The generator settings of a demo/study data set."""
+    if variety not in VARIETIES:
+        raise ValueError(f'unknown data variety {variety!r}; choose from {sorted(VARIETIES)}')
+    return SynthConfig(size=tuple(size), colour_aug=bool(colour_aug), **VARIETIES[variety])
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else 'missing'
 
 
 def demo_fingerprint(n_train: int = 32, n_test: int = 8, size: tuple[int, int] = (256, 384), seed: int = 0,
                      hdri_dir=DEFAULT_HDRI_DIR, holdout: Sequence[str] = TEST_HDRIS, align: bool = True,
-                     colour_aug: bool = True, photos: Sequence[str] = PHOTOS) -> dict:
+                     colour_aug: bool = True, photos: Sequence[str] = PHOTOS, variety: str = 'standard') -> dict:
     """Everything the demo data depend on; a different fingerprint means the cache is stale."""
     settings = {
         'demo_version': DEMO_VERSION,
         'n_train': int(n_train), 'n_test': int(n_test), 'size': [int(s) for s in size], 'seed': int(seed),
         'holdout': sorted(holdout), 'align': bool(align),
-        'synth_config': SynthConfig(size=tuple(size), colour_aug=bool(colour_aug)).to_dict(),
+        'synth_config': synth_config(size, colour_aug, variety).to_dict(),
         'photos': list(photos),
         'hdri': {p.name: _sha256(p) for p in list_hdr_files(hdri_dir)},
         'code': {str(p.relative_to(_REPO)): _sha256(p) for p in _FINGERPRINTED_CODE},
@@ -117,17 +137,18 @@ def _align(root: Path, split: str) -> None:
 def ensure_demo_dataset(root=DEFAULT_ROOT, *, n_train: int = 32, n_test: int = 8,
                         size: tuple[int, int] = (256, 384), seed: int = 0, hdri_dir=DEFAULT_HDRI_DIR,
                         holdout: Sequence[str] = TEST_HDRIS, align: bool = True, force: bool = False,
-                        colour_aug: bool = True, photos: Sequence[str] = PHOTOS) -> Path:
+                        colour_aug: bool = True, photos: Sequence[str] = PHOTOS, variety: str = 'standard') -> Path:
     """Return ``root`` holding an up-to-date demo data set, generating it if needed.
 
     Training scenes get the generator's colour augmentation (``colour_aug``) and draw also from the lifted
-    scikit-image ``photos``; test scenes use only the hold-out HDRIs, with their own colours.
+    scikit-image ``photos``; test scenes use only the hold-out HDRIs, with their own colours. ``variety`` names the
+    generator settings of both splits (``VARIETIES``).
 
     Only the folders this function owns (``Training``, ``Test``, their ``_align`` twins and the
     marker) are ever deleted under ``root``.
     """
     root = Path(root)
-    fp = demo_fingerprint(n_train, n_test, size, seed, hdri_dir, holdout, align, colour_aug, photos)
+    fp = demo_fingerprint(n_train, n_test, size, seed, hdri_dir, holdout, align, colour_aug, photos, variety)
     if not force and is_demo_current(root, fp):
         logger.info('demo data set in %s is up to date', root)
         return root
@@ -143,7 +164,7 @@ def ensure_demo_dataset(root=DEFAULT_ROOT, *, n_train: int = 32, n_test: int = 8
         logger.info('generating demo data set in %s: %d training + %d test scenes, %dx%d, seed %d',
                     root, n_train, n_test, size[0], size[1], seed)
         make_synthetic_dataset(hdri_dir, root, n_train, n_test, size, seed, holdout=holdout,
-                               config=SynthConfig(size=tuple(size), colour_aug=colour_aug),
+                               config=synth_config(size, colour_aug, variety),
                                extra_train_sources=load_photo_sources(photos) if photos else ())
         if align:
             for split, count in (('Training', n_train), ('Test', n_test)):

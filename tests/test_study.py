@@ -143,6 +143,14 @@ def test_unknown_budget_is_an_argparse_error(capsys):
         study.build_parser().parse_args(['--budget', 'huge'])
 
 
+@pytest.mark.parametrize('flag, value', [('--iters', '-1'), ('--n_train', 'nan'), ('--n_train', '2.5')])
+def test_numeric_overrides_are_checked_at_the_door(flag, value, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(['--budget', 'tiny', '--work', str(tmp_path / 'never'), flag, value])
+    assert exit_info.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / 'never').exists()  # refused before anything was written
+
+
 def test_ablations_train_and_score(tiny_study):
     """Every ablation trains its own networks beside the finished main runs, and is scored in the results."""
     with pytest.MonkeyPatch.context() as mp, single_thread():

@@ -247,3 +247,29 @@ def test_default_normalisation_is_unchanged_by_the_new_settings(sources):
     np.testing.assert_array_equal(a.ldrs[1], b.ldrs[1])
     with pytest.raises(ValueError, match='normalisation'):
         _cfg(normalisation='percentile')
+
+
+def test_mixed_normalisation_draws_each_rule_and_records_the_one_used(sources):
+    cfg = _cfg(noise=False, normalisation='mixed', **STATIC)
+    used = {synthesize_scene(sources, scene_rng(7, 'Training', i), cfg).meta['normalisation'] for i in range(24)}
+    assert used == {'highlight', 'clipped', 'mean'}
+
+
+def test_wide_variety_spans_the_bracket_settings_of_the_study_splits():
+    from data.demo import VARIETIES, demo_fingerprint, synth_config
+    from data.study_splits import TEST_SPLITS
+
+    wide = synth_config((24, 32), variety='wide')
+    assert synth_config((24, 32), variety='standard') == SynthConfig(size=(24, 32), colour_aug=True)
+    # every split's stops and noise levels lie inside the wide ranges
+    for settings in TEST_SPLITS.values():
+        for stop in settings.get('stop_choices', ()):
+            assert stop in wide.stop_choices
+        for name in ('shot_noise', 'read_noise'):
+            if name in settings:
+                lo, hi = settings[name]
+                assert getattr(wide, name)[0] <= lo <= hi <= getattr(wide, name)[1]
+    assert demo_fingerprint(variety='wide')['fingerprint'] != demo_fingerprint()['fingerprint']
+    with pytest.raises(ValueError, match='variety'):
+        synth_config((24, 32), variety='everything')
+    assert set(VARIETIES) == {'standard', 'wide'}

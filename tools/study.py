@@ -45,12 +45,13 @@ if str(_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from data.demo import TEST_HDRIS, ensure_demo_dataset  # noqa: E402
+from data.demo import TEST_HDRIS, VARIETIES, ensure_demo_dataset  # noqa: E402
 from data.study_splits import (SPLIT_DESCRIPTIONS, TEST_SPLITS, ensure_test_split,  # noqa: E402
                                ensure_validation_split)
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import saved_model_epochs  # noqa: E402
 from util import metrics  # noqa: E402
+from util.flags import NumberRangeError, checked_number  # noqa: E402
 from util.align import AlignConfig, align_frames  # noqa: E402
 from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -92,6 +93,8 @@ class Budget:
     # 10). A small budget's structure network is the worse label wherever they disagree by less than ~60/255
     # (README, "Study"), so the recipe widens it.
     stage2_colour_threshold: float = 10.0
+    # The training data's settings (data.demo.VARIETIES): 'standard' (the generator's defaults) or 'wide'
+    data: str = 'standard'
 
     @property
     def epochs(self) -> int:
@@ -594,6 +597,10 @@ def run_study(args) -> dict:
     budget = BUDGETS[args.budget]
     if args.iters:
         budget = dataclasses.replace(budget, iters=args.iters)
+    if args.data:
+        budget = dataclasses.replace(budget, data=args.data)
+    if args.n_train:
+        budget = dataclasses.replace(budget, n_train=args.n_train)
     work = Path(args.work or _ROOT / 'study' / f'{args.budget}_{args.network.lower()}')
     out = Path(args.out or work / 'results')
     ckpt = work / 'ckpt'
@@ -603,7 +610,7 @@ def run_study(args) -> dict:
     logger.info('study %s, %s, on %s', args.budget, args.network, describe_machine(info))
 
     dataroot = ensure_demo_dataset(work / 'data', n_train=budget.n_train, n_test=budget.n_test, size=budget.size,
-                                   seed=budget.seed)
+                                   seed=budget.seed, variety=budget.data)
     permuted_root = make_permuted_copy(dataroot, work / 'data_permuted')
     aligned_root = make_aligned_test_copy(dataroot, work / 'data_aligned_test')
     net, epochs = args.network, budget.epochs
@@ -743,6 +750,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='SelfHDR vs supervised training vs classical anchors, at one budget.')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='short', help='training budget (see BUDGETS)')
     p.add_argument('--iters', type=int, default=0, help='override the budget: iterations per network')
+    p.add_argument('--data', default='', choices=('',) + tuple(VARIETIES),
+                   help='override the budget: the training data\'s settings (data.demo.VARIETIES)')
+    p.add_argument('--n_train', type=int, default=0, help='override the budget: training scenes')
     p.add_argument('--network', default='AHDRNet', choices=NAMES)
     p.add_argument('--work', default='', help='data, checkpoints (default ./study/<budget>_<network>)')
     p.add_argument('--out', default='', help='results folder (default <work>/results)')
@@ -762,7 +772,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:  # numeric overrides checked at the door (0 means: the budget's own)
+        checked_number(args.iters, '--iters', 0, 10 ** 7, integer=True)
+        checked_number(args.n_train, '--n_train', 0, 10 ** 5, integer=True)
+    except NumberRangeError as exc:
+        parser.error(str(exc))
     from util.visualizer import setup_logging
     setup_logging()
     try:

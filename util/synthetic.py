@@ -51,7 +51,7 @@ FRAME_NAMES = ('0_short.tif', '1_medium.tif', '2_long.tif')
 GT_NAME = 'HDRImg.hdr'
 EXPOSURE_NAME = 'exposure.txt'
 SPLIT_IDS = {'Training': 0, 'Test': 1}
-NORMALISATIONS = ('highlight', 'clipped', 'mean')
+NORMALISATIONS = ('highlight', 'clipped', 'mean', 'mixed')  # 'mixed': one of the other three per scene
 _LDR_LEVELS = 2.0 ** 16  # 16-bit code = round(x * 2**16), decoded as code / 2**16 (method.md)
 
 
@@ -68,7 +68,8 @@ class SynthConfig:
     # How the scene's brightness is set: 'highlight' (the percentile above at highlight_level; the training
     # data's rule), 'clipped' (the medium frame clips on a fraction of the pixels drawn from clipped_fraction:
     # large skies and windows), or 'mean' (the medium frame's mean linear luminance drawn from mean_level, a
-    # camera's auto-exposure rather than a highlight rule). The radiance cap applies after any of them.
+    # camera's auto-exposure rather than a highlight rule), or 'mixed' (one of the three per scene, uniformly).
+    # The radiance cap applies after any of them.
     normalisation: str = 'highlight'
     clipped_fraction: tuple[float, float] = (0.3, 0.7)
     mean_level: tuple[float, float] = (0.08, 0.3)
@@ -389,10 +390,13 @@ def synthesize_scene(sources: Sequence[HDRSource], rng: np.random.Generator,
 
     ref = bg[margin[1]:margin[1] + h, margin[0]:margin[0] + w]
     level = rng.uniform(*cfg.highlight_level)
-    if cfg.normalisation == 'highlight':
+    normalisation = cfg.normalisation
+    if normalisation == 'mixed':
+        normalisation = NORMALISATIONS[int(rng.integers(3))]
+    if normalisation == 'highlight':
         bright = float(np.percentile(ref.max(axis=2), cfg.highlight_percentile))
         bg *= np.float32(level / max(bright, 1e-8))
-    elif cfg.normalisation == 'clipped':
+    elif normalisation == 'clipped':
         # the medium frame clips where radiance * t_mid >= 1: put that many pixels above 1 / t_mid
         fraction = rng.uniform(*cfg.clipped_fraction)
         bright = float(np.quantile(ref.max(axis=2), 1.0 - fraction))
@@ -423,7 +427,7 @@ def synthesize_scene(sources: Sequence[HDRSource], rng: np.random.Generator,
     meta = {'background': bg_src.name, 'stop': stop,
             'colour_matrix': None if bg_colour is None else bg_colour.tolist(), 'margin_xy': list(margin),
             'homographies': [m.tolist() for m in homs], 'radiance_scale_level': level,
-            'normalisation': cfg.normalisation,
+            'normalisation': normalisation,
             'noise': {'enabled': cfg.noise, 'shot': shot, 'read': read},
             'objects': [o['meta'] for o in objects]}
     return SyntheticScene(ldrs=ldrs, exposures=exposures, gt=gt, meta=meta)
