@@ -321,3 +321,14 @@ def test_decision_keeps_the_original_when_fine_tuning_does_not_help(inputs, modu
     assert all(torch.equal(written[k], original[k]) for k in original)
     printed = capsys.readouterr().out
     assert 'decision: kept the original' in printed and 'original weights are kept' in printed
+
+
+@pytest.mark.parametrize('flag, value', [('--lr', 'inf'), ('--lr', '0'), ('--iters', '0'), ('--seed', '-1'),
+                                         ('--gamma', 'nan'), ('--max_memory', '-2'), ('--tile', '-5'),
+                                         ('--patch_size', '4')])
+def test_numeric_flags_are_checked_before_any_bracket_is_read(inputs, tmp_path, capsys, flag, value):
+    out = tmp_path / 'never.pth'
+    assert main(_argv(inputs, out, flag, value)) == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err  # names the flag and the value
+    assert not out.exists() and not out.with_name(out.name + '.partial').exists()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import sys
 import time
@@ -57,6 +56,7 @@ from photo.batch import find_brackets  # noqa: E402
 from photo.errors import MergeError  # noqa: E402
 from photo.merge import load_network  # noqa: E402
 from photo.response_choice import response_flag  # noqa: E402
+from util.flags import NumberRangeError, check_number_flags, checked_number  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 from util.tiling import tile_flag  # noqa: E402
 from util.tonemap import OPERATORS  # noqa: E402
@@ -208,12 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The numeric flags and their documented ranges (util.flags.check_number_flags): a value that is not finite or out
+# of range stops the run before any bracket is read, naming the flag.
+NUMBER_FLAGS = {'iters': (1, 10 ** 7, True), 'save_every': (1, 10 ** 7, True), 'batch_size': (1, 4096, True),
+                'patch_size': (8, 1 << 14, True), 'lr': (0.0, 1.0, False, True), 'seed': (0, 2 ** 32 - 1, True),
+                'max_side': (0, 1 << 16, True), 'gamma': (0.1, 10.0, False), 'max_memory': (0.0, float(1 << 20), False),
+                'tile_overlap': (0, 1 << 16, True)}
+
+
 def _check_args(args) -> None:
-    for flag in ('iters', 'save_every', 'batch_size', 'patch_size'):
-        if getattr(args, flag) < 1:
-            raise AdaptError(f'--{flag} must be at least 1, got {getattr(args, flag)}')
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise AdaptError(f'--lr must be a finite positive number, got {args.lr}')
+    try:
+        check_number_flags(args, NUMBER_FLAGS)
+        if args.tile != 'auto':
+            checked_number(args.tile, '--tile', 0, 1 << 16, integer=True)
+    except NumberRangeError as exc:
+        raise AdaptError(str(exc)) from None
     from models.backbones import backbone
 
     multiple = backbone(args.network).crop_multiple

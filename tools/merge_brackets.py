@@ -71,7 +71,7 @@ from photo.frames import BracketFrames, load_bracket  # noqa: E402,F401
 from photo.merge import MergeResult, load_network, merge  # noqa: E402,F401
 from photo.outputs import DEFAULT_FORMATS, OUTPUT_FORMATS, write_outputs  # noqa: E402
 from photo.response_choice import response_flag  # noqa: E402
-from util.flags import NumberRangeError, checked_number  # noqa: E402
+from util.flags import NumberRangeError, check_number_flags, checked_number  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 from util.tiling import tile_flag  # noqa: E402
 from util.tonemap import OPERATORS  # noqa: E402
@@ -166,10 +166,7 @@ NUMBER_FLAGS = {'gamma': (0.1, 10.0, False), 'preview_exposure': (-32.0, 32.0, F
 
 def check_numbers(args) -> None:
     """Raise NumberRangeError naming the first numeric flag outside its range."""
-    for flag, (lo, hi, integer) in NUMBER_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            checked_number(value, f'--{flag}', lo, hi, integer=integer)
+    check_number_flags(args, NUMBER_FLAGS)
     if args.tile != 'auto':
         checked_number(args.tile, '--tile', 0, 1 << 16, integer=True)
 

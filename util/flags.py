@@ -70,6 +70,17 @@ def checked_number(value, name: str, lo: float | None = None, hi: float | None =
     return number
 
 
+def check_number_flags(args, ranges: dict) -> None:
+    """Check each numeric flag of an argparse namespace against ``ranges``: ``{flag: (lo, hi, integer)}`` or
+    ``(lo, hi, integer, lo_open)``; a flag that is absent or None is skipped. Raises NumberRangeError naming the
+    first flag outside its range (the command line's door check: nothing has run yet)."""
+    for flag, bounds in ranges.items():
+        lo, hi, integer, lo_open = (tuple(bounds) + (False,))[:4]
+        value = getattr(args, flag, None)
+        if value is not None:
+            checked_number(value, f'--{flag}', lo, hi, integer=integer, lo_open=lo_open)
+
+
 def str2bool(value):
     """The release's lenient boolean: 'yes', 'y', 'true', 't', '1' (any case) are true, anything else false."""
     if isinstance(value, bool):
