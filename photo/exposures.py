@@ -75,9 +75,10 @@ def read_exposure_time(path) -> float | None:
     return _exif_value_to_seconds(value, path)
 
 
-def parse_exposures(values: Sequence, unit: str = 'seconds') -> list[float]:
+def parse_exposures(values: Sequence, unit: str = 'seconds', source: str = '--exposures') -> list[float]:
     """``--exposures`` values -> exposure times in seconds (``unit='seconds'``; fractions such as
-    ``1/100`` allowed) or relative times ``2 ** v`` (``unit='stops'``)."""
+    ``1/100`` allowed) or relative times ``2 ** v`` (``unit='stops'``). ``source`` names where the values came
+    from in the errors (the flag, or a bracket's ``exposure.txt``)."""
     if unit not in ('seconds', 'stops'):
         raise MergeError(f"--exposures_in must be 'seconds' or 'stops', got {unit!r}")
     times = []
@@ -85,14 +86,14 @@ def parse_exposures(values: Sequence, unit: str = 'seconds') -> list[float]:
         try:
             number = float(Fraction(str(v).strip()))
         except (ValueError, ZeroDivisionError, OverflowError):
-            raise MergeError(f'--exposures: {v!r} is not a number') from None
+            raise MergeError(f'{source}: {v!r} is not a number') from None
         if not math.isfinite(number):
-            raise MergeError(f'--exposures: {v!r} is not finite')
+            raise MergeError(f'{source}: {v!r} is not finite')
         if unit == 'seconds' and number <= 0:
-            raise MergeError(f'--exposures: exposure time {v!r} s must be positive')
+            raise MergeError(f'{source}: exposure time {v!r} s must be positive')
         lo, hi = SECONDS_RANGE if unit == 'seconds' else STOPS_RANGE
         try:
-            number = checked_number(number, f'--exposures value ({unit})', lo, hi)
+            number = checked_number(number, f'exposure value ({unit})', lo, hi, source=source)
         except NumberRangeError as exc:
             raise MergeError(f'{exc} (given as {v!r})') from None
         times.append(number if unit == 'seconds' else 2.0 ** number)

@@ -499,6 +499,10 @@ def _write_batch(root, bracket):
         for f in files:
             shutil.copy(f, root / name / f.name)
     (root / 'good_tif' / 'exposure.txt').write_text('4\n2\n0\n')  # sorted names: long, medium, short
+    (root / 'bad_stops').mkdir()  # 2**200 would overflow float32: the error must name this file
+    for f in bracket['tif']:
+        shutil.copy(f, root / 'bad_stops' / f.name)
+    (root / 'bad_stops' / 'exposure.txt').write_text('0\n3\n200\n')
     (root / 'two_frames').mkdir()
     for f in bracket['jpg'][:2]:
         shutil.copy(f, root / 'two_frames' / f.name)
@@ -525,13 +529,15 @@ def test_batch_skips_failing_brackets_and_reports_them(bracket, tmp_path, capsys
     assert not [p for p in out.iterdir() if p.name.startswith('.')]  # no temporaries left
     # the summary table: one row per bracket with something in it, the failures naming the file
     lines = {ln.split()[0]: ln for ln in cap.out.splitlines() if ln.split() and ln.split()[0] in
-             ('good_jpg', 'good_tif', 'two_frames', 'sizes_differ', 'bad_raw', 'empty')}
-    assert set(lines) == {'good_jpg', 'good_tif', 'two_frames', 'sizes_differ', 'bad_raw'}
+             ('good_jpg', 'good_tif', 'two_frames', 'sizes_differ', 'bad_raw', 'bad_stops', 'empty')}
+    assert set(lines) == {'good_jpg', 'good_tif', 'two_frames', 'sizes_differ', 'bad_raw', 'bad_stops'}
     assert ' ok ' in lines['good_jpg'] and ' ok ' in lines['good_tif']
     assert 'FAILED' in lines['two_frames'] and 'at least 3 frames' in lines['two_frames']
     assert 'FAILED' in lines['sizes_differ'] and 'small.jpg is 64x40' in lines['sizes_differ']
     assert 'FAILED' in lines['bad_raw'] and '2.dng' in lines['bad_raw']
-    assert '2 of 5 brackets merged, 3 failed' in cap.out
+    assert 'FAILED' in lines['bad_stops'] and str(Path('bad_stops') / 'exposure.txt') in lines['bad_stops']
+    assert '200' in lines['bad_stops'] and '--exposures' not in lines['bad_stops']
+    assert '2 of 6 brackets merged, 4 failed' in cap.out
     assert 'two_frames' in cap.err and 'bad_raw' in cap.err
     # the batch's outputs equal single runs on the same brackets
     single = merge(bracket['tif'], 'AHDRNet', bracket['ckpt'], exposures=['0', '2', '4'], exposures_in='stops')
@@ -574,7 +580,7 @@ def test_batch_contact_sheet_shows_every_bracket_and_every_image_exists(bracket,
     assert sorted(parser.links) == ['good_jpg.png', 'good_tif.png']
     assert 'FAILED' in page and 'at least 3 frames' in page and '2.dng' in page
     assert re.search(r'good_jpg.*response (estimate|srgb) \(auto: ', page)
-    assert '2 of 5 brackets merged' in page
+    assert '2 of 6 brackets merged' in page
 
 
 def test_batch_all_good_exits_0(bracket, tmp_path, capsys):
