@@ -425,6 +425,54 @@ def estimate_response(frames: Sequence[np.ndarray], times: Sequence[float], meth
     return table
 
 
+def bracket_pairs(frames: Sequence[np.ndarray], times: Sequence[float], valid: np.ndarray | None = None,
+                  min_count: int = 3) -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]:
+    """Histogram-matched code pairs ``(za, zb, t_b / t_a, counts)`` of every channel and every pair of neighbouring
+    exposures (frames in any order), the data both the free fit and :func:`fit_power_law` stand on."""
+    order = np.argsort(np.asarray(times, dtype=np.float64))
+    frames = [np.asarray(frames[k], dtype=np.float32) for k in order]
+    times = [float(times[k]) for k in order]
+    pairs = []
+    for c in range(3):
+        for j in range(len(frames) - 1):
+            za, zb, counts = _histogram_pairs(frames[j][..., c], frames[j + 1][..., c], valid, min_count)
+            if za.size:
+                pairs.append((za, zb, times[j + 1] / times[j], counts))
+    return pairs
+
+
+def curve_residual(pairs, table: np.ndarray) -> float:
+    """Weighted RMS, in stops, of ``log f(zb) - log f(za) - log(t_b / t_a)`` over ``pairs`` for the curve
+    ``table`` (its first channel; the ratio constraints do not depend on the curve's scale). NaN without pairs."""
+    if not pairs:
+        return float('nan')
+    za = np.concatenate([p[0] for p in pairs])
+    zb = np.concatenate([p[1] for p in pairs])
+    log_r = np.concatenate([np.full(p[0].size, np.log(p[2])) for p in pairs])
+    w = _hat(za) * _hat(zb) * np.sqrt(np.concatenate([p[3] for p in pairs]))
+    g = np.log(np.maximum(table[:, 0], 1e-12))
+    codes = np.arange(N_CODES, dtype=np.float64)
+    res = np.interp(zb, codes, g) - np.interp(za, codes, g) - log_r
+    return float(np.sqrt(np.sum(w * res ** 2) / np.sum(w)) / np.log(2))
+
+
+def fit_power_law(pairs, lo: float = 1.0, hi: float = 3.0) -> float | None:
+    """The exponent ``gamma`` of ``f(z) = (z / 255) ** gamma`` that best explains ``pairs`` (weighted least
+    squares on ``gamma * log(zb / za) = log(t_b / t_a)``), clipped to ``[lo, hi]``; None without usable pairs.
+    One number needs far less data than a free curve: heavily clipped brackets still pin it."""
+    if not pairs:
+        return None
+    za = np.concatenate([p[0] for p in pairs])
+    zb = np.concatenate([p[1] for p in pairs])
+    log_r = np.concatenate([np.full(p[0].size, np.log(p[2])) for p in pairs])
+    w = _hat(za) * _hat(zb) * np.sqrt(np.concatenate([p[3] for p in pairs]))
+    d = np.log(np.maximum(zb, 1.0) / np.maximum(za, 1.0))
+    den = float(np.sum(w * d * d))
+    if den <= 0 or np.unique(np.rint(za)).size < 8:
+        return None
+    return float(np.clip(np.sum(w * d * log_r) / den, lo, hi))
+
+
 # The codes over which a curve is judged (and the bench scores it): the noise floor and the clipping shoulder
 # of 8-bit JPEGs lie outside.
 JUDGED_CODES = (20, 235)

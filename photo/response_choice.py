@@ -7,8 +7,9 @@ The default, ``auto``:
   bracket** (``photo.response.estimate_response``, one curve shared by the three channels), if the estimate
   passes a reliability check (:func:`unreliable_reasons`): enough of codes 20..235 observed by neighbouring
   exposures, a small fit residual, per-channel fits that agree with the shared one (they do not when the data
-  cannot pin the curve: little overlap, heavy clipping), and a plausible local exponent. Otherwise **sRGB**,
-  and the log says why.
+  cannot pin the curve: little overlap, heavy clipping), and a plausible local exponent. Otherwise a **power
+  law** fitted to the bracket's exposure ratios if it explains them clearly better than sRGB, else **sRGB**; the
+  log says which and why.
 * **16-bit frames** keep the training encoding (gamma 2.2, frames unchanged), **RAW** frames are linear.
 
 The log says which curve was used and why; a bracket whose neighbouring frames share almost no well-exposed
@@ -22,8 +23,8 @@ import math
 from photo.errors import MergeError
 import numpy as np
 
-from photo.response import (Response, ResponseError, estimate_response, gamma_table, resolve_response,
-                            save_response, srgb_table)
+from photo.response import (Response, ResponseError, bracket_pairs, curve_residual, estimate_response,
+                            fit_power_law, gamma_table, resolve_response, save_response, srgb_table)
 from util.colour import GAMMA
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ MAX_RESIDUAL_STOPS = 0.25   # RMS of the ratio constraints the curve leaves unex
 MAX_CHANNEL_SPREAD = 0.08   # stops between the per-channel fits and the shared curve (offsets removed)
 SLOPE_RANGE = (0.5, 12.0)   # local exponent d log f / d log z over codes 20..235 (sRGB 1.4-2.3, filmic up to ~9)
 MIN_OVERLAP = 0.02          # fraction of pixels well exposed in both of two neighbouring frames
+# The fallback of an unreliable estimate: a power law fitted to the exposure ratios replaces sRGB only when it
+# explains them clearly better (residual under this share of sRGB's), within a plausible range of exponents.
+PARAMETRIC_GAIN = 0.7
+GAMMA_RANGE = (1.6, 2.8)
 
 
 def is_8bit(frames) -> bool:
@@ -124,9 +129,29 @@ def choose_response(spec, frames, times, paths, valid=None, eight_bit: bool | No
                         why=f'auto: estimated from this 8-bit bracket (fit residual {info["residual_stops"]:.3f} '
                             f'stops, channels agree within {info["channel_spread_stops"]:.3f}, '
                             f'{info["coverage"]:.0%} of codes seen)')
-    why = f'auto: the estimate from this bracket is unreliable ({"; ".join(reasons)}), so sRGB is used'
+    fallback = parametric_fallback(frames, times, valid)
+    why = f'auto: the estimate from this bracket is unreliable ({"; ".join(reasons)}), so {fallback.why}'
     logger.warning('%s: %s; give --response if you know the camera curve', paths[1], why[6:])
-    return Response('srgb', srgb_table(), why=why)
+    return Response(fallback.name, fallback.table, why=why)
+
+
+def parametric_fallback(frames, times, valid=None) -> Response:
+    """sRGB, or the power law the bracket's exposure ratios fit clearly better (its residual under
+    ``PARAMETRIC_GAIN`` times sRGB's): what an unreliable free estimate falls back to. A single exponent is pinned
+    by the few code pairs a heavily clipped bracket still has, where a whole curve is not."""
+    pairs = bracket_pairs(frames, times, valid)
+    gamma = fit_power_law(pairs, *GAMMA_RANGE)
+    if gamma is not None:
+        gamma = round(gamma, 2)
+        res_gamma, res_srgb = curve_residual(pairs, gamma_table(gamma)), curve_residual(pairs, srgb_table())
+        if res_gamma < PARAMETRIC_GAIN * res_srgb:
+            return Response(f'gamma{gamma:g}', gamma_table(gamma),
+                            why=f'gamma {gamma:g} is used (the exposure ratios fit it with a residual of '
+                                f'{res_gamma:.3f} stops, sRGB {res_srgb:.3f})')
+        return Response('srgb', srgb_table(), why=f'sRGB is used (the best power law, gamma {gamma:g}, fits the '
+                                                   f'exposure ratios no better: {res_gamma:.3f} vs {res_srgb:.3f} '
+                                                   'stops)')
+    return Response('srgb', srgb_table(), why='sRGB is used')
 
 
 def save_response_to_file(path, response: Response) -> None:

@@ -84,3 +84,22 @@ def test_reliability_check_names_each_reason():
 def test_is_8bit():
     assert is_8bit(_bracket(srgb_table()))
     assert not is_8bit(_bracket(srgb_table(), bits=16))
+
+
+@pytest.mark.parametrize('gamma', [1.8, 2.0])
+def test_unreliable_estimate_falls_back_to_the_power_law_the_ratios_fit(gamma, caplog):
+    # most of the frame clipped in the medium and long frames: too little for a free curve, enough for one number
+    from photo.response_choice import parametric_fallback
+
+    rad = _scene() * 4.0
+    frames = _bracket(gamma_table(gamma), rad=rad)
+    res = parametric_fallback(frames, TIMES)
+    assert res.name.startswith('gamma') and abs(float(res.name[5:]) - gamma) < 0.1, res.why
+    assert 'residual' in res.why
+
+
+def test_power_law_fallback_keeps_srgb_for_an_srgb_camera():
+    from photo.response_choice import parametric_fallback
+
+    res = parametric_fallback(_bracket(srgb_table(), rad=_scene() * 4.0), TIMES)
+    assert res.name == 'srgb' and 'no better' in res.why

@@ -18,7 +18,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from data.demo import DEFAULT_HDRI_DIR, DEFAULT_ROOT, TEST_HDRIS, ensure_demo_dataset  # noqa: E402
+from data.demo import DEFAULT_HDRI_DIR, DEFAULT_ROOT, TEST_HDRIS, VARIETIES, ensure_demo_dataset  # noqa: E402
 from util.synthetic import parse_size  # noqa: E402
 
 
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--holdout', type=str, nargs='*', default=list(TEST_HDRIS),
                    help='HDRIs (file stems) used only for test scenes')
     p.add_argument('--no_align', action='store_true', help='skip building the _align folders')
+    p.add_argument('--variety', type=str, default='standard', choices=sorted(VARIETIES),
+                   help="the generator's settings: standard (2-3 stop brackets, highlight brightness, moderate "
+                        "noise) or wide (1-4 stops, clipped skies, auto-exposure, clean to high-ISO; data.demo)")
     return p
 
 
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         root = ensure_demo_dataset(args.root, n_train=args.train, n_test=args.test, size=args.size,
                                    seed=args.seed, hdri_dir=args.hdri_dir, holdout=args.holdout,
-                                   align=not args.no_align, force=args.force)
+                                   align=not args.no_align, force=args.force, variety=args.variety)
     except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a scene the aligner could not do
         print(f'make_demo_data: error: {exc}', file=sys.stderr)
         return 2
