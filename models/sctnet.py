@@ -87,6 +87,11 @@ class WithBias_LayerNorm(nn.Module):
         self.normalized_shape = normalized_shape
 
     def forward(self, x):
+        if x.dtype != self.weight.dtype and torch.is_autocast_enabled(x.device.type):
+            # bf16 autocast: the written-out form promotes the bf16 tokens to float32 at `* self.weight` and hands
+            # the next 1x1 convs float32 images to cast back (a round trip per norm, forward and backward). The
+            # fused kernel takes bf16 in, keeps its statistics in float32 and returns bf16. Same formula, eps 1e-5.
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, 1e-5)
         mu = x.mean(-1, keepdim=True)
         sigma = x.var(-1, keepdim=True, unbiased=False)
         return (x - mu) / torch.sqrt(sigma + 1e-5) * self.weight + self.bias

@@ -8,7 +8,9 @@ Pure nn.Module / autograd code (torch and timm's layers only), so backbone files
   forward and shared by every block).
 * `WindowAttentionFunction`: softmax(q k^T * scale + bias [+ mask]) v over windows, in chunks of `CHUNK_WINDOWS`
   windows with a hand-written backward, so the (windows, heads, T, T) attention maps never exist in full;
-  `WindowAttention` is the module around it (learned relative-position bias).
+  `WindowAttention` is the module around it (learned relative-position bias). Under bf16 autocast without
+  gradients (and with them on `SDPA_GRAD_DEVICES`) it calls F.scaled_dot_product_attention instead
+  (`forward_sdpa`); float32 runs never do.
 * `Mlp`, `add_residual` (DropPath fused into the residual), `SwinTransformerBlock`, `BasicLayer`,
   `ResidualGroup` (a BasicLayer, a conv on the image layout, a residual: HDR-Transformer's CTB and SCTNet's GSAB),
   `PatchEmbed` / `PatchUnEmbed`, and `SwinTrunk`, the base class that builds both networks' stack of groups.
@@ -21,6 +23,7 @@ import functools
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch.autograd.function import once_differentiable
 from timm.layers import DropPath, to_2tuple, trunc_normal_
@@ -30,6 +33,12 @@ from timm.layers import DropPath, to_2tuple, trunc_normal_
 # chunk's buffers are recycled from the heap instead of being mapped and page-faulted afresh for every chunk.
 # Only speed and memory depend on it, not the values. Read at call time (tests shrink it).
 CHUNK_WINDOWS = 256
+
+# Devices on which bf16 window attention goes through F.scaled_dot_product_attention also when a gradient is needed
+# (autograd's own backward). On CPU it is used without gradients only: with a learnable bias (attn_mask requiring
+# grad) torch 2.14's CPU dispatch leaves the fused flash kernel for the math fallback, which upcasts q, k, v and the
+# mask to float32 (a cast round trip per call), so CPU training keeps WindowAttentionFunction. Read at call time.
+SDPA_GRAD_DEVICES = ('cuda',)
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -241,6 +250,11 @@ class WindowAttentionFunction(torch.autograd.Function):
         tokens = bias.shape[-1]
         batch = total // tokens // num_windows
         keep = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if bias.dtype != qkv_t.dtype:
+            # under autocast the logits are bf16 and the bias a float32 parameter: adding it as it is promotes every
+            # chunk's logits to float32 and back (an attention-sized round trip); one (nH, T, T) cast instead.
+            # Float32 runs never enter here.
+            bias = bias.to(qkv_t.dtype)
         out_t = qkv_t.new_empty(dim, total)  # (C, B'T)
         plan = WindowAttentionFunction._plan(mask, mask_flags, batch, num_windows)
         kept = []
@@ -267,7 +281,9 @@ class WindowAttentionFunction(torch.autograd.Function):
         num_windows, num_heads, scale, tokens = ctx.num_windows, ctx.num_heads, ctx.scale, ctx.tokens
         d = qkv_t.shape[0] // 3 // num_heads
         grad_qkv_t = torch.empty_like(qkv_t)  # (3C, B'T)
-        grad_bias = qkv_t.new_zeros(num_heads, tokens, tokens)  # (nH, T, T)
+        # the bias gradient sums over every window: the chunks' sums are accumulated in float32 whatever the logits'
+        # dtype (sum(dtype=float32) of bf16 logits would copy them to float32 first)
+        grad_bias = torch.zeros(num_heads, tokens, tokens, dtype=torch.float32, device=qkv_t.device)  # (nH, T, T)
         for (nb, cols, _), probs in zip(WindowAttentionFunction._chunk_slices(ctx.plan, num_windows, tokens), kept):
             heads = WindowAttentionFunction._heads(qkv_t, cols, num_heads, tokens, scale)
             q, k, v = (heads[j].view(num_heads * nb, d, tokens) for j in range(3))  # (nH*nb, d, T) each
@@ -278,7 +294,7 @@ class WindowAttentionFunction(torch.autograd.Function):
             grad_logits = torch.bmm(g.transpose(1, 2), v)  # (nH*nb, T, T) = dO V^T, gradient of P
             # softmax backward in place: P * (dP - sum(dP * P)) is the gradient of the logits
             torch._softmax_backward_data(grad_logits, probs, -1, probs.dtype, grad_input=grad_logits)
-            grad_bias += grad_logits.view(num_heads, nb, tokens, tokens).sum(dim=1)
+            grad_bias += grad_logits.view(num_heads, nb, tokens, tokens).sum(dim=1)  # a bf16 chunk sum, added in fp32
             torch.bmm(k, grad_logits.transpose(1, 2), out=grads[0].view(num_heads * nb, d, tokens))  # (dS K)^T
             grads[0].mul_(scale)
             torch.bmm(q, grad_logits, out=grads[1].view(num_heads * nb, d, tokens))  # (dS^T q)^T
@@ -336,6 +352,8 @@ class WindowAttention(nn.Module):
                              f'{num_windows} windows (mask shape {tuple(mask.shape)})')
         if self.training and self.attn_drop.p > 0:
             return self.forward_reference(x, mask)
+        if self.sdpa_applies(x):
+            return self.forward_sdpa(x, mask, mask_flags, num_windows)
         # Channel-major q/k/v (HDR-Transformer's copy; SCTNet's took qkv = Linear(x) token-major and handed proj a
         # contiguous copy of the output): every head is a plain strided matrix and proj reads the transposed
         # output as it is. Float32 outputs are the same bits either way; bf16 autocast rounds differently.
@@ -349,6 +367,49 @@ class WindowAttention(nn.Module):
         out_t = WindowAttentionFunction.apply(qkv_t, self.relative_position_bias(), mask, mask_flags, num_windows,
                                               self.num_heads, self.scale)  # (C, B'T)
         return _dropout(self.proj_drop, self.proj(out_t.t())).view(b, t, c)  # (B', T, C)
+
+    def sdpa_applies(self, x):
+        """Whether this call takes `forward_sdpa`: under bf16 autocast only (float32 runs keep the releases' bits),
+        and where a gradient is needed only on `SDPA_GRAD_DEVICES`."""
+        device = x.device.type
+        if not (torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16):
+            return False
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        return not needs_grad or device in SDPA_GRAD_DEVICES
+
+    def forward_sdpa(self, x, mask, mask_flags, num_windows):
+        """Window attention in bf16 through F.scaled_dot_product_attention (the fused flash kernel on CPU).
+
+        q, k, v are strided views of the token-major qkv product and SDPA's output is laid out (B', T, nH, d), so
+        no copy is made on either side. Every window is attended with the bias alone; the masked windows (the last
+        window row and column, where the shifted bands meet) are attended again with bias + mask and written over
+        their first result, so no (windows, nH, T, T) mask is built. x: (B', T, C) -> (B', T, C).
+        """
+        b, t, c = x.shape
+        nh = self.num_heads
+        d = c // nh
+        qkv = self.qkv(x).view(b, t, 3, nh, d).permute(2, 0, 3, 1, 4)  # (3, B', nH, T, d) views
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias().to(q.dtype)  # (nH, T, T), one small cast per call
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)  # (B', nH, T, d)
+        if mask is not None:
+            if mask_flags is None:
+                mask_flags = windows_with_mask(mask)
+            masked = tuple(torch.nonzero(mask_flags).flatten().tolist()) if torch.is_tensor(mask_flags) \
+                else tuple(mask_flags)
+            if masked:
+                n = b // num_windows
+                index = _window_index(masked, x.device)  # (k,)
+
+                def pick(z):  # (B', nH, T, e) -> the masked windows of every image, (N*k, nH, T, e)
+                    return z.reshape(n, num_windows, nh, t, -1).index_select(1, index).flatten(0, 1)
+
+                rows = (bias.unsqueeze(0) + mask.index_select(0, index).to(q.dtype).unsqueeze(1))  # (k, nH, T, T)
+                out_masked = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), attn_mask=rows.repeat(n, 1, 1, 1),
+                                                            scale=self.scale)  # (N*k, nH, T, d)
+                out = out.reshape(n, num_windows, nh, t, d).index_copy(
+                    1, index, out_masked.view(n, len(masked), nh, t, d)).flatten(0, 1)  # (B', nH, T, d)
+        return _dropout(self.proj_drop, self.proj(out.transpose(1, 2).reshape(b, t, c)))  # (B', T, C)
 
     def forward_reference(self, x, mask=None):
         """Unchunked attention in the releases' op sequence (needed for attention dropout; a test oracle)."""
