@@ -8,8 +8,8 @@ set -e
 
 budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the shipped model (~2 h on 2 cores)
 case "$budget" in
-    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30; d_compile=False ;;
-    short) d_root=./datasets/study_short; d_train=96; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=60; d_compile=True ;;
+    demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30; d_compile=False; d_variety=standard ;;
+    short) d_root=./datasets/study_short; d_train=192; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=60; d_compile=True; d_variety=wide ;;
     *) echo "train.sh: unknown budget '$budget' (demo, short)" >&2; exit 2 ;;
 esac
 dataroot=${dataroot:-$d_root}          # SIGGRAPH17 layout: Training/ Training_align/ Test/ [Test_align/]
@@ -38,7 +38,7 @@ compile=${compile:-$d_compile}         # torch.compile the training network: pay
                                        # iterations; the demo's 240 barely repay its warm-up (README, "Speed")
 
 if [ "$dataroot" = "$d_root" ]; then
-    python tools/make_demo_data.py --root "$dataroot" --train $d_train --test $d_test
+    python tools/make_demo_data.py --root "$dataroot" --train $d_train --test $d_test --variety $d_variety
 fi
 
 common="--dataroot $dataroot --dataset_name sig17align --network $net --checkpoints_dir $ckpt --gpu_ids $gpu \

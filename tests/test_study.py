@@ -2,6 +2,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,15 @@ def test_ablations_train_and_score(tiny_study):
     unaligned = read_hdr(tiny_study / 'data_no_align' / 'Training_align' / scene / 'HDRImg.hdr')
     assert aligned.shape == unaligned.shape and not np.allclose(aligned, unaligned)
     assert 'no_stru_loss' in (tiny_study / 'results' / 'results.md').read_text()
+
+
+def test_train_sh_short_budget_is_the_studys_recipe():
+    """`budget=short sh train.sh` trains the shipped model: its data and settings must be the study's."""
+    text = (Path(study.__file__).resolve().parents[1] / 'train.sh').read_text()
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith('short)'))
+    values = dict(re.findall(r'd_(\w+)=([^;\s]+)', line))
+    b = study.BUDGETS['short']
+    assert int(values['train']) == b.n_train and int(values['test']) == b.n_test
+    assert int(values['niter']) * int(values['iters']) == b.iters and int(values['iters']) == b.iters_per_epoch
+    assert float(values['lr']) == b.lr and float(values['lr2']) == b.stage2_lr
+    assert float(values['thr']) == b.stage2_colour_threshold and values['variety'] == b.data
