@@ -1,6 +1,8 @@
 #!/bin/sh
 # Evaluate a SelfHDR stage-2 checkpoint and print the metric table.
-# By default: the AHDRNet SelfHDR checkpoint shipped in pretrained_models/ (budget `short`) on the demo test set.
+# By default: the FSHDR SelfHDR checkpoint shipped in pretrained_models/ (budget `short`; it takes flow-aligned
+# frames, the data sets' Test_align folders) on the demo test set. The AHDRNet one (unaligned frames):
+#   net=AHDRNet name=ahdrnet_short_stage2 sh test.sh
 # The authors' published models work the same way once placed at
 #   pretrained_models/<backbone>_stage2/SelfHDR_model_1.pth
 # e.g.  dataroot=/data/sig17 net=SCTNet name=sctnet_stage2 sh test.sh
@@ -9,8 +11,8 @@ set -e
 dataroot=${dataroot:-./datasets/demo}
 ckpt=${ckpt:-./pretrained_models}
 gpu=${gpu:-auto}
-net=${net:-AHDRNet}
-name=${name:-ahdrnet_short_stage2}
+net=${net:-FSHDR}
+name=${name:-fshdr_short_stage2}
 epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
 amp=${amp:-auto}                       # auto: bf16 where the hardware has it (a CPU with avx512_bf16/AMX, CUDA
