@@ -281,9 +281,10 @@ class WindowAttentionFunction(torch.autograd.Function):
         num_windows, num_heads, scale, tokens = ctx.num_windows, ctx.num_heads, ctx.scale, ctx.tokens
         d = qkv_t.shape[0] // 3 // num_heads
         grad_qkv_t = torch.empty_like(qkv_t)  # (3C, B'T)
-        # the bias gradient sums over every window: the chunks' sums are accumulated in float32 whatever the logits'
-        # dtype (sum(dtype=float32) of bf16 logits would copy them to float32 first)
-        grad_bias = torch.zeros(num_heads, tokens, tokens, dtype=torch.float32, device=qkv_t.device)  # (nH, T, T)
+        # the bias gradient sums over every window: the chunks' sums are accumulated in at least float32 whatever the
+        # logits' dtype (sum(dtype=float32) of bf16 logits would copy them to float32 first); float64 stays float64
+        grad_bias = torch.zeros(num_heads, tokens, tokens, dtype=torch.promote_types(qkv_t.dtype, torch.float32),
+                                device=qkv_t.device)  # (nH, T, T)
         for (nb, cols, _), probs in zip(WindowAttentionFunction._chunk_slices(ctx.plan, num_windows, tokens), kept):
             heads = WindowAttentionFunction._heads(qkv_t, cols, num_heads, tokens, scale)
             q, k, v = (heads[j].view(num_heads * nb, d, tokens) for j in range(3))  # (nH*nb, d, T) each
