@@ -395,22 +395,13 @@ def estimate_response(frames: Sequence[np.ndarray], times: Sequence[float], meth
     if method in ('debevec', 'robertson'):
         return _estimate_opencv(frames, times, method)
     table = np.empty((N_CODES, 3))
-    by_channel = []
-    for c in range(3):
-        pairs = []
-        for j in range(len(frames) - 1):
-            if data == 'pixels':
-                za, zb, counts = _pixel_pairs(frames[j][..., c], frames[j + 1][..., c], valid, per_code)
-            else:
-                za, zb, counts = _histogram_pairs(frames[j][..., c], frames[j + 1][..., c], valid, min_count)
-            if za.size:
-                pairs.append((za, zb, times[j + 1] / times[j], counts))
+    by_channel = _channel_pairs(frames, times, valid, data, min_count, per_code)
+    for c, pairs in enumerate(by_channel):
         n_codes = np.unique(np.rint(np.concatenate([p[0] for p in pairs])) if pairs else []).size
         if n_codes < 32:
             raise ResponseError(f'too few unclipped pixels shared by neighbouring exposures to estimate the response '
                                 f'(channel {"BGR"[c]}: {n_codes} distinct code values, need 32); use --response '
                                 'gamma2.2, srgb or a saved curve')
-        by_channel.append(pairs)
     separate = [_solve_ratio(pairs, smoothness, iterations) for pairs in by_channel]
     if channels == 'shared':
         curve, residual = _solve_ratio([p for pairs in by_channel for p in pairs], smoothness, iterations)
@@ -425,6 +416,23 @@ def estimate_response(frames: Sequence[np.ndarray], times: Sequence[float], meth
     return table
 
 
+def _channel_pairs(frames, times, valid, data: str, min_count: int, per_code: int) -> list[list[tuple]]:
+    """Per channel, the code pairs ``(za, zb, t_b / t_a, counts)`` of every pair of neighbouring exposures of
+    ``frames`` (sorted by ``times``), by histogram matching or, with ``data='pixels'``, at the same pixels."""
+    by_channel = []
+    for c in range(3):
+        pairs = []
+        for j in range(len(frames) - 1):
+            if data == 'pixels':
+                za, zb, counts = _pixel_pairs(frames[j][..., c], frames[j + 1][..., c], valid, per_code)
+            else:
+                za, zb, counts = _histogram_pairs(frames[j][..., c], frames[j + 1][..., c], valid, min_count)
+            if za.size:
+                pairs.append((za, zb, times[j + 1] / times[j], counts))
+        by_channel.append(pairs)
+    return by_channel
+
+
 def bracket_pairs(frames: Sequence[np.ndarray], times: Sequence[float], valid: np.ndarray | None = None,
                   min_count: int = 3) -> list[tuple[np.ndarray, np.ndarray, float, np.ndarray]]:
     """Histogram-matched code pairs ``(za, zb, t_b / t_a, counts)`` of every channel and every pair of neighbouring
@@ -432,13 +440,7 @@ def bracket_pairs(frames: Sequence[np.ndarray], times: Sequence[float], valid: n
     order = np.argsort(np.asarray(times, dtype=np.float64))
     frames = [np.asarray(frames[k], dtype=np.float32) for k in order]
     times = [float(times[k]) for k in order]
-    pairs = []
-    for c in range(3):
-        for j in range(len(frames) - 1):
-            za, zb, counts = _histogram_pairs(frames[j][..., c], frames[j + 1][..., c], valid, min_count)
-            if za.size:
-                pairs.append((za, zb, times[j + 1] / times[j], counts))
-    return pairs
+    return [p for pairs in _channel_pairs(frames, times, valid, 'histogram', min_count, 0) for p in pairs]
 
 
 def curve_residual(pairs, table: np.ndarray) -> float:

@@ -1,7 +1,6 @@
 """AHDR backbone (models/ahdrnet.py): release state_dict and seeded init, golden and self-check outputs,
 and agreement of the optimised forward/backward with a spec-literal reference (spec: shared/specs/ahdrnet.md)."""
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from models.ahdrnet import AHDR, from_phases, to_phases
 from conftest import GOLDEN as GOLDEN_ROOT
+from selfcheck import selfcheck_fill
 
 GOLDEN = GOLDEN_ROOT / 'AHDR'
 FIXTURE = Path(__file__).resolve().parent / 'fixtures' / 'ahdrnet_selfcheck.json'
@@ -22,20 +22,6 @@ def golden():
     if not GOLDEN.is_dir():
         pytest.skip(f'golden reference not found at {GOLDEN} (it sits beside the checkout)')
     return GOLDEN
-
-
-def selfcheck_fill(net):
-    """Deterministic parameter fill of shared/specs/README.md section 2."""
-    with torch.no_grad():
-        for k, (name, p) in enumerate(net.named_parameters()):
-            v = torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + k), dtype=torch.float32)
-            if p.dim() >= 2:
-                p.copy_(v / math.sqrt(p.numel() / p.shape[0]))
-            elif name.endswith(('norm.weight', 'norm1.weight', 'norm2.weight', 'body.weight')):
-                p.copy_(1 + 0.1 * v)
-            else:
-                p.copy_(0.1 * v)
-    return net
 
 
 def selfcheck_inputs(n, h, w):

@@ -5,7 +5,6 @@ shared/specs/README.md section 2, random inputs, and the spec's shifted-window m
 `BACKBONES` names each transformer's class, golden folder and self-check file; tests/test_transformer_backbones.py
 runs the checks both share, parametrised over it."""
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN as GOLDEN_ROOT
+from selfcheck import selfcheck_fill  # noqa: F401  (re-exported to the transformer tests)
 
 FIXTURES = Path(__file__).resolve().parent / 'fixtures'
 
@@ -48,20 +48,6 @@ def golden_dir(name):
 
 def load_selfcheck(filename):
     return json.loads((FIXTURES / filename).read_text())
-
-
-def selfcheck_fill(net):
-    """Deterministic parameter fill of shared/specs/README.md section 2."""
-    with torch.no_grad():
-        for k, (name, p) in enumerate(net.named_parameters()):
-            v = torch.randn(p.shape, generator=torch.Generator().manual_seed(1000 + k), dtype=torch.float32)
-            if p.dim() >= 2:
-                p.copy_(v / math.sqrt(p.numel() / p.shape[0]))
-            elif name.endswith(('norm.weight', 'norm1.weight', 'norm2.weight', 'body.weight')):
-                p.copy_(1 + 0.1 * v)
-            else:
-                p.copy_(0.1 * v)
-    return net
 
 
 def selfcheck_inputs(n, h, w):
