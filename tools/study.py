@@ -617,7 +617,7 @@ def run_study(args) -> dict:
     aligned_root = make_aligned_test_copy(dataroot, work / 'data_aligned_test')
     net, epochs = args.network, budget.epochs
 
-    train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
+    # SelfHDR first, the supervised baseline after it: a run cut short by a session's end has the network to ship
     train_run('stage1', 'selfhdr1', dataroot, ckpt, net, budget)
     stru = structure_labels('stage1', epochs, dataroot, ckpt, net, budget.n_train)
 
@@ -633,6 +633,7 @@ def run_study(args) -> dict:
 
     stage2_extra = stage2_flags(stru, 'stage1', epochs, budget.stage2_init)
     train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra)
+    train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
 
     ablation_runs = {}
     for ablation in args.ablations:
