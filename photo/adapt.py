@@ -333,8 +333,8 @@ def load_holdout(work: Work, names, split: str = HOLDOUT) -> list[dict]:
         times = 2.0 ** np.loadtxt(src / EXPOSURE_NAME, ndmin=1)
         frames = [read_ldr(src / f) for f in FRAME_NAMES]
         aligned = [read_ldr(aligned_dir / f) for f in FRAME_NAMES]
-        items.append({'name': name, 'frames': frames, 'times': times, 'label': read_hdr(aligned_dir / 'HDRImg.hdr'),
-                      'mask': trusted_mask(aligned, times)})
+        items.append({'name': name, 'frames': frames, 'aligned': aligned, 'times': times,
+                      'label': read_hdr(aligned_dir / 'HDRImg.hdr'), 'mask': trusted_mask(aligned, times)})
     return items
 
 
@@ -347,10 +347,11 @@ def score(net, network: str, items, device: str = 'cpu', tile: int | str = 0, ti
     from util.tiling import auto_tile, padded, tiled_forward
 
     multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
+    aligned_input = network in BACKBONES and BACKBONES[network].aligned_input  # FSHDR: as merge_brackets feeds it
     fn = padded(net, multiple=multiple, mode='release') if multiple else net
     values = []
     for item in items:
-        xs = [x.to(device) for x in _build_inputs(item['frames'], item['times'])]
+        xs = [x.to(device) for x in _build_inputs(item['aligned' if aligned_input else 'frames'], item['times'])]
         size = tile
         if tile == 'auto':  # tools/adapt.py's default: chosen as merge_brackets chooses it (fp32 here)
             per_pixel = BACKBONES[network].infer_bytes_per_pixel[0] if network in BACKBONES else 16384

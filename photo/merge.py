@@ -69,9 +69,23 @@ def load_network(network: str, checkpoint, device):
     return net.eval().to(device)
 
 
+def resolve_align(align: bool | str, network: str) -> bool:
+    """``--align``: 'auto' aligns for the networks trained on aligned frames (FSHDR), as their training and test
+    data are; 'on'/'off' or a bool force it."""
+    from models.backbones import BACKBONES
+
+    if isinstance(align, bool):
+        return align
+    if align not in ('auto', 'on', 'off'):
+        raise MergeError(f"--align {align!r}: choose auto, on or off")
+    if align == 'auto':
+        return bool(network in BACKBONES and BACKBONES[network].aligned_input)
+    return align == 'on'
+
+
 def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None = None,
           exposures_in: str = 'seconds', response: str | Response = AUTO, device: str = 'cpu',
-          tile: int | str = 'auto', tile_overlap: int = 32, align: bool = False, strict_order: bool = False,
+          tile: int | str = 'auto', tile_overlap: int = 32, align: bool | str = 'auto', strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
           net=None, amp: str = 'none', max_memory: float = 0) -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See ``tools/merge_brackets.py`` for the behaviour.
@@ -96,8 +110,9 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         raise MergeError(f'--tile {tile} --tile_overlap {tile_overlap}: need tile >= 0 and 0 <= overlap < tile')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise MergeError(f'--device {device}: CUDA is not available on this machine; use --device cpu')
+    align = resolve_align(align, network)
     if network in BACKBONES and BACKBONES[network].aligned_input and not align:
-        logger.warning('%s was trained on aligned frames; consider --align for dynamic scenes', network)
+        logger.warning('%s was trained on aligned frames; --align off gives it unaligned ones', network)
 
     bracket = load_bracket(inputs, exposures, exposures_in, strict_order, reference)
     if bracket.kind == 'raw':

@@ -332,3 +332,24 @@ def test_numeric_flags_are_checked_before_any_bracket_is_read(inputs, tmp_path, 
     err = capsys.readouterr().err
     assert flag in err and value in err  # names the flag and the value
     assert not out.exists() and not out.with_name(out.name + '.partial').exists()
+
+
+def test_decision_scores_fshdr_on_aligned_frames():
+    """FSHDR is trained on aligned frames, so the decision scores it on the held-out brackets' aligned frames."""
+    from photo.adapt import score
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x1, x2, x3):
+            seen.append(float(x2[:, 3:].mean()))
+            return x2[:, 3:]
+
+    rng = np.random.default_rng(0)
+    frames = [rng.uniform(0.2, 0.3, (16, 16, 3)).astype(np.float32) for _ in range(3)]
+    aligned = [f + 0.5 for f in frames]
+    item = {'frames': frames, 'aligned': aligned, 'times': np.array([1.0, 4.0, 16.0]),
+            'label': np.full((16, 16, 3), 0.1, np.float32), 'mask': np.ones((16, 16), bool)}
+    score(Spy(), 'FSHDR', [item])
+    score(Spy(), 'AHDRNet', [item])
+    assert seen[0] == pytest.approx(0.75, abs=0.01) and seen[1] == pytest.approx(0.25, abs=0.01)

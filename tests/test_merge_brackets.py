@@ -747,3 +747,21 @@ def test_numeric_flags_out_of_range_name_the_flag(bracket, capsys, flag, value):
                             '--output_dir', bracket['ckpt'].parent / 'never', flag, value])
     assert rc == 2 and flag in cap.err and 'Traceback' not in cap.err
     assert not (bracket['ckpt'].parent / 'never').exists()  # refused before anything was read or written
+
+
+def test_align_auto_follows_the_network(bracket, tmp_path, caplog):
+    """--align auto (default): FSHDR, trained and tested on aligned frames, gets them; AHDRNet does not."""
+    from models.fshdr import FSHDR
+    from tools.merge_brackets import build_parser
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'fshdr.pth'
+    torch.save({'state_dict': FSHDR().state_dict()}, ckpt)
+    assert merge(bracket['jpg'], 'FSHDR', ckpt).aligned
+    assert not merge(bracket['jpg'], 'AHDRNet', bracket['ckpt']).aligned
+    with caplog.at_level(logging.WARNING):
+        assert not merge(bracket['jpg'], 'FSHDR', ckpt, align='off').aligned
+    assert 'trained on aligned frames' in caplog.text
+    parse = build_parser().parse_args
+    common = ['--inputs', 'a', 'b', 'c', '--network', 'FSHDR', '--checkpoint', 'x']
+    assert [parse(common + flag).align for flag in ([], ['--align'], ['--align', 'off'])] == ['auto', 'on', 'off']

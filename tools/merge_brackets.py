@@ -36,8 +36,8 @@ Behaviour, and the choices made here:
   brackets. The output keeps the medium frame's geometry; a frame that cannot be aligned is a warning and keeps
   its own geometry; shifts under half a pixel leave the frame untouched.
 * **Alignment** (``--align``) warps short and long onto the medium frame with ``util.align``
-  before the network. FSHDR expects aligned inputs (a warning says so when it is off); AHDRNet,
-  HDR-Transformer and SCTNet deghost by themselves.
+  before the network. ``auto`` (default) aligns for FSHDR, which was trained and tested on aligned frames (a
+  warning says so when ``--align off`` is given); AHDRNet, HDR-Transformer and SCTNet deghost by themselves.
 * Transformer backbones get the release's test-time reflection padding (``util.tiling.padded_forward``);
   ``--tile auto`` (default) runs the whole image when it fits the memory (``--max_memory``, default most of what is
   available) and overlapping tiles (``util.tiling.tiled_forward``) that fit when it does not; ``--tile N`` forces
@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--no_prealign', action='store_true',
                    help='skip the global pre-alignment (one homography per frame onto the medium one, for '
                         'handheld brackets); tripod brackets need none')
-    p.add_argument('--align', action='store_true',
-                   help='align short and long frames to the medium one first (util.align; advised for FSHDR)')
+    p.add_argument('--align', nargs='?', const='on', default='auto', choices=('auto', 'on', 'off'),
+                   help='align short and long frames to the medium one first (util.align); auto (default): for the '
+                        'networks trained on aligned frames (FSHDR); a bare --align is on')
     p.add_argument('--output_dir', type=str, default='.', help='folder for the outputs (created if needed)')
     p.add_argument('--name', type=str, default=None,
                    help='output file name without extension (default: <medium frame name>_hdr)')
