@@ -13,7 +13,13 @@ The domain: brackets rendered by util/synthetic.py from the two HDRIs the shippe
 * more motion: camera shake up to 4 % of the width and 3 degrees, 2-4 objects moving 8-20 % of the width
   (training: 2 %, 1.5 degrees, 1-3 objects, 3-12 %);
 * ``--domain noisy_motion``: 2 stops between frames (as in training); ``--domain ev1`` (default): 1 stop, the
-  +-1 EV auto-bracketing of many cameras, which training never saw.
+  +-1 EV auto-bracketing of many cameras, which training never saw; ``--domain clipped_sky``: 3 stops, the scene's
+  brightness set so that 30-70 % of the medium frame clips (large skies and windows, where the colour labels
+  lose most).
+
+``tools/adapt.py`` runs with its defaults, so it holds some adaptation brackets out, decides whether fine-tuning
+helped on them (no ground truth) and keeps the original network when it did not; its decision is in the report.
+Goal (the issue): adaptation never hurts: the held-out PSNR-mu after is not below before on any domain.
 
 The adaptation split (``--n_train`` brackets, no ground truth given to the tool) and the held-out split
 (``--n_test``) draw different windows of the same two HDRIs. Each held-out bracket is merged as
@@ -44,7 +50,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.response_estimate import hable_filmic_table  # noqa: E402
+from bench.response_estimate import CURVES  # noqa: E402
 from tools import adapt  # noqa: E402
 from photo.merge import load_network as _load_network, merge  # noqa: E402
 from tools.study import describe_machine, machine_info  # noqa: E402
@@ -61,14 +67,16 @@ FRAME_FILES = ('0_short.png', '1_medium.png', '2_long.png')
 # Exposure step between frames per domain: training saw 2 and 3 stops. ``ev1`` is the +-1 EV auto-bracketing many
 # cameras default to; there the shipped model falls far below its own colour label (README, "Adapting the model to
 # your own photos").
-DOMAIN_STOPS = {'noisy_motion': 2.0, 'ev1': 1.0}
+DOMAIN_STOPS = {'noisy_motion': 2.0, 'ev1': 1.0, 'clipped_sky': 3.0}
+DOMAIN_BRIGHTNESS = {'clipped_sky': {'normalisation': 'clipped', 'clipped_fraction': (0.3, 0.7)}}
 
 
 def domain_config(size, domain: str = 'noisy_motion') -> SynthConfig:
     """Noise and motion statistics unlike the training data's (util/synthetic.py defaults)."""
     return SynthConfig(size=tuple(size), stop_choices=(DOMAIN_STOPS[domain],), shot_noise=(2e-3, 6e-3),
                        read_noise=(4e-3, 1e-2), max_translation=0.04, max_rotation_deg=3.0, max_scale=0.03,
-                       n_objects=(2, 4), object_motion=(0.08, 0.2), colour_aug=False)
+                       n_objects=(2, 4), object_motion=(0.08, 0.2), colour_aug=False,
+                       **DOMAIN_BRIGHTNESS.get(domain, {}))
 
 
 def render_split(sources, cfg, table, split, count, seed, folder: Path) -> dict:
@@ -162,7 +170,7 @@ def main(argv=None) -> int:
     files = [f for f in list_hdr_files(ROOT / 'datasets' / 'hdri') if f.stem in HELD_OUT_HDRIS]
     sources = load_sources(files)
     cfg = domain_config(args.size, args.domain)
-    table = hable_filmic_table()
+    table = CURVES['filmic_hable']()
     train_dir, test_dir = work / 'adapt_brackets', work / 'heldout_brackets'
     train_truths = render_split(sources, cfg, table, 'Training', args.n_train, args.seed, train_dir)
     truths = render_split(sources, cfg, table, 'Test', args.n_test, args.seed, test_dir)
@@ -187,6 +195,8 @@ def main(argv=None) -> int:
         print(f'error: tools/adapt.py exited with {status}', file=sys.stderr)
         return status
     seconds['adapt'] = time.time() - t
+    decision_file = out.with_name(out.stem + '_decision.json')
+    decision = json.loads(decision_file.read_text()) if decision_file.is_file() else None
     labels = score_labels(out.with_name(out.name + '.partial'), train_truths)
 
     t = time.time()
@@ -206,8 +216,10 @@ def main(argv=None) -> int:
                    'synth_config': cfg.to_dict()},
         'labels_on_adaptation_split': labels,
         'before': before['mean'], 'after': after['mean'],
+        'adapt_decision': decision,
         'gain_psnr_mu': gain, 'gain_psnr_l': after['mean']['psnr_l'] - before['mean']['psnr_l'],
-        'goal_gain_psnr_mu': 1.0, 'goal_met': bool(gain >= 1.0),
+        'goal': 'never hurts: held-out PSNR-mu after >= before (round 2 asked for +1 dB)',
+        'goal_met': bool(gain >= -0.01), 'goal_gain_1db_met': bool(gain >= 1.0),
         'per_scene': {'before': before['per_scene'], 'after': after['per_scene']},
         'machine': machine_info(), 'seconds': seconds, 'date': time.strftime('%Y-%m-%d %H:%M'),
     }
@@ -220,7 +232,8 @@ def main(argv=None) -> int:
           f"({gain:+.2f} dB; classical merge {before['mean']['classical_psnr_mu']:.2f} dB); PSNR-l "
           f"{before['mean']['psnr_l']:.2f} -> {after['mean']['psnr_l']:.2f} dB; adaptation split: colour label "
           f"{labels['mean'].get('colour_label_psnr_mu', float('nan')):.2f} dB, model before "
-          f"{labels['mean'].get('model_before_psnr_mu', float('nan')):.2f} dB; {seconds['total']:.0f} s on "
+          f"{labels['mean'].get('model_before_psnr_mu', float('nan')):.2f} dB; adapt kept "
+          f"{(decision or {}).get('kept', 'the last epoch')}; {seconds['total']:.0f} s on "
           f"{describe_machine(report['machine'])}; wrote {output}")
     if temp is not None:
         temp.cleanup()

@@ -765,3 +765,34 @@ def test_align_auto_follows_the_network(bracket, tmp_path, caplog):
     parse = build_parser().parse_args
     common = ['--inputs', 'a', 'b', 'c', '--network', 'FSHDR', '--checkpoint', 'x']
     assert [parse(common + flag).align for flag in ([], ['--align'], ['--align', 'off'])] == ['auto', 'on', 'off']
+
+
+def test_exposure_check_survives_motion_and_large_clipped_skies():
+    """3-stop brackets with half the medium frame clipped, camera shake and moving objects: the check compares
+    brightness distributions, so it neither refuses the true times (pixel-by-pixel ratios read 0.5 stops here)
+    nor accepts times 3 stops off."""
+    from photo.exposures import check_exposures_match_frames, measured_exposure_ratio
+    from photo.response import resolve_response
+    from util.synthetic import SynthConfig, list_hdr_files, load_sources, scene_rng, synthesize_scene
+
+    root = Path(__file__).resolve().parents[1]
+    sources = load_sources([f for f in list_hdr_files(root / 'datasets' / 'hdri') if f.stem == 'courtyard'])
+    cfg = SynthConfig(size=(128, 192), stop_choices=(3.0,), normalisation='clipped', clipped_fraction=(0.5, 0.6),
+                      max_translation=0.05, n_objects=(2, 3), object_motion=(0.1, 0.2), noise=False)
+    gamma = resolve_response('gamma2.2')
+    paths = ['short', 'medium', 'long']
+    pair_stops, judged = [], 0
+    for i in range(6):
+        frames = synthesize_scene(sources, scene_rng(1, 'Test', i), cfg).ldrs
+        a, b = frames[1], frames[2]
+        ok = (a > 0.1) & (a < 0.9) & (b > 0.1) & (b < 0.9)
+        pair_stops.append(float(np.log2(np.median(b[ok] ** 2.2 / a[ok] ** 2.2))))
+        check_exposures_match_frames(paths, frames, np.array([1.0, 8.0, 64.0]), gamma)
+        for x, y in zip(frames, frames[1:]):
+            ratio = measured_exposure_ratio(x, y, gamma)
+            if ratio is not None:
+                judged += 1
+                assert abs(np.log2(ratio) - 3.0) < 0.5
+        with pytest.raises(MergeError, match='contradict'):
+            check_exposures_match_frames(paths, frames, np.array([1.0, 64.0, 512.0]), gamma)
+    assert min(pair_stops) < 1.5 and judged >= 8  # the old pixel-pair measure would have refused these brackets
