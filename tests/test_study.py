@@ -212,3 +212,21 @@ def test_train_sh_short_budget_is_the_studys_recipe():
     assert int(values['niter']) * int(values['iters']) == b.iters and int(values['iters']) == b.iters_per_epoch
     assert float(values['lr']) == b.lr and float(values['lr2']) == b.stage2_lr
     assert float(values['thr']) == b.stage2_colour_threshold and values['variety'] == b.data
+
+
+def test_an_interrupted_training_keeps_its_seconds(tmp_path, monkeypatch):
+    """A run that spans sessions (stopped by SIGTERM, train.py's exit 130) still counts the seconds it trained."""
+    import time
+
+    import train
+
+    def interrupted(argv):
+        time.sleep(0.05)
+        return 130
+
+    monkeypatch.setattr(train, 'main', interrupted)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match='run the same command to resume'):
+            study.train_run('stage1', 'selfhdr1', tmp_path / 'data', tmp_path / 'ckpt', 'AHDRNet',
+                            study.BUDGETS['tiny'])
+    assert study.run_seconds(tmp_path / 'ckpt' / 'stage1') >= 0.1

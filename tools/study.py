@@ -268,11 +268,16 @@ def train_run(name: str, model: str, dataroot: Path, ckpt: Path, network: str, b
     else:
         logger.info('%s: training %d epochs x %d iterations', name, budget.epochs, budget.iters_per_epoch)
     start = time.time()
-    status = train.main(args)
+    try:
+        status = train.main(args)
+    finally:  # an interrupted call's seconds count too: a run that spans sessions reports its whole time
+        seconds = time.time() - start
+        _add_seconds(run_dir, seconds)
+    if status == 130:
+        raise RuntimeError(f'training {name} was interrupted; its last complete epoch is kept: run the same command '
+                           'to resume')
     if status != 0:
         raise RuntimeError(f'training {name} failed (exit status {status}); see {run_dir / "train.log"}')
-    seconds = time.time() - start
-    _add_seconds(run_dir, seconds)
     return seconds
 
 
@@ -283,6 +288,7 @@ def _add_seconds(run_dir: Path, seconds: float) -> None:
     machines = record.get('machines', [])
     here = describe_machine(machine_info())
     record = {'seconds': record['seconds'] + seconds, 'machines': machines + ([here] if here not in machines else [])}
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
 
 
