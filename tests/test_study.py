@@ -230,3 +230,26 @@ def test_an_interrupted_training_keeps_its_seconds(tmp_path, monkeypatch):
             study.train_run('stage1', 'selfhdr1', tmp_path / 'data', tmp_path / 'ckpt', 'AHDRNet',
                             study.BUDGETS['tiny'])
     assert study.run_seconds(tmp_path / 'ckpt' / 'stage1') >= 0.1
+
+
+def test_gap_by_region_names_the_region_that_decides():
+    """Shares of the pooled mu-law MSE difference add up to the whole, and the largest one decides."""
+    def row(clipped, well, dark):
+        return {'psnr_mu_clipped': clipped, 'psnr_mu_well_exposed': well, 'psnr_mu_dark': dark,
+                'pixels_clipped': 100, 'pixels_well_exposed': 800, 'pixels_dark': 100}
+
+    gap = study.gap_by_region({'selfhdr': row(30.0, 40.0, 30.0), 'supervised': row(20.0, 40.0, 31.0)})
+    assert gap['decides'] == 'clipped' and gap['contribution']['well_exposed'] == 0.0
+    assert gap['contribution']['dark'] < 0 < gap['contribution']['clipped']
+    assert gap['mse_difference'] == pytest.approx(sum(gap['contribution'].values()))
+    assert gap['mse_difference'] == pytest.approx(0.1 * (1e-2 - 1e-3) + 0.1 * (10 ** -3.1 - 1e-3))
+    assert study.gap_by_region({'selfhdr': row(30.0, 40.0, 30.0)}) is None
+
+
+def test_every_split_says_which_region_decides_the_gap(tiny_study):
+    results = json.loads((tiny_study / 'results' / 'results.json').read_text())
+    for split, record in results['splits'].items():
+        gap = record['gap_selfhdr_supervised']
+        assert gap['decides'] in study.EXPOSURE_REGIONS, split
+        assert sum(gap['shares'].values()) == pytest.approx(1.0)
+    assert (tiny_study / 'results' / 'results.md').read_text().count('The gap is decided by') >= len(results['splits'])

@@ -423,7 +423,35 @@ def score(outputs: dict[str, np.ndarray], data_root: Path, split: str = 'Test',
         for region, (outs, gts) in pooled.items():
             result[f'psnr_mu_{region}'] = psnr_mu_in(np.concatenate(outs), np.concatenate(gts),
                                                      np.ones(sum(len(o) for o in outs), bool))
+            result[f'pixels_{region}'] = int(sum(len(o) for o in outs))
     return result
+
+
+EXPOSURE_REGIONS = ('clipped', 'well_exposed', 'dark')  # a partition of every image (motion overlaps them)
+
+
+def gap_by_region(methods: dict, a: str = 'selfhdr', b: str = 'supervised') -> dict | None:
+    """Which region decides the gap between two methods on a split: each exposure region's share of the difference
+    in pooled mu-law MSE (share of the split's pixels x the difference of the region's MSE), positive where ``a``
+    is better. The regions partition the pixels, so the shares add up to the whole split's pooled difference."""
+    if a not in methods or b not in methods:
+        return None
+    rows = methods[a], methods[b]
+    if any(f'pixels_{r}' not in row or f'psnr_mu_{r}' not in row for row in rows for r in EXPOSURE_REGIONS):
+        return None
+    total = sum(rows[0][f'pixels_{r}'] for r in EXPOSURE_REGIONS)
+    contribution = {}
+    for r in EXPOSURE_REGIONS:
+        psnr_a, psnr_b = rows[0][f'psnr_mu_{r}'], rows[1][f'psnr_mu_{r}']
+        if not (np.isfinite(psnr_a) and np.isfinite(psnr_b)) or not rows[0][f'pixels_{r}']:
+            contribution[r] = 0.0
+            continue
+        share = rows[0][f'pixels_{r}'] / total
+        contribution[r] = share * (10 ** (-psnr_b / 10) - 10 ** (-psnr_a / 10))  # MSE of b minus MSE of a
+    whole = sum(contribution.values())
+    decides = max(contribution, key=lambda r: abs(contribution[r]))
+    return {'methods': [a, b], 'mse_difference': whole, 'contribution': contribution, 'decides': decides,
+            'shares': {r: rows[0][f'pixels_{r}'] / total for r in EXPOSURE_REGIONS}}
 
 
 def well_exposed_mask(ldr_mid: np.ndarray) -> np.ndarray:
@@ -469,7 +497,8 @@ def score_split(split: str, split_root: Path, aligned_root: Path, trained: dict,
                                                                           ('selfhdr', 'supervised')]
     methods = {name: score(outputs[name], split_root, motion=motion) for name in order}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in TEST_SPLITS.get(split, {}).items()}
-    return {'description': SPLIT_DESCRIPTIONS.get(split, split), 'settings': settings, 'methods': methods}, outputs
+    return {'description': SPLIT_DESCRIPTIONS.get(split, split), 'settings': settings, 'methods': methods,
+            'gap_selfhdr_supervised': gap_by_region(methods)}, outputs
 
 
 def worst_region_sheet(splits: dict, split_outputs: dict, work: Path, dataroot: Path, path: Path,
@@ -584,6 +613,14 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [f'{row[k]:.2f}' if row.get(k) is not None and np.isfinite(row[k]) else '-'
                      for k in ('psnr_mu', 'psnr_l') + tuple(f'psnr_mu_{r}' for r in REGIONS)]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+        gap = record.get('gap_selfhdr_supervised') or gap_by_region(record['methods'])
+        if gap:
+            parts = ', '.join(f"{r.replace('_', ' ')} {100 * gap['shares'][r]:.0f} % of the pixels, "
+                              f"{1e4 * gap['contribution'][r]:+.2f}" for r in EXPOSURE_REGIONS)
+            better = 'SelfHDR' if gap['mse_difference'] > 0 else 'supervised'
+            lines += ['', f"SelfHDR vs supervised, by region (pooled mu-law MSE of supervised minus SelfHDR, x1e-4; "
+                      f"positive where SelfHDR is better): {parts}; whole split {1e4 * gap['mse_difference']:+.2f} "
+                      f"({better} better). The gap is decided by the **{gap['decides'].replace('_', ' ')}** region."]
     if results.get('splits'):
         lines += ['', '`worst_regions.png`: per split, the region where SelfHDR scores lowest and in it the 64x64 '
                   'crop with its largest mu-law error (mu-law tone map).']
