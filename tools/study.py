@@ -613,7 +613,7 @@ def write_markdown(results: dict, path: Path) -> None:
             cells = [f'{row[k]:.2f}' if row.get(k) is not None and np.isfinite(row[k]) else '-'
                      for k in ('psnr_mu', 'psnr_l') + tuple(f'psnr_mu_{r}' for r in REGIONS)]
             lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
-        gap = record.get('gap_selfhdr_supervised') or gap_by_region(record['methods'])
+        gap = record.get('gap_selfhdr_supervised')  # set by score_split
         if gap:
             parts = ', '.join(f"{r.replace('_', ' ')} {100 * gap['shares'][r]:.0f} % of the pixels, "
                               f"{1e4 * gap['contribution'][r]:+.2f}" for r in EXPOSURE_REGIONS)
