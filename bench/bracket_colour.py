@@ -2,10 +2,13 @@
 
     python bench/bracket_colour.py --inputs short.png medium.png long.png \
         --model shipped=pretrained_models/ahdrnet_short_stage2/SelfHDR_model_1.pth \
-        --model old=old/SelfHDR_model_1.pth --scale 0.5 --out bench/results/bracket_colour
+        --model old=old/SelfHDR_model_1.pth --model fshdr=FSHDR:pretrained_models/fshdr_short_stage2/SelfHDR_model_1.pth \
+        --scale 0.5 --out bench/results/bracket_colour
 
-For each checkpoint (AHDRNet unless ``--network``), and for the plain merge of the unaligned frames, it merges the
-bracket with ``tools/merge_brackets.py`` and measures, over the pixels well exposed in the medium frame (every
+For each checkpoint (``NAME=CKPT`` runs ``--network``, AHDRNet unless told; ``NAME=NETWORK:CKPT`` names its own),
+for the plain merge of the unaligned frames and for the same merge after flow alignment (``util/align.py``), it
+merges the bracket with ``tools/merge_brackets.py``'s pipeline (networks trained on aligned frames, such as FSHDR,
+get aligned frames, as ``--align auto`` gives them) and measures, over the pixels well exposed in the medium frame (every
 channel in (0.05, 0.95)), the mean angle between the output's and the medium frame's linear RGB (degrees; 0 =
 same hue and saturation), the same over the strongly coloured ones among them (HSV saturation > 0.35), and the
 median red/green ratio of the red ones (R > 1.5 G in the medium frame). Writes ``<out>.json`` and ``<out>.png``
@@ -29,7 +32,9 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from photo.frames import load_bracket  # noqa: E402
+from models.backbones import BACKBONES  # noqa: E402
 from photo.merge import merge  # noqa: E402
+from util.align import align_frames  # noqa: E402
 from util.colour import merge_colour_component  # noqa: E402
 from util.figures import labelled_grid  # noqa: E402
 from util.hdr_io import write_ldr16  # noqa: E402
@@ -68,6 +73,17 @@ def colourful_crop(mid_ldr: np.ndarray, size: int) -> tuple[int, int, int]:
     return int(y), int(x), size
 
 
+def parse_model(spec: str, default_network: str) -> tuple[str, str, str]:
+    """``NAME=CKPT`` or ``NAME=NETWORK:CKPT`` -> (name, network, checkpoint)."""
+    name, sep, rest = spec.partition('=')
+    if not sep or not name or not rest:
+        raise SystemExit(f'--model {spec!r}: expected NAME=CKPT or NAME=NETWORK:CKPT')
+    network, sep, ckpt = rest.partition(':')
+    if sep and network in BACKBONES:
+        return name, network, ckpt
+    return name, default_network, rest
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--inputs', nargs=3, required=True, help='three frames of one bracket (any order)')
@@ -78,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument('--crop', type=int, default=256, help='side of the crop in the figure, after scaling')
     p.add_argument('--out', default='bench/results/bracket_colour', help='output stem (.json, .png)')
     args = p.parse_args(argv)
+    models = [parse_model(spec, args.network) for spec in args.model]
 
     bracket = load_bracket(args.inputs, args.exposures)
     frames = [cv2.resize(f, None, fx=args.scale, fy=args.scale, interpolation=cv2.INTER_AREA) if args.scale != 1
@@ -94,12 +111,16 @@ def main(argv=None) -> int:
         plain = merge_colour_component(*frames, bracket.times)
         results['unaligned_merge'] = colour_figures(plain, mid, t_mid)
         images['unaligned merge'] = display_tonemap(plain)
-        for spec in args.model:
-            name, _, ckpt = spec.partition('=')
+        aligned = merge_colour_component(*align_frames(*frames, bracket.times).frames, bracket.times)
+        results['aligned_merge'] = colour_figures(aligned, mid, t_mid)
+        images['aligned merge'] = display_tonemap(aligned)
+        for name, network, ckpt in models:
             start = time.time()
-            out = merge(paths, args.network, ckpt, exposures=times).hdr
-            results[name] = colour_figures(out, mid, t_mid)
-            results[name]['seconds'] = time.time() - start
+            res = merge(paths, network, ckpt, exposures=times)
+            results[name] = colour_figures(res.hdr, mid, t_mid)
+            results[name].update(network=network, checkpoint=ckpt, aligned_input=bool(res.aligned),
+                                 seconds=time.time() - start)
+            out = res.hdr
             images[name] = display_tonemap(out)
     y, x, side = colourful_crop(mid, args.crop)
     crops = {k: v[y:y + side, x:x + side] for k, v in images.items()}
