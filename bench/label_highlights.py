@@ -10,13 +10,19 @@ four ways and scores them against the ground truth:
   photometric=False``,
   the behaviour before round 3);
 * ``colour_component``: our alignment as shipped (the fallback does not replace a warp that agrees with a clipped
-  medium frame).
+  medium frame);
+* ``colour_component_merge``: the same alignment, the label before round 3's fourth session (``label_medium_first``
+  off: the triangle merge of the aligned frames as they are); ``colour_component`` is medium-first (where the
+  medium frame is not clipped, an aligned frame enters only where it agrees with it within the frames' noise), and
+  ``--label_floor`` adds one medium-first variant per floor of that tolerance;
+* ``medium_frame``: the medium frame alone, for reference.
 
 PSNR-mu and PSNR-l are means over scenes; per region (clipped / well exposed / dark in the medium frame, moving =
 where alignment changes the merge by 10/255 in mu-law), PSNR-mu is pooled over the split's pixels. Also the share
 of clipped pixels where the merge is off by more than 0.1 (linear, ground truth in [0, 1]).
 
     python bench/label_highlights.py                  # 12 scenes per split, 256x384, about 2 minutes
+    python bench/label_highlights.py --validation_only --label_floor 0.005 0.02 0.04 --out /tmp/v.json
 """
 from __future__ import annotations
 
@@ -35,13 +41,14 @@ from data.demo import DEFAULT_HDRI_DIR, TEST_HDRIS  # noqa: E402
 from data.study_splits import TEST_SPLITS, split_config  # noqa: E402
 from tools.study import MOTION_THRESHOLD, describe_machine, exposure_regions, machine_info  # noqa: E402
 from util import metrics  # noqa: E402
-from util.align import AlignConfig, align_frames  # noqa: E402
-from util.colour import merge_colour_component  # noqa: E402
+from util.align import AlignConfig, align_frames, colour_label  # noqa: E402
+from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
 from util.synthetic import list_hdr_files, load_sources, synthesize_scene  # noqa: E402
 from util.tonemap import mu_law  # noqa: E402
 
-MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False),
-          'label_release_fallback': AlignConfig(clip_aware=False, photometric=False),
+MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False, label_medium_first=False),
+          'label_release_fallback': AlignConfig(clip_aware=False, photometric=False, label_medium_first=False),
+          'colour_component_merge': AlignConfig(label_medium_first=False),
           'colour_component': AlignConfig()}
 REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')
 
@@ -51,19 +58,21 @@ def quantise16(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.rint(x.astype(np.float64) * 65536), 0, 65535) / 65536).astype(np.float32)
 
 
-def score_split(scenes) -> dict:
-    names = ('unaligned_merge',) + tuple(MERGES)
+def score_split(scenes, merges: dict) -> dict:
+    names = ('unaligned_merge', 'medium_frame') + tuple(merges)
     rows = {n: {'psnr_mu': [], 'psnr_l': [], 'off_clipped': []} for n in names}
     pooled = {n: {r: ([], []) for r in REGIONS} for n in names}
     for scene in scenes:
         t = [2.0 ** v for v in scene.exposures]
         mid, gt = scene.ldrs[1], scene.gt
-        outs = {'unaligned_merge': merge_colour_component(*scene.ldrs, t)}
-        for name, cfg in MERGES.items():
+        outs = {'unaligned_merge': merge_colour_component(*scene.ldrs, t), 'medium_frame': ldr_to_hdr(mid, t[1])}
+        for name, cfg in merges.items():
             res = align_frames(*scene.ldrs, t, cfg)
-            outs[name] = merge_colour_component(quantise16(res.frames[0]), mid, quantise16(res.frames[2]), t)
+            aligned = (quantise16(res.frames[0]), mid, quantise16(res.frames[2]))
+            outs[name] = colour_label(aligned, scene.ldrs, t, cfg)
+        # the study's moving regions, from the label as trained before medium-first (the same pixels for every label)
         motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
-                        - mu_law(np.clip(outs['colour_component'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
+                        - mu_law(np.clip(outs['colour_component_merge'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
         masks = dict(exposure_regions(mid), motion=motion)  # the study's regions
         for name, out in outs.items():
             out = np.clip(out, 0, 1)
@@ -90,7 +99,17 @@ def main(argv=None) -> int:
     p.add_argument('--size', default='256x384')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default=str(_ROOT / 'bench' / 'results' / 'label_highlights.json'))
+    p.add_argument('--validation_only', action='store_true', help='score the validation split only (recipe choices)')
+    p.add_argument('--label_floor', type=float, nargs='*', default=[],
+                   help='also score the medium-first label with these tolerance floors')
+    p.add_argument('--label_grow', type=int, nargs='*', default=[],
+                   help='also score the medium-first label with disagreements grown by these many pixels')
     args = p.parse_args(argv)
+    merges = dict(MERGES)
+    for floor in args.label_floor:
+        merges[f'colour_component_floor_{floor:g}'] = AlignConfig(label_floor=floor)
+    for grow in args.label_grow:
+        merges[f'colour_component_grow_{grow}'] = AlignConfig(label_grow=grow)
     size = tuple(int(v) for v in args.size.split('x'))
     files = list_hdr_files(DEFAULT_HDRI_DIR)
     held = load_sources([f for f in files if f.stem in TEST_HDRIS])
@@ -98,16 +117,31 @@ def main(argv=None) -> int:
     names = list(TEST_SPLITS)
     results = {}
     start = time.time()
-    for k, split in enumerate(names):
+    for k, split in enumerate([] if args.validation_only else names):
         cfg = split_config(split, size)
         # the study's streams (data/study_splits.py): [seed, 1, scene, 100 + split number]
         scenes = [synthesize_scene(held, np.random.default_rng([args.seed, 1, i, 100 + k]), cfg)
                   for i in range(args.scenes)]
-        results[split] = score_split(scenes)
+        results[split] = score_split(scenes, merges)
         print(split, {n: round(r['psnr_l'], 2) for n, r in results[split].items()}, flush=True)
     val = [synthesize_scene(train, np.random.default_rng([args.seed, 1, i, 100 + len(names)]),
                             split_config(names[i % len(names)], size)) for i in range(args.scenes)]
-    results['validation'] = score_split(val)
+    results['validation'] = score_split(val, merges)
+    # per setting (the validation scenes cycle through the splits' settings): where a recipe choice wins or loses
+    by_setting = {}
+    for k, split in enumerate(names):
+        subset = [sc for i, sc in enumerate(val) if i % len(names) == k]
+        if subset:
+            by_setting[split] = {n: round(r['psnr_mu'], 2) for n, r in score_split(subset, merges).items()}
+    results['validation']['by_setting_psnr_mu'] = by_setting
+    for split, row in by_setting.items():
+        print(f'validation {split:<14}', row, flush=True)
+    for name, row in results['validation'].items():
+        if name == 'by_setting_psnr_mu':
+            continue
+        print(f"validation {name:<32} {row['psnr_mu']:.2f} / {row['psnr_l']:.2f}  regions "
+              + ' / '.join(f"{row[f'psnr_mu_{r}']:.2f}" if row[f'psnr_mu_{r}'] is not None else '-' for r in REGIONS),
+              flush=True)
     record = {'splits': results, 'scenes_per_split': args.scenes, 'size': list(size), 'seed': args.seed,
               'seconds': time.time() - start, 'machine': describe_machine(machine_info()),
               'note': 'label_release_fallback = the aligner before round 3 (fallback wherever a warp is rejected); '

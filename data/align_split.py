@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from util.align import AlignConfig, align_frames, make_flow_estimator
-from util.colour import merge_colour_component
+from util.align import colour_label as make_colour_label
 from util.exposures import DATASETS, scene_frames_and_times
 from util.hdr_io import LDR16_SCALE, read_ldr_bits, write_hdr, write_ldr8, write_ldr16
 
@@ -59,7 +59,7 @@ def prepare_scene(src_dir, dst_dir, dataset: str = 'sig17', flow: str = 'dis', r
             raise ValueError(f'frames have different sizes: {[x.shape for x in ldrs]}')
         res = align_frames(*ldrs, times, cfg, estimator)
         short_q, long_q = _quantise(res.frames[0], bits), _quantise(res.frames[2], bits)
-        colour = merge_colour_component(short_q, ldrs[1], long_q, times) if colour_label else None
+        colour = make_colour_label((short_q, ldrs[1], long_q), ldrs, times, cfg) if colour_label else None
 
         dst_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst_dir.parent / f'.{dst_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial'

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tools.prepare_data import SceneError, prepare_scene, prepare_split
-from util.align import (AlignConfig, RAFTFlow, align_frames, align_pair, equalise_exposure, exposure_equalised_pair,
-                        fb_consistency, warp)
+from util.align import (AlignConfig, RAFTFlow, align_frames, align_pair, colour_label, equalise_exposure,
+                        exposure_equalised_pair, fb_consistency, medium_first, warp)
 from util.colour import merge_colour_component
 from util.hdr_io import read_hdr, read_ldr, write_ldr8, write_ldr16
 
@@ -178,7 +178,8 @@ def test_prepare_split_layout(tmp_path):
         assert (dst / 'b_mid.tif').read_bytes() == (src / 'b_mid.tif').read_bytes()  # medium unchanged
         frames = [read_ldr(dst / n, expect_bits=16) for n in names]
         y = read_hdr(dst / 'HDRImg.hdr')
-        y_expected = merge_colour_component(*frames, TIMES)
+        originals = [read_ldr(src / n, expect_bits=16) for n in names]
+        y_expected = colour_label(frames, originals, TIMES)  # medium-first (AlignConfig's default)
         assert np.all(np.abs(y - y_expected) <= y_expected.max(axis=2, keepdims=True) / 64 + 1e-12)
         # aligned short is closer to the unshifted truth than the source was
         ideal_short = _expose(_radiance(10 + int(s[-1]), 64, 80), 1.0)
@@ -311,3 +312,34 @@ def test_the_agreement_tolerance_grows_with_the_frames_noise():
                                  cfg=AlignConfig(feather_sigma=0.0, noise_tol=noise_tol))
         kept[noise_tol] = valid[:, :60].mean()
     assert kept[0.0] < 0.5 < 0.95 < kept[5.0]  # a fixed 0.1 rejects most noisy pixels; 5 sigma keeps them
+
+
+
+def test_medium_first_label_keeps_the_medium_frame_where_an_aligned_frame_disagrees():
+    # A long frame already aligned, with a patch 0.05 off the medium frame's content (as a small flow error or
+    # interpolation leaves it), in noise-free frames: the label falls back to the medium frame there, keeps the
+    # aligned frame elsewhere and wherever the medium frame is clipped; off, it is the plain merge
+    mid = np.full((40, 48, 3), 0.4, np.float32)
+    mid[:8] = 1.0
+    long = equalise_exposure(mid, TIMES[1], TIMES[2])
+    long[20:30, 10:20] = np.clip(long[20:30, 10:20] + 0.05 * (TIMES[2] / TIMES[1]) ** (1 / 2.2), 0, 1)
+    long[:8] = 0.7  # disagrees, but the medium frame is clipped there: it knows nothing better
+    frame, kept = medium_first(long, mid, long, TIMES[1], TIMES[2])
+    assert not kept[18:32, 8:22].any() and kept[10:17].all() and kept[:8].all()  # grown by label_grow (2)
+    np.testing.assert_allclose(frame[20:30, 10:20], equalise_exposure(mid, TIMES[1], TIMES[2])[20:30, 10:20])
+    short = equalise_exposure(mid, TIMES[1], TIMES[0])
+    label = colour_label((short, mid, long), (short, mid, long), TIMES)
+    plain = colour_label((short, mid, long), (short, mid, long), TIMES, AlignConfig(label_medium_first=False))
+    np.testing.assert_allclose(plain, merge_colour_component(short, mid, long, TIMES))
+    medium_alone = mid ** 2.2 / TIMES[1]
+    assert np.abs(label - medium_alone)[20:30, 10:20].max() < 1e-5 < np.abs(plain - medium_alone)[20:30, 10:20].max()
+
+
+def test_medium_first_label_still_merges_noisy_frames():
+    # in noisy frames the tolerance follows the noise: the aligned frames are kept, so the merge averages it away
+    rng = np.random.default_rng(1)
+    clean = np.full((48, 64, 3), 0.4, np.float32)
+    mid = np.clip(clean + rng.normal(0, 0.05, clean.shape), 0, 1).astype(np.float32)
+    long = np.clip(equalise_exposure(clean, TIMES[1], TIMES[2]) + rng.normal(0, 0.05, clean.shape), 0, 1)
+    _, kept = medium_first(long.astype(np.float32), mid, long, TIMES[1], TIMES[2])
+    assert kept.mean() > 0.95

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from util.label_denoise import denoise_colour_label, estimate_noise_sigma, from_mu, to_mu
+from util.label_denoise import (NOISE_LEVEL_EDGES, denoise_colour_label, estimate_noise_sigma, from_mu, noise_by_level,
+                                sigma_at_level, to_mu)
 from util.metrics import psnr_mu
 
 
@@ -44,3 +45,21 @@ def test_non_finite_label_is_refused():
     bad[3, 4, 1] = np.nan
     with pytest.raises(ValueError, match='NaN'):
         denoise_colour_label(bad)
+
+
+def test_noise_by_level_follows_shot_noise():
+    # a ramp of brightness with noise growing as its square root (shot noise): each band's estimate follows the
+    # noise of its own pixels, where the single whole-image estimate is too high for the dark ones
+    rng = np.random.default_rng(3)
+    level = np.repeat(np.linspace(0.02, 0.95, 400, dtype=np.float32)[None, :], 300, axis=0)
+    true_sigma = 0.03 * np.sqrt(level)
+    img = (level + rng.normal(0, 1, level.shape) * true_sigma)[:, :, None].repeat(3, axis=2).astype(np.float32)
+    bands = noise_by_level(img)
+    per_pixel = sigma_at_level(level, bands)
+    centres = [(a + b) / 2 for a, b in zip(NOISE_LEVEL_EDGES[:-1], NOISE_LEVEL_EDGES[1:])]
+    assert np.all(np.diff(bands) > 0)  # brighter bands, more noise
+    np.testing.assert_allclose(bands[1:-1], 0.03 * np.sqrt(centres[1:-1]), rtol=0.2)
+    np.testing.assert_allclose(per_pixel, true_sigma, rtol=0.35)
+    assert estimate_noise_sigma(img) > 1.5 * bands[1]
+    with pytest.raises(ValueError, match='at least 3 x 3'):
+        noise_by_level(img[:2])

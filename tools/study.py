@@ -52,7 +52,7 @@ from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import saved_model_epochs  # noqa: E402
 from util import metrics  # noqa: E402
 from util.flags import NumberRangeError, checked_number  # noqa: E402
-from util.align import AlignConfig, align_frames  # noqa: E402
+from util.align import AlignConfig, align_frames, colour_label  # noqa: E402
 from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
 from util.figures import draw_curves, labelled_grid, write_stacked  # noqa: E402
@@ -364,7 +364,7 @@ def anchor_outputs(data_root: Path, split: str = 'Test') -> dict[str, dict[str, 
         aligned = [read_ldr(p) for p in list_frames(aligned_dir, 'sig17')] \
             if aligned_dir.is_dir() and list(aligned_dir.glob('*.tif')) else None
         if aligned is not None:
-            result['colour_component'][scene.name] = merge_colour_component(*aligned, times)
+            result['colour_component'][scene.name] = colour_label(aligned, ldrs, times)
     return result
 
 

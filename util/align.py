@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from util.colour import GAMMA
+from util.colour import GAMMA, merge_colour_component
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,15 @@ class AlignConfig:
     noise_tol: float = 5.0
     # False: no fallback at all, the plain flow-aligned frames (the study's anchor ``flow_merge``)
     fallback: bool = True
+    # The colour label only (``colour_label``; the aligned frames themselves are not changed): medium-first, i.e.
+    # where the medium frame is not clipped, an aligned frame enters the label only where it agrees with the
+    # medium frame within the frames' noise (noise_tol times Immerkaer's estimate, at least label_floor), whatever
+    # the forward-backward check said. In nearly noise-free frames the label then keeps the medium frame wherever
+    # a warp (interpolation, a small flow error) would move it; in noisy frames the warps still average the noise
+    # away. False: the triangle merge of the aligned frames as they are (before round 3's fourth session).
+    label_medium_first: bool = True
+    label_floor: float = 0.01         # in the medium frame's exposure, gamma-encoded
+    label_grow: int = 2               # pixels a disagreement grows by (a warp that is off somewhere is suspect next to it)
 
     def __post_init__(self) -> None:
         if self.flow not in ('dis', 'raft'):
@@ -277,7 +286,7 @@ def fb_consistency(flow_fw: np.ndarray, flow_bw: np.ndarray, alpha: float = 0.01
 
 
 def agrees_with_reference(warped: np.ndarray, ref: np.ndarray, t_src: float, t_ref: float,
-                          sat_thr: float = 0.99, tol: float = 0.1) -> np.ndarray:
+                          sat_thr: float = 0.99, tol: float | np.ndarray = 0.1) -> np.ndarray:
     """Pixels where the warped source, brought to the reference's exposure, agrees with the reference in every
     channel: within ``tol`` where neither is clipped; where one is clipped, the other must reach that clip's level
     (less ``tol``)."""
@@ -288,6 +297,14 @@ def agrees_with_reference(warped: np.ndarray, ref: np.ndarray, t_src: float, t_r
     agrees = np.where(ref_clipped, src_at_ref >= sat_thr - tol,
                       np.where(src_clipped, ref >= sat_thr * gain - tol, np.abs(src_at_ref - ref) <= tol))
     return agrees.all(axis=2)
+
+
+def _pair_noise_sigma(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float) -> float:
+    """Noise of the difference ``src_at_ref - ref`` (gamma-encoded, the reference's exposure)."""
+    from util.label_denoise import estimate_noise_sigma
+
+    gain = (float(t_ref) / float(t_src)) ** (1.0 / GAMMA)
+    return float(np.hypot(estimate_noise_sigma(ref), estimate_noise_sigma(src) * gain))
 
 
 def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
@@ -322,12 +339,8 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
         valid |= agrees_with_reference(warped, ref, t_src, t_ref, cfg.sat_thr, cfg.clip_tol) & \
             (_chan_max(ref) >= cfg.sat_thr)
     if cfg.photometric:  # not out of frame, and not where both frames are black (no evidence either way)
-        tol = cfg.clip_tol
-        if cfg.noise_tol > 0:
-            from util.label_denoise import estimate_noise_sigma
-            gain = (float(t_ref) / float(t_src)) ** (1.0 / GAMMA)
-            sigma = np.hypot(estimate_noise_sigma(ref), estimate_noise_sigma(src) * gain)
-            tol = max(tol, cfg.noise_tol * float(sigma))
+        sigma = _pair_noise_sigma(ref, src, t_ref, t_src) if cfg.noise_tol > 0 else 0.0
+        tol = max(cfg.clip_tol, cfg.noise_tol * sigma)
         valid |= agrees_with_reference(warped, ref, t_src, t_ref, cfg.sat_thr, tol) & inside & ~both_black
 
     if cfg.despeckle > 0 and not valid.all():
@@ -369,3 +382,46 @@ def align_frames(ldr_short: np.ndarray, ldr_mid: np.ndarray, ldr_long: np.ndarra
     logger.debug('align: fallback fraction short %.4f long %.4f', 1 - v_s.mean(), 1 - v_l.mean())
     return AlignResult(frames=(short_a, np.asarray(ldr_mid, np.float32), long_a), valid=(v_s, v_l),
                        flows=(f_s, f_l), timings={'short_s': t1 - t0, 'long_s': t2 - t1})
+
+
+# ----------------------------------------------------------------------------------------------
+# the colour label (Y_color) from aligned frames
+# ----------------------------------------------------------------------------------------------
+
+def medium_first(aligned: np.ndarray, ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
+                 cfg: AlignConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An aligned frame as the colour label uses it (``AlignConfig.label_medium_first``): kept where the reference
+    is clipped or where it agrees with the reference within the frames' noise, the reference brought to the
+    source's exposure elsewhere. ``src`` is the frame before alignment (its noise sets the tolerance).
+    Returns ``(frame, kept)``."""
+    from util.label_denoise import noise_by_level, sigma_at_level
+
+    cfg = cfg or AlignConfig()
+    ref = np.asarray(ref, np.float32)
+    aligned = np.asarray(aligned, np.float32)
+    # the noise of the difference, pixel by pixel: each frame's own at its brightness there (shot noise grows with it)
+    gain = np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))
+    sigma = np.hypot(sigma_at_level(ref.mean(axis=2), noise_by_level(ref)),
+                     gain * sigma_at_level(aligned.mean(axis=2), noise_by_level(np.asarray(src, np.float32))))
+    tol = np.maximum(np.float32(cfg.label_floor), np.float32(cfg.noise_tol) * sigma)[:, :, None]
+    ref_clipped = _chan_max(ref) >= cfg.sat_thr
+    disagrees = ~agrees_with_reference(aligned, ref, t_src, t_ref, cfg.sat_thr, tol) & ~ref_clipped
+    if cfg.label_grow > 0 and disagrees.any():
+        k = np.ones((2 * cfg.label_grow + 1,) * 2, np.uint8)
+        disagrees = cv2.dilate(disagrees.astype(np.uint8), k).astype(bool) & ~ref_clipped
+    kept = ~disagrees
+    frame = np.where(kept[:, :, None], aligned, equalise_exposure(ref, t_ref, t_src)).astype(np.float32)
+    return frame, kept
+
+
+def colour_label(aligned: Sequence[np.ndarray], originals: Sequence[np.ndarray], times: Sequence[float],
+                 cfg: AlignConfig | None = None) -> np.ndarray:
+    """``Y_color`` from the aligned (short, medium, long) frames and the frames as shot: the triangle merge
+    (``util.colour``), of the medium-first frames unless ``cfg.label_medium_first`` is off."""
+    cfg = cfg or AlignConfig()
+    t = [float(v) for v in np.asarray(times, dtype=np.float64).reshape(-1)]
+    short, mid, long_ = aligned
+    if cfg.label_medium_first:
+        short = medium_first(short, mid, originals[0], t[1], t[0], cfg)[0]
+        long_ = medium_first(long_, mid, originals[2], t[1], t[2], cfg)[0]
+    return merge_colour_component(short, mid, long_, t)

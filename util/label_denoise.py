@@ -42,6 +42,40 @@ def estimate_noise_sigma(img: np.ndarray) -> float:
     return float(math.sqrt(math.pi / 2) / 6 * np.mean(per_channel))
 
 
+NOISE_LEVEL_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0001)
+
+
+def _band(level: np.ndarray) -> np.ndarray:
+    return np.clip(np.digitize(level, NOISE_LEVEL_EDGES) - 1, 0, len(NOISE_LEVEL_EDGES) - 2)
+
+
+def noise_by_level(img: np.ndarray, min_pixels: int = 256) -> np.ndarray:
+    """Noise standard deviation of ``img`` (H x W x C in [0, 1]) per brightness band (``NOISE_LEVEL_EDGES`` on the
+    channel mean): Immerkaer's estimate taken separately over each band's pixels, so that shot noise, stronger in
+    bright pixels, is not judged by the dark ones' level. A band with fewer than ``min_pixels`` pixels takes the
+    whole image's estimate."""
+    import cv2
+
+    if img.ndim != 3 or min(img.shape[:2]) < 3:
+        raise ValueError(f'noise_by_level: expected an H x W x C image of at least 3 x 3, got {img.shape}')
+    residual = np.mean([np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL))
+                        for c in range(img.shape[2])], axis=0)[1:-1, 1:-1]
+    scale = math.sqrt(math.pi / 2) / 6
+    inner = _band(img.mean(axis=2))[1:-1, 1:-1].ravel()
+    n_bands = len(NOISE_LEVEL_EDGES) - 1
+    counts = np.bincount(inner, minlength=n_bands)
+    sums = np.bincount(inner, weights=residual.ravel(), minlength=n_bands)
+    sigma = np.full(n_bands, scale * float(residual.mean()), np.float32)
+    enough = counts >= min_pixels
+    sigma[enough] = scale * sums[enough] / counts[enough]
+    return sigma
+
+
+def sigma_at_level(level: np.ndarray, bands: np.ndarray) -> np.ndarray:
+    """Per-pixel noise from :func:`noise_by_level`'s bands, looked up at ``level`` (H x W, channel mean)."""
+    return bands[_band(level)]
+
+
 def denoise_colour_label(hdr: np.ndarray) -> tuple[np.ndarray, float]:
     """Denoise a linear HDR label in the tone-mapped domain; returns (denoised linear label, estimated sigma in
     the tone-mapped domain, 0..1 scale)."""
