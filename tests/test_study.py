@@ -253,3 +253,24 @@ def test_every_split_says_which_region_decides_the_gap(tiny_study):
         assert gap['decides'] in study.EXPOSURE_REGIONS, split
         assert sum(gap['shares'].values()) == pytest.approx(1.0)
     assert (tiny_study / 'results' / 'results.md').read_text().count('The gap is decided by') >= len(results['splits'])
+
+
+def test_skip_supervised_scores_selfhdr_now_and_a_later_run_adds_the_baseline(tiny_study, tmp_path):
+    # a long run scored before its baseline is trained: the same work folder without the supervised run
+    import shutil
+
+    work = tmp_path / 'work'
+    shutil.copytree(tiny_study, work, symlinks=True, ignore=shutil.ignore_patterns('results', 'supervised'))
+    argv = ['--budget', 'tiny', '--work', str(work), '--vgg', 'random', '--splits', 'current']
+    with pytest.MonkeyPatch.context() as mp, single_thread():
+        use_tiny_backbone(mp)
+        assert study.main(argv + ['--skip_supervised']) == 0
+        results = json.loads((work / 'results' / 'results.json').read_text())
+        assert 'supervised' not in results['methods'] and results['skipped'] == ['supervised']
+        assert 'selfhdr' in results['splits']['current']['methods']
+        assert results['splits']['current']['gap_selfhdr_supervised'] is None
+        assert not (work / 'ckpt' / 'supervised').exists()
+        assert '--skip_supervised' in (work / 'results' / 'results.md').read_text()
+        assert study.main(argv) == 0
+    results = json.loads((work / 'results' / 'results.json').read_text())
+    assert 'supervised' in results['methods'] and 'skipped' not in results

@@ -493,8 +493,8 @@ def score_split(split: str, split_root: Path, aligned_root: Path, trained: dict,
     outputs.update(anchors)
     motion = motion_regions(anchors)
     outputs['_motion'] = motion
-    order = ['selfhdr', 'supervised', *ANCHORS, 'structure_component'] + [n for n in trained if n not in
-                                                                          ('selfhdr', 'supervised')]
+    order = [n for n in ('selfhdr', 'supervised') if n in trained] + [*ANCHORS, 'structure_component'] + \
+        [n for n in trained if n not in ('selfhdr', 'supervised')]
     methods = {name: score(outputs[name], split_root, motion=motion) for name in order}
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in TEST_SPLITS.get(split, {}).items()}
     return {'description': SPLIT_DESCRIPTIONS.get(split, split), 'settings': settings, 'methods': methods,
@@ -537,7 +537,8 @@ def worst_region_sheet(splits: dict, split_outputs: dict, work: Path, dataroot: 
         h, w = gt.shape[:2]
         y0, x0 = min(max(0, y - crop // 2), h - crop), min(max(0, x - crop // 2), w - crop)
         tiles = {f'{split} {region}: {name}' if name == shown[0] else name:
-                 tonemap(np.clip(outs[name][scene][y0:y0 + crop, x0:x0 + crop], 0, 1), 'mu') for name in shown}
+                 tonemap(np.clip(outs[name][scene][y0:y0 + crop, x0:x0 + crop], 0, 1), 'mu')
+                 for name in shown if name in outs}
         tiles['ground_truth'] = tonemap(gt[y0:y0 + crop, x0:x0 + crop], 'mu')
         rows.append(labelled_grid({k: cv2.resize(v, (160, 160), interpolation=cv2.INTER_NEAREST)
                                    for k, v in tiles.items()}, path, columns=len(tiles)))
@@ -627,6 +628,9 @@ def write_markdown(results: dict, path: Path) -> None:
     trained_on = {run: m for run, m in results.get('run_machines', {}).items() if m}
     if trained_on:
         lines += ['', 'Trained on: ' + '; '.join(f"{run}: {' then '.join(m)}" for run, m in trained_on.items()) + '.']
+    if results.get('skipped'):
+        lines += ['', 'Not trained in this scoring: ' + ', '.join(results['skipped'])
+                  + ' (`--skip_supervised`); run the study again without the flag to add it.']
     lines += [''] + list(results.get('notes', [])) if results.get('notes') else []
     path.write_text('\n'.join(lines) + '\n')
 
@@ -676,7 +680,10 @@ def run_study(args) -> dict:
 
     stage2_extra = stage2_flags(stru, 'stage1', epochs, budget.stage2_init)
     train_run('stage2', 'selfhdr2', dataroot, ckpt, net, budget, stage2_extra)
-    train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
+    if args.skip_supervised:  # score what SelfHDR has now; a later run without the flag trains the baseline
+        logger.info('supervised baseline skipped (--skip_supervised): no SelfHDR-supervised comparison this time')
+    else:
+        train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
 
     ablation_runs = {}
     for ablation in args.ablations:
@@ -721,8 +728,9 @@ def run_study(args) -> dict:
             ablation_runs[ablation] = ('stage2_colour_threshold_10', dataroot)
 
     logger.info('scoring')
-    trained = {'selfhdr': load_network(ckpt, 'stage2', epochs, net),
-               'supervised': load_network(ckpt, 'supervised', epochs, net)}
+    trained = {'selfhdr': load_network(ckpt, 'stage2', epochs, net)}
+    if not args.skip_supervised:
+        trained['supervised'] = load_network(ckpt, 'supervised', epochs, net)
     for ablation, (run, _) in ablation_runs.items():
         trained[ablation] = load_network(ckpt, run, epochs, net)
     stage1_net = load_network(ckpt, 'stage1', epochs, net)
@@ -776,6 +784,8 @@ def run_study(args) -> dict:
         'precision': {'amp': PRECISION['amp'], 'scoring': 'bf16' if PRECISION['dtype'] is not None else 'fp32',
                       'compile': PRECISION['compile']},
     }
+    if args.skip_supervised:
+        results['skipped'] = ['supervised']
     if args.note:
         results['notes'] = list(args.note)
     atomic_json(out / 'results.json', results)
@@ -783,7 +793,8 @@ def run_study(args) -> dict:
     first = split_outputs.get('current') or next(iter(split_outputs.values()))
     scene = sorted(first['selfhdr'])[0]
     crops = {name: tonemap(np.clip(first[name][scene], 0, 1), 'mu') for name in
-             ('medium_frame', 'unaligned_merge', 'colour_component', 'structure_component', 'supervised', 'selfhdr')}
+             ('medium_frame', 'unaligned_merge', 'colour_component', 'structure_component', 'supervised', 'selfhdr')
+             if name in first}
     crops['ground_truth'] = tonemap(read_hdr(dataroot / 'Test' / scene / 'HDRImg.hdr'), 'mu')
     labelled_grid(crops, out / 'crops.png')
     worst_region_sheet(splits, split_outputs, work, dataroot, out / 'worst_regions.png')
@@ -812,6 +823,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with avx512_bf16/AMX, CUDA with bf16), fp32 elsewhere; none = the release's fp32")
     p.add_argument('--compile', default='auto', choices=('auto', 'True', 'False'),
                    help='torch.compile the training networks; auto: on for the short and long budgets, off for tiny')
+    p.add_argument('--skip_supervised', action='store_true',
+                   help='score SelfHDR without training the supervised baseline (a long run scored before its '
+                        'baseline is done); run again without the flag to add it')
     p.add_argument('--note', action='append', default=[],
                    help='a line for the results (e.g. which machine trained which run); repeatable')
     return p
