@@ -1,6 +1,6 @@
 #!/bin/sh
 # Evaluate a SelfHDR stage-2 checkpoint and print the metric table.
-# By default: the FSHDR SelfHDR checkpoint shipped in pretrained_models/ (budget `short`; it takes flow-aligned
+# By default: the FSHDR SelfHDR checkpoint shipped in pretrained_models/ (budget `long`; it takes flow-aligned
 # frames, the data sets' Test_align folders) on the demo test set. The AHDRNet one (unaligned frames):
 #   net=AHDRNet name=ahdrnet_short_stage2 sh test.sh
 # The authors' published models work the same way once placed at
@@ -12,7 +12,7 @@ dataroot=${dataroot:-./datasets/demo}
 ckpt=${ckpt:-./pretrained_models}
 gpu=${gpu:-auto}
 net=${net:-FSHDR}
-name=${name:-fshdr_short_stage2}
+name=${name:-fshdr_long_stage2}
 epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
 amp=${amp:-auto}                       # auto: bf16 where the hardware has it (a CPU with avx512_bf16/AMX, CUDA

@@ -52,7 +52,7 @@ def main(argv=None):
         result = run('train.sh', {'budget': 'demo'}, ROOT / 'ckpt' / 'demo_stage2' / 'metrics_sig17align_epoch_2.json')
         out = RESULTS / 'demo_run.json'
     else:
-        result = run('test.sh', {}, ROOT / 'pretrained_models' / 'fshdr_short_stage2'
+        result = run('test.sh', {}, ROOT / 'pretrained_models' / 'fshdr_long_stage2'
                      / 'metrics_sig17align_epoch_1.json')
         out = RESULTS / 'shipped_model_test_sh.json'
     RESULTS.mkdir(parents=True, exist_ok=True)
