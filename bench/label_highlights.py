@@ -15,7 +15,8 @@ four ways and scores them against the ground truth:
   off: the triangle merge of the aligned frames as they are); ``colour_component`` is medium-first (where the
   medium frame is not clipped, an aligned frame enters only where it agrees with it within the frames' noise), and
   ``--label_floor`` adds one medium-first variant per floor of that tolerance;
-* ``medium_frame``: the medium frame alone, for reference.
+* ``medium_frame``: the medium frame alone, for reference;
+* ``colour_component_denoised`` (``--denoise``): the label after ``tools/adapt.py``'s NL-means denoising.
 
 PSNR-mu and PSNR-l are means over scenes; per region (clipped / well exposed / dark in the medium frame, moving =
 where alignment changes the merge by 10/255 in mu-law), PSNR-mu is pooled over the split's pixels. Also the share
@@ -43,6 +44,7 @@ from tools.study import MOTION_THRESHOLD, describe_machine, exposure_regions, ma
 from util import metrics  # noqa: E402
 from util.align import AlignConfig, align_frames, colour_label  # noqa: E402
 from util.colour import ldr_to_hdr, merge_colour_component  # noqa: E402
+from util.label_denoise import denoise_colour_label  # noqa: E402
 from util.synthetic import list_hdr_files, load_sources, synthesize_scene  # noqa: E402
 from util.tonemap import mu_law  # noqa: E402
 
@@ -58,8 +60,8 @@ def quantise16(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.rint(x.astype(np.float64) * 65536), 0, 65535) / 65536).astype(np.float32)
 
 
-def score_split(scenes, merges: dict) -> dict:
-    names = ('unaligned_merge', 'medium_frame') + tuple(merges)
+def score_split(scenes, merges: dict, denoise: bool = False) -> dict:
+    names = ('unaligned_merge', 'medium_frame') + tuple(merges) + (('colour_component_denoised',) if denoise else ())
     rows = {n: {'psnr_mu': [], 'psnr_l': [], 'off_clipped': []} for n in names}
     pooled = {n: {r: ([], []) for r in REGIONS} for n in names}
     for scene in scenes:
@@ -70,6 +72,8 @@ def score_split(scenes, merges: dict) -> dict:
             res = align_frames(*scene.ldrs, t, cfg)
             aligned = (quantise16(res.frames[0]), mid, quantise16(res.frames[2]))
             outs[name] = colour_label(aligned, scene.ldrs, t, cfg)
+        if denoise:  # what tools/adapt.py does to its labels: NL-means in the mu-law domain
+            outs['colour_component_denoised'] = denoise_colour_label(np.clip(outs['colour_component'], 0, 1))[0]
         # the study's moving regions, from the label as trained before medium-first (the same pixels for every label)
         motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
                         - mu_law(np.clip(outs['colour_component_merge'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
@@ -102,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument('--validation_only', action='store_true', help='score the validation split only (recipe choices)')
     p.add_argument('--label_floor', type=float, nargs='*', default=[],
                    help='also score the medium-first label with these tolerance floors')
+    p.add_argument('--denoise', action='store_true',
+                   help='also score the label after tools/adapt.py\'s NL-means denoising (colour_component_denoised)')
     p.add_argument('--label_grow', type=int, nargs='*', default=[],
                    help='also score the medium-first label with disagreements grown by these many pixels')
     args = p.parse_args(argv)
@@ -122,17 +128,17 @@ def main(argv=None) -> int:
         # the study's streams (data/study_splits.py): [seed, 1, scene, 100 + split number]
         scenes = [synthesize_scene(held, np.random.default_rng([args.seed, 1, i, 100 + k]), cfg)
                   for i in range(args.scenes)]
-        results[split] = score_split(scenes, merges)
+        results[split] = score_split(scenes, merges, args.denoise)
         print(split, {n: round(r['psnr_l'], 2) for n, r in results[split].items()}, flush=True)
     val = [synthesize_scene(train, np.random.default_rng([args.seed, 1, i, 100 + len(names)]),
                             split_config(names[i % len(names)], size)) for i in range(args.scenes)]
-    results['validation'] = score_split(val, merges)
+    results['validation'] = score_split(val, merges, args.denoise)
     # per setting (the validation scenes cycle through the splits' settings): where a recipe choice wins or loses
     by_setting = {}
     for k, split in enumerate(names):
         subset = [sc for i, sc in enumerate(val) if i % len(names) == k]
         if subset:
-            by_setting[split] = {n: round(r['psnr_mu'], 2) for n, r in score_split(subset, merges).items()}
+            by_setting[split] = {n: round(r['psnr_mu'], 2) for n, r in score_split(subset, merges, args.denoise).items()}
     results['validation']['by_setting_psnr_mu'] = by_setting
     for split, row in by_setting.items():
         print(f'validation {split:<14}', row, flush=True)
