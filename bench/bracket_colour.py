@@ -6,7 +6,8 @@
         --scale 0.5 --out bench/results/bracket_colour
 
 For each checkpoint (``NAME=CKPT`` runs ``--network``, AHDRNet unless told; ``NAME=NETWORK:CKPT`` names its own),
-for the plain merge of the unaligned frames and for the same merge after flow alignment (``util/align.py``), it
+for the plain merge of the unaligned frames and for the same triangle merge of the frames after our flow alignment
+(``util/align.py``; the plain merge, not the medium-first training label), it
 merges the bracket with ``tools/merge_brackets.py``'s pipeline (networks trained on aligned frames, such as FSHDR,
 get aligned frames, as ``--align auto`` gives them) and measures, over the pixels well exposed in the medium frame (every
 channel in (0.05, 0.95)), the mean angle between the output's and the medium frame's linear RGB (degrees; 0 =

@@ -74,7 +74,7 @@ def score_split(scenes, merges: dict, denoise: bool = False) -> dict:
             outs[name] = colour_label(aligned, scene.ldrs, t, cfg)
         if denoise:  # what tools/adapt.py does to its labels: NL-means in the mu-law domain
             outs['colour_component_denoised'] = denoise_colour_label(np.clip(outs['colour_component'], 0, 1))[0]
-        # the study's moving regions, from the label as trained before medium-first (the same pixels for every label)
+        # the study's moving regions: where the plain merge of the aligned frames differs from the unaligned one
         motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
                         - mu_law(np.clip(outs['colour_component_merge'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
         masks = dict(exposure_regions(mid), motion=motion)  # the study's regions

@@ -5,6 +5,7 @@ and the study call it directly.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -109,6 +110,7 @@ def prepare_split(dataroot, split: str | None = None, dataset: str = 'sig17', fl
 
     from tqdm import tqdm
 
+    stale = colour_label and not overwrite and _label_rule_changed(dst, cfg)
     reports, failures = [], []
     for scene in tqdm(scenes, desc=f'align {src.name}', unit='scene', disable=not progress):
         try:
@@ -119,4 +121,30 @@ def prepare_split(dataroot, split: str | None = None, dataset: str = 'sig17', fl
                 raise
             logger.error('%s', exc)
             failures.append({'scene': scene.name, 'status': 'failed', 'error': str(exc)})
+    skipped = [r['scene'] for r in reports if r['status'] == 'skipped']
+    if colour_label and stale and skipped:
+        logger.warning('%s: %d scenes kept colour labels made with another rule than the current one (%s); run with '
+                       '--overwrite to remake them', dst, len(skipped), label_rule(cfg))
+    elif colour_label and dst.is_dir():
+        (dst / LABEL_RULE_FILE).write_text(json.dumps(label_rule(cfg)))
     return reports + failures
+
+
+LABEL_RULE_FILE = '.colour_label.json'  # hidden: loaders refuse other files beside the scene folders
+
+
+def label_rule(cfg: AlignConfig) -> dict:
+    """The settings that decide the colour label's values beyond the alignment itself."""
+    return {'label_medium_first': cfg.label_medium_first, 'label_floor': cfg.label_floor,
+            'label_grow': cfg.label_grow, 'noise_tol': cfg.noise_tol}
+
+
+def _label_rule_changed(dst: Path, cfg: AlignConfig) -> bool:
+    """True when ``dst`` holds labels and its record of their rule is missing (made before the record) or
+    differs from ``cfg``'s."""
+    if not dst.is_dir() or not any(p.is_dir() for p in dst.iterdir()):
+        return False
+    try:
+        return json.loads((dst / LABEL_RULE_FILE).read_text()) != label_rule(cfg)
+    except (OSError, ValueError):
+        return True

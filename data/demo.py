@@ -43,7 +43,7 @@ DEMO_VERSION = 2  # 2: colour augmentation and lifted photos in the training spl
 _SUBDIRS = ('Training', 'Test', 'Training_align', 'Test_align')
 # The generator and the alignment code: editing them changes the data, so it invalidates the cache.
 _FINGERPRINTED_CODE = tuple(_REPO / p for p in ('util/synthetic.py', 'data/align_split.py', 'util/align.py',
-                                                'util/colour.py', 'util/photo_sources.py'))
+                                                'util/colour.py', 'util/photo_sources.py', 'util/label_denoise.py'))
 
 
 # How varied the rendered brackets are (util.synthetic.SynthConfig settings over its defaults). 'standard' is the

@@ -181,11 +181,13 @@ def test_prepare_split_layout(tmp_path):
         originals = [read_ldr(src / n, expect_bits=16) for n in names]
         y_expected = colour_label(frames, originals, TIMES)  # medium-first (AlignConfig's default)
         assert np.all(np.abs(y - y_expected) <= y_expected.max(axis=2, keepdims=True) / 64 + 1e-12)
+
         # aligned short is closer to the unshifted truth than the source was
         ideal_short = _expose(_radiance(10 + int(s[-1]), 64, 80), 1.0)
         src_short = read_ldr(src / names[0])
         assert np.abs(_interior(frames[0] - ideal_short)).mean() < np.abs(_interior(src_short - ideal_short)).mean()
-    assert not [p for p in (tmp_path / 'Training_align').iterdir() if p.name.startswith('.')]
+    # no partial folders left behind; the one hidden file is the record of the label's rule
+    assert [p.name for p in (tmp_path / 'Training_align').iterdir() if p.name.startswith('.')] == ['.colour_label.json']
     # second run skips; --overwrite redoes
     assert [r['status'] for r in prepare_split(tmp_path, 'Training', progress=False)] == ['skipped'] * 2
     assert [r['status'] for r in prepare_split(tmp_path, 'Training', overwrite=True, progress=False)] == ['done'] * 2
@@ -343,3 +345,47 @@ def test_medium_first_label_still_merges_noisy_frames():
     long = np.clip(equalise_exposure(clean, TIMES[1], TIMES[2]) + rng.normal(0, 0.05, clean.shape), 0, 1)
     _, kept = medium_first(long.astype(np.float32), mid, long, TIMES[1], TIMES[2])
     assert kept.mean() > 0.95
+
+
+def test_prepare_split_warns_when_kept_labels_were_made_with_another_rule(tmp_path, caplog):
+    import json
+    import logging
+
+    _make_split(tmp_path, n=1)
+    prepare_split(tmp_path, 'Training', progress=False)
+    rule_file = tmp_path / 'Training_align' / '.colour_label.json'
+    assert json.loads(rule_file.read_text())['label_medium_first'] is True
+    with caplog.at_level(logging.WARNING):
+        prepare_split(tmp_path, 'Training', progress=False)  # same rule: skipped quietly
+    assert 'another rule' not in caplog.text
+    rule_file.write_text(json.dumps({'label_medium_first': False}))  # labels from an older rule
+    with caplog.at_level(logging.WARNING):
+        prepare_split(tmp_path, 'Training', progress=False)
+    assert 'another rule' in caplog.text and '--overwrite' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        prepare_split(tmp_path, 'Training', overwrite=True, progress=False)
+    assert 'another rule' not in caplog.text and json.loads(rule_file.read_text())['label_medium_first'] is True
+
+
+def test_prepared_label_is_medium_first_where_the_long_frame_disagrees(tmp_path):
+    # a static scene whose long frame is 0.08 too bright in one patch (no motion, so the flow is consistent there):
+    # the label written to disk keeps the medium frame in that patch, where the plain merge takes the long frame
+    names = ('a_short.tif', 'b_mid.tif', 'c_long.tif')
+    d = tmp_path / 'Training' / 'scene000'
+    d.mkdir(parents=True)
+    rad = _radiance(5, 64, 80) * 0.3
+    frames = [_expose(rad, t) for t in TIMES]
+    frames[2][24:40, 30:50] = np.clip(frames[2][24:40, 30:50] + 0.08, 0, 1)
+    for name, f in zip(names, frames):
+        write_ldr16(d / name, f)
+    (d / 'exposure.txt').write_text('0\n2\n4\n')
+    prepare_split(tmp_path, 'Training', progress=False)
+    y = read_hdr(tmp_path / 'Training_align' / 'scene000' / 'HDRImg.hdr')
+    aligned = [read_ldr(tmp_path / 'Training_align' / 'scene000' / n, expect_bits=16) for n in names]
+    plain = merge_colour_component(*aligned, TIMES)
+    medium_alone = aligned[1] ** 2.2 / TIMES[1]
+    patch = (slice(28, 36), slice(34, 46))
+    assert (aligned[1][patch] < 0.45).all()  # the long frame has weight there
+    np.testing.assert_allclose(y[patch], medium_alone[patch], rtol=1 / 32)
+    assert np.abs(plain[patch] - medium_alone[patch]).mean() > 0.1 * medium_alone[patch].mean()

@@ -63,6 +63,7 @@ logger = logging.getLogger('study')
 
 NETWORK_METHODS = ('selfhdr', 'supervised', 'structure_component')
 ANCHORS = ('medium_frame', 'unaligned_merge', 'colour_component', 'flow_merge')
+ALIGNED_MERGE = '_aligned_merge'  # anchor_outputs' unscored extra: the plain merge of the aligned frames
 REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')  # per-region PSNR-mu, pooled over a split's scenes
 CLIPPED_LEVEL, DARK_LEVEL = 0.95, 0.05  # medium-frame LDR levels: any channel above / every channel below
 MOTION_THRESHOLD = 10 / 255  # mu-law difference between the unaligned and the aligned merge that marks motion
@@ -365,16 +366,20 @@ def anchor_outputs(data_root: Path, split: str = 'Test') -> dict[str, dict[str, 
             if aligned_dir.is_dir() and list(aligned_dir.glob('*.tif')) else None
         if aligned is not None:
             result['colour_component'][scene.name] = colour_label(aligned, ldrs, times)
+            # the plain merge of the same aligned frames: what the moving regions are measured against (unscored)
+            result.setdefault(ALIGNED_MERGE, {})[scene.name] = merge_colour_component(*aligned, times)
     return result
 
 
 def motion_regions(anchors: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per scene, the pixels where alignment changes the merge: the unaligned merge and Y_color differ by at least
-    MOTION_THRESHOLD in mu-law (channel mean). These are the moving regions, where ghosts appear; the test is the
-    classical merges', so it is the same for every method."""
+    """Per scene, the pixels where alignment changes the merge: the triangle merges of the unaligned and of the
+    aligned frames differ by at least MOTION_THRESHOLD in mu-law (channel mean). These are the moving regions, where
+    ghosts appear; the test is the classical merges', so it is the same for every method and does not move with the
+    colour label's rules (``ALIGNED_MERGE``; Y_color where that is missing)."""
     regions = {}
+    merged = anchors.get(ALIGNED_MERGE) or anchors['colour_component']
     for scene, unaligned in anchors['unaligned_merge'].items():
-        aligned = anchors['colour_component'].get(scene)
+        aligned = merged.get(scene)
         if aligned is not None:
             diff = np.abs(mu_law(np.clip(unaligned, 0, 1)) - mu_law(np.clip(aligned, 0, 1)))
             regions[scene] = diff.mean(axis=2) >= MOTION_THRESHOLD

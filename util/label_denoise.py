@@ -49,11 +49,12 @@ def _band(level: np.ndarray) -> np.ndarray:
     return np.clip(np.digitize(level, NOISE_LEVEL_EDGES) - 1, 0, len(NOISE_LEVEL_EDGES) - 2)
 
 
-def noise_by_level(img: np.ndarray, min_pixels: int = 256) -> np.ndarray:
+def noise_by_level(img: np.ndarray, min_pixels: int = 256, clip_level: float = 0.99) -> np.ndarray:
     """Noise standard deviation of ``img`` (H x W x C in [0, 1]) per brightness band (``NOISE_LEVEL_EDGES`` on the
     channel mean): Immerkaer's estimate taken separately over each band's pixels, so that shot noise, stronger in
-    bright pixels, is not judged by the dark ones' level. A band with fewer than ``min_pixels`` pixels takes the
-    whole image's estimate."""
+    bright pixels, is not judged by the dark ones' level. Pixels clipped (a channel at ``clip_level`` or above) or
+    black in a channel are left out. A band with fewer than ``min_pixels`` pixels takes the whole image's estimate
+    (0 when no pixel is left)."""
     import cv2
 
     if img.ndim != 3 or min(img.shape[:2]) < 3:
@@ -61,10 +62,15 @@ def noise_by_level(img: np.ndarray, min_pixels: int = 256) -> np.ndarray:
     residual = np.mean([np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL))
                         for c in range(img.shape[2])], axis=0)[1:-1, 1:-1]
     scale = math.sqrt(math.pi / 2) / 6
-    inner = _band(img.mean(axis=2))[1:-1, 1:-1].ravel()
+    # clipped and black pixels carry no noise: counting them would pull their bands' estimates down
+    alive = ((img < clip_level) & (img > 0)).all(axis=2)[1:-1, 1:-1].ravel()
+    inner = _band(img.mean(axis=2))[1:-1, 1:-1].ravel()[alive]
+    residual = residual.ravel()[alive]
+    if residual.size == 0:
+        return np.zeros(len(NOISE_LEVEL_EDGES) - 1, np.float32)
     n_bands = len(NOISE_LEVEL_EDGES) - 1
     counts = np.bincount(inner, minlength=n_bands)
-    sums = np.bincount(inner, weights=residual.ravel(), minlength=n_bands)
+    sums = np.bincount(inner, weights=residual, minlength=n_bands)
     sigma = np.full(n_bands, scale * float(residual.mean()), np.float32)
     enough = counts >= min_pixels
     sigma[enough] = scale * sums[enough] / counts[enough]
