@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from photo.merge import _build_inputs, load_network  # noqa: E402
+from tools.study import describe_machine, machine_info  # noqa: E402
 from photo.response import encode, gamma_table  # noqa: E402
 from response_estimate import auto_exposed_brackets  # noqa: E402
 from util.colour import merge_colour_component  # noqa: E402
@@ -107,7 +108,7 @@ def main():
            'checkpoint': os.path.relpath(args.checkpoint, ROOT), 'network': args.network, 'size_hw': list(args.size),
            'crops': args.crops, 'seed': args.seed, 'noise_scale': args.noise_scale, 'n_scored': len(scored),
            'machine': {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
-                       'cpus': os.cpu_count(), 'note': 'CPU, nice -n 19, beside a training job on the other core'},
+                       'cpus': os.cpu_count(), 'described': describe_machine(machine_info())},
            'torch': torch.__version__, 'wall_seconds': time.perf_counter() - start, 'summary': summary, 'rows': rows}
     tmp = args.output + '.tmp'
     with open(tmp, 'w') as fh:
