@@ -121,8 +121,7 @@ def main(argv=None) -> int:
             results[name] = colour_figures(res.hdr, mid, t_mid)
             results[name].update(network=network, checkpoint=ckpt, aligned_input=bool(res.aligned),
                                  seconds=time.time() - start)
-            out = res.hdr
-            images[name] = display_tonemap(out)
+            images[name] = display_tonemap(res.hdr)
     y, x, side = colourful_crop(mid, args.crop)
     crops = {k: v[y:y + side, x:x + side] for k, v in images.items()}
     out = Path(args.out)

@@ -28,6 +28,7 @@ of clipped pixels where the merge is off by more than 0.1 (linear, ground truth 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -60,7 +61,16 @@ def quantise16(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.rint(x.astype(np.float64) * 65536), 0, 65535) / 65536).astype(np.float32)
 
 
-def score_split(scenes, merges: dict, denoise: bool = False) -> dict:
+LABEL_FIELDS = ('label_medium_first', 'label_floor', 'label_grow')  # AlignConfig fields that only shape the label
+
+
+def alignment_key(cfg: AlignConfig) -> tuple:
+    """What decides the aligned frames: configs that differ only in the label's rule share one alignment."""
+    return tuple((k, v) for k, v in sorted(dataclasses.asdict(cfg).items()) if k not in LABEL_FIELDS)
+
+
+def score_split(scenes, merges: dict, denoise: bool = False) -> tuple[dict, dict]:
+    """The split's scores per method, and each method's PSNR-mu per scene (in the order of ``scenes``)."""
     names = ('unaligned_merge', 'medium_frame') + tuple(merges) + (('colour_component_denoised',) if denoise else ())
     rows = {n: {'psnr_mu': [], 'psnr_l': [], 'off_clipped': []} for n in names}
     pooled = {n: {r: ([], []) for r in REGIONS} for n in names}
@@ -68,10 +78,13 @@ def score_split(scenes, merges: dict, denoise: bool = False) -> dict:
         t = [2.0 ** v for v in scene.exposures]
         mid, gt = scene.ldrs[1], scene.gt
         outs = {'unaligned_merge': merge_colour_component(*scene.ldrs, t), 'medium_frame': ldr_to_hdr(mid, t[1])}
+        alignments = {}
         for name, cfg in merges.items():
-            res = align_frames(*scene.ldrs, t, cfg)
-            aligned = (quantise16(res.frames[0]), mid, quantise16(res.frames[2]))
-            outs[name] = colour_label(aligned, scene.ldrs, t, cfg)
+            key = alignment_key(cfg)
+            if key not in alignments:
+                res = align_frames(*scene.ldrs, t, cfg)
+                alignments[key] = (quantise16(res.frames[0]), mid, quantise16(res.frames[2]))
+            outs[name] = colour_label(alignments[key], scene.ldrs, t, cfg)
         if denoise:  # what tools/adapt.py does to its labels: NL-means in the mu-law domain
             outs['colour_component_denoised'] = denoise_colour_label(np.clip(outs['colour_component'], 0, 1))[0]
         # the study's moving regions: where the plain merge of the aligned frames differs from the unaligned one
@@ -94,7 +107,7 @@ def score_split(scenes, merges: dict, denoise: bool = False) -> dict:
             o, g = np.concatenate(outs), np.concatenate(gts)
             row[f'psnr_mu_{region}'] = metrics.psnr_mu(o, g) if len(o) else None
         result[name] = row
-    return result
+    return result, {name: rows[name]['psnr_mu'] for name in names}
 
 
 def main(argv=None) -> int:
@@ -128,17 +141,16 @@ def main(argv=None) -> int:
         # the study's streams (data/study_splits.py): [seed, 1, scene, 100 + split number]
         scenes = [synthesize_scene(held, np.random.default_rng([args.seed, 1, i, 100 + k]), cfg)
                   for i in range(args.scenes)]
-        results[split] = score_split(scenes, merges, args.denoise)
+        results[split] = score_split(scenes, merges, args.denoise)[0]
         print(split, {n: round(r['psnr_l'], 2) for n, r in results[split].items()}, flush=True)
     val = [synthesize_scene(train, np.random.default_rng([args.seed, 1, i, 100 + len(names)]),
                             split_config(names[i % len(names)], size)) for i in range(args.scenes)]
-    results['validation'] = score_split(val, merges, args.denoise)
+    results['validation'], per_scene = score_split(val, merges, args.denoise)
     # per setting (the validation scenes cycle through the splits' settings): where a recipe choice wins or loses
     by_setting = {}
     for k, split in enumerate(names):
-        subset = [sc for i, sc in enumerate(val) if i % len(names) == k]
-        if subset:
-            by_setting[split] = {n: round(r['psnr_mu'], 2) for n, r in score_split(subset, merges, args.denoise).items()}
+        if k < len(val):
+            by_setting[split] = {n: round(float(np.mean(v[k::len(names)])), 2) for n, v in per_scene.items()}
     results['validation']['by_setting_psnr_mu'] = by_setting
     for split, row in by_setting.items():
         print(f'validation {split:<14}', row, flush=True)

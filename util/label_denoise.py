@@ -33,13 +33,20 @@ def from_mu(tm: np.ndarray) -> np.ndarray:
 
 def estimate_noise_sigma(img: np.ndarray) -> float:
     """Standard deviation of white Gaussian noise in ``img`` (H x W x C), mean over channels (Immerkaer)."""
-    import cv2
-
     if img.ndim != 3 or min(img.shape[:2]) < 3:
         raise ValueError(f'estimate_noise_sigma: expected an H x W x C image of at least 3 x 3, got {img.shape}')
-    per_channel = [np.mean(np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL)[1:-1, 1:-1]))
-                   for c in range(img.shape[2])]
-    return float(math.sqrt(math.pi / 2) / 6 * np.mean(per_channel))
+    per_channel = [np.mean(r) for r in _immerkaer_residuals(img)]
+    return float(IMMERKAER_SCALE * np.mean(per_channel))
+
+
+IMMERKAER_SCALE = math.sqrt(math.pi / 2) / 6  # mean |residual| -> standard deviation
+
+
+def _immerkaer_residuals(img: np.ndarray) -> list[np.ndarray]:
+    """Per channel, |Immerkaer's Laplacian difference| over the interior pixels (the border rows are dropped)."""
+    import cv2
+
+    return [np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL)[1:-1, 1:-1]) for c in range(img.shape[2])]
 
 
 NOISE_LEVEL_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0001)
@@ -55,13 +62,9 @@ def noise_by_level(img: np.ndarray, min_pixels: int = 256, clip_level: float = 0
     bright pixels, is not judged by the dark ones' level. Pixels clipped (a channel at ``clip_level`` or above) or
     black in a channel are left out. A band with fewer than ``min_pixels`` pixels takes the whole image's estimate
     (0 when no pixel is left)."""
-    import cv2
-
     if img.ndim != 3 or min(img.shape[:2]) < 3:
         raise ValueError(f'noise_by_level: expected an H x W x C image of at least 3 x 3, got {img.shape}')
-    residual = np.mean([np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL))
-                        for c in range(img.shape[2])], axis=0)[1:-1, 1:-1]
-    scale = math.sqrt(math.pi / 2) / 6
+    residual = np.mean(_immerkaer_residuals(img), axis=0)
     # clipped and black pixels carry no noise: counting them would pull their bands' estimates down
     alive = ((img < clip_level) & (img > 0)).all(axis=2)[1:-1, 1:-1].ravel()
     inner = _band(img.mean(axis=2))[1:-1, 1:-1].ravel()[alive]
@@ -71,9 +74,9 @@ def noise_by_level(img: np.ndarray, min_pixels: int = 256, clip_level: float = 0
     n_bands = len(NOISE_LEVEL_EDGES) - 1
     counts = np.bincount(inner, minlength=n_bands)
     sums = np.bincount(inner, weights=residual, minlength=n_bands)
-    sigma = np.full(n_bands, scale * float(residual.mean()), np.float32)
+    sigma = np.full(n_bands, IMMERKAER_SCALE * float(residual.mean()), np.float32)
     enough = counts >= min_pixels
-    sigma[enough] = scale * sums[enough] / counts[enough]
+    sigma[enough] = IMMERKAER_SCALE * sums[enough] / counts[enough]
     return sigma
 
 
