@@ -583,6 +583,68 @@ def test_batch_contact_sheet_shows_every_bracket_and_every_image_exists(bracket,
     assert '2 of 6 brackets merged' in page
 
 
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ('chromium', 'chromium-browser', 'google-chrome'):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+# Injected into a copy of the page beside it (so relative links resolve the same way): once the page has loaded,
+# list every <img> the browser could not decode or did not lay out, as JSON in a <pre> that --dump-dom prints.
+_IMAGE_PROBE = """<script>
+window.addEventListener('load', () => {
+  const rows = [...document.images].map(i => ({src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight,
+                                               shown: i.getBoundingClientRect().width}));
+  const pre = document.createElement('pre');
+  pre.id = 'image-probe';
+  pre.textContent = JSON.stringify(rows);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_batch_contact_sheet_renders_in_headless_chromium(bracket, tmp_path, capsys):
+    """The contact sheet as a browser shows it: Chromium (Debian's package, installed by .ci/run) loads index.html
+    from disk and every image decodes to its file's size and takes room on the page."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip('chromium is not installed (.ci/run installs it: apt-get install chromium)')
+    src, out = tmp_path / 'in', tmp_path / 'out'
+    (src / 'good').mkdir(parents=True)
+    (src / 'two_frames').mkdir()
+    for f in bracket['jpg']:
+        shutil.copy(f, src / 'good' / f.name)
+    for f in bracket['jpg'][:2]:
+        shutil.copy(f, src / 'two_frames' / f.name)
+    rc, _ = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                          '--output_dir', out, '-q'])
+    assert rc == 2  # the two-frame bracket fails; its row must not break the page
+    page = (out / 'index.html').read_text(encoding='utf-8')
+    probe = out / 'probe.html'
+    probe.write_text(page.replace('</body>', _IMAGE_PROBE + '</body>'), encoding='utf-8')
+    done = subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files',
+                           '--virtual-time-budget=10000', '--window-size=1400,1000', '--dump-dom', probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="image-probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, f'chromium did not render the page (exit {done.returncode}): {done.stderr[-2000:]}'
+    import html as html_lib
+
+    rows = json.loads(html_lib.unescape(found.group(1)))
+    assert len(rows) == 5  # one merged bracket: preview, classical merge, short, medium, long
+    for row in rows:
+        img = cv2.imread(str(out / row['src']))
+        assert (row['h'], row['w']) == img.shape[:2], row  # decoded by the browser, at the file's size
+        assert row['shown'] > 0, row
+
+
 def test_batch_all_good_exits_0(bracket, tmp_path, capsys):
     import shutil
 
