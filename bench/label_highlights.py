@@ -9,14 +9,19 @@ four ways and scores them against the ground truth:
 * ``label_release_fallback``: our alignment with the fallback everywhere a warp is rejected (``clip_aware=False,
   photometric=False``,
   the behaviour before round 3);
-* ``colour_component``: our alignment as shipped (the fallback does not replace a warp that agrees with a clipped
-  medium frame);
+* ``colour_component``: our alignment and label as shipped (the fallback does not replace a warp that agrees with
+  a clipped medium frame; the label medium-first, then denoised);
+* ``colour_component_not_denoised``: the same label before denoising (before round 3's fifth session);
 * ``colour_component_merge``: the same alignment, the label before round 3's fourth session (``label_medium_first``
-  off: the triangle merge of the aligned frames as they are); ``colour_component`` is medium-first (where the
-  medium frame is not clipped, an aligned frame enters only where it agrees with it within the frames' noise), and
-  ``--label_floor`` adds one medium-first variant per floor of that tolerance;
+  off: the triangle merge of the aligned frames as they are); medium-first means: where the medium frame is not
+  clipped, an aligned frame enters only where it agrees with it within the frames' noise, and ``--label_floor``
+  adds one medium-first variant per floor of that tolerance (not denoised);
+* ``colour_component_robust_tolerance``: medium-first with the tolerance from the texture-robust noise estimate
+  per band (``AlignConfig.label_noise='robust'``), where the others use Immerkaer's (not denoised);
 * ``medium_frame``: the medium frame alone, for reference;
-* ``colour_component_denoised`` (``--denoise``): the label after ``tools/adapt.py``'s NL-means denoising.
+* ``--denoise``: ``colour_component_denoised_immerkaer``, the label denoised with one NL-means strength from
+  Immerkaer's estimate (what ``tools/adapt.py`` did before), and with ``--robust_h`` / ``--robust_percentile``
+  the shipped denoising with other strengths or percentiles; all applied to ``colour_component_not_denoised``.
 
 PSNR-mu and PSNR-l are means over scenes; per region (clipped / well exposed / dark in the medium frame, moving =
 where alignment changes the merge by 10/255 in mu-law), PSNR-mu is pooled over the split's pixels. Also the share
@@ -49,11 +54,15 @@ from util.label_denoise import denoise_colour_label  # noqa: E402
 from util.synthetic import list_hdr_files, load_sources, synthesize_scene  # noqa: E402
 from util.tonemap import mu_law  # noqa: E402
 
-MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False, label_medium_first=False),
-          'label_release_fallback': AlignConfig(clip_aware=False, photometric=False, label_medium_first=False),
-          'colour_component_merge': AlignConfig(label_medium_first=False),
+MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False, label_medium_first=False, label_denoise=False),
+          'label_release_fallback': AlignConfig(clip_aware=False, photometric=False, label_medium_first=False,
+                                                label_denoise=False),
+          'colour_component_merge': AlignConfig(label_medium_first=False, label_denoise=False),
+          'colour_component_robust_tolerance': AlignConfig(label_noise='robust', label_denoise=False),
+          'colour_component_not_denoised': AlignConfig(label_denoise=False),
           'colour_component': AlignConfig()}
 REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')
+DENOISED = {'colour_component_denoised_immerkaer': {'method': 'immerkaer'}}
 
 
 def quantise16(x: np.ndarray) -> np.ndarray:
@@ -61,7 +70,8 @@ def quantise16(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.rint(x.astype(np.float64) * 65536), 0, 65535) / 65536).astype(np.float32)
 
 
-LABEL_FIELDS = ('label_medium_first', 'label_floor', 'label_grow')  # AlignConfig fields that only shape the label
+# AlignConfig fields that only shape the label
+LABEL_FIELDS = ('label_medium_first', 'label_floor', 'label_grow', 'label_noise', 'label_denoise')
 
 
 def alignment_key(cfg: AlignConfig) -> tuple:
@@ -69,9 +79,11 @@ def alignment_key(cfg: AlignConfig) -> tuple:
     return tuple((k, v) for k, v in sorted(dataclasses.asdict(cfg).items()) if k not in LABEL_FIELDS)
 
 
-def score_split(scenes, merges: dict, denoise: bool = False) -> tuple[dict, dict]:
-    """The split's scores per method, and each method's PSNR-mu per scene (in the order of ``scenes``)."""
-    names = ('unaligned_merge', 'medium_frame') + tuple(merges) + (('colour_component_denoised',) if denoise else ())
+def score_split(scenes, merges: dict, denoised: dict | None = None) -> tuple[dict, dict]:
+    """The split's scores per method, and each method's PSNR-mu per scene (in the order of ``scenes``);
+    ``denoised`` names denoised variants of the label: name -> keyword arguments of denoise_colour_label."""
+    denoised = denoised or {}
+    names = ('unaligned_merge', 'medium_frame') + tuple(merges) + tuple(denoised)
     rows = {n: {'psnr_mu': [], 'psnr_l': [], 'off_clipped': []} for n in names}
     pooled = {n: {r: ([], []) for r in REGIONS} for n in names}
     for scene in scenes:
@@ -85,8 +97,8 @@ def score_split(scenes, merges: dict, denoise: bool = False) -> tuple[dict, dict
                 res = align_frames(*scene.ldrs, t, cfg)
                 alignments[key] = (quantise16(res.frames[0]), mid, quantise16(res.frames[2]))
             outs[name] = colour_label(alignments[key], scene.ldrs, t, cfg)
-        if denoise:  # what tools/adapt.py does to its labels: NL-means in the mu-law domain
-            outs['colour_component_denoised'] = denoise_colour_label(np.clip(outs['colour_component'], 0, 1))[0]
+        for name, kwargs in denoised.items():  # NL-means in the mu-law domain, one strength or per band
+            outs[name] = denoise_colour_label(np.clip(outs['colour_component_not_denoised'], 0, 1), **kwargs)[0]
         # the study's moving regions: where the plain merge of the aligned frames differs from the unaligned one
         motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
                         - mu_law(np.clip(outs['colour_component_merge'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
@@ -120,15 +132,24 @@ def main(argv=None) -> int:
     p.add_argument('--label_floor', type=float, nargs='*', default=[],
                    help='also score the medium-first label with these tolerance floors')
     p.add_argument('--denoise', action='store_true',
-                   help='also score the label after tools/adapt.py\'s NL-means denoising (colour_component_denoised)')
+                   help='also score denoising variants of the label (colour_component_denoised_*)')
     p.add_argument('--label_grow', type=int, nargs='*', default=[],
                    help='also score the medium-first label with disagreements grown by these many pixels')
+    p.add_argument('--robust_h', type=float, nargs='*', default=[],
+                   help='with --denoise: also score the robust denoising with these NL-means strengths')
+    p.add_argument('--robust_percentile', type=float, nargs='*', default=[],
+                   help='with --denoise: also score the robust denoising with these percentiles of block estimates')
     args = p.parse_args(argv)
+    denoised = dict(DENOISED) if args.denoise else {}
+    for h in args.robust_h if args.denoise else []:
+        denoised[f'colour_component_denoised_h{h:g}'] = {'method': 'robust', 'strength': h}
+    for q in args.robust_percentile if args.denoise else []:
+        denoised[f'colour_component_denoised_p{q:g}'] = {'method': 'robust', 'percentile': q}
     merges = dict(MERGES)
     for floor in args.label_floor:
-        merges[f'colour_component_floor_{floor:g}'] = AlignConfig(label_floor=floor)
+        merges[f'colour_component_floor_{floor:g}'] = AlignConfig(label_floor=floor, label_denoise=False)
     for grow in args.label_grow:
-        merges[f'colour_component_grow_{grow}'] = AlignConfig(label_grow=grow)
+        merges[f'colour_component_grow_{grow}'] = AlignConfig(label_grow=grow, label_denoise=False)
     size = tuple(int(v) for v in args.size.split('x'))
     files = list_hdr_files(DEFAULT_HDRI_DIR)
     held = load_sources([f for f in files if f.stem in TEST_HDRIS])
@@ -141,11 +162,11 @@ def main(argv=None) -> int:
         # the study's streams (data/study_splits.py): [seed, 1, scene, 100 + split number]
         scenes = [synthesize_scene(held, np.random.default_rng([args.seed, 1, i, 100 + k]), cfg)
                   for i in range(args.scenes)]
-        results[split] = score_split(scenes, merges, args.denoise)[0]
+        results[split] = score_split(scenes, merges, denoised)[0]
         print(split, {n: round(r['psnr_l'], 2) for n, r in results[split].items()}, flush=True)
     val = [synthesize_scene(train, np.random.default_rng([args.seed, 1, i, 100 + len(names)]),
                             split_config(names[i % len(names)], size)) for i in range(args.scenes)]
-    results['validation'], per_scene = score_split(val, merges, args.denoise)
+    results['validation'], per_scene = score_split(val, merges, denoised)
     # per setting (the validation scenes cycle through the splits' settings): where a recipe choice wins or loses
     by_setting = {}
     for k, split in enumerate(names):

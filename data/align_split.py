@@ -136,7 +136,8 @@ LABEL_RULE_FILE = '.colour_label.json'  # hidden: loaders refuse other files bes
 def label_rule(cfg: AlignConfig) -> dict:
     """The settings that decide the colour label's values beyond the alignment itself."""
     return {'label_medium_first': cfg.label_medium_first, 'label_floor': cfg.label_floor,
-            'label_grow': cfg.label_grow, 'noise_tol': cfg.noise_tol}
+            'label_grow': cfg.label_grow, 'noise_tol': cfg.noise_tol, 'label_noise': cfg.label_noise,
+            'label_denoise': cfg.label_denoise}
 
 
 def _label_rule_changed(dst: Path, cfg: AlignConfig) -> bool:

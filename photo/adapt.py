@@ -148,6 +148,7 @@ def prepare_bracket(job, args, net, work: Work) -> str:
 
     Returns a description; raises MergeError/OSError/ValueError naming the file when the bracket cannot be used."""
     from data.align_split import SceneError, prepare_scene
+    from util.align import AlignConfig
 
     result = merge(job.inputs, args.network, args.checkpoint, exposures=job.exposures, exposures_in='stops',
                    response=response_flag(args), device=args.device, tile=args.tile, tile_overlap=args.tile_overlap,
@@ -169,19 +170,13 @@ def prepare_bracket(job, args, net, work: Work) -> str:
     shutil.rmtree(scene, ignore_errors=True)
     os.replace(tmp, scene)
     try:
-        prepare_scene(scene, work.data / 'Training_align' / job.name, 'sig17', overwrite=True)
+        # the label is denoised (or not) as it is made: AlignConfig.label_denoise, util/label_denoise.py
+        prepare_scene(scene, work.data / 'Training_align' / job.name, 'sig17', overwrite=True,
+                      cfg=AlignConfig(label_denoise=args.denoise_labels == 'on'))
     except SceneError as exc:
         shutil.rmtree(scene, ignore_errors=True)
         raise MergeError(f'{job.folder}: alignment failed ({exc})') from exc
-    denoised = ''
-    if args.denoise_labels == 'on':
-        from data.align_split import COLOUR_NAME
-        from util.label_denoise import denoise_colour_label
-
-        label_path = work.data / 'Training_align' / job.name / COLOUR_NAME
-        label, sigma = denoise_colour_label(read_hdr(label_path))
-        write_hdr(label_path, label)
-        denoised = f'; Y_color denoised (noise {sigma * 255:.1f}/255 tone-mapped)'
+    denoised = '; Y_color denoised' if args.denoise_labels == 'on' else ''
     work.before.mkdir(parents=True, exist_ok=True)
     write_hdr(work.before / f'{job.name}.hdr', result.hdr)
     b = result.bracket

@@ -347,6 +347,26 @@ def test_medium_first_label_still_merges_noisy_frames():
     assert kept.mean() > 0.95
 
 
+
+def test_medium_first_tolerance_is_not_widened_by_texture():
+    # A clean medium frame, half of it finely textured (foliage), and an aligned long frame 0.04 off in a flat part:
+    # Immerkaer's estimate (the default) takes the texture for noise and widens the tolerance so far that the wrong
+    # patch enters the label; the texture-robust estimate measures the flat parts' noise and rejects it
+    import cv2
+
+    rng = np.random.default_rng(2)
+    tex = cv2.GaussianBlur(rng.standard_normal((64, 96, 3)).astype(np.float32), (0, 0), 0.6)
+    rows = np.mgrid[0:64, 0:96][0]
+    mid = np.clip(0.4 + 0.12 * tex * ((rows // 32) % 2 == 0)[..., None], 0, 1).astype(np.float32)
+    long = equalise_exposure(mid, TIMES[1], TIMES[2])
+    long[40:56, 30:60] = np.clip(long[40:56, 30:60] + 0.04 * (TIMES[2] / TIMES[1]) ** (1 / 2.2), 0, 1)
+    _, kept_robust = medium_first(long, mid, long, TIMES[1], TIMES[2], AlignConfig(label_noise='robust'))
+    _, kept_immerkaer = medium_first(long, mid, long, TIMES[1], TIMES[2])
+    assert kept_immerkaer[42:54, 32:58].all()
+    assert not kept_robust[42:54, 32:58].any() and kept_robust[:30].all()
+    with pytest.raises(ValueError, match='label_noise'):
+        AlignConfig(label_noise='mad')
+
 def test_prepare_split_warns_when_kept_labels_were_made_with_another_rule(tmp_path, caplog):
     import json
     import logging
@@ -355,6 +375,7 @@ def test_prepare_split_warns_when_kept_labels_were_made_with_another_rule(tmp_pa
     prepare_split(tmp_path, 'Training', progress=False)
     rule_file = tmp_path / 'Training_align' / '.colour_label.json'
     assert json.loads(rule_file.read_text())['label_medium_first'] is True
+    assert json.loads(rule_file.read_text())['label_noise'] == 'immerkaer'
     with caplog.at_level(logging.WARNING):
         prepare_split(tmp_path, 'Training', progress=False)  # same rule: skipped quietly
     assert 'another rule' not in caplog.text

@@ -149,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'itself serves as the structure network)')
     p.add_argument('--iters', type=int, default=300, help='fine-tuning iterations')
     p.add_argument('--denoise_labels', type=str, default='on', choices=('on', 'off'),
-                   help="denoise the colour label Y_color (non-local means in the tone-mapped domain, strength "
-                        "from its own noise level; util/label_denoise.py). It is merged from the inputs themselves, "
-                        "so without this the network learns to keep their noise")
+                   help="denoise the colour label Y_color (non-local means in the tone-mapped domain, strength from "
+                        "its own noise level per brightness band, texture-robust; util/label_denoise.py). It is "
+                        "merged from the inputs themselves, so without this the network learns to keep their noise")
     p.add_argument('--decide', type=str, default='on', choices=('on', 'off'),
                    help="on: hold a quarter of the brackets out of fine-tuning, score the original network and every "
                         "epoch on their trusted pixels (static, well exposed) against their colour labels, and write "
