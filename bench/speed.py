@@ -132,7 +132,26 @@ def run_config(args):
                           runs=args.runs, tile=args.tile, tile_overlap=args.tile_overlap)
     result['threads_used'] = torch.get_num_threads()
     result['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    if args.count_flops and args.mode == 'train' and device.type == 'cpu':
+        # after the timed runs (the count adds a step of its own); the formulation timed, eager, fp32 arithmetic
+        result['gflop_per_step'] = count_train_flops(net, forward, device, args.batch) / 1e9
+        result['gflops_per_second'] = result['gflop_per_step'] / result['seconds_median']
     print('RESULT ' + json.dumps(result))
+
+
+def count_train_flops(net, forward, device, batch):
+    """Floating-point operations of one training step (forward and backward of the network; the loss and Adam are
+    a rounding error), counted by torch's flop counter: 2 per multiply-add of every convolution and matrix product."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    forward = net if forward is None else forward
+    net.train()
+    inputs = make_inputs(batch, 128, 128, device)
+    with FlopCounterMode(display=False) as counter:
+        out = forward(*inputs)
+        out.float().mean().backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def time_network(net, network, mode, device, amp=None, channels_last=False, compile=False, forward=None, batch=4,
@@ -206,6 +225,9 @@ def cpu_description():
         found = [l.split(':', 1)[1].strip() for l in lines if l.split(':')[0].strip() == key]
         if found:
             info[key] = found[0]
+    mhz = [l.split(':', 1)[1].strip() for l in lines if l.split(':')[0].strip() == 'cpu MHz']
+    if mhz:
+        info['cpu_mhz'] = float(mhz[0])
     flags = [l for l in lines if l.startswith('flags')]
     names = set(flags[0].split(':', 1)[1].split()) if flags else set()
     info['avx512f'] = 'avx512f' in names
@@ -214,6 +236,52 @@ def cpu_description():
     info['native_bf16'] = info['avx512_bf16'] or info['amx_bf16']
     info['logical_cpus'] = os.cpu_count()
     return info
+
+
+def fp32_flops_per_cycle(cpu):
+    """Nominal fp32 FLOP per cycle and core (two per lane of each FMA pipe), from the vendor, family and flags: AMD
+    Zen 2 to Zen 4 have two 256-bit FMA pipes (Zen 4 runs AVX-512 on them in two halves), Zen 5 two 512-bit ones (the
+    server and desktop parts), Zen 1 two 128-bit ones; Intel server cores with AVX-512 two 512-bit FMA units, AVX2
+    cores two 256-bit ones. None when unknown."""
+    name = cpu.get('model name', '')
+    try:
+        family, model = int(cpu.get('cpu family', -1)), int(cpu.get('model', -1))
+    except ValueError:
+        return None
+    if 'AMD' in name:
+        if family == 23:
+            return 32 if model >= 0x30 else 16
+        if family == 25:
+            return 32
+        if family == 26:
+            return 64 if cpu.get('avx512f') else 32
+        return None
+    if 'Intel' in name:
+        return 64 if cpu.get('avx512f') else 32 if cpu.get('fma') else None
+    return None
+
+
+def nominal_ghz(cpu):
+    """The nominal clock: Intel's model name ends with it ('@ 2.60GHz'); elsewhere /proc/cpuinfo's 'cpu MHz', which in
+    these virtual machines is the base (TSC) clock, not the boosted one."""
+    import re
+
+    found = re.search(r'@\s*([0-9.]+)\s*GHz', cpu.get('model name', ''))
+    if found:
+        return float(found.group(1))
+    return cpu.get('cpu_mhz', 0) / 1000 or None
+
+
+def measured_sgemm_gflops(threads, size=2048, reps=8):
+    """The machine's fp32 matrix-product rate as torch's BLAS reaches it with `threads` threads: the practical
+    ceiling for convolutions, beside the nominal peak."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * size ** 3 * reps / (time.perf_counter() - start) / 1e9
 
 
 def main():
@@ -246,6 +314,9 @@ def main():
     parser.add_argument('--malloc', default='tuned', choices=('tuned', 'system'),
                         help="glibc malloc of the child processes (util/malloc.py): 'tuned' as train.py and "
                              "test.py run by default, or 'system' (glibc's defaults, as the release runs)")
+    parser.add_argument('--count_flops', action='store_true',
+                        help="training steps: count their FLOPs (torch's flop counter) and report GFLOP/s against the "
+                             "CPU's nominal fp32 peak and its measured sgemm rate")
     parser.add_argument('--output', default=None,
                         help='default bench/results/speed.json, or speed_precision_<device>.json with --precisions')
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
@@ -279,7 +350,21 @@ def main():
                         continue
                     results.append(run_child(args, network, mode, tile, variant, setting))
     single = settings[variants[0]] if len(variants) == 1 else None
-    report = {'device': args.device, 'cpu': cpu_description(), 'threads': args.threads,
+    cpu = cpu_description()
+    limits = {}
+    if args.count_flops and args.device == 'cpu':
+        per_cycle, ghz = fp32_flops_per_cycle(cpu), nominal_ghz(cpu)
+        limits = {'fp32_flops_per_cycle_per_core': per_cycle, 'nominal_ghz': ghz,
+                  'nominal_fp32_peak_gflops': per_cycle * ghz * args.threads if per_cycle and ghz else None,
+                  'measured_sgemm_gflops': measured_sgemm_gflops(args.threads)}
+        peak = limits['nominal_fp32_peak_gflops']
+        for entry in results:
+            if 'gflops_per_second' in entry:
+                if peak:
+                    entry['share_of_nominal_fp32_peak'] = entry['gflops_per_second'] / peak
+                entry['share_of_measured_sgemm'] = entry['gflops_per_second'] / limits['measured_sgemm_gflops']
+        print(json.dumps(limits), flush=True)
+    report = {'device': args.device, 'cpu': cpu, 'threads': args.threads, **limits,
               'impl': args.impl, 'malloc': args.malloc,
               'torch': torch.__version__,
               'dtype': ('float32' if single['amp'] == 'none' else single['amp']) if single else 'per entry',
@@ -306,6 +391,8 @@ def run_child(args, network, mode, tile, variant, setting):
            '--runs', str(args.runs_full if mode == '1000x1500' and args.runs_full else args.runs),
            '--warmup', str(args.warmup), '--threads', str(args.threads),
            '--device', args.device, '--amp', setting['amp'], '--impl', args.impl, '--malloc', args.malloc]
+    if args.count_flops:
+        cmd.append('--count_flops')
     if setting['channels_last']:
         cmd.append('--channels_last')
     if setting['compile']:

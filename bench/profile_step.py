@@ -1,0 +1,89 @@
+"""Where a training step's time goes: torch.profiler over one stage-1 step per backbone, operators ranked by their
+own CPU time, with the share of the step they take (issue 24: profile before choosing formulations).
+
+    python bench/profile_step.py --networks HDR-Transformer SCTNet --precision fp32 --threads 2
+
+Writes bench/results/profile_step_<precision>.json (or --output): per network the step's seconds, its FLOPs and the
+top --top operators (self CPU seconds, calls, share). Same step as bench/speed.py's 'train' mode.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'bench'))
+
+import torch  # noqa: E402
+
+from models import networks  # noqa: E402
+from models.selfhdr1_model import expansion_mask, reference_weights  # noqa: E402
+from speed import count_train_flops, cpu_description, make_inputs  # noqa: E402
+from util.malloc import tune_malloc  # noqa: E402
+
+
+def step(net, optimizer, inputs, amp):
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast('cpu', dtype=amp, enabled=amp is not None):
+        out = net(*inputs)
+    out = out.float()
+    label = inputs[1][:, :3] * 1.1
+    weights = reference_weights(inputs[1][:, 3:])
+    l1 = networks.L1MuLoss()
+    loss = l1(out, label, expansion_mask(label, inputs[1][:, :3], weights)) + 4 * l1(out, inputs[1][:, :3], weights)
+    loss.backward()
+    optimizer.step()
+
+
+def profile_network(name, amp, batch, top):
+    torch.manual_seed(0)
+    net = networks.define_network(name).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    inputs = make_inputs(batch, 128, 128, torch.device('cpu'))
+    step(net, optimizer, inputs, amp)  # warm-up: allocator, oneDNN primitives
+    start = time.perf_counter()
+    step(net, optimizer, inputs, amp)
+    seconds = time.perf_counter() - start
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step(net, optimizer, inputs, amp)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [{'op': e.key, 'self_seconds': e.self_cpu_time_total / 1e6, 'calls': e.count,
+             'share': e.self_cpu_time_total / total} for e in events[:top]]
+    gflop = count_train_flops(net, None, torch.device('cpu'), batch) / 1e9
+    return {'seconds_unprofiled': seconds, 'gflop_per_step': gflop, 'profiled_self_seconds': total / 1e6,
+            'top_ops': rows}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--networks', nargs='+', default=list(networks.NETWORKS))
+    p.add_argument('--precision', default='fp32', choices=('fp32', 'bf16'))
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--batch', type=int, default=4)
+    p.add_argument('--top', type=int, default=15)
+    p.add_argument('--output', default=None)
+    args = p.parse_args()
+    tune_malloc('tuned')
+    torch.set_num_threads(args.threads)
+    amp = torch.bfloat16 if args.precision == 'bf16' else None
+    report = {'cpu': cpu_description(), 'threads': args.threads, 'precision': args.precision, 'batch': args.batch,
+              'torch': torch.__version__, 'networks': {}}
+    for name in args.networks:
+        report['networks'][name] = result = profile_network(name, amp, args.batch, args.top)
+        print(f"{name}: {result['seconds_unprofiled']:.2f} s, {result['gflop_per_step']:.0f} GFLOP", flush=True)
+        for row in result['top_ops']:
+            print(f"  {row['op']:<45} {row['self_seconds']:7.3f} s {row['calls']:6d} calls {100 * row['share']:5.1f} %")
+    out = args.output or os.path.join(ROOT, 'bench', 'results', f'profile_step_{args.precision}.json')
+    tmp = out + '.tmp'
+    with open(tmp, 'w') as handle:
+        json.dump(report, handle, indent=1)
+    os.replace(tmp, out)
+    print('wrote', out)
+
+
+if __name__ == '__main__':
+    main()
