@@ -42,3 +42,32 @@ def test_raw_rendering_keeps_exposure_ratios_and_names_a_bad_file(tmp_path, caps
     bad.write_bytes(b'not a raw file')
     assert render_raw.main([str(bad), '--out_dir', str(tmp_path / 'png')]) == 2
     assert 'bad.dng' in capsys.readouterr().err
+
+
+def test_compute_limit_of_the_cpu_kinds_met():
+    """bench/speed.py --count_flops: FLOP per cycle from vendor, family and flags, the clock from the model name or
+    cpuinfo; an unknown CPU gives no peak rather than a wrong one."""
+    import speed
+
+    zen4 = {'model name': 'AMD EPYC', 'cpu family': '25', 'model': '17', 'avx512f': True, 'cpu_mhz': 2596.1}
+    zen2 = {'model name': 'AMD EPYC 7B12', 'cpu family': '23', 'model': '49', 'avx512f': False}
+    zen5 = {'model name': 'AMD EPYC 9B45', 'cpu family': '26', 'model': '2', 'avx512f': True}
+    xeon = {'model name': 'Intel(R) Xeon(R) Platinum 8581C CPU @ 2.60GHz', 'cpu family': '6', 'model': '207',
+            'avx512f': True, 'fma': True, 'cpu_mhz': 2100.0}
+    assert [speed.fp32_flops_per_cycle(c) for c in (zen4, zen2, zen5, xeon)] == [32, 32, 64, 64]
+    assert speed.fp32_flops_per_cycle({'model name': 'Some ARM core', 'cpu family': '8', 'model': '1'}) is None
+    assert speed.nominal_ghz(xeon) == 2.6  # the model name wins over the current clock
+    assert speed.nominal_ghz(zen4) == pytest.approx(2.5961)
+
+
+def test_flop_count_of_a_training_step_scales_with_the_batch():
+    import torch
+
+    import speed
+    from models.ahdrnet import AHDR
+
+    torch.manual_seed(0)
+    net = AHDR()
+    one = speed.count_train_flops(net, None, torch.device('cpu'), 1)
+    assert one * 4 == pytest.approx(489.0e9, rel=1e-3)  # the issue's figure for batch 4 (torch's flop counter)
+    assert all(p.grad is None for p in net.parameters())  # counting leaves no gradients behind
