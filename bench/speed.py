@@ -132,11 +132,30 @@ def run_config(args):
                           runs=args.runs, tile=args.tile, tile_overlap=args.tile_overlap)
     result['threads_used'] = torch.get_num_threads()
     result['peak_rss_gb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    if args.count_flops and args.mode == 'train' and device.type == 'cpu':
+    if args.count_flops and device.type == 'cpu':
         # after the timed runs (the count adds a step of its own); the formulation timed, eager, fp32 arithmetic
-        result['gflop_per_step'] = count_train_flops(net, forward, device, args.batch) / 1e9
+        if args.mode == 'train':
+            result['gflop_per_step'] = count_train_flops(net, forward, device, args.batch) / 1e9
+        else:  # counted at 256x256 and scaled by the pixels: the networks' work is linear in them (whole image)
+            h, w = map(int, args.mode.split('x'))
+            result['gflop_per_step'] = count_forward_flops(net, forward, args.network, device) / 1e9 * h * w / 256 ** 2
         result['gflops_per_second'] = result['gflop_per_step'] / result['seconds_median']
     print('RESULT ' + json.dumps(result))
+
+
+def count_forward_flops(net, forward, network, device, size=256):
+    """Floating-point operations of one batch-1 inference at size x size (padded as the benchmark pads)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    forward = net if forward is None else forward
+    net.eval()
+    inputs = make_inputs(1, size, size, device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        if network in networks.PADDED_NETWORKS:
+            padded_forward(forward, inputs, 8, 'release')
+        else:
+            forward(*inputs)
+    return counter.get_total_flops()
 
 
 def count_train_flops(net, forward, device, batch):
@@ -315,8 +334,9 @@ def main():
                         help="glibc malloc of the child processes (util/malloc.py): 'tuned' as train.py and "
                              "test.py run by default, or 'system' (glibc's defaults, as the release runs)")
     parser.add_argument('--count_flops', action='store_true',
-                        help="training steps: count their FLOPs (torch's flop counter) and report GFLOP/s against the "
-                             "CPU's nominal fp32 peak and its measured sgemm rate")
+                        help="count each configuration's FLOPs (torch's flop counter; inference counted at 256x256 and "
+                             "scaled by the pixels) and report GFLOP/s against the CPU's nominal fp32 peak and its "
+                             "measured sgemm rate")
     parser.add_argument('--output', default=None,
                         help='default bench/results/speed.json, or speed_precision_<device>.json with --precisions')
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
