@@ -20,8 +20,9 @@ four ways and scores them against the ground truth:
   per band (``AlignConfig.label_noise='robust'``), where the others use Immerkaer's (not denoised);
 * ``medium_frame``: the medium frame alone, for reference;
 * ``--denoise``: ``colour_component_denoised_immerkaer``, the label denoised with one NL-means strength from
-  Immerkaer's estimate (what ``tools/adapt.py`` did before), and with ``--robust_h`` / ``--robust_percentile``
-  the shipped denoising with other strengths or percentiles; all applied to ``colour_component_not_denoised``.
+  Immerkaer's whole-label estimate (the method ``tools/adapt.py`` used before); with ``--robust_h`` and
+  ``--robust_percentile``, the shipped denoising with other strengths or percentiles; all applied, as
+  ``colour_label`` applies it, to ``colour_component_not_denoised``.
 
 PSNR-mu and PSNR-l are means over scenes; per region (clipped / well exposed / dark in the medium frame, moving =
 where alignment changes the merge by 10/255 in mu-law), PSNR-mu is pooled over the split's pixels. Also the share
@@ -98,7 +99,7 @@ def score_split(scenes, merges: dict, denoised: dict | None = None) -> tuple[dic
                 alignments[key] = (quantise16(res.frames[0]), mid, quantise16(res.frames[2]))
             outs[name] = colour_label(alignments[key], scene.ldrs, t, cfg)
         for name, kwargs in denoised.items():  # NL-means in the mu-law domain, one strength or per band
-            outs[name] = denoise_colour_label(np.clip(outs['colour_component_not_denoised'], 0, 1), **kwargs)[0]
+            outs[name] = denoise_colour_label(outs['colour_component_not_denoised'], **kwargs)[0]  # as colour_label
         # the study's moving regions: where the plain merge of the aligned frames differs from the unaligned one
         motion = np.abs(mu_law(np.clip(outs['unaligned_merge'], 0, 1))
                         - mu_law(np.clip(outs['colour_component_merge'], 0, 1))).mean(axis=2) >= MOTION_THRESHOLD
@@ -140,6 +141,8 @@ def main(argv=None) -> int:
     p.add_argument('--robust_percentile', type=float, nargs='*', default=[],
                    help='with --denoise: also score the robust denoising with these percentiles of block estimates')
     args = p.parse_args(argv)
+    if (args.robust_h or args.robust_percentile) and not args.denoise:
+        p.error('--robust_h and --robust_percentile score denoising variants: add --denoise')
     denoised = dict(DENOISED) if args.denoise else {}
     for h in args.robust_h if args.denoise else []:
         denoised[f'colour_component_denoised_h{h:g}'] = {'method': 'robust', 'strength': h}

@@ -240,7 +240,7 @@ def cpu_description():
             lines = handle.read().splitlines()
     except OSError:
         return info
-    for key in ('model name', 'cpu family', 'model'):
+    for key in ('model name', 'cpu family', 'model', 'siblings', 'cpu cores'):
         found = [l.split(':', 1)[1].strip() for l in lines if l.split(':')[0].strip() == key]
         if found:
             info[key] = found[0]
@@ -267,6 +267,8 @@ def fp32_flops_per_cycle(cpu):
         family, model = int(cpu.get('cpu family', -1)), int(cpu.get('model', -1))
     except ValueError:
         return None
+    # Intel: assumes the two FMA units of Xeon Gold 6xxx/Platinum and later server cores; Silver, Bronze and some
+    # Gold 5xxx have one (half this figure)
     if 'AMD' in name:
         if family == 23:
             return 32 if model >= 0x30 else 16
@@ -280,9 +282,19 @@ def fp32_flops_per_cycle(cpu):
     return None
 
 
+def physical_cores(cpu, threads):
+    """Cores that `threads` threads can occupy: where the vCPUs are hyper-threads (cpuinfo's 'siblings' over
+    'cpu cores'), two threads share one core's FMA units."""
+    try:
+        per_core = max(1, int(cpu.get('siblings', 1)) // max(1, int(cpu.get('cpu cores', 1))))
+    except ValueError:
+        per_core = 1
+    return max(1, threads // per_core)
+
+
 def nominal_ghz(cpu):
     """The nominal clock: Intel's model name ends with it ('@ 2.60GHz'); elsewhere /proc/cpuinfo's 'cpu MHz', which in
-    these virtual machines is the base (TSC) clock, not the boosted one."""
+    these virtual machines is the base (TSC) clock, not the boosted one (on bare metal it is the current clock)."""
     import re
 
     found = re.search(r'@\s*([0-9.]+)\s*GHz', cpu.get('model name', ''))
@@ -373,13 +385,15 @@ def main():
     cpu = cpu_description()
     limits = {}
     if args.count_flops and args.device == 'cpu':
-        per_cycle, ghz = fp32_flops_per_cycle(cpu), nominal_ghz(cpu)
-        limits = {'fp32_flops_per_cycle_per_core': per_cycle, 'nominal_ghz': ghz,
-                  'nominal_fp32_peak_gflops': per_cycle * ghz * args.threads if per_cycle and ghz else None,
-                  'measured_sgemm_gflops': measured_sgemm_gflops(args.threads)}
+        per_cycle, ghz, cores = fp32_flops_per_cycle(cpu), nominal_ghz(cpu), physical_cores(cpu, args.threads)
+        limits = {'fp32_flops_per_cycle_per_core': per_cycle, 'nominal_ghz': ghz, 'physical_cores_used': cores,
+                  'nominal_fp32_peak_gflops': per_cycle * ghz * cores if per_cycle and ghz else None,
+                  'measured_sgemm_gflops': measured_sgemm_gflops(args.threads),
+                  'flops_note': 'inference: whole-image FLOPs (useful work; tile overlaps not counted); shares of '
+                                'the fp32 peak are given for fp32 entries only'}
         peak = limits['nominal_fp32_peak_gflops']
         for entry in results:
-            if 'gflops_per_second' in entry:
+            if 'gflops_per_second' in entry and entry.get('amp') == 'none':
                 if peak:
                     entry['share_of_nominal_fp32_peak'] = entry['gflops_per_second'] / peak
                 entry['share_of_measured_sgemm'] = entry['gflops_per_second'] / limits['measured_sgemm_gflops']

@@ -135,9 +135,15 @@ LABEL_RULE_FILE = '.colour_label.json'  # hidden: loaders refuse other files bes
 
 def label_rule(cfg: AlignConfig) -> dict:
     """The settings that decide the colour label's values beyond the alignment itself."""
-    return {'label_medium_first': cfg.label_medium_first, 'label_floor': cfg.label_floor,
+    from util import label_denoise
+
+    rule = {'label_medium_first': cfg.label_medium_first, 'label_floor': cfg.label_floor,
             'label_grow': cfg.label_grow, 'noise_tol': cfg.noise_tol, 'label_noise': cfg.label_noise,
             'label_denoise': cfg.label_denoise}
+    if cfg.label_denoise:  # the denoiser's own settings decide the label too
+        rule['denoise_settings'] = {'block': label_denoise.ROBUST_BLOCK, 'percentile': label_denoise.ROBUST_PERCENTILE,
+                                    'strength': label_denoise.H_FACTOR}
+    return rule
 
 
 def _label_rule_changed(dst: Path, cfg: AlignConfig) -> bool:

@@ -47,3 +47,18 @@ def tiny_dataroot(tmp_path_factory):
     """A 48 x 64 SIGGRAPH17-layout data set (3 training, 2 test scenes, with the _align folders); see tiny_data.py."""
     from tiny_data import make_tiny_dataset
     return make_tiny_dataset(tmp_path_factory.mktemp('tiny_sig17'))
+
+
+@pytest.fixture(autouse=True)
+def _drop_log_handlers_added_by_the_test():
+    """The command-line tools call logging.basicConfig, which hands the root logger a handler on the sys.stderr of
+    that moment: under pytest, one test's capture stream, closed when the test ends. Left in place, every later log
+    record fails on it ('--- Logging error ---' tracebacks in other tests' stderr) and stops later basicConfig calls
+    from taking effect, so tests would pass or fail by their order. Each test starts with the handlers it found."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        root.removeHandler(handler)

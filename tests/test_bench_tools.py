@@ -71,3 +71,11 @@ def test_flop_count_of_a_training_step_scales_with_the_batch():
     one = speed.count_train_flops(net, None, torch.device('cpu'), 1)
     assert one * 4 == pytest.approx(489.0e9, rel=1e-3)  # the figure for batch 4 (torch's flop counter)
     assert all(p.grad is None for p in net.parameters())  # counting leaves no gradients behind
+
+
+def test_hyper_threads_share_a_core():
+    import speed
+
+    assert speed.physical_cores({'siblings': '2', 'cpu cores': '2'}, 2) == 2
+    assert speed.physical_cores({'siblings': '4', 'cpu cores': '2'}, 2) == 1  # two vCPUs, one core
+    assert speed.physical_cores({}, 2) == 2

@@ -112,3 +112,11 @@ def test_robust_denoising_keeps_texture_and_removes_level_dependent_noise():
     assert psnr_mu(denoised, clean) > psnr_mu(noisy, clean) + 5
     with pytest.raises(ValueError, match='method must be one of'):
         denoise_colour_label(clean, method='bilateral')
+
+
+def test_labels_too_small_for_a_block_are_denoised_all_the_same():
+    rng = np.random.default_rng(8)
+    clean = _smooth_scene(12, 40)
+    noisy = from_mu(to_mu(clean) + rng.normal(0, 0.02, clean.shape).astype(np.float32))
+    denoised, sigma = denoise_colour_label(noisy)
+    assert denoised.shape == noisy.shape and sigma > 0 and np.isfinite(denoised).all()

@@ -630,11 +630,22 @@ def test_batch_contact_sheet_renders_in_headless_chromium(bracket, tmp_path, cap
     page = (out / 'index.html').read_text(encoding='utf-8')
     probe = out / 'probe.html'
     probe.write_text(page.replace('</body>', _IMAGE_PROBE + '</body>'), encoding='utf-8')
-    done = subprocess.run([browser, '--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files',
-                           '--virtual-time-budget=10000', '--window-size=1400,1000', '--dump-dom', probe.as_uri()],
-                          capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="image-probe">(.*?)</pre>', done.stdout, re.S)
-    assert found, f'chromium did not render the page (exit {done.returncode}): {done.stderr[-2000:]}'
+    # its own session (all its helper processes go with it on a timeout) and its own profile folder; headless
+    # Chromium sometimes lingers after printing the page, so what it printed before a timeout counts
+    import os
+    import signal
+
+    proc = subprocess.Popen([browser, '--headless', '--no-sandbox', '--disable-gpu', '--allow-file-access-from-files',
+                             f'--user-data-dir={tmp_path / "chromium_profile"}', '--virtual-time-budget=10000',
+                             '--window-size=1400,1000', '--dump-dom', probe.as_uri()],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    found = re.search(r'<pre id="image-probe">(.*?)</pre>', stdout, re.S)
+    assert found, f'chromium did not render the page (exit {proc.returncode}): {stderr[-2000:]}'
     import html as html_lib
 
     rows = json.loads(html_lib.unescape(found.group(1)))

@@ -108,7 +108,7 @@ class AlignConfig:
     # How the label's tolerance measures the frames' noise per brightness band: 'immerkaer' (the band's mean) or
     # 'robust' (a low percentile of block estimates, blind to texture). 'robust' rejects more misaligned warps in
     # clean textured frames but also more of the warps that would average high-ISO noise away: on 48 validation
-    # scenes it lost 0.24 dB PSNR-mu overall (README, "The label is medium-first")
+    # scenes it lost 0.17 dB PSNR-mu overall (README, "The label is denoised")
     label_noise: str = 'immerkaer'
     # Denoise the label (util/label_denoise.py: NL-means in the mu-law domain, each brightness band at its own noise
     # level, estimated blind to texture): the merge of noisy frames carries their noise, and the network learns to
@@ -405,12 +405,12 @@ def medium_first(aligned: np.ndarray, ref: np.ndarray, src: np.ndarray, t_ref: f
     is clipped or where it agrees with the reference within the frames' noise, the reference brought to the
     source's exposure elsewhere. ``src`` is the frame before alignment (its noise sets the tolerance).
     Returns ``(frame, kept)``."""
-    from util.label_denoise import noise_by_level, robust_noise_by_level, sigma_at_level
+    from util.label_denoise import ROBUST_BLOCK, noise_by_level, robust_noise_by_level, sigma_at_level
 
     cfg = cfg or AlignConfig()
     ref = np.asarray(ref, np.float32)
     aligned = np.asarray(aligned, np.float32)
-    robust = cfg.label_noise == 'robust' and min(ref.shape[:2]) >= 18  # a block estimate needs 16 x 16 pixels
+    robust = cfg.label_noise == 'robust' and min(ref.shape[:2]) >= ROBUST_BLOCK + 2  # one block at least
     bands = robust_noise_by_level if robust else noise_by_level
     # the noise of the difference, pixel by pixel: each frame's own at its brightness there (shot noise grows with it)
     gain = np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))

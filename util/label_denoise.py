@@ -8,7 +8,8 @@ T(x) = log(1 + mu x) / log(1 + mu) of specs/method.md, with scikit-image's non-l
 the label's own noise level per brightness band, estimated so that texture does not read as noise (a low
 percentile of Immerkaer's estimator over blocks), so that a clean label is left nearly as it is.
 
-The release's training never does this: only the adaptation tool uses it (``--denoise_labels``).
+The release never does this. Since round 3's fifth session every colour label is denoised as it is made
+(``util.align.colour_label``, ``AlignConfig.label_denoise``: training data and ``tools/adapt.py`` alike).
 """
 from __future__ import annotations
 
@@ -165,8 +166,10 @@ def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: floa
     ``immerkaer``: one strength for the whole label, from Immerkaer's estimate (texture reads as noise, so clean
     textured labels get smoothed). ``robust``: the noise per brightness band from :func:`robust_noise_by_level`,
     a variance-stabilising map so that each band is filtered at its own noise level, and a clean label is left
-    nearly as it is whatever its texture. ``strength``: the NL-means filtering parameter h per unit of noise;
-    ``percentile``: the robust estimate's rank of block estimates."""
+    nearly as it is whatever its texture (bands are judged on the channel mean, the map is applied to each channel's
+    own value: a strongly coloured pixel is filtered at its channel's level). Labels under ``ROBUST_BLOCK + 2``
+    pixels a side take :func:`noise_by_level`'s per-band means instead. ``strength``: the NL-means filtering
+    parameter h per unit of noise; ``percentile``: the robust estimate's rank of block estimates."""
     from skimage.restoration import denoise_nl_means
 
     if method not in DENOISE_METHODS:
@@ -178,11 +181,14 @@ def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: floa
     if method == 'immerkaer':
         sigma = estimate_noise_sigma(tm)
         if sigma <= 0:
-            return hdr.astype(np.float32), 0.0
+            return np.maximum(hdr, 0).astype(np.float32), 0.0
         return from_mu(denoise_nl_means(tm, h=strength * sigma, sigma=sigma, **nlm)), sigma
-    bands = robust_noise_by_level(tm, percentile=percentile)
+    if min(tm.shape[:2]) >= ROBUST_BLOCK + 2:
+        bands = robust_noise_by_level(tm, percentile=percentile)
+    else:  # too small for one block: the per-band mean (texture counts then)
+        bands = noise_by_level(tm)
     if bands.max() <= 0:
-        return hdr.astype(np.float32), 0.0
+        return np.maximum(hdr, 0).astype(np.float32), 0.0
     grid, f = _stabilising_transform(bands)
     clean = _inverse(denoise_nl_means(_forward(tm.astype(np.float64), grid, f), h=strength, sigma=1.0, **nlm), grid, f)
     mean_sigma = float(sigma_at_level(tm.mean(axis=2), bands).mean())
