@@ -2,7 +2,7 @@
 
 For every split of ``data/study_splits.py`` (scenes rendered from the hold-out HDRIs with the split's settings,
 the same generator streams as the study's) and for the validation split (training HDRIs), it merges each bracket
-four ways and scores them against the ground truth:
+several ways and scores them against the ground truth:
 
 * ``unaligned_merge``: the triangle merge of the frames as shot;
 * ``flow_merge``: after a plain DIS-flow alignment (no validity check, no fallback);
@@ -131,11 +131,12 @@ def main(argv=None) -> int:
     p.add_argument('--out', default=str(_ROOT / 'bench' / 'results' / 'label_highlights.json'))
     p.add_argument('--validation_only', action='store_true', help='score the validation split only (recipe choices)')
     p.add_argument('--label_floor', type=float, nargs='*', default=[],
-                   help='also score the medium-first label with these tolerance floors')
+                   help='also score the medium-first label with these tolerance floors (not denoised)')
     p.add_argument('--denoise', action='store_true',
                    help='also score denoising variants of the label (colour_component_denoised_*)')
     p.add_argument('--label_grow', type=int, nargs='*', default=[],
-                   help='also score the medium-first label with disagreements grown by these many pixels')
+                   help='also score the medium-first label with disagreements grown by these many pixels '
+                        '(not denoised)')
     p.add_argument('--robust_h', type=float, nargs='*', default=[],
                    help='with --denoise: also score the robust denoising with these NL-means strengths')
     p.add_argument('--robust_percentile', type=float, nargs='*', default=[],

@@ -1,7 +1,8 @@
 """CPU/GPU speed and memory of each backbone: a stage-1 training step and inference at several sizes.
 
     python bench/speed.py                          # all backbones, default sizes, writes bench/results/speed.json
-    python bench/speed.py --networks AHDRNet --sizes 256x256 1000x1500 --tile 0 256
+    python bench/speed.py --networks AHDRNet --modes 256x256 1000x1500 --tiles 0 256
+    python bench/speed.py --networks AHDRNet FSHDR --modes train --precisions fp32 bf16 --count_flops
 
 Every configuration runs in a fresh subprocess so that its peak memory (ru_maxrss, includes ~0.8 GB of
 interpreter and torch) is its own. Times are medians of --runs runs after --warmup runs.
@@ -18,6 +19,10 @@ by '+': fp32, bf16, fp16, compile, channels_last) for every network and mode, in
 by default. `compile` is torch.compile with the same fall-back as --compile in train.py/test.py (the entry records
 whether it compiled; the compile time is in the warm-up runs, `warmup_seconds`, so keep --warmup >= 1). The report
 records the CPU model, whether it has native bf16 (avx512_bf16, AMX) and the thread count.
+
+`--count_flops` counts each configuration's FLOPs (torch's flop counter; inference counted at 256x256 and scaled by
+the pixels) and reports GFLOP/s against the nominal fp32 FMA peak (FLOP per cycle from the CPU kind x nominal clock x
+physical cores) and a measured sgemm rate.
 
     python bench/speed.py --precisions fp32 bf16 bf16+compile channels_last --modes train 256x256 512x512 1000x1500
 """

@@ -13,8 +13,9 @@ merge_brackets). No ground truth is used: the brackets themselves give both labe
    set is cached in RAM). A bracket that fails is reported and skipped.
 2. **Colour component** Y_color: the frames are written as a SIGGRAPH17-layout scene
    (``Training/<bracket>/``, 16-bit TIFFs + ``exposure.txt``) and aligned by ``data.align_split.prepare_scene``
-   (DIS optical flow, Kalantari's triangle merge), the same code that builds ``Training_align`` for training.
-   Then Y_color is denoised (``--denoise_labels on``, util/label_denoise.py): it carries the inputs' own noise.
+   (DIS optical flow, the medium-first triangle merge, then NL-means denoising per brightness band,
+   util/label_denoise.py: the merge carries the inputs' own noise), the same code that builds ``Training_align``
+   for training. ``--denoise_labels off`` passes ``AlignConfig(label_denoise=False)``.
 3. **Structure component** Y_stru: ``test.py --stage0_inference`` runs the structure network on the aligned
    frames. That network is ``--stage1 CKPT1`` (the stage-1 network the checkpoint was trained with: the method's
    structure component) or, when ``--stage1`` is not given, the stage-2 checkpoint itself (said in the log).

@@ -14,13 +14,15 @@ Source -> destination (``specs/method.md``, "Folder layout"):
 
 Each destination scene holds exactly three frames (short, long warped; medium copied byte for
 byte), under the source's file names and at the source's bit depth, so sorted names still go
-short, medium, long. For training splits it also holds ``HDRImg.hdr`` = ``Y_color`` merged from
-the aligned frames (as they are stored, i.e. after quantisation) with the exposures of the
-*source* folder. It is not written for Test/Sen/Tursun by default (``--colour_label``), because
+short, medium, long. For training splits it also holds ``HDRImg.hdr`` = ``Y_color``: the medium-first
+triangle merge of the aligned frames (as they are stored, i.e. after quantisation) with the exposures of
+the *source* folder, then denoised (``util/label_denoise.py``, ``AlignConfig.label_denoise``). The rule it
+was made with, the denoiser's settings included, is recorded in ``<split>_align/.colour_label.json``. It is not written for Test/Sen/Tursun by default (``--colour_label``), because
 ``Test_align`` must not carry an ``HDRImg.hdr`` that a test loader could take for ground truth.
 
 A scene is written to a hidden temporary folder and renamed at the end, so a scene folder that
-exists is complete; existing scenes are skipped unless ``--overwrite``.
+exists is complete; existing scenes are skipped unless ``--overwrite``, with a warning when their labels
+were made by another rule.
 """
 from __future__ import annotations
 

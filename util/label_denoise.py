@@ -1,4 +1,4 @@
-"""Denoising the colour label Y_color for self-supervised adaptation (tools/adapt.py).
+"""Denoising the colour label Y_color as it is made (util.align.colour_label): training data and tools/adapt.py.
 
 Y_color is merged from the very frames the network sees, so its noise is the inputs' noise: fine-tuning towards
 it teaches the network to copy that noise (unlike Noise2Noise, the two noises are not independent). On noisy
