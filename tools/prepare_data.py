@@ -17,8 +17,9 @@ byte), under the source's file names and at the source's bit depth, so sorted na
 short, medium, long. For training splits it also holds ``HDRImg.hdr`` = ``Y_color``: the medium-first
 triangle merge of the aligned frames (as they are stored, i.e. after quantisation) with the exposures of
 the *source* folder, then denoised (``util/label_denoise.py``, ``AlignConfig.label_denoise``). The rule it
-was made with, the denoiser's settings included, is recorded in ``<split>_align/.colour_label.json``. It is not written for Test/Sen/Tursun by default (``--colour_label``), because
-``Test_align`` must not carry an ``HDRImg.hdr`` that a test loader could take for ground truth.
+was made with, the denoiser's settings included, is recorded in ``<split>_align/.colour_label.json``. It
+is not written for Test/Sen/Tursun by default (``--colour_label``), because ``Test_align`` must not carry an
+``HDRImg.hdr`` that a test loader could take for ground truth.
 
 A scene is written to a hidden temporary folder and renamed at the end, so a scene folder that
 exists is complete; existing scenes are skipped unless ``--overwrite``, with a warning when their labels
