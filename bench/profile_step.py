@@ -19,8 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 import torch  # noqa: E402
 
 from models import networks  # noqa: E402
-from models.selfhdr1_model import expansion_mask, reference_weights  # noqa: E402
-from speed import count_train_flops, cpu_description, make_inputs  # noqa: E402
+from speed import count_train_flops, cpu_description, make_inputs, stage1_loss  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 
 
@@ -28,12 +27,7 @@ def step(net, optimizer, inputs, amp):
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast('cpu', dtype=amp, enabled=amp is not None):
         out = net(*inputs)
-    out = out.float()
-    label = inputs[1][:, :3] * 1.1
-    weights = reference_weights(inputs[1][:, 3:])
-    l1 = networks.L1MuLoss()
-    loss = l1(out, label, expansion_mask(label, inputs[1][:, :3], weights)) + 4 * l1(out, inputs[1][:, :3], weights)
-    loss.backward()
+    stage1_loss(out.float(), inputs, inputs[1][:, :3] * 1.1, networks.L1MuLoss()).backward()
     optimizer.step()
 
 

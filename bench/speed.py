@@ -178,6 +178,14 @@ def count_train_flops(net, forward, device, batch):
     return counter.get_total_flops()
 
 
+def stage1_loss(out, inputs, label, l1):
+    """The stage-1 loss the benchmarks time: masked L1 to `label` where it expands the medium frame, plus 4x the
+    medium frame's own weighted L1."""
+    weights = reference_weights(inputs[1][:, 3:])
+    mask = expansion_mask(label, inputs[1][:, :3], weights)
+    return l1(out, label, mask) + 4 * l1(out, inputs[1][:, :3], weights)
+
+
 def time_network(net, network, mode, device, amp=None, channels_last=False, compile=False, forward=None, batch=4,
                  warmup=1, runs=5, tile=0, tile_overlap=32):
     """Seconds of `mode` ('train': a stage-1 step on `batch` crops of 128x128; 'HxW': batch-1 inference) for `net`
@@ -204,10 +212,7 @@ def time_network(net, network, mode, device, amp=None, channels_last=False, comp
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 out = forward(*inputs)
-            out = out.float()
-            weights = reference_weights(inputs[1][:, 3:])
-            mask = expansion_mask(label, inputs[1][:, :3], weights)
-            loss = l1(out, label, mask) + 4 * l1(out, inputs[1][:, :3], weights)
+            loss = stage1_loss(out.float(), inputs, label, l1)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

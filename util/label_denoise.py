@@ -51,6 +51,13 @@ def _immerkaer_residuals(img: np.ndarray) -> list[np.ndarray]:
     return [np.abs(cv2.filter2D(img[..., c].astype(np.float32), -1, _KERNEL)[1:-1, 1:-1]) for c in range(img.shape[2])]
 
 
+def _residual_and_alive(img: np.ndarray, clip_level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Immerkaer's residual (mean over channels) and the pixels that carry noise, both over the interior pixels:
+    clipped and black pixels carry none, and counting them would pull their bands' estimates down."""
+    alive = ((img < clip_level) & (img > 0)).all(axis=2)[1:-1, 1:-1]
+    return np.mean(_immerkaer_residuals(img), axis=0), alive
+
+
 NOISE_LEVEL_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0001)
 
 
@@ -66,9 +73,8 @@ def noise_by_level(img: np.ndarray, min_pixels: int = 256, clip_level: float = 0
     (0 when no pixel is left)."""
     if img.ndim != 3 or min(img.shape[:2]) < 3:
         raise ValueError(f'noise_by_level: expected an H x W x C image of at least 3 x 3, got {img.shape}')
-    residual = np.mean(_immerkaer_residuals(img), axis=0)
-    # clipped and black pixels carry no noise: counting them would pull their bands' estimates down
-    alive = ((img < clip_level) & (img > 0)).all(axis=2)[1:-1, 1:-1].ravel()
+    residual, alive = _residual_and_alive(img, clip_level)
+    alive = alive.ravel()
     inner = _band(img.mean(axis=2))[1:-1, 1:-1].ravel()[alive]
     residual = residual.ravel()[alive]
     if residual.size == 0:
@@ -102,8 +108,7 @@ def robust_noise_by_level(img: np.ndarray, block: int = ROBUST_BLOCK, percentile
     if img.ndim != 3 or min(img.shape[:2]) < block + 2:
         raise ValueError(f'robust_noise_by_level: expected an H x W x C image of at least {block + 2} pixels a side, '
                          f'got {img.shape}')
-    residual = np.mean(_immerkaer_residuals(img), axis=0)
-    alive = ((img < clip_level) & (img > 0)).all(axis=2)[1:-1, 1:-1]
+    residual, alive = _residual_and_alive(img, clip_level)
     level = img.mean(axis=2)[1:-1, 1:-1]
     bh, bw = residual.shape[0] // block, residual.shape[1] // block
 
