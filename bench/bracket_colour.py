@@ -2,7 +2,7 @@
 
     python bench/bracket_colour.py --inputs short.png medium.png long.png \
         --model shipped=pretrained_models/ahdrnet_short_stage2/SelfHDR_model_1.pth \
-        --model old=old/SelfHDR_model_1.pth --model fshdr=FSHDR:pretrained_models/fshdr_long_stage2/SelfHDR_model_1.pth \
+        --model old=old/SelfHDR_model_1.pth --model fshdr=FSHDR:pretrained_models/fshdr_long_mf_stage2/SelfHDR_model_1.pth \
         --scale 0.5 --out bench/results/bracket_colour
 
 For each checkpoint (``NAME=CKPT`` runs ``--network``, AHDRNet unless told; ``NAME=NETWORK:CKPT`` names its own),

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,15 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def shipped_name() -> str:
+    """The checkpoint folder test.sh evaluates by default (its ``name=${name:-...}`` line), so this bench follows
+    whatever model is shipped."""
+    match = re.search(r'^name=\$\{name:-([^}]+)\}', (ROOT / 'test.sh').read_text(), re.MULTILINE)
+    if not match:
+        raise SystemExit('test.sh: no default name=${name:-...} line found')
+    return match.group(1)
 
 
 def run(script, env_extra, metrics_file):
@@ -52,8 +62,7 @@ def main(argv=None):
         result = run('train.sh', {'budget': 'demo'}, ROOT / 'ckpt' / 'demo_stage2' / 'metrics_sig17align_epoch_2.json')
         out = RESULTS / 'demo_run.json'
     else:
-        result = run('test.sh', {}, ROOT / 'pretrained_models' / 'fshdr_long_stage2'
-                     / 'metrics_sig17align_epoch_1.json')
+        result = run('test.sh', {}, ROOT / 'pretrained_models' / shipped_name() / 'metrics_sig17align_epoch_1.json')
         out = RESULTS / 'shipped_model_test_sh.json'
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + '\n')

@@ -1,0 +1,39 @@
+"""The checkpoints shipped in pretrained_models/: test.sh's default exists, and every shipped model loads strictly into
+the backbone its study names and merges a small bracket into finite values in (0, 1)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.base_model import load_backbone_state
+from models.networks import define_network
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(p.parent for p in (ROOT / 'pretrained_models').glob('*/SelfHDR_model_1.pth'))
+
+
+def test_default_of_test_sh_is_shipped():
+    script = (ROOT / 'test.sh').read_text()
+    name = re.search(r'^name=\$\{name:-([^}]+)\}', script, re.MULTILINE).group(1)
+    net = re.search(r'^net=\$\{net:-([^}]+)\}', script, re.MULTILINE).group(1)
+    folder = ROOT / 'pretrained_models' / name
+    assert (folder / 'SelfHDR_model_1.pth').is_file()
+    assert json.loads((folder / 'results.json').read_text())['network'] == net
+
+
+@pytest.mark.parametrize('folder', SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_model_loads_and_merges(folder):
+    network = json.loads((folder / 'results.json').read_text())['network']
+    net = define_network(network)
+    load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
+    net.eval()
+    gen = torch.Generator().manual_seed(0)
+    # three LDR frames and their linearised copies, 6 channels each, as the data sets give them
+    ldr = torch.rand(1, 3, 3, 32, 48, generator=gen).sort(dim=1).values
+    frames = [torch.cat([x, x.clamp(min=1e-4) ** 2.2 / t], 1) for x, t in zip(ldr.unbind(1), (1.0, 4.0, 16.0))]
+    with torch.no_grad():
+        out = net(*frames)
+    assert out.shape == (1, 3, 32, 48)
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
