@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the seam check reads the outputs with the project's own readers
 CHECKPOINT = os.path.join(ROOT, 'pretrained_models', 'ahdrnet_short_stage2', 'SelfHDR_model_1.pth')
 TIMES = (1.0, 4.0, 16.0)
 
@@ -136,7 +137,19 @@ def main():
     if os.path.isfile(args.out):
         with open(args.out) as handle:
             result = json.load(handle)
-    result.update({'cpu': cpu_info(), 'checkpoint': os.path.relpath(CHECKPOINT, ROOT)})
+    result.pop('cpu', None)  # each entry names its own machine: runs of different sizes come from different CPUs
+    result['checkpoint'] = os.path.relpath(CHECKPOINT, ROOT)
+
+    def save(key, entry):
+        """Record one entry at once (atomically), so a later step that fails loses nothing measured."""
+        result[key] = dict(entry, cpu=cpu_info())
+        print(json.dumps(entry), flush=True)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        tmp = f'{args.out}.tmp'
+        with open(tmp, 'w') as handle:
+            json.dump(result, handle, indent=1)
+        os.replace(tmp, args.out)
+
     with tempfile.TemporaryDirectory() as work:
         if args.size:
             width, height = args.size
@@ -153,8 +166,7 @@ def main():
                      'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
             if run['rc'] or not run['finished']:
                 entry['log_tail'] = run['log'][-2000:]
-            result[f'merge_{width}x{height}'] = entry
-            print(json.dumps(entry), flush=True)
+            save(f'merge_{width}x{height}', entry)
         if args.seams:
             from util.hdr_io import read_radiance
             from util.metrics import psnr_mu
@@ -178,11 +190,7 @@ def main():
                      'psnr_mu_tiled_vs_whole': float(psnr_mu(tiled, whole)),
                      'output_range': [float(whole.min()), float(whole.max())],
                      'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
-            result[f'seams_{width}x{height}_tile{args.seam_tile}'] = entry
-            print(json.dumps(entry), flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, 'w') as handle:
-        json.dump(result, handle, indent=1)
+            save(f'seams_{width}x{height}_tile{args.seam_tile}', entry)
     print(args.out)
 
 
