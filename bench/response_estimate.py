@@ -50,7 +50,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from photo.response import Response, encode, estimate_response, gamma_table, normalise_table, srgb_table  # noqa: E402
-from photo.response_choice import choose_response  # noqa: E402
+from photo.response import bracket_pairs, curve_residual, fit_power_law  # noqa: E402
+from photo.response_choice import (GAMMA_RANGE, MAX_CHANNEL_SPREAD, MAX_RESIDUAL_STOPS, PARAMETRIC_GAIN,  # noqa: E402
+                                   choose_response, unreliable_reasons)
 from util import metrics  # noqa: E402
 from util.colour import merge_colour_component  # noqa: E402
 from util.synthetic import SynthConfig, list_hdr_files, load_sources, scene_rng, synthesize_scene  # noqa: E402
@@ -151,6 +153,44 @@ def classical(frames8, times, table):
     return merge_colour_component(x[0], x[1], x[2], np.asarray(times, np.float64))
 
 
+# The default's rule, tried on validation brackets: the fallback's PARAMETRIC_GAIN and the reliability check's
+# limits on the fit residual and the channel spread.
+RULE_GAINS = (0.7, 0.8, 0.9, 1.0)
+RULE_RESIDUALS = (0.15, 0.2, 0.25)
+RULE_SPREADS = (0.03, 0.04, 0.06, 0.08)
+
+
+def rule_choice(row, gain, max_residual, max_channel_spread) -> str:
+    """What ``--response auto`` picks for a bracket under the given rule: 'estimate' when its estimate passes the
+    reliability check (photo.response_choice.unreliable_reasons with these limits), otherwise the fitted power law
+    when its residual is under ``gain`` times sRGB's (photo.response_choice.parametric_fallback), else 'srgb'."""
+    info = row.get('estimate_info')
+    if info is not None and not unreliable_reasons(info, max_residual, max_channel_spread):
+        return 'estimate'
+    law = row.get('power_law')
+    return 'power_law' if law and law['residual_stops'] < gain * law['srgb_residual_stops'] else 'srgb'
+
+
+def rule_gaps(rows) -> dict:
+    """For each rule of the grid: the default's median colour error minus the best fixed choice's, per bracket kind
+    and curve, with the default's choice redone from the rows (the same functions, on the same data)."""
+    out = {}
+    for gain in RULE_GAINS:
+        for max_residual in RULE_RESIDUALS:
+            for spread in RULE_SPREADS:
+                gaps = {}
+                for key in sorted({(r['kind'], r['curve']) for r in rows}):
+                    sel = [r for r in rows if (r['kind'], r['curve']) == key]
+                    auto = float(np.median([r['colour_error_deg'][rule_choice(r, gain, max_residual, spread)]
+                                            for r in sel]))
+                    best = min(float(np.median([r['colour_error_deg'][w] for r in sel])) for w in FIXED)
+                    gaps['/'.join(key)] = auto - best
+                out[f'gain {gain:g}, residual {max_residual:g}, spread {spread:g}'] = {
+                    'worst_gap_deg': max(gaps.values()), 'mean_gap_deg': float(np.mean(list(gaps.values()))),
+                    'gaps_deg': gaps}
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--crops', type=int, default=8, help='auto-exposed brackets (one crop per HDRI, cycled)')
@@ -158,6 +198,7 @@ def main():
     parser.add_argument('--size', type=int, nargs=2, default=(128, 192), metavar=('H', 'W'))
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--output', default=os.path.join(ROOT, 'bench', 'results', 'response_estimate.json'))
+    parser.add_argument('--note', default='', help='how the machine was loaded (recorded)')
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the fallback warnings are counted, not printed
 
@@ -173,7 +214,9 @@ def main():
                 frames8 = [(np.rint(encode(lin, true) * 255) / 255).astype(np.float32) for lin in b['linear']]
                 row = {'kind': kind, 'bracket': i, 'source': b['source'], 'curve': curve_name}
                 try:
-                    est = estimate_response(frames8, b['times'])
+                    info = {}
+                    est = estimate_response(frames8, b['times'], info=info)
+                    row['estimate_info'] = {k: v for k, v in info.items() if k != 'overlap'}
                     row['curve_error'] = curve_errors(est, true)
                     row['curve_error_separate'] = curve_errors(estimate_response(frames8, b['times'],
                                                                                  channels='separate'), true)
@@ -183,6 +226,14 @@ def main():
                 row['auto_choice'] = auto.name
                 row['auto_why'] = auto.why
                 tables = {'auto': auto.table, **fixed_tables, 'true': true}
+                # The fallback's two candidates, so that its rule (PARAMETRIC_GAIN) can be judged from the rows
+                pairs = bracket_pairs(frames8, b['times'])
+                gamma = fit_power_law(pairs, *GAMMA_RANGE)
+                if gamma is not None:
+                    gamma = round(gamma, 2)
+                    tables['power_law'] = gamma_table(gamma)
+                    row['power_law'] = {'gamma': gamma, 'residual_stops': curve_residual(pairs, gamma_table(gamma)),
+                                        'srgb_residual_stops': curve_residual(pairs, srgb_table())}
                 if est is not None:
                     tables['estimate'] = est
                 row['colour_error_deg'] = {}
@@ -223,9 +274,11 @@ def main():
            'size_hw': list(args.size), 'crops': args.crops, 'scenes': args.scenes, 'seed': args.seed,
            'codes_scored': [int(CODES[0]), int(CODES[-1])], 'units': 'curve errors in stops (log2), colour in degrees',
            'machine': {'platform': platform.platform(), 'processor': platform.processor() or platform.machine(),
-                       'cpus': os.cpu_count(), 'note': 'run nice -n 19 beside a training job on the other core'},
-           'numpy': np.__version__, 'python': platform.python_version(),
-           'wall_seconds': time.perf_counter() - start, 'summary': summary, 'rows': rows}
+                       'cpus': os.cpu_count(), 'note': args.note},
+           'rule': {'parametric_gain': PARAMETRIC_GAIN, 'max_residual_stops': MAX_RESIDUAL_STOPS,
+                    'max_channel_spread_stops': MAX_CHANNEL_SPREAD}, 'numpy': np.__version__, 'python': platform.python_version(),
+           'wall_seconds': time.perf_counter() - start, 'summary': summary,
+           'rules': rule_gaps(rows), 'rows': rows}
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     tmp = args.output + '.tmp'
     with open(tmp, 'w') as fh:
@@ -241,6 +294,13 @@ def main():
               f"{f(v['curve_as_used_stops_mean']):>7s} {f(v['curve_shape_separate_stops_mean'])}  "
               f"{v['auto_kept_estimate']:4d}/{v['auto_fell_back']:<4d}  {c['auto']:5.2f} "
               f"{v['best_fixed']:>9s} {c[v['best_fixed']]:5.2f} {v['auto_minus_best_fixed_deg']:+5.2f}")
+    ranked = sorted(out['rules'].items(), key=lambda kv: (round(kv[1]['worst_gap_deg'], 3), kv[1]['mean_gap_deg']))
+    print('rules of --response auto by worst gap to the best fixed choice (degrees), best first:')
+    for name, v in ranked[:6]:
+        print(f'  {name}: worst {v["worst_gap_deg"]:+.3f}, mean {v["mean_gap_deg"]:+.3f}')
+    current = f'gain {PARAMETRIC_GAIN:g}, residual {MAX_RESIDUAL_STOPS:g}, spread {MAX_CHANNEL_SPREAD:g}'
+    if current in out['rules']:
+        print(f'  current ({current}): worst {out["rules"][current]["worst_gap_deg"]:+.3f}')
 
 
 if __name__ == '__main__':

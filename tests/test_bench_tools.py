@@ -79,3 +79,24 @@ def test_hyper_threads_share_a_core():
     assert speed.physical_cores({'siblings': '2', 'cpu cores': '2'}, 2) == 2
     assert speed.physical_cores({'siblings': '4', 'cpu cores': '2'}, 2) == 1  # two vCPUs, one core
     assert speed.physical_cores({}, 2) == 2
+
+
+def test_response_rule_grid_redoes_the_defaults_choice(tmp_path, monkeypatch):
+    """bench/response_estimate.py judges rules of --response auto offline from its rows: with the module's own
+    limits, its choice must be the one choose_response made on every bracket, or the grid judges another rule."""
+    import json
+    import response_estimate
+    from photo.response_choice import MAX_CHANNEL_SPREAD, MAX_RESIDUAL_STOPS, PARAMETRIC_GAIN
+    out = tmp_path / 'r.json'
+    monkeypatch.setattr(sys, 'argv', ['response_estimate.py', '--crops', '1', '--scenes', '2', '--size', '48', '64',
+                                      '--output', str(out)])
+    response_estimate.main()
+    report = json.loads(out.read_text())
+    assert len(report['rows']) == 3 * len(response_estimate.CURVES)
+    kinds = {'estimate': 'estimate', 'srgb': 'srgb'}
+    for row in report['rows']:
+        choice = response_estimate.rule_choice(row, PARAMETRIC_GAIN, MAX_RESIDUAL_STOPS, MAX_CHANNEL_SPREAD)
+        assert choice == kinds.get(row['auto_choice'], 'power_law'), row['auto_why']
+        assert row['colour_error_deg'][choice] == row['colour_error_deg']['auto']
+    current = f'gain {PARAMETRIC_GAIN:g}, residual {MAX_RESIDUAL_STOPS:g}, spread {MAX_CHANNEL_SPREAD:g}'
+    assert current in report['rules']
