@@ -2,11 +2,12 @@
 # SelfHDR training in the release's three steps, then an evaluation of the result.
 # By default it runs on the bundled demo data (made on first use from datasets/hdri/ and scikit-image's photos, no
 # download) with a budget that finishes in about ten minutes on a 2-core CPU; `budget=short sh train.sh` trains the
-# shipped model (the study's recipe and data). For the paper's settings see README.md ("Training").
+# study's recipe and data at its short budget (the shipped model is the same recipe at the long budget:
+# python tools/study.py --budget long --network FSHDR). For the paper's settings see README.md ("Training").
 # Every variable can be overridden from the environment, e.g.  net=SCTNet gpu=0 sh train.sh
 set -e
 
-budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the shipped model (~2 h on 2 cores)
+budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the study's recipe (~2 h on 2 cores)
 case "$budget" in
     demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30; d_compile=False; d_variety=standard ;;
     short) d_root=./datasets/study_short; d_train=192; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=60; d_compile=True; d_variety=wide ;;

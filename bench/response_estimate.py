@@ -1,5 +1,5 @@
 """How well does the bracket's own camera curve come out, and does the default (``--response auto``) get colours
-right? Writes bench/results/response_estimate.json (a few minutes on one core).
+right? Writes bench/results/response_estimate.json (seconds to a minute on one core).
 
     python bench/response_estimate.py [--crops 8] [--scenes 6] [--size 128 192]
 
@@ -29,7 +29,8 @@ Reported per curve and bracket kind:
   in degrees, then the median over brackets, for the default (``auto``) and each fixed choice (``gamma1.8`` ..
   ``gamma2.4``, ``srgb``), ``estimate`` and the true curve; ``auto_minus_best_fixed`` is the default's distance
   to the best fixed choice for that curve (done when <= 0.5 degrees);
-* how often ``auto`` kept the estimate and how often it fell back to sRGB.
+* how often ``auto`` kept the estimate and how often it fell back (to a fitted power law or sRGB);
+* ``rules``: the default's gap to the best fixed choice redone for a grid of its rule's limits (chosen on seed 1).
 """
 import argparse
 import json
@@ -218,10 +219,15 @@ def main():
                     est = estimate_response(frames8, b['times'], info=info)
                     row['estimate_info'] = {k: v for k, v in info.items() if k != 'overlap'}
                     row['curve_error'] = curve_errors(est, true)
-                    row['curve_error_separate'] = curve_errors(estimate_response(frames8, b['times'],
-                                                                                 channels='separate'), true)
                 except ValueError as exc:
                     est, row['estimate_failed'] = None, str(exc)
+                    row.pop('estimate_info', None)  # no estimate: the rules must fall back, as auto did
+                if est is not None:
+                    try:
+                        row['curve_error_separate'] = curve_errors(estimate_response(frames8, b['times'],
+                                                                                     channels='separate'), true)
+                    except ValueError as exc:
+                        row['estimate_separate_failed'] = str(exc)
                 auto = choose_response('auto', frames8, b['times'], ['short', 'medium', 'long'])
                 row['auto_choice'] = auto.name
                 row['auto_why'] = auto.why
@@ -263,8 +269,9 @@ def main():
                 'curve_shape_stops_mean': float(np.mean([r['curve_error']['shape'] for r in est_ok])) if est_ok else None,
                 'curve_shape_stops_max': float(np.max([r['curve_error']['shape'] for r in est_ok])) if est_ok else None,
                 'curve_as_used_stops_mean': float(np.mean([r['curve_error']['as_used'] for r in est_ok])) if est_ok else None,
-                'curve_shape_separate_stops_mean': (float(np.mean([r['curve_error_separate']['shape'] for r in est_ok]))
-                                                    if est_ok else None),
+                'curve_shape_separate_stops_mean': (float(np.mean([r['curve_error_separate']['shape'] for r in est_ok
+                                                                   if 'curve_error_separate' in r]))
+                                                    if any('curve_error_separate' in r for r in est_ok) else None),
                 'auto_kept_estimate': sum(r['auto_choice'] == 'estimate' for r in sel),
                 'auto_fell_back': sum(r['auto_choice'] != 'estimate' for r in sel),
                 'colour_error_deg_median': colour, 'best_fixed': best,

@@ -45,7 +45,7 @@ AUTO = 'auto'
 # validation brackets (`bench/response_estimate.py --seed 1 --crops 16 --scenes 48`, its `rules` grid: the rule with
 # the smallest worst-case gap between the default's colour error and the best fixed curve's, over 8 camera curves),
 # never on the brackets it reports (seed 0). Tripod brackets with exposure overlap show per-channel fits within
-# 0.05 stops of the shared curve (median 0.002), the real hdrmerge bracket 0.02; heavily clipped ones up to 2.3.
+# 0.05 stops of the shared curve (median 0.002), the real hdrmerge bracket 0.014; heavily clipped ones up to 2.3.
 MIN_COVERAGE = 0.5          # fraction of codes 20..235 observed by some pair of neighbouring frames
 MAX_RESIDUAL_STOPS = 0.25   # RMS of the ratio constraints the curve leaves unexplained
 MAX_CHANNEL_SPREAD = 0.04   # stops between the per-channel fits and the shared curve (offsets removed)

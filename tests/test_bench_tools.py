@@ -1,5 +1,6 @@
-"""The small pieces of the benches that decide what they measure: the RAW rendering of the real bracket and the
-model specs of ``bench/bracket_colour.py``."""
+"""The small pieces of the benches that decide what they measure: the RAW rendering of the real bracket, the
+model specs of ``bench/bracket_colour.py``, the compute-limit helpers of ``bench/speed.py``, and the rule grid of
+``bench/response_estimate.py`` (run on three tiny brackets)."""
 import sys
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def test_response_rule_grid_redoes_the_defaults_choice(tmp_path, monkeypatch):
     """bench/response_estimate.py judges rules of --response auto offline from its rows: with the module's own
     limits, its choice must be the one choose_response made on every bracket, or the grid judges another rule."""
     import json
+    import os
+    for name in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):  # the bench sets these at import: undo after the test
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
     import response_estimate
     from photo.response_choice import MAX_CHANNEL_SPREAD, MAX_RESIDUAL_STOPS, PARAMETRIC_GAIN
     out = tmp_path / 'r.json'
@@ -98,5 +105,7 @@ def test_response_rule_grid_redoes_the_defaults_choice(tmp_path, monkeypatch):
         choice = response_estimate.rule_choice(row, PARAMETRIC_GAIN, MAX_RESIDUAL_STOPS, MAX_CHANNEL_SPREAD)
         assert choice == kinds.get(row['auto_choice'], 'power_law'), row['auto_why']
         assert row['colour_error_deg'][choice] == row['colour_error_deg']['auto']
+    choices = {row['auto_choice'] == 'estimate' for row in report['rows']}
+    assert choices == {True, False}, 'the tiny brackets must exercise both the estimate and the fallback'
     current = f'gain {PARAMETRIC_GAIN:g}, residual {MAX_RESIDUAL_STOPS:g}, spread {MAX_CHANNEL_SPREAD:g}'
     assert current in report['rules']

@@ -203,7 +203,7 @@ def test_ablations_train_and_score(tiny_study):
 
 
 def test_train_sh_short_budget_is_the_studys_recipe():
-    """`budget=short sh train.sh` trains the shipped model: its data and settings must be the study's."""
+    """`budget=short sh train.sh` trains the study's recipe at its short budget: the study's data and settings."""
     text = (Path(study.__file__).resolve().parents[1] / 'train.sh').read_text()
     line = next(ln for ln in text.splitlines() if ln.strip().startswith('short)'))
     values = dict(re.findall(r'd_(\w+)=([^;\s]+)', line))
