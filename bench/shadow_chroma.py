@@ -35,7 +35,7 @@ from tools.study import describe_machine, machine_info  # noqa: E402
 from photo.response import encode, gamma_table  # noqa: E402
 from response_estimate import auto_exposed_brackets  # noqa: E402
 from util.colour import merge_colour_component  # noqa: E402
-from util.tonemap import display_tonemap  # noqa: E402
+from util.tonemap import display_tonemap, luminance, shadow_chroma  # noqa: E402
 
 
 def angles(img, ref, mask):
@@ -59,6 +59,9 @@ def main():
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--noise_scale', type=float, default=1.0,
                         help='sensor noise x this (1: a camera at base ISO; 8: a high-ISO or small-sensor bracket)')
+    parser.add_argument('--radius_fractions', type=float, nargs='*', default=[],
+                        help="also score the clean-shadow colour with these window radii (share of the shorter "
+                             "side; util.tonemap.SHADOW_RADIUS_FRACTION is the default's)")
     parser.add_argument('--save_dir', default='', help='also save each bracket and the network output (.npz)')
     parser.add_argument('--output', default=os.path.join(ROOT, 'bench', 'results', 'shadow_chroma.json'))
     args = parser.parse_args()
@@ -92,6 +95,11 @@ def main():
                   'network_preview_clean': preview_colour(hdr, True),
                   'classical_preview_matlab': preview_colour(classical, False),
                   'classical_preview_clean': preview_colour(classical, True)}
+        for frac in args.radius_fractions:  # the preview's colour is its ratio times a luminance: the ratio decides
+            r = max(2, round(frac * min(args.size)))
+            for name, img in (('network', hdr), ('classical', classical)):
+                img = np.maximum(img, 0)
+                images[f'{name}_preview_clean_r{frac:g}'] = shadow_chroma(img, luminance(img), radius=r)
         for ref_name, ref in refs.items():
             for name, img in images.items():
                 a = angles(img, ref, mask)

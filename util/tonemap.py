@@ -105,6 +105,8 @@ def reinhard(x: np.ndarray, exposure: float = 0.0, gamma: float = 2.2, key: floa
 # luminance percentile) a pixel's colour starts to come from the local fit of shadow_chroma, and from
 # SHADOW_STOPS[1] on only from there.
 SHADOW_STOPS = (-4.0, -7.0)
+# The fit's window radius as a share of the image's shorter side (bench/shadow_chroma.py --radius_fractions).
+SHADOW_RADIUS_FRACTION = 0.005
 
 
 def _box(img: np.ndarray, r: int) -> np.ndarray:
@@ -119,7 +121,7 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
     squared): noise that does not follow the luminance is averaged out, colour edges that do (a dark tree against
     a bright sky) stay sharp, and luminance detail is untouched. The fit replaces a pixel's own ratio gradually
     from ``stops[0]`` to ``stops[1]`` stops under the 99th luminance percentile; brighter pixels keep theirs.
-    ``radius`` defaults to 0.5 % of the image's shorter side, at least 2 pixels."""
+    ``radius`` defaults to ``SHADOW_RADIUS_FRACTION`` of the image's shorter side, at least 2 pixels."""
     h, w = lum.shape
     ref = float(np.percentile(lum, 99.0))
     ratio = x / np.maximum(lum, eps)[:, :, None]
@@ -129,7 +131,7 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
     dark = np.clip((guide - stops[0]) / (stops[1] - stops[0]), 0.0, 1.0)[:, :, None]  # 0 bright, 1 deep shadow
     if not dark.any():
         return ratio
-    r = max(2, round(0.005 * min(h, w))) if radius is None else int(radius)
+    r = max(2, round(SHADOW_RADIUS_FRACTION * min(h, w))) if radius is None else int(radius)
     mean_g = _box(guide, r)
     var_g = _box(guide * guide, r) - mean_g * mean_g
     fitted = np.empty_like(ratio)
