@@ -382,6 +382,8 @@ def main():
         args.output = os.path.join(ROOT, 'bench', 'results', name)
 
     results = []
+    single = settings[variants[0]] if len(variants) == 1 else None
+    cpu = cpu_description()
     for network in args.networks:
         for variant in variants:
             setting = settings[variant]
@@ -391,8 +393,8 @@ def main():
                             and network in networks.PADDED_NETWORKS):
                         continue
                     results.append(run_child(args, network, mode, tile, variant, setting))
-    single = settings[variants[0]] if len(variants) == 1 else None
-    cpu = cpu_description()
+                    # written after every configuration, so an interrupted run keeps what it measured
+                    write_report(args, cpu, variants, single, {}, results)
     limits = {}
     if args.count_flops and args.device == 'cpu':
         per_cycle, ghz, cores = fp32_flops_per_cycle(cpu), nominal_ghz(cpu), physical_cores(cpu, args.threads)
@@ -408,6 +410,11 @@ def main():
                     entry['share_of_nominal_fp32_peak'] = entry['gflops_per_second'] / peak
                 entry['share_of_measured_sgemm'] = entry['gflops_per_second'] / limits['measured_sgemm_gflops']
         print(json.dumps(limits), flush=True)
+    write_report(args, cpu, variants, single, limits, results)
+
+
+def write_report(args, cpu, variants, single, limits, results):
+    """The JSON report of the configurations run so far (atomically)."""
     report = {'device': args.device, 'cpu': cpu, 'threads': args.threads, **limits,
               'impl': args.impl, 'malloc': args.malloc,
               'torch': torch.__version__,

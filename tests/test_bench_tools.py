@@ -109,3 +109,37 @@ def test_response_rule_grid_redoes_the_defaults_choice(tmp_path, monkeypatch):
     assert choices == {True, False}, 'the tiny brackets must exercise both the estimate and the fallback'
     current = f'gain {PARAMETRIC_GAIN:g}, residual {MAX_RESIDUAL_STOPS:g}, spread {MAX_CHANNEL_SPREAD:g}'
     assert current in report['rules']
+
+
+def test_speed_table_names_the_cpu_and_compares_with_the_release(tmp_path):
+    """bench/speed_table.py's Markdown: the CPU and threads named, the release column, fp32 GFLOP/s with its share
+    of the peak, bf16's speed-up over fp32, and `--amp auto`'s over the release, from the two speed.py reports."""
+    import json
+    import speed_table
+
+    def entry(network, mode, precision, seconds, **extra):
+        return {'network': network, 'mode': mode, 'tile': 0, 'precision': precision, 'seconds_median': seconds,
+                **extra}
+    table = {'cpu': {'model name': 'Test CPU', 'cpu family': '25', 'model': '17'},
+             'cpu_text': speed_table.cpu_text({'model name': 'Test CPU', 'cpu family': '25', 'model': '17',
+                                               'avx512_bf16': True}, 2),
+             'threads': 2, 'networks': ['AHDRNet'], 'runs': 3, 'warmup': 1, 'auto_precision': 'bf16',
+             'date': '2026-12-06',
+             'release': {'precisions': ['fp32'], 'results': [entry('AHDRNet', 'train', 'fp32', 4.0),
+                                                             entry('AHDRNet', '512x512', 'fp32', 3.0)]},
+             'ours': {'precisions': ['fp32', 'bf16'], 'nominal_fp32_peak_gflops': 200.0,
+                      'results': [entry('AHDRNet', 'train', 'fp32', 2.0, gflops_per_second=180.0,
+                                        share_of_nominal_fp32_peak=0.9),
+                                  entry('AHDRNet', 'train', 'bf16', 1.0),
+                                  entry('AHDRNet', '512x512', 'fp32', 2.5),
+                                  {'network': 'AHDRNet', 'mode': '512x512', 'precision': 'bf16', 'error': 'boom'}]}}
+    path = tmp_path / 'speed_table_test.json'
+    path.write_text(json.dumps(table))
+    assert speed_table.main(['--render', str(path)]) == 0
+    text = (tmp_path / 'speed_table_test.md').read_text()
+    assert 'Test CPU (family 25 model 17; avx512_bf16), 2 threads' in text
+    train = next(line for line in text.splitlines() if line.startswith('| AHDRNet | training step'))
+    assert train == '| AHDRNet | training step | 4.00 s | 2.00 s | 180 (90%) | 1.00 s (2.00x fp32) | 4.00x |'
+    infer = next(line for line in text.splitlines() if line.startswith('| AHDRNet | 512x512'))
+    assert infer.endswith('| 3.00 s | 2.50 s | - | - | - |')  # a failed bf16 run is a gap, not a number
+    assert speed_table.cpu_key(table['cpu']) == 'test_cpu_f25_m17'
