@@ -31,6 +31,7 @@ from photo.raw import read_raw, relative_exposure  # noqa: E402
 from photo.response import gamma_table, linearise, srgb_table  # noqa: E402
 from photo.response_choice import choose_response  # noqa: E402
 from render_raw import render  # noqa: E402
+from util.metrics import colour_angles_deg  # noqa: E402
 
 FIXED = {'gamma1.8': gamma_table(1.8), 'gamma2.0': gamma_table(2.0), 'gamma2.2': gamma_table(2.2),
          'gamma2.4': gamma_table(2.4), 'srgb': srgb_table()}
@@ -45,9 +46,7 @@ def linear_render(path: Path) -> np.ndarray:
 
 
 def colour_error(estimate: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
-    a, b = estimate[mask], truth[mask]
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-20)
-    return float(np.median(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))))
+    return float(np.median(colour_angles_deg(estimate, truth, mask)))
 
 
 def main(argv=None) -> int:

@@ -54,10 +54,9 @@ def _pair(a, b, name: str) -> tuple[np.ndarray, np.ndarray]:
 # colour
 # ---------------------------------------------------------------------------------------------
 
-def colour_error_deg(pred, gt, mask=None) -> float:
-    """Mean angle in degrees between the RGB vectors of ``pred`` and ``gt`` (H x W x 3, linear), over the
-    pixels of ``mask`` (H x W bool; all pixels when None) where both are non-zero. Independent of brightness,
-    so it measures hue and saturation errors only; 0 for identical colours."""
+def colour_angles_deg(pred, gt, mask=None) -> np.ndarray:
+    """The angle in degrees between the RGB vectors of ``pred`` and ``gt`` (H x W x 3, linear) at each pixel of
+    ``mask`` (H x W bool; all pixels when None) where both are non-zero, as a flat array."""
     a, b = _pair(pred, gt, 'colour_error_deg')
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f'colour_error_deg: expected H x W x 3 arrays, got shape {a.shape}')
@@ -67,10 +66,16 @@ def colour_error_deg(pred, gt, mask=None) -> float:
     keep = (na > 0) & (nb > 0)
     if mask is not None:
         keep &= np.asarray(mask, bool).reshape(-1)
-    if not keep.any():
-        return float('nan')
     cos = np.clip((a[keep] * b[keep]).sum(1) / (na[keep] * nb[keep]), -1.0, 1.0)
-    return float(np.degrees(np.arccos(cos)).mean())
+    return np.degrees(np.arccos(cos))
+
+
+def colour_error_deg(pred, gt, mask=None) -> float:
+    """Mean angle in degrees between the RGB vectors of ``pred`` and ``gt`` (H x W x 3, linear), over the
+    pixels of ``mask`` (H x W bool; all pixels when None) where both are non-zero. Independent of brightness,
+    so it measures hue and saturation errors only; 0 for identical colours."""
+    angles = colour_angles_deg(pred, gt, mask)
+    return float(angles.mean()) if angles.size else float('nan')
 
 
 # ---------------------------------------------------------------------------------------------
