@@ -8,9 +8,8 @@ Pure nn.Module / autograd code (torch and timm's layers only), so backbone files
   forward and shared by every block).
 * `WindowAttentionFunction`: softmax(q k^T * scale + bias [+ mask]) v over windows, in chunks of `CHUNK_WINDOWS`
   windows with a hand-written backward, so the (windows, heads, T, T) attention maps never exist in full;
-  `WindowAttention` is the module around it (learned relative-position bias). Under bf16 autocast without
-  gradients (and with them on `SDPA_GRAD_DEVICES`) it calls F.scaled_dot_product_attention instead
-  (`forward_sdpa`); float32 runs never do.
+  `WindowAttention` is the module around it (learned relative-position bias). Under bf16 autocast on
+  `SDPA_DEVICES` it calls F.scaled_dot_product_attention instead (`forward_sdpa`); float32 runs never do.
 * `Mlp`, `add_residual` (DropPath fused into the residual), `SwinTransformerBlock`, `BasicLayer`,
   `ResidualGroup` (a BasicLayer, a conv on the image layout, a residual: HDR-Transformer's CTB and SCTNet's GSAB),
   `PatchEmbed` / `PatchUnEmbed`, and `SwinTrunk`, the base class that builds both networks' stack of groups.
@@ -34,11 +33,13 @@ from timm.layers import DropPath, to_2tuple, trunc_normal_
 # Only speed and memory depend on it, not the values. Read at call time (tests shrink it).
 CHUNK_WINDOWS = 256
 
-# Devices on which bf16 window attention goes through F.scaled_dot_product_attention also when a gradient is needed
-# (autograd's own backward). On CPU it is used without gradients only: with a learnable bias (attn_mask requiring
-# grad) torch 2.14's CPU dispatch leaves the fused flash kernel for the math fallback, which upcasts q, k, v and the
-# mask to float32 (a cast round trip per call), so CPU training keeps WindowAttentionFunction. Read at call time.
-SDPA_GRAD_DEVICES = ('cuda',)
+# Devices on which bf16 window attention goes through F.scaled_dot_product_attention (with autograd's own backward
+# when a gradient is needed). Not the CPU, by measurement: without gradients torch 2.14's fused CPU kernel is slower
+# than the chunked function's bf16 GEMMs on these tiny heads (T = 64 tokens, d = 10 channels; 512x512 inference on a
+# Zen 4 with avx512_bf16, 2 threads: HDR-Transformer 10.4-11.9 s against 7.5-8.8 s, SCTNet 10.2-10.6 s against
+# 6.8-8.1 s, same outputs to bf16 rounding; bench/attention_path.py re-measures on the machine at hand), and with
+# a gradient the learnable bias sends it to the float32 math fallback. Read at call time.
+SDPA_DEVICES = ('cuda',)
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -370,16 +371,14 @@ class WindowAttention(nn.Module):
         return _dropout(self.proj_drop, self.proj(out_t.t())).view(b, t, c)  # (B', T, C)
 
     def sdpa_applies(self, x):
-        """Whether this call takes `forward_sdpa`: under bf16 autocast only (float32 runs keep the releases' bits),
-        and where a gradient is needed only on `SDPA_GRAD_DEVICES`."""
+        """Whether this call takes `forward_sdpa`: under bf16 autocast (float32 runs keep the releases' bits) on one
+        of `SDPA_DEVICES`."""
         device = x.device.type
-        if not (torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16):
-            return False
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        return not needs_grad or device in SDPA_GRAD_DEVICES
+        return (device in SDPA_DEVICES and torch.is_autocast_enabled(device)
+                and torch.get_autocast_dtype(device) == torch.bfloat16)
 
     def forward_sdpa(self, x, mask, mask_flags, num_windows):
-        """Window attention in bf16 through F.scaled_dot_product_attention (the fused flash kernel on CPU).
+        """Window attention in bf16 through F.scaled_dot_product_attention (the fused kernels of `SDPA_DEVICES`).
 
         q, k, v are strided views of the token-major qkv product and SDPA's output is laid out (B', T, nH, d), so
         no copy is made on either side. Every window is attended with the bias alone; the masked windows (the last
@@ -584,7 +583,10 @@ class PatchEmbed(_PatchLayout):
         self.norm = norm_layer(embed_dim) if norm_layer is not None else None
 
     def forward(self, x):
-        x = x.flatten(2).transpose(1, 2)  # (N, H*W, C), a view
+        # (N, H*W, C) made contiguous: from a channels-first image the view is strided, and every later residual
+        # add, LayerNorm and token gather inherits that layout (7x slower bf16 adds, measured). A channels-last image
+        # (the trunk's own convs, fed from tokens) costs nothing here. Values are unchanged.
+        x = x.flatten(2).transpose(1, 2).contiguous()
         if self.norm is not None:
             x = self.norm(x)
         return x

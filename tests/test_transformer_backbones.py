@@ -44,24 +44,33 @@ def test_no_grad_and_autograd_paths_agree(name):
 
 
 @pytest.mark.parametrize('name', sorted(BACKBONES))
-def test_bf16_autocast_agrees_with_fp32(name):
-    """Issue 24: under bf16 autocast inference takes SDPA for the window attention, a gradient keeps the chunked
-    function; both stay close to float32 (outputs in (0, 1): PSNR; gradients: relative error of all of them)."""
+def test_bf16_autocast_agrees_with_fp32(name, monkeypatch):
+    """Issue 24: under bf16 autocast the CPU keeps the chunked window attention (measured faster there) and
+    SDPA_DEVICES sends it through SDPA (checked here on CPU); a gradient keeps the chunked function; every path stays
+    close to float32 (outputs in (0, 1): PSNR; gradients: relative error of all of them)."""
     import math
 
     from torch.profiler import ProfilerActivity, profile
+
+    from models import transformer_layers
     net = _selfcheck_net(name)  # eval: no drop path, so fp32 and bf16 see the same network
     xs = selfcheck_inputs(1, 16, 24)
     with torch.no_grad():
         ref = net(*xs)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
-            y = net(*xs)
-    calls = sum(e.name == 'aten::scaled_dot_product_attention' for e in prof.events())
     blocks = sum(len(layer.residual_group.blocks) for layer in net.layers)
-    assert calls >= blocks  # every block (shifted ones twice: their masked windows)
-    psnr = -10 * math.log10((y.float() - ref).pow(2).mean().item())
-    assert psnr > 45.0, psnr  # measured 53.0 dB (HDR-Transformer), 49.6 dB (SCTNet) on the self-check fill
+    for devices in ((), ('cpu',)):
+        monkeypatch.setattr(transformer_layers, 'SDPA_DEVICES', devices)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+                y = net(*xs)
+        calls = sum(e.name == 'aten::scaled_dot_product_attention' for e in prof.events())
+        if devices:
+            assert calls >= blocks  # every block (shifted ones twice: their masked windows)
+        else:
+            assert calls == 0
+        psnr = -10 * math.log10((y.float() - ref).pow(2).mean().item())
+        assert psnr > 45.0, (devices, psnr)  # measured 53.0 dB (HDR-Transformer), 49.6 dB (SCTNet) with SDPA
+    monkeypatch.setattr(transformer_layers, 'SDPA_DEVICES', ())
 
     params = [p for p in net.parameters()]
     ref_grads = torch.autograd.grad(net(*xs).mean(), params)

@@ -93,7 +93,32 @@ def _relative_error(a, b):
 
 
 @pytest.mark.parametrize('with_mask', [False, True])
-def test_bf16_inference_takes_sdpa_and_agrees_with_fp32(with_mask):
+def test_bf16_inference_on_cpu_takes_the_chunked_function_in_bf16(with_mask):
+    """CPU keeps WindowAttentionFunction under bf16 autocast (measured faster than SDPA's CPU kernel): its products
+    run in bf16 and no attention-sized tensor makes a float32 round trip."""
+    attn, mask, flags, x = _bf16_case()
+    mask, flags = (mask, flags) if with_mask else (None, None)
+    with torch.no_grad():
+        ref = attn(x, mask, flags)
+
+    def run():
+        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not attn.sdpa_applies(x)
+            return attn(x, mask, flags)
+    y, names, big = _count_ops(run)
+    assert names['aten::scaled_dot_product_attention'] == 0
+    assert names['aten::bmm'] == 2 and names['aten::_softmax'] == 1  # one chunk: q k^T and P v
+    assert big == [], [(e.input_shapes, e.cpu_parent.name if e.cpu_parent else None) for e in big]
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    # bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2 %); q, k, v, the logits and the projections are
+    # rounded to it: allowed 1.5 %
+    assert _relative_error(y, ref) < 0.015
+
+
+@pytest.mark.parametrize('with_mask', [False, True])
+def test_bf16_sdpa_path_agrees_with_fp32(with_mask, monkeypatch):
+    """The SDPA path (what SDPA_DEVICES enables on CUDA), checked on CPU: the fused kernel, no float32 fallback."""
+    monkeypatch.setattr(layers, 'SDPA_DEVICES', ('cpu',))
     attn, mask, flags, x = _bf16_case()
     mask, flags = (mask, flags) if with_mask else (None, None)
     with torch.no_grad():
@@ -109,18 +134,21 @@ def test_bf16_inference_takes_sdpa_and_agrees_with_fp32(with_mask):
     assert names['aten::bmm'] == 0 and names['aten::_softmax'] == 0  # WindowAttentionFunction not used
     assert big == []  # no attention-sized float32 round trip
     assert y.dtype == torch.bfloat16 and y.shape == ref.shape
-    # bf16 has an 8-bit mantissa (relative rounding 2^-9 = 0.2 %); q, k, v and the projections are rounded to it,
     # the kernel accumulates in float32: measured 0.4 %, allowed 1.5 %
     assert _relative_error(y, ref) < 0.015
 
 
-def test_bf16_masked_windows_get_the_mask():
-    """The -100 mask must reach the masked windows: without it their outputs are far from fp32's."""
+@pytest.mark.parametrize('devices', [(), ('cpu',)])
+def test_bf16_masked_windows_get_the_mask(devices, monkeypatch):
+    """The -100 mask must reach the masked windows on both bf16 paths: without it their outputs are far from
+    fp32's."""
+    monkeypatch.setattr(layers, 'SDPA_DEVICES', devices)
     attn, mask, flags, x = _bf16_case(1)
     with torch.no_grad():
         ref = attn(x, mask, flags)
         unmasked = attn(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert attn.sdpa_applies(x) == bool(devices)
             y = attn(x, mask, flags)
             y_tensor_flags = attn(x, mask)  # flags derived from the mask
     assert _relative_error(unmasked, ref) > 0.1
@@ -158,8 +186,8 @@ def test_bf16_training_keeps_the_chunked_function_without_float32_round_trips():
 
 
 def test_bf16_sdpa_with_gradients_where_enabled(monkeypatch):
-    """The SDPA path with autograd's own backward (what SDPA_GRAD_DEVICES enables on CUDA), checked on CPU."""
-    monkeypatch.setattr(layers, 'SDPA_GRAD_DEVICES', ('cpu',))
+    """The SDPA path with autograd's own backward (what SDPA_DEVICES enables on CUDA), checked on CPU."""
+    monkeypatch.setattr(layers, 'SDPA_DEVICES', ('cpu',))
     attn, mask, flags, x = _bf16_case(3)
     x.requires_grad_(True)
     g = torch.randn(x.shape)
@@ -176,8 +204,11 @@ def test_bf16_sdpa_with_gradients_where_enabled(monkeypatch):
         assert _relative_error(got, want) < 0.03
 
 
-def test_only_bf16_autocast_takes_sdpa():
+def test_only_bf16_autocast_on_sdpa_devices_takes_sdpa(monkeypatch):
     attn, mask, flags, x = _bf16_case()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert not attn.sdpa_applies(x)  # the CPU is not among the default SDPA_DEVICES
+    monkeypatch.setattr(layers, 'SDPA_DEVICES', ('cpu',))
     with torch.no_grad():
         assert not attn.sdpa_applies(x)
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=False):
