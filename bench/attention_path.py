@@ -57,8 +57,8 @@ def measure(name, device, size, runs):
     outputs = {}
     for path in PATHS:
         forward(net, inputs, device, path)  # warm-up: allocator, oneDNN primitives
-    for _ in range(runs):
-        for path in PATHS:
+    for run in range(runs):
+        for path in (list(PATHS) if run % 2 == 0 else list(PATHS)[::-1]):  # alternate the order: no order bias
             seconds, outputs[path] = forward(net, inputs, device, path)
             times[path].append(seconds)
     result = {path: {'seconds_median': statistics.median(times[path]), 'seconds_all': times[path],
@@ -84,6 +84,8 @@ def main(argv=None):
               'runs': args.runs, 'torch': torch.__version__, 'default_sdpa_devices': list(default), 'networks': {}}
     if device.type == 'cuda':
         report['gpu'] = torch.cuda.get_device_name(device)
+    key = cpu_key(report['cpu']) if device.type == 'cpu' else 'gpu_' + report['gpu'].lower().replace(' ', '_')
+    out = args.output or os.path.join(ROOT, 'bench', 'results', f'attention_path_{key}.json')
     try:
         for name in args.networks:
             report['networks'][name] = row = measure(name, device, args.size, args.runs)
@@ -91,15 +93,17 @@ def main(argv=None):
                   f"{row['chunked']['seconds_median']:.2f} s (sdpa / chunked {row['sdpa_over_chunked']:.2f}); "
                   f"PSNR vs fp32 {row['sdpa']['psnr_vs_fp32']:.1f} / {row['chunked']['psnr_vs_fp32']:.1f} dB",
                   flush=True)
+            write_report(report, out)  # after every network: an interrupted run keeps what it measured
     finally:
         transformer_layers.SDPA_DEVICES = default
-    key = cpu_key(report['cpu']) if device.type == 'cpu' else 'gpu_' + report['gpu'].lower().replace(' ', '_')
-    out = args.output or os.path.join(ROOT, 'bench', 'results', f'attention_path_{key}.json')
+    print('wrote', out)
+
+
+def write_report(report, out):
     tmp = out + '.tmp'
     with open(tmp, 'w') as handle:
         json.dump(report, handle, indent=1)
     os.replace(tmp, out)
-    print('wrote', out)
 
 
 if __name__ == '__main__':

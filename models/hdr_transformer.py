@@ -28,16 +28,17 @@ logger = logging.getLogger(__name__)
 def global_average(y):
     """(N, H, W, C) -> (N, C), the mean over the whole image.
 
-    Float32 (the releases' path) takes torch.mean. A bf16/fp16 map is summed by one GEMM with a ones vector instead:
-    torch.mean of a bf16 map on CPU converts it to float32 first and reduces at a fraction of the memory bandwidth
-    (512x512x60: 40 ms against 1.4 ms, measured on a Zen 4). The GEMM accumulates in float32; its sum is rounded to
-    the map's dtype once, as the mean would be when the next layer casts it under autocast.
+    A bf16 map on CPU is summed by one GEMM with a ones vector: torch.mean of a bf16 map on CPU converts it to
+    float32 first and reduces at a fraction of the memory bandwidth (512x512x60: 40 ms against 1.4 ms, measured on a
+    Zen 4). The GEMM accumulates in float32 and rounds the sum to bf16 once (bf16 has float32's range); the mean is
+    rounded to bf16 again, as the next layer would cast it under autocast. Everything else (float32, the releases'
+    path; fp16, whose sum would overflow; GPUs) takes torch.mean.
     """
-    if y.dtype == torch.float32 or y.dtype == torch.float64:
+    if y.dtype != torch.bfloat16 or y.device.type != 'cpu':
         return y.mean(dim=(1, 2))
     n, h, w, c = y.shape
     total = torch.bmm(y.new_ones(n, 1, h * w), y.reshape(n, h * w, c))  # (N, 1, C)
-    return total.view(n, c).float() / (h * w)
+    return (total.view(n, c).float() / (h * w)).to(y.dtype)
 
 
 class LocalContextExtractor(nn.Module):

@@ -35,10 +35,11 @@ CHUNK_WINDOWS = 256
 
 # Devices on which bf16 window attention goes through F.scaled_dot_product_attention (with autograd's own backward
 # when a gradient is needed). Not the CPU, by measurement: without gradients torch 2.14's fused CPU kernel is slower
-# than the chunked function's bf16 GEMMs on these tiny heads (T = 64 tokens, d = 10 channels; 512x512 inference on a
-# Zen 4 with avx512_bf16, 2 threads: HDR-Transformer 10.4-11.9 s against 7.5-8.8 s, SCTNet 10.2-10.6 s against
-# 6.8-8.1 s, same outputs to bf16 rounding; bench/attention_path.py re-measures on the machine at hand), and with
-# a gradient the learnable bias sends it to the float32 math fallback. Read at call time.
+# than the chunked function's bf16 GEMMs on these tiny heads (T = 64 tokens, d = 10 channels): a whole 512x512
+# inference on a Zen 4 with avx512_bf16, 2 threads, took 1.34x (HDR-Transformer) and 1.48x (SCTNet) the time with
+# SDPA, same outputs to bf16 rounding (bench/results/attention_path_amd_epyc_f25_m17.json; bench/attention_path.py
+# re-measures on the machine at hand). With a gradient the learnable bias sends it to the float32 math fallback.
+# Read at call time.
 SDPA_DEVICES = ('cuda',)
 
 

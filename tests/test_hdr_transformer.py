@@ -328,3 +328,25 @@ def test_window_attention_function_gradcheck(monkeypatch, chunk):
 
     assert torch.autograd.gradcheck(fn, (qkv_t, bias), eps=1e-6, atol=1e-6)
 
+
+
+def test_global_average_in_bf16_matches_the_float32_mean():
+    """The bf16 CPU path sums with a GEMM: it must give the mean (to bf16 rounding) in the map's dtype; float32
+    keeps torch.mean's bits, and fp16 (whose GEMM sum would overflow) takes torch.mean too."""
+    from models.hdr_transformer import global_average
+    torch.manual_seed(0)
+    y = torch.rand(2, 40, 56, 12) * 3.0 + 1.0  # positive: the sum of 2240 pixels is far above fp16's 65504
+    assert torch.equal(global_average(y), y.mean(dim=(1, 2)))
+    ref = y.bfloat16().float().mean(dim=(1, 2))
+    got = global_average(y.bfloat16())
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 12)
+    assert ((got.float() - ref).abs() / ref).max() < 2 ** -7  # two bf16 roundings (sum, mean)
+    half = global_average(y.half())
+    assert torch.isfinite(half).all() and torch.allclose(half.float(), ref, rtol=1e-2)
+
+
+def test_patch_embed_tokens_are_contiguous():
+    """A channels-first image gives strided tokens as a view; every residual add after it inherited that layout."""
+    embed = layers.PatchEmbed(embed_dim=6, norm_layer=None)
+    tokens = embed(torch.randn(1, 6, 8, 8))
+    assert tokens.shape == (1, 64, 6) and tokens.is_contiguous()
