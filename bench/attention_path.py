@@ -11,7 +11,6 @@ round differently, both to bf16). Writes bench/results/attention_path_<cpu or gp
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -26,8 +25,9 @@ import torch  # noqa: E402
 from models import networks  # noqa: E402
 from models import transformer_layers  # noqa: E402
 from speed import cpu_description, make_inputs, sync  # noqa: E402
-from speed_table import cpu_key  # noqa: E402
+from speed_table import cpu_key, write_atomic  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
+from util.metrics import psnr  # noqa: E402
 
 PATHS = {'sdpa': lambda device: (device,), 'chunked': lambda device: ()}
 
@@ -40,11 +40,6 @@ def forward(net, inputs, device, path):
         out = net(*inputs)
     sync(device)
     return time.perf_counter() - start, out.float()
-
-
-def psnr(a, b):
-    mse = torch.mean((a - b) ** 2).item()
-    return float('inf') if mse == 0 else 10 * math.log10(1.0 / mse)
 
 
 def measure(name, device, size, runs):
@@ -62,7 +57,7 @@ def measure(name, device, size, runs):
             seconds, outputs[path] = forward(net, inputs, device, path)
             times[path].append(seconds)
     result = {path: {'seconds_median': statistics.median(times[path]), 'seconds_all': times[path],
-                     'psnr_vs_fp32': psnr(outputs[path], reference)} for path in PATHS}
+                     'psnr_vs_fp32': psnr(outputs[path][0].cpu().numpy(), reference[0].cpu().numpy())} for path in PATHS}
     result['sdpa_over_chunked'] = result['sdpa']['seconds_median'] / result['chunked']['seconds_median']
     return result
 
@@ -93,17 +88,10 @@ def main(argv=None):
                   f"{row['chunked']['seconds_median']:.2f} s (sdpa / chunked {row['sdpa_over_chunked']:.2f}); "
                   f"PSNR vs fp32 {row['sdpa']['psnr_vs_fp32']:.1f} / {row['chunked']['psnr_vs_fp32']:.1f} dB",
                   flush=True)
-            write_report(report, out)  # after every network: an interrupted run keeps what it measured
+            write_atomic(out, json.dumps(report, indent=1))  # per network: an interrupted run keeps what it had
     finally:
         transformer_layers.SDPA_DEVICES = default
     print('wrote', out)
-
-
-def write_report(report, out):
-    tmp = out + '.tmp'
-    with open(tmp, 'w') as handle:
-        json.dump(report, handle, indent=1)
-    os.replace(tmp, out)
 
 
 if __name__ == '__main__':

@@ -585,8 +585,9 @@ class PatchEmbed(_PatchLayout):
 
     def forward(self, x):
         # (N, H*W, C) made contiguous: from a channels-first image the view is strided, and every later residual
-        # add, LayerNorm and token gather inherits that layout (7x slower bf16 adds, measured). A channels-last image
-        # (the trunk's own convs, fed from tokens) costs nothing here. Values are unchanged.
+        # add, LayerNorm and token gather inherits that layout (7x slower bf16 adds, measured). The trunk's convs
+        # return channels-first maps too, so this is one copy per group, far cheaper than what it saves. Values are
+        # unchanged.
         x = x.flatten(2).transpose(1, 2).contiguous()
         if self.norm is not None:
             x = self.norm(x)
