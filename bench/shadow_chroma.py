@@ -1,6 +1,8 @@
 """Shadow chroma noise of the preview: the network's HDR and the classical merge, tone-mapped with the display
-operator as MATLAB has it and with clean shadows (``util.tonemap.shadow_chroma``, the default), against the long
-frame's colour in the static dark regions. Writes bench/results/shadow_chroma.json.
+operator as MATLAB has it, with clean shadows (``util.tonemap.shadow_chroma``) and, for the network, with the
+shadow colour of the classical merge where the two agree (``network_preview_guided``: ``guided_shadow_chroma``,
+the default of merge_brackets' preview), against the long frame's colour in the static dark regions. Writes
+bench/results/shadow_chroma.json.
 
     python bench/shadow_chroma.py [--checkpoint pretrained_models/ahdrnet_short_stage2/SelfHDR_model_1.pth]
 
@@ -44,9 +46,10 @@ def angles(img, ref, mask):
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def preview_colour(hdr, clean):
-    """The display preview (gamma 1: ratio * new luminance; the ratio is what clean_shadows changes)."""
-    return display_tonemap(np.maximum(hdr, 0), clean_shadows=clean)
+def preview_colour(hdr, clean, guide=None):
+    """The display preview (gamma 1: ratio * new luminance; the ratio is what clean_shadows and the chroma guide
+    change)."""
+    return display_tonemap(np.maximum(hdr, 0), clean_shadows=clean, chroma_guide=guide)
 
 
 def main():
@@ -93,6 +96,7 @@ def main():
         images = {'network_hdr': hdr, 'classical_hdr': classical,
                   'network_preview_matlab': preview_colour(hdr, False),
                   'network_preview_clean': preview_colour(hdr, True),
+                  'network_preview_guided': preview_colour(hdr, True, np.maximum(classical, 0)),
                   'classical_preview_matlab': preview_colour(classical, False),
                   'classical_preview_clean': preview_colour(classical, True)}
         for frac in args.radius_fractions:  # the preview's colour is its ratio times a luminance: the ratio decides

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import cv2
 import numpy as np
 
-from photo.outputs import _display_frame, atomic_write
+from photo.outputs import _display_frame, atomic_write, preview
 from util.tonemap import tonemap
 
 if TYPE_CHECKING:
@@ -43,13 +43,13 @@ def _write_thumb(path: Path, img01: np.ndarray) -> Path:
 
 
 def write_thumbnails(result: MergeResult, output_dir, name: str, operator: str = 'display',
-                     preview_exposure: float = 0.0) -> dict[str, str]:
+                     preview_exposure: float = 0.0, preview_shadows: str = 'merge') -> dict[str, str]:
     """Thumbnails of one merged bracket: preview, classical merge and the three inputs. Returns their paths
     relative to ``output_dir`` by panel name."""
     folder = Path(output_dir) / THUMB_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     b = result.bracket
-    panels = {'preview': tonemap(np.maximum(result.hdr, 0), operator, exposure=preview_exposure),
+    panels = {'preview': preview(result, operator, preview_exposure, preview_shadows),
               'classical merge': tonemap(np.maximum(result.classical, 0), operator, exposure=preview_exposure)}
     for label, x, path in zip(('short', 'medium', 'long'), b.frames, b.paths):
         panels[f'{label}: {path.name}'] = _display_frame(x, b.kind)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -32,9 +33,10 @@ class MergeResult:
     aligned: bool
     inputs: list[np.ndarray] = field(default_factory=list)  # frames as the network saw them (training gamma)
 
-    @property
+    @cached_property
     def classical(self) -> np.ndarray:
-        """Kalantari's triangle-weight merge of the same inputs (the classical anchor of specs/method.md)."""
+        """Kalantari's triangle-weight merge of the same inputs (the classical anchor of specs/method.md); computed
+        once (the preview, the comparison sheet and the contact sheet all use it)."""
         from util.colour import merge_colour_component
 
         return merge_colour_component(*self.inputs, self.bracket.times)

@@ -25,9 +25,12 @@ if TYPE_CHECKING:  # only an annotation: photo.merge imports nothing of this fil
     from photo.merge import MergeResult
 
 __all__ = ['OutputError', 'atomic_write', 'write_exr', 'write_tiff16', 'write_png8', 'compare_sheet',
-           'EXR_TYPES', 'OUTPUT_FORMATS', 'DEFAULT_FORMATS', 'write_outputs']
+           'EXR_TYPES', 'OUTPUT_FORMATS', 'DEFAULT_FORMATS', 'PREVIEW_SHADOWS', 'preview', 'write_outputs']
 
 EXR_TYPES = ('half', 'float')
+# Where the display preview's shadow colour comes from: 'merge' (default) the classical merge of the same frames
+# wherever it agrees with the network (util.tonemap.guided_shadow_chroma), 'network' the network's output alone.
+PREVIEW_SHADOWS = ('merge', 'network')
 
 
 class OutputError(ImageWriteError):
@@ -142,13 +145,27 @@ def _display_frame(x: np.ndarray, kind: str) -> np.ndarray:
     return np.clip(x, 0, 1) ** (1 / GAMMA) if kind == 'raw' else np.clip(x, 0, 1)
 
 
+def preview(result: MergeResult, operator: str = 'display', exposure: float = 0.0,
+            shadows: str = 'merge') -> np.ndarray:
+    """The tone-mapped preview of the network's result, [0, 1] BGR. With the ``display`` operator and
+    ``shadows='merge'`` its static shadows take the classical merge's colour (``PREVIEW_SHADOWS``); the radiance
+    files are never processed."""
+    if shadows not in PREVIEW_SHADOWS:
+        raise MergeError(f'--preview_shadows {shadows!r}: choose {" or ".join(PREVIEW_SHADOWS)}')
+    extra = {}
+    if operator == 'display' and shadows == 'merge' and result.inputs:
+        extra['chroma_guide'] = np.maximum(result.classical, 0)
+    return tonemap(np.maximum(result.hdr, 0), operator, exposure=exposure, **extra)
+
+
 def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
                   preview_exposure: float = 0.0, formats: Sequence[str] = DEFAULT_FORMATS,
-                  exr_type: str = 'float', compare: bool = False) -> dict[str, Path]:
+                  exr_type: str = 'float', compare: bool = False, preview_shadows: str = 'merge') -> dict[str, Path]:
     """Write the requested ``formats`` of ``<name>``: ``.hdr`` (RGBE), ``.exr`` (``exr_type`` half or float),
     ``.tif`` (16-bit linear), ``.png`` (tone-mapped preview), and with ``compare`` ``<name>_compare.png`` (the
-    three inputs, the classical merge and the network's result side by side, labelled). Every file is written
-    to a temporary name and renamed into place. Returns the paths by format."""
+    three inputs, the classical merge and the network's result side by side, labelled). ``preview_shadows``: see
+    :func:`preview`. Every file is written to a temporary name and renamed into place. Returns the paths by
+    format."""
     if operator not in OPERATORS:
         raise MergeError(f'--tonemap {operator!r} is unknown; choose from {sorted(OPERATORS)}')
     if not name or Path(name).name != name:
@@ -158,6 +175,8 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
         raise MergeError(f'--formats {" ".join(formats)}: choose one or more of {", ".join(OUTPUT_FORMATS)}')
     if exr_type not in EXR_TYPES:
         raise MergeError(f'--exr_type {exr_type!r}: choose half or float')
+    if preview_shadows not in PREVIEW_SHADOWS:
+        raise MergeError(f'--preview_shadows {preview_shadows!r}: choose {" or ".join(PREVIEW_SHADOWS)}')
     output_dir = Path(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -171,9 +190,9 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
         write_exr(paths['exr'], result.hdr, exr_type)
     if 'tiff' in paths:
         write_tiff16(paths['tiff'], result.hdr)
-    preview = tonemap(result.hdr, operator, exposure=preview_exposure)
+    shown = preview(result, operator, preview_exposure, preview_shadows)
     if 'png' in paths:
-        write_png8(paths['png'], preview)
+        write_png8(paths['png'], shown)
     if compare:
         b = result.bracket
         labels = [f'short x1: {b.paths[0].name}', f'medium x{b.times[1]:g} (ref): {b.paths[1].name}',
@@ -181,6 +200,6 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
         panels = [(lab, _display_frame(x, b.kind)) for lab, x in zip(labels, b.frames)]
         panels.append(('classical merge', tonemap(np.maximum(result.classical, 0), operator,
                                                   exposure=preview_exposure)))
-        panels.append((f'{result.network} (SelfHDR)', preview))
+        panels.append((f'{result.network} (SelfHDR)', shown))
         paths['compare'] = write_png8(output_dir / f'{name}_compare.png', compare_sheet(panels))
     return paths

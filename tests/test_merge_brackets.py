@@ -127,6 +127,20 @@ def test_main_jpeg_writes_consistent_outputs(bracket, jpeg_result, tmp_path, cap
     step = exr.max(axis=2, keepdims=True) / 128
     assert np.all(hdr <= exr + 1e-7) and np.all(exr - hdr <= step)
     assert png.std() > 5  # the preview is not blank
+    from photo.outputs import preview
+    from util.tonemap import to_uint8
+    np.testing.assert_array_equal(png, to_uint8(preview(jpeg_result)))  # shadows coloured by the merge by default
+
+
+def test_preview_shadows_network_leaves_the_radiance_alone(bracket, jpeg_result, tmp_path, capsys):
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', tmp_path, '--name', 'n', '--response', 'gamma2.2', '--formats', 'exr',
+                            'png', '--preview_shadows', 'network'])
+    assert rc == 0, cap.err
+    np.testing.assert_array_equal(read_exr(tmp_path / 'n.exr'), jpeg_result.hdr)
+    from util.tonemap import to_uint8, tonemap
+    png = cv2.imread(str(tmp_path / 'n.png'), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(png, to_uint8(tonemap(np.maximum(jpeg_result.hdr, 0), 'display')))
 
 
 def test_default_name_and_folder(bracket, tmp_path, capsys, monkeypatch):

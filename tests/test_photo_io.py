@@ -73,3 +73,47 @@ def test_compare_sheet_layout():
     bar = sheet.shape[0] - 40
     assert bar > 5 and (sheet[:bar] > 200).any()  # label text drawn in the bar
     np.testing.assert_allclose(sheet[bar:, :60] / 255.0, panels[0][1], atol=0.5 / 255 + 1e-6)
+
+
+def _merged_bracket():
+    """A MergeResult whose network output has a magenta-tinted shadow; its frames (training encoding) merge
+    classically to the right green."""
+    from types import SimpleNamespace
+
+    from photo.merge import MergeResult
+
+    rng = np.random.default_rng(3)
+    times = np.array([1.0, 4.0, 16.0])
+    radiance = np.empty((48, 64, 3), np.float32)
+    radiance[:, :32] = np.array([0.2, 0.5, 0.3]) * 2e-3   # a green shadow, well exposed only in the long frame
+    radiance[:, 32:] = np.array([0.6, 0.5, 0.4]) * 0.2    # a bright wall
+    frames = [np.clip(radiance * t * (1 + 0.02 * rng.standard_normal(radiance.shape)), 0, 1) ** (1 / 2.2)
+              for t in times]
+    hdr = radiance.copy()
+    hdr[:, :32] *= np.array([1.15, 0.88, 1.15], np.float32)  # 7.5 degrees off: within what the guide trusts
+    bracket = SimpleNamespace(times=times)
+    return MergeResult(hdr=hdr, bracket=bracket, network='AHDRNet', response=None, aligned=False,
+                       inputs=[f.astype(np.float32) for f in frames])
+
+
+def test_preview_shadows_from_the_merge_by_default():
+    from photo.errors import MergeError
+    from photo.outputs import preview
+    from util.tonemap import tonemap
+
+    result = _merged_bracket()
+    own = tonemap(result.hdr, 'display')
+    np.testing.assert_array_equal(preview(result, shadows='network'), own)
+    merged = preview(result)
+    green = np.array([0.2, 0.5, 0.3])
+
+    def angle(img):
+        cos = (img @ green) / (np.linalg.norm(img, axis=2) * np.linalg.norm(green) + 1e-20)
+        return float(np.median(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
+
+    assert angle(own[:, 4:28]) > 6.0 and angle(merged[:, 4:28]) < 2.0
+    np.testing.assert_allclose(merged[:, 40:], own[:, 40:], atol=1e-6)
+    # other operators have no shadow fit: the flag changes nothing there
+    np.testing.assert_array_equal(preview(result, 'reinhard'), preview(result, 'reinhard', shadows='network'))
+    with pytest.raises(MergeError, match='preview_shadows'):
+        preview(result, shadows='classical')

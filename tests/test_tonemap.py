@@ -195,3 +195,63 @@ def test_display_clean_shadows_removes_chroma_noise_in_the_dark_only():
     lum = luminance(x)
     ratio = shadow_chroma(x, lum)
     assert ratio.shape == x.shape and np.isfinite(ratio).all()
+
+
+def _angle_to(img, colour):
+    c = np.asarray(colour, np.float64)
+    cos = (img @ c) / (np.linalg.norm(img, axis=2) * np.linalg.norm(c) + 1e-20)
+    return np.degrees(np.arccos(np.clip(cos, -1, 1)))
+
+
+def _shadow_scene(seed=0):
+    """A green shadow (8 stops under a bright sky) whose colour the 'network' got 12 degrees wrong (tinted
+    magenta) while the 'classical merge' has it right, with a little noise each."""
+    rng = np.random.default_rng(seed)
+    green, sky = np.array([0.2, 0.5, 0.3], np.float32), np.array([0.9, 0.7, 0.5], np.float32)
+    truth = np.empty((64, 64, 3), np.float32)
+    truth[:, :32], truth[:, 32:] = green * 4e-3, sky
+    tint = np.array([1.25, 0.85, 1.25], np.float32)  # B, G, R: towards magenta
+    net = truth.copy()
+    net[:, :32] *= tint / float(luminance(tint[None, None])[0, 0])
+    net *= 1 + 0.05 * rng.standard_normal(net.shape).astype(np.float32)
+    guide = truth * (1 + 0.05 * rng.standard_normal(truth.shape).astype(np.float32))
+    return np.maximum(net, 0), np.maximum(guide, 0), green
+
+
+def test_guided_shadow_colour_comes_from_the_merge_where_they_agree():
+    """A static shadow takes the classical merge's colour (the network's tint is gone), the bright sky keeps the
+    network's own colour exactly."""
+    net, guide, green = _shadow_scene()
+    own, guided = display_tonemap(net), display_tonemap(net, chroma_guide=guide)
+    inner = (slice(None), slice(4, 28))
+    assert np.median(_angle_to(own[inner], green)) > 8.0                 # the tint is there without the guide
+    assert np.median(_angle_to(guided[inner], green)) < 3.0
+    np.testing.assert_allclose(guided[:, 36:], own[:, 36:], atol=1e-6)   # highlights: the network's colour
+
+
+@pytest.mark.parametrize('ghost', ['brighter', 'other_colour'])
+def test_guided_shadow_colour_never_comes_from_a_ghost(ghost):
+    """Where the merge shows something the network does not (a moving object: 3 stops brighter, or as bright but
+    red), the preview keeps the network's own shadow colour."""
+    net, guide, _ = _shadow_scene()
+    lum = float(luminance(guide[20:44, 4:28]).mean())
+    if ghost == 'brighter':
+        guide[20:44, 4:28] *= 8.0
+    else:
+        red = np.array([0.05, 0.1, 1.0], np.float32)
+        guide[20:44, 4:28] = red * lum / float(luminance(red[None, None])[0, 0])
+    own, guided = display_tonemap(net), display_tonemap(net, chroma_guide=guide)
+    core = (slice(28, 36), slice(12, 20))                                # the ghost's inside
+    np.testing.assert_allclose(guided[core], own[core], atol=1e-6)
+
+
+def test_guided_shadow_chroma_checks_its_guide():
+    from util.tonemap import guided_shadow_chroma
+
+    net, guide, _ = _shadow_scene()
+    with pytest.raises(ValueError, match='shape'):
+        guided_shadow_chroma(net, luminance(net), guide[:32])
+    bad = guide.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match='NaN'):
+        display_tonemap(net, chroma_guide=bad)

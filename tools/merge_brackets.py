@@ -10,7 +10,8 @@ sheet ``index.html`` in ``--output_dir`` (preview, classical merge, inputs and l
 (``util.hdr_io.read_ldr``), or camera RAW files (DNG, CR2, NEF, ARW, ...; ``photo.raw``: LibRaw demosaicing,
 as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder), chosen with ``--formats``: ``<name>.hdr`` and
 ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1); ``--exr_type half|float``),
-``<name>.tif`` (16-bit linear), and a tone-mapped 8-bit preview ``<name>.png``; ``--compare`` adds
+``<name>.tif`` (16-bit linear), and a tone-mapped 8-bit preview ``<name>.png`` (whose static shadows take the
+classical merge's colour where it agrees with the network; ``--preview_shadows network`` keeps the network's own); ``--compare`` adds
 ``<name>_compare.png`` (inputs, classical merge and network side by side, labelled). All are written to a
 temporary name and renamed. ``<name>`` defaults to the medium frame's file name + ``_hdr``.
 
@@ -69,7 +70,7 @@ from photo.errors import MergeError  # noqa: E402
 from photo.exposures import _exif_value_to_seconds, parse_exposures, read_exposure_time  # noqa: E402,F401
 from photo.frames import BracketFrames, load_bracket  # noqa: E402,F401
 from photo.merge import MergeResult, load_network, merge  # noqa: E402,F401
-from photo.outputs import DEFAULT_FORMATS, OUTPUT_FORMATS, write_outputs  # noqa: E402
+from photo.outputs import DEFAULT_FORMATS, OUTPUT_FORMATS, PREVIEW_SHADOWS, write_outputs  # noqa: E402
 from photo.response_choice import response_flag  # noqa: E402
 from util.flags import NumberRangeError, check_number_flags, checked_number  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--tonemap', type=str, default='display', choices=sorted(OPERATORS),
                    help='operator of the PNG preview: display (MATLAB-like), reinhard, or mu (mu-law)')
     p.add_argument('--preview_exposure', type=float, default=0.0, help='exposure of the preview, in stops')
+    p.add_argument('--preview_shadows', type=str, default='merge', choices=list(PREVIEW_SHADOWS),
+                   help="colour of the display preview's static shadows: merge (the classical merge's, where it "
+                        "agrees with the network; default) or network (the network's output alone)")
     p.add_argument('--formats', type=str, nargs='+', default=list(DEFAULT_FORMATS), choices=list(OUTPUT_FORMATS),
                    help='files to write: hdr (Radiance RGBE), exr (OpenEXR), tiff (16-bit linear), png (preview)')
     p.add_argument('--exr_type', type=str, default='float', choices=['half', 'float'],
@@ -198,7 +202,7 @@ def main(argv=None) -> int:
                        reference=args.reference, amp=args.amp, max_memory=args.max_memory)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
-                              args.exr_type, args.compare)
+                              args.exr_type, args.compare, args.preview_shadows)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_USAGE

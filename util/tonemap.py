@@ -10,7 +10,8 @@ non-negative scale; the SelfHDR outputs and labels are in [0, 1]) and return flo
 * :func:`reinhard`: Reinhard et al. 2002, global photographic operator with key and white point.
 * :func:`display_tonemap`: an equivalent of MATLAB's ``tonemap`` (log luminance, contrast-limited
   adaptive histogram equalisation, saturation control), then gamma; by default with clean shadows
-  (:func:`shadow_chroma`: the colour of dark pixels from their dark neighbourhood).
+  (:func:`shadow_chroma`: the colour of dark pixels from their dark neighbourhood), and given the classical
+  merge of the same frames, with its shadow colour where the two agree (:func:`guided_shadow_chroma`).
 * :func:`write_png`: 8-bit BGR PNG through ``cv2.imwrite``.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 __all__ = ['MU', 'mu_law', 'mu_law_torch', 'luminance', 'reinhard', 'display_tonemap', 'shadow_chroma',
+           'guided_shadow_chroma',
            'tonemap', 'OPERATORS', 'DEFAULT_GAMMA', 'to_uint8', 'write_png']
 
 MU = 5000.0
@@ -149,9 +151,60 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
     return mixed.astype(np.float32, copy=False)
 
 
+# The classical merge of the same frames lends the preview its shadow colour (guided_shadow_chroma): from
+# GUIDE_STOPS[0] stops under the highlights on, fully from GUIDE_STOPS[1]; and only where the two agree, their
+# local mean luminance within GUIDE_LUM_STOPS (full trust below the first, none above the second) and their local
+# colour within GUIDE_DEGREES, so a ghost of the classical merge (a moving object) never lends its colour.
+# Chosen on validation brackets (bench/shadow_chroma.py --seed 2 --crops 16).
+GUIDE_STOPS = (-2.0, -4.0)
+GUIDE_LUM_STOPS = (0.5, 1.0)
+GUIDE_DEGREES = (10.0, 20.0)
+GUIDE_WINDOW = 2  # the agreement's window radius, in radii of the shadow fit
+
+
+def _trust(gap: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """1 below bounds[0], 0 above bounds[1], linear between."""
+    return np.clip((bounds[1] - gap) / (bounds[1] - bounds[0]), 0.0, 1.0)
+
+
+def guided_shadow_chroma(x: np.ndarray, lum: np.ndarray, guide: np.ndarray, eps: float = 1e-6,
+                         radius: int | None = None) -> np.ndarray:
+    """Colour ratios ``C / L`` as :func:`shadow_chroma`, with the shadows' colour taken from ``guide`` (the
+    classical merge of the same frames, same scale) wherever the two images agree. In a static shadow the
+    classical merge is mostly the longest frame that sees it well, whose colour is cleaner than a network's
+    reconstruction (``bench/shadow_chroma.py``); where the network and the merge disagree in local luminance or
+    colour (a ghost, a region the merge gets wrong) the network's own fitted ratio stays. Both ratios are the
+    clean-shadow fits; only the preview uses this."""
+    guide = _check_image(guide, 'chroma guide')
+    if guide.shape != x.shape:
+        raise ValueError(f'chroma guide: shape {guide.shape} differs from the image\'s {x.shape}')
+    ratio = shadow_chroma(x, lum, eps, radius)
+    ref = float(np.percentile(lum, 99.0))
+    if ref <= eps:
+        return ratio
+    stops = np.log2(np.maximum(lum, eps * ref) / ref)
+    dark = np.clip((stops - GUIDE_STOPS[0]) / (GUIDE_STOPS[1] - GUIDE_STOPS[0]), 0.0, 1.0)
+    if not dark.any():
+        return ratio
+    guide = np.maximum(guide, 0.0)
+    guide_lum = luminance(guide)
+    guide_ratio = shadow_chroma(guide, guide_lum, eps, radius)
+    h, w = lum.shape
+    r = max(2, round(SHADOW_RADIUS_FRACTION * min(h, w))) if radius is None else int(radius)
+    floor = np.float32(eps * ref)
+    r = GUIDE_WINDOW * r  # agreement is judged on a wider window than the fit: pixel noise must not decide it
+    lum_gap = np.abs(np.log2(_box(np.maximum(lum, floor), r) / _box(np.maximum(guide_lum, floor), r)))
+    a, b = _box(ratio, r), _box(guide_ratio, r)
+    cos = (a * b).sum(2) / (np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2) + 1e-12)
+    angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+    weight = (dark * _trust(lum_gap, GUIDE_LUM_STOPS) * _trust(angle, GUIDE_DEGREES))[:, :, None]
+    return ((1.0 - weight) * ratio + weight * guide_ratio).astype(np.float32, copy=False)
+
+
 def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, saturation: float = 1.0,
                     tiles: tuple[int, int] = (4, 4), clip_limit: float = 0.01, nbins: int = 256,
-                    eps: float = 1e-6, clean_shadows: bool = True) -> np.ndarray:
+                    eps: float = 1e-6, clean_shadows: bool = True,
+                    chroma_guide: np.ndarray | None = None) -> np.ndarray:
     """Display-referred operator equivalent to MATLAB's ``tonemap``, with clean shadows.
 
     Steps: luminance, log luminance normalised to [0, 1] over the image, CLAHE of the log
@@ -166,6 +219,8 @@ def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, sa
     :func:`shadow_chroma` (a local, edge-aware fit) instead of the pixel alone. CLAHE lifts the shadows, and dividing a noisy
     dark pixel by its small luminance turns its noise into saturated false colour; ``False`` is
     MATLAB's operator exactly. Only the preview changes: the radiance files are never processed.
+    ``chroma_guide``: the classical merge of the same frames; with clean shadows, static shadows take its colour
+    (:func:`guided_shadow_chroma`).
     """
     from skimage.exposure import equalize_adapthist  # lazy: only this operator needs it
 
@@ -182,7 +237,12 @@ def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, sa
         kernel = (max(1, math.ceil(h / tiles[0])), max(1, math.ceil(w / tiles[1])))
         new_lum = equalize_adapthist(norm, kernel_size=kernel, clip_limit=clip_limit,
                                      nbins=nbins).astype(np.float32)
-    ratio = shadow_chroma(x, lum, eps) if clean_shadows else x / np.maximum(lum, eps)[:, :, None]
+    if not clean_shadows:
+        ratio = x / np.maximum(lum, eps)[:, :, None]
+    elif chroma_guide is not None:
+        ratio = guided_shadow_chroma(x, lum, _expose(chroma_guide, exposure), eps)
+    else:
+        ratio = shadow_chroma(x, lum, eps)
     if saturation != 1.0:
         ratio = ratio ** np.float32(saturation)
     out = ratio * new_lum[:, :, None]
