@@ -192,6 +192,14 @@ def test_ablations_train_and_score(tiny_study):
     for run in ('stage2_from_scratch', 'stage2_colour_threshold_10'):
         assert option(run, 'colour_threshold') == 10, run
     assert option('stage2_colour_threshold_60', 'colour_threshold') == 60
+    # stage2_continued: half the budget more of stage 2, from the finished stage-2 network at half its peak rate
+    more = max(1, study.BUDGETS['tiny'].epochs // 2)
+    assert (ckpt / 'stage2_continued' / f'SelfHDR_model_{more}.pth').is_file()
+    assert f"stage2{os.sep}SelfHDR_model_{last}.pth" in (ckpt / 'stage2_continued' / 'train.log').read_text()
+    assert option('stage2_continued', 'lr') == study.BUDGETS['tiny'].stage2_lr / 2
+    assert option('stage2_continued', 'colour_threshold') == option('stage2', 'colour_threshold')
+    b = study.BUDGETS['tiny']
+    assert results['ablations']['stage2_continued']['iterations'] == 2 * b.iters + max(b.iters_per_epoch, b.iters // 2)
     # stage1_half: structure labels from the stage-1 network at half its budget
     assert len(list((ckpt / 'stage1' / f'output_{max(1, last // 2)}').glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
     # no_align: its colour labels are the unaligned merge, so they differ from the aligned ones

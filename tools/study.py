@@ -69,7 +69,7 @@ CLIPPED_LEVEL, DARK_LEVEL = 0.95, 0.05  # medium-frame LDR levels: any channel a
 MOTION_THRESHOLD = 10 / 255  # mu-law difference between the unaligned and the aligned merge that marks motion
 PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
 ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch', 'colour_threshold_release',
-             'colour_keep_clipped', 'colour_threshold_60')
+             'colour_keep_clipped', 'colour_threshold_60', 'stage2_continued')
 
 
 @dataclass(frozen=True)
@@ -690,7 +690,7 @@ def run_study(args) -> dict:
     else:
         train_run('supervised', 'supervised', dataroot, ckpt, net, budget)
 
-    ablation_runs = {}
+    ablation_runs, ablation_epochs, ablation_iters = {}, {}, {}
     for ablation in args.ablations:
         if ablation == 'no_stru_loss':
             train_run('stage2_no_stru_loss', 'selfhdr2', dataroot, ckpt, net, budget,
@@ -731,13 +731,24 @@ def run_study(args) -> dict:
             train_run('stage2_colour_threshold_10', 'selfhdr2', dataroot, ckpt, net, budget,
                       stage2_flags(stru, 'stage1', epochs, budget.stage2_init, 10.0))
             ablation_runs[ablation] = ('stage2_colour_threshold_10', dataroot)
+        elif ablation == 'stage2_continued':
+            # Train longer: half the budget's iterations more of stage 2, from the finished stage-2 network at half
+            # its peak rate (a warm restart of the cosine schedule), labels and mask as the recipe
+            more = dataclasses.replace(budget, iters=max(budget.iters_per_epoch, budget.iters // 2))
+            flags = ['--stru_lable_path', str(stru), '--vgg_weights', args.vgg,
+                     '--colour_threshold', str(budget.stage2_colour_threshold),
+                     '--load_path', str(ckpt / 'stage2' / f'SelfHDR_model_{epochs}.pth'),
+                     '--lr', str((budget.stage2_lr or budget.lr) / 2)]
+            train_run('stage2_continued', 'selfhdr2', dataroot, ckpt, net, more, flags)
+            ablation_runs[ablation] = ('stage2_continued', dataroot)
+            ablation_epochs[ablation], ablation_iters[ablation] = more.epochs, 2 * budget.iters + more.iters
 
     logger.info('scoring')
     trained = {'selfhdr': load_network(ckpt, 'stage2', epochs, net)}
     if not args.skip_supervised:
         trained['supervised'] = load_network(ckpt, 'supervised', epochs, net)
     for ablation, (run, _) in ablation_runs.items():
-        trained[ablation] = load_network(ckpt, run, epochs, net)
+        trained[ablation] = load_network(ckpt, run, ablation_epochs.get(ablation, epochs), net)
     stage1_net = load_network(ckpt, 'stage1', epochs, net)
     splits, split_outputs = {}, {}
     for split in args.splits:
@@ -774,8 +785,8 @@ def run_study(args) -> dict:
     for rows in [methods] + [s['methods'] for s in splits.values()]:
         for name, row in rows.items():
             row['iterations'] = {'selfhdr': 2 * budget.iters, 'supervised': budget.iters,
-                                 'structure_component': budget.iters}.get(name, 2 * budget.iters
-                                                                          if name in ablation_runs else 0)
+                                 'structure_component': budget.iters}.get(
+                name, ablation_iters.get(name, 2 * budget.iters) if name in ablation_runs else 0)
     results = {
         'network': net, 'budget_name': args.budget, 'budget': dataclasses.asdict(budget),
         'machine': info, 'machine_text': describe_machine(info),
