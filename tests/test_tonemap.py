@@ -255,3 +255,22 @@ def test_guided_shadow_chroma_checks_its_guide():
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match='NaN'):
         display_tonemap(net, chroma_guide=bad)
+
+
+def test_clean_shadows_keep_the_colour_detail_of_a_noise_free_shadow():
+    """Thin red lines in a noise-free green shadow: the plain fit (noise margin 0) smears them into their
+    surroundings; the default keeps every pixel's own colour, there being no noise to remove."""
+    from util.tonemap import shadow_chroma
+
+    x = np.empty((64, 64, 3), np.float32)
+    x[:, :32] = np.array([0.2, 0.5, 0.3]) * 1e-3                    # shadow, ~10 stops under the sky
+    x[:, 32:] = np.array([0.9, 0.7, 0.5])
+    red = np.array([0.1, 0.2, 0.7], np.float32)
+    x[::8, :32] = red * float(luminance(x[:1, :1])[0, 0]) / float(luminance(red[None, None])[0, 0])  # same luminance
+    lum = luminance(x)
+    own = x / lum[:, :, None]
+    default, plain = shadow_chroma(x, lum), shadow_chroma(x, lum, noise_margin=0.0)
+    lines = (slice(8, 56, 8), slice(4, 28))
+    assert np.abs(plain[lines] - own[lines]).max() > 0.2              # the plain fit loses the lines' colour
+    np.testing.assert_allclose(default[lines], own[lines], atol=1e-3)
+    np.testing.assert_allclose(default[:, 4:28], own[:, 4:28], atol=1e-3)

@@ -115,14 +115,44 @@ def _box(img: np.ndarray, r: int) -> np.ndarray:
     return cv2.boxFilter(img, -1, (2 * r + 1, 2 * r + 1), normalize=True, borderType=cv2.BORDER_REFLECT)
 
 
+# shadow_chroma keeps a pixel's own colour where the fit's residual power exceeds this multiple of the noise
+# power estimated for its brightness (0: the plain fit). Chosen on validation brackets (bench/shadow_chroma.py --seed 2
+# --crops 16 at --noise_scale 1 and 8).
+SHADOW_NOISE_MARGIN = 1.5
+
+
+def _band_noise(ratio: np.ndarray, log_lum: np.ndarray, min_pixels: int = 64) -> np.ndarray:
+    """Per pixel, the noise power of the colour ratio (summed over channels) expected at its brightness: per
+    1-stop band of ``log_lum``, the median over the band of each pixel's high-pass power (its ratio minus its 3 x 3
+    mean), scaled to the variance of white noise. Flat pixels dominate a median, so texture and edges barely
+    count. A band with fewer than ``min_pixels`` pixels takes the estimate of all pixels darker than its top
+    (darker pixels are noisier: the safe side)."""
+    high = ratio - _box(ratio, 1)
+    energy = (high * high).sum(2)
+    # median of a chi-square with 3 degrees of freedom is 0.789 of its mean; a 3 x 3 high-pass keeps 8/9 of the noise
+    scale = np.float32(9.0 / 8.0 / 0.789)
+    bands = np.floor(log_lum).astype(np.int32)
+    out = np.empty_like(energy)
+    for band in np.unique(bands):
+        inside = bands == band
+        values = energy[inside]
+        if values.size < min_pixels:
+            values = energy[bands <= band]
+        out[inside] = np.median(values[::max(1, values.size // 100000)]) * scale
+    return out
+
+
 def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int | None = None,
-                  reg: float = 0.1, stops: tuple[float, float] = SHADOW_STOPS) -> np.ndarray:
+                  reg: float = 0.1, stops: tuple[float, float] = SHADOW_STOPS,
+                  noise_margin: float | None = None) -> np.ndarray:
     """Colour ratios ``C / L`` (H x W x 3) whose noise is averaged out in the shadows, as a camera's shadow
     handling does. Each ratio channel is fitted, in a ``(2 radius + 1)``-pixel window, as a linear function of
     log luminance (a guided filter with the log luminance as guide and ``reg`` its regularisation, in stops
     squared): noise that does not follow the luminance is averaged out, colour edges that do (a dark tree against
     a bright sky) stay sharp, and luminance detail is untouched. The fit replaces a pixel's own ratio gradually
     from ``stops[0]`` to ``stops[1]`` stops under the 99th luminance percentile; brighter pixels keep theirs.
+    Where the fit's residual is larger than ``noise_margin`` times the noise expected at that brightness
+    (:func:`_band_noise`; default ``SHADOW_NOISE_MARGIN``), the residual is colour detail and is kept in proportion.
     ``radius`` defaults to ``SHADOW_RADIUS_FRACTION`` of the image's shorter side, at least 2 pixels."""
     h, w = lum.shape
     ref = float(np.percentile(lum, 99.0))
@@ -143,6 +173,15 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
         a = (_box(guide * p, r) - mean_g * mean_p) / (var_g + np.float32(reg))
         b = mean_p - a * mean_g
         fitted[..., c] = _box(a, r) * guide + _box(b, r)
+    margin = SHADOW_NOISE_MARGIN if noise_margin is None else noise_margin
+    if margin > 0:
+        # Keep what the fit took away where it is more than noise (a Wiener-like shrinkage): a clean image's own
+        # colour detail stays, a noisy one's is averaged out
+        residual = ratio - fitted
+        noise = _box(_band_noise(ratio, guide), r)
+        power = _box((residual * residual).sum(2), r)
+        keep = np.clip((power - np.float32(margin) * noise) / np.maximum(power, np.float32(1e-12)), 0.0, 1.0)
+        fitted += keep[:, :, None] * residual
     fitted = np.maximum(fitted, 0.0)
     fitted_lum = fitted @ _LUMA_BGR
     # the fit changes chroma only: its luminance is 1, like a pixel's own ratio (grey where the fit has none)
