@@ -32,6 +32,8 @@ class MergeResult:
     response: Response
     aligned: bool
     inputs: list[np.ndarray] = field(default_factory=list)  # frames as the network saw them (training gamma)
+    # tone-mapped previews by (operator, exposure, shadows), so that the .png and the contact sheet share one
+    previews: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def classical(self) -> np.ndarray:

@@ -148,14 +148,17 @@ def _display_frame(x: np.ndarray, kind: str) -> np.ndarray:
 def preview(result: MergeResult, operator: str = 'display', exposure: float = 0.0,
             shadows: str = 'merge') -> np.ndarray:
     """The tone-mapped preview of the network's result, [0, 1] BGR. With the ``display`` operator and
-    ``shadows='merge'`` its static shadows take the classical merge's colour (``PREVIEW_SHADOWS``); the radiance
-    files are never processed."""
+    ``shadows='merge'`` its static shadows take the classical merge's colour (``PREVIEW_SHADOWS``; a result without
+    its input frames has no classical merge and gets the network's own); the radiance files are never processed."""
     if shadows not in PREVIEW_SHADOWS:
         raise MergeError(f'--preview_shadows {shadows!r}: choose {" or ".join(PREVIEW_SHADOWS)}')
-    extra = {}
-    if operator == 'display' and shadows == 'merge' and result.inputs:
-        extra['chroma_guide'] = np.maximum(result.classical, 0)
-    return tonemap(np.maximum(result.hdr, 0), operator, exposure=exposure, **extra)
+    key = (operator, float(exposure), shadows)
+    if key not in result.previews:  # computed once per result: the .png, --compare and the contact sheet share it
+        extra = {}
+        if operator == 'display' and shadows == 'merge' and result.inputs:
+            extra['chroma_guide'] = result.classical  # negative values are clipped by the operator
+        result.previews[key] = tonemap(np.maximum(result.hdr, 0), operator, exposure=exposure, **extra)
+    return result.previews[key]
 
 
 def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
@@ -190,7 +193,7 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
         write_exr(paths['exr'], result.hdr, exr_type)
     if 'tiff' in paths:
         write_tiff16(paths['tiff'], result.hdr)
-    shown = preview(result, operator, preview_exposure, preview_shadows)
+    shown = preview(result, operator, preview_exposure, preview_shadows) if 'png' in paths or compare else None
     if 'png' in paths:
         write_png8(paths['png'], shown)
     if compare:

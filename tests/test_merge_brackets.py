@@ -1,5 +1,6 @@
 """tools/merge_brackets.py: users' own brackets (JPEG with EXIF, 16-bit TIFF with --exposures) -> .hdr/.exr/.png."""
 import logging
+import shutil
 from pathlib import Path
 
 import cv2
@@ -883,3 +884,52 @@ def test_exposure_check_survives_motion_and_large_clipped_skies():
         with pytest.raises(MergeError, match='contradict'):
             check_exposures_match_frames(paths, frames, np.array([1.0, 64.0, 512.0]), gamma)
     assert min(pair_stops) < 1.5 and judged >= 8  # the old pixel-pair measure would have refused these brackets
+
+
+def _fake_merge_with_a_tinted_shadow(calls):
+    """A stand-in for photo.merge.merge whose result has a shadow the network tinted and the classical merge has
+    right (tests/test_photo_io.py), so that the two kinds of preview differ."""
+    from types import SimpleNamespace
+
+    from test_photo_io import _merged_bracket
+
+    def fake(inputs, *args, **kwargs):
+        result = _merged_bracket()
+        result.hdr[:8, :] = 1e-7  # a black band: the local contrast lifts the shadow above black, so its colour shows
+        for frame in result.inputs:
+            frame[:8, :] = 0.0
+        paths = [Path(p) for p in inputs] if not isinstance(inputs, (str, Path)) else sorted(Path(inputs).iterdir())
+        result.bracket = SimpleNamespace(times=result.bracket.times, paths=paths[:3], unused=[], kind='ldr',
+                                         frames=result.inputs)
+        result.response = SimpleNamespace(name='gamma2.2', why='')
+        calls.append(result)
+        return result
+    return fake
+
+
+@pytest.mark.parametrize('batch', [False, True])
+def test_preview_shadows_flag_reaches_the_preview(bracket, tmp_path, capsys, monkeypatch, batch):
+    from photo.outputs import preview
+    from util.tonemap import to_uint8
+
+    calls = []
+    monkeypatch.setattr('tools.merge_brackets.merge', _fake_merge_with_a_tinted_shadow(calls))
+    monkeypatch.setattr('photo.batch.merge', _fake_merge_with_a_tinted_shadow(calls))
+    if batch:
+        src = tmp_path / 'in' / 'scene'
+        src.mkdir(parents=True)
+        for f in bracket['jpg']:
+            shutil.copy(f, src / Path(f).name)
+    for shadows in ('merge', 'network'):
+        out = tmp_path / shadows
+        where = ['--input_dir', tmp_path / 'in'] if batch else ['--inputs', *bracket['jpg'], '--name', 'scene']
+        rc, cap = _run(capsys, [*where, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'], '--output_dir', out,
+                                '--formats', 'png', '--preview_shadows', shadows])
+        assert rc == 0, cap.err
+        result = calls[-1]
+        png = cv2.imread(str(out / 'scene.png'), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(png, to_uint8(preview(result, shadows=shadows)))
+        # one preview made, shared by the .png and (in a batch) the contact sheet's thumbnail
+        assert list(result.previews) == [('display', 0.0, shadows)]
+    ours, theirs = (cv2.imread(str(tmp_path / s / 'scene.png')) for s in ('merge', 'network'))
+    assert np.abs(ours.astype(int) - theirs.astype(int)).max() > 10  # the tinted shadow is gone in one of them

@@ -11,8 +11,8 @@ sheet ``index.html`` in ``--output_dir`` (preview, classical merge, inputs and l
 as-shot white balance, linear 16-bit, exposure time from the RAW metadata; no response curve is applied). Outputs in ``--output_dir`` (default: the current folder), chosen with ``--formats``: ``<name>.hdr`` and
 ``<name>.exr`` (linear radiance, the short exposure's scale, values in (0, 1); ``--exr_type half|float``),
 ``<name>.tif`` (16-bit linear), and a tone-mapped 8-bit preview ``<name>.png`` (whose static shadows take the
-classical merge's colour where it agrees with the network; ``--preview_shadows network`` keeps the network's own); ``--compare`` adds
-``<name>_compare.png`` (inputs, classical merge and network side by side, labelled). All are written to a
+classical merge's colour where it agrees with the network; ``--preview_shadows network`` keeps the network's own);
+``--compare`` adds ``<name>_compare.png`` (inputs, classical merge and network side by side, labelled). All are written to a
 temporary name and renamed. ``<name>`` defaults to the medium frame's file name + ``_hdr``.
 
 Behaviour, and the choices made here:

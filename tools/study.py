@@ -735,13 +735,13 @@ def run_study(args) -> dict:
             # Train longer: half the budget's iterations more of stage 2, from the finished stage-2 network at half
             # its peak rate (a warm restart of the cosine schedule), labels and mask as the recipe
             more = dataclasses.replace(budget, iters=max(budget.iters_per_epoch, budget.iters // 2))
-            flags = ['--stru_lable_path', str(stru), '--vgg_weights', args.vgg,
-                     '--colour_threshold', str(budget.stage2_colour_threshold),
-                     '--load_path', str(ckpt / 'stage2' / f'SelfHDR_model_{epochs}.pth'),
-                     '--lr', str((budget.stage2_lr or budget.lr) / 2)]
+            stage2_peak = budget.stage2_lr if budget.stage2_init == 'stage1' and budget.stage2_lr else budget.lr
+            flags = stage2_flags(stru, 'stage1', epochs, 'scratch') + [  # labels and mask as stage 2, its start
+                '--load_path', str(ckpt / 'stage2' / f'SelfHDR_model_{epochs}.pth'), '--lr', str(stage2_peak / 2)]
             train_run('stage2_continued', 'selfhdr2', dataroot, ckpt, net, more, flags)
             ablation_runs[ablation] = ('stage2_continued', dataroot)
-            ablation_epochs[ablation], ablation_iters[ablation] = more.epochs, 2 * budget.iters + more.iters
+            ablation_epochs[ablation] = more.epochs
+            ablation_iters[ablation] = 2 * budget.epochs * budget.iters_per_epoch + more.epochs * more.iters_per_epoch
 
     logger.info('scoring')
     trained = {'selfhdr': load_network(ckpt, 'stage2', epochs, net)}
