@@ -191,12 +191,16 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
         del noise, power
         fitted += keep[:, :, None] * residual
         del residual, keep
-    fitted = np.maximum(fitted, 0.0)
+    np.maximum(fitted, 0.0, out=fitted)
     fitted_lum = fitted @ _LUMA_BGR
     # the fit changes chroma only: its luminance is 1, like a pixel's own ratio (grey where the fit has none)
-    fitted = np.where((fitted_lum > 1e-6)[:, :, None], fitted / np.maximum(fitted_lum, 1e-6)[:, :, None], 1.0)
-    mixed = (1.0 - dark) * ratio + dark * fitted
-    return mixed.astype(np.float32, copy=False)
+    fitted /= np.maximum(fitted_lum, 1e-6)[:, :, None]
+    fitted[fitted_lum <= 1e-6] = 1.0
+    # ratio + dark * (fit - ratio), in place: a camera-sized preview holds a dozen images of this size already
+    fitted -= ratio
+    fitted *= dark
+    fitted += ratio
+    return fitted.astype(np.float32, copy=False)
 
 
 # The classical merge of the same frames lends the preview its shadow colour (guided_shadow_chroma): from
@@ -248,10 +252,14 @@ def guided_shadow_chroma(x: np.ndarray, lum: np.ndarray, guide: np.ndarray, eps:
         lum_gap = np.abs(np.log2(_box(lum, window) / _box(guide_lum, window)))
         a, b = _box(ratio, window), _box(guide_ratio, window)
         cos = np.einsum('ijk,ijk->ij', a, b) / (np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2) + 1e-12)
+        del a, b
         angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
         weight = weight * _trust(lum_gap, GUIDE_LUM_STOPS) * _trust(angle, GUIDE_DEGREES)
-    weight = weight[:, :, None]
-    return ((1.0 - weight) * ratio + weight * guide_ratio).astype(np.float32, copy=False)
+    # ratio + weight * (guide's - ratio), in place
+    guide_ratio -= ratio
+    guide_ratio *= weight[:, :, None]
+    guide_ratio += ratio
+    return guide_ratio.astype(np.float32, copy=False)
 
 
 def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, saturation: float = 1.0,
