@@ -63,7 +63,10 @@ def _check_image(x: np.ndarray, name: str = 'image') -> np.ndarray:
 
 
 def _expose(x: np.ndarray, exposure: float) -> np.ndarray:
-    # Negative radiance is noise (or a network artefact): it has no luminance, clip it.
+    # Negative radiance is noise (or a network artefact): it has no luminance, clip it. Nothing to do: no copy (a
+    # camera-sized preview holds a dozen images of this size already)
+    if exposure == 0 and x.dtype == np.float32 and not (x < 0).any():
+        return x
     return np.maximum(x, 0) * np.float32(2.0 ** exposure)
 
 
@@ -128,8 +131,10 @@ def _band_noise(ratio: np.ndarray, log_lum: np.ndarray, min_pixels: int = 64,
     mean), from at most ``max_samples`` evenly strided pixels. Flat pixels dominate a median, so texture and edges
     barely count. A band with fewer than ``min_pixels`` samples takes the estimate of all samples darker than its
     top (darker pixels are noisier: the safe side)."""
-    high = ratio - _box(ratio, 1)
-    energy = np.einsum('ijk,ijk->ij', high, high)
+    energy = np.zeros(ratio.shape[:2], np.float32)
+    for c in range(ratio.shape[2]):  # channel by channel: no full-size three-channel temporaries
+        high = ratio[..., c] - _box(np.ascontiguousarray(ratio[..., c]), 1)
+        energy += high * high
     del high
     # Scaled as white noise in three independent channels would be (a chi-square of 3 degrees of freedom has its
     # median at 0.789 of its mean; a 3 x 3 high-pass keeps 8/9 of the noise). A ratio's channels are not
@@ -184,12 +189,16 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
     if margin > 0:
         # Keep what the fit took away where it is more than noise (a Wiener-like shrinkage): a clean image's own
         # colour detail stays, a noisy one's is averaged out
-        residual = ratio - fitted
         noise = _box(_band_noise(ratio, log_lum), r)
-        power = _box(np.einsum('ijk,ijk->ij', residual, residual), r)
+        power = np.zeros_like(noise)
+        for c in range(3):
+            residual = ratio[..., c] - fitted[..., c]
+            power += residual * residual
+        power = _box(power, r)
         keep = np.clip((power - np.float32(margin) * noise) / np.maximum(power, np.float32(1e-12)), 0.0, 1.0)
         del noise, power
-        fitted += keep[:, :, None] * residual
+        for c in range(3):
+            fitted[..., c] += keep * (ratio[..., c] - fitted[..., c])
         del residual, keep
     np.maximum(fitted, 0.0, out=fitted)
     fitted_lum = fitted @ _LUMA_BGR
@@ -250,9 +259,15 @@ def guided_shadow_chroma(x: np.ndarray, lum: np.ndarray, guide: np.ndarray, eps:
     # reject a static shadow): both must hold
     for window in (r, GUIDE_WINDOW * r):
         lum_gap = np.abs(np.log2(_box(lum, window) / _box(guide_lum, window)))
-        a, b = _box(ratio, window), _box(guide_ratio, window)
-        cos = np.einsum('ijk,ijk->ij', a, b) / (np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2) + 1e-12)
-        del a, b
+        dot, norm_a, norm_b = (np.zeros_like(lum) for _ in range(3))
+        for c in range(3):  # the local mean colours' angle, channel by channel (no three-channel temporaries)
+            a = _box(np.ascontiguousarray(ratio[..., c]), window)
+            b = _box(np.ascontiguousarray(guide_ratio[..., c]), window)
+            dot += a * b
+            norm_a += a * a
+            norm_b += b * b
+        cos = dot / (np.sqrt(norm_a * norm_b) + 1e-12)
+        del a, b, dot, norm_a, norm_b
         angle = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
         weight = weight * _trust(lum_gap, GUIDE_LUM_STOPS) * _trust(angle, GUIDE_DEGREES)
     # ratio + weight * (guide's - ratio), in place
