@@ -218,7 +218,7 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
 # colour within GUIDE_DEGREES, so a ghost of the classical merge (a moving object) never lends its colour.
 # Chosen on validation brackets (bench/shadow_chroma.py --seed 2 --crops 16).
 GUIDE_STOPS = (-2.0, -4.0)
-GUIDE_LUM_STOPS = (0.5, 1.0)
+GUIDE_LUM_STOPS = (1.0, 2.0)
 GUIDE_DEGREES = (10.0, 20.0)
 GUIDE_WINDOW = 2  # the agreement's wider window radius, in radii of the shadow fit
 
