@@ -100,11 +100,10 @@ def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> l
                            trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net,
                            amp=args.amp,
                            max_memory=getattr(args, 'max_memory', 0))
-            shadows = getattr(args, 'preview_shadows', 'merge')
             paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure,
-                                  args.formats, args.exr_type, args.compare, shadows)
+                                  args.formats, args.exr_type, args.compare, args.preview_shadows)
             thumbs = write_thumbnails(result, args.output_dir, job.name, args.tonemap, args.preview_exposure,
-                                      shadows)
+                                      args.preview_shadows)
             outcomes.append(BracketOutcome(job, True, describe(result), paths, thumbs))
         except (MergeError, OSError, ValueError) as exc:  # the message names the file; go on with the others
             logger.debug('bracket %s failed', job.folder, exc_info=True)

@@ -145,13 +145,17 @@ def _display_frame(x: np.ndarray, kind: str) -> np.ndarray:
     return np.clip(x, 0, 1) ** (1 / GAMMA) if kind == 'raw' else np.clip(x, 0, 1)
 
 
+def _check_shadows(shadows: str) -> None:
+    if shadows not in PREVIEW_SHADOWS:
+        raise MergeError(f'--preview_shadows {shadows!r}: choose {" or ".join(PREVIEW_SHADOWS)}')
+
+
 def preview(result: MergeResult, operator: str = 'display', exposure: float = 0.0,
             shadows: str = 'merge') -> np.ndarray:
     """The tone-mapped preview of the network's result, [0, 1] BGR. With the ``display`` operator and
     ``shadows='merge'`` its static shadows take the classical merge's colour (``PREVIEW_SHADOWS``; a result without
     its input frames has no classical merge and gets the network's own); the radiance files are never processed."""
-    if shadows not in PREVIEW_SHADOWS:
-        raise MergeError(f'--preview_shadows {shadows!r}: choose {" or ".join(PREVIEW_SHADOWS)}')
+    _check_shadows(shadows)
     key = (operator, float(exposure), shadows)
     if key not in result.previews:  # computed once per result: the .png, --compare and the contact sheet share it
         extra = {}
@@ -178,8 +182,7 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
         raise MergeError(f'--formats {" ".join(formats)}: choose one or more of {", ".join(OUTPUT_FORMATS)}')
     if exr_type not in EXR_TYPES:
         raise MergeError(f'--exr_type {exr_type!r}: choose half or float')
-    if preview_shadows not in PREVIEW_SHADOWS:
-        raise MergeError(f'--preview_shadows {preview_shadows!r}: choose {" or ".join(PREVIEW_SHADOWS)}')
+    _check_shadows(preview_shadows)  # before any file is written
     output_dir = Path(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)

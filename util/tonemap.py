@@ -154,6 +154,22 @@ def _band_noise(ratio: np.ndarray, log_lum: np.ndarray, min_pixels: int = 64,
     return table[bands - lo]
 
 
+def _fit_radius(lum: np.ndarray, radius: int | None) -> int:
+    """The shadow fit's window radius: ``radius``, or SHADOW_RADIUS_FRACTION of the shorter side, at least 2."""
+    return max(2, round(SHADOW_RADIUS_FRACTION * min(lum.shape))) if radius is None else int(radius)
+
+
+def _darkness(lum: np.ndarray, eps: float, stops: tuple[float, float]):
+    """``(ref, log_lum, dark)``: the 99th luminance percentile, each pixel's stops under it and a ramp from 0 at
+    ``stops[0]`` to 1 at ``stops[1]``; None for an image without light (``ref <= eps``)."""
+    ref = float(np.percentile(lum, 99.0))
+    if ref <= eps:
+        return None
+    log_lum = np.log2(np.maximum(lum, eps * ref) / ref).astype(np.float32)
+    dark = np.clip((log_lum - stops[0]) / (stops[1] - stops[0]), 0.0, 1.0)
+    return ref, log_lum, dark
+
+
 def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int | None = None,
                   reg: float = 0.1, stops: tuple[float, float] = SHADOW_STOPS,
                   noise_margin: float | None = None) -> np.ndarray:
@@ -166,16 +182,13 @@ def shadow_chroma(x: np.ndarray, lum: np.ndarray, eps: float = 1e-6, radius: int
     Where the fit's residual is larger than ``noise_margin`` times the noise expected at that brightness
     (:func:`_band_noise`; default ``SHADOW_NOISE_MARGIN``), the residual is colour detail and is kept in proportion.
     ``radius`` defaults to ``SHADOW_RADIUS_FRACTION`` of the image's shorter side, at least 2 pixels."""
-    h, w = lum.shape
-    ref = float(np.percentile(lum, 99.0))
     ratio = x / np.maximum(lum, eps)[:, :, None]
-    if ref <= eps:
+    found = _darkness(lum, eps, stops)
+    if found is None or not found[2].any():
         return ratio
-    log_lum = np.log2(np.maximum(lum, eps * ref) / ref).astype(np.float32)  # the fit's guide
-    dark = np.clip((log_lum - stops[0]) / (stops[1] - stops[0]), 0.0, 1.0)[:, :, None]  # 0 bright, 1 deep shadow
-    if not dark.any():
-        return ratio
-    r = max(2, round(SHADOW_RADIUS_FRACTION * min(h, w))) if radius is None else int(radius)
+    _, log_lum, dark = found  # log_lum is the fit's guide; dark: 0 bright, 1 deep shadow
+    dark = dark[:, :, None]
+    r = _fit_radius(lum, radius)
     mean_g = _box(log_lum, r)
     var_g = _box(log_lum * log_lum, r) - mean_g * mean_g
     fitted = np.empty_like(ratio)
@@ -240,18 +253,14 @@ def guided_shadow_chroma(x: np.ndarray, lum: np.ndarray, guide: np.ndarray, eps:
     if guide.shape != x.shape:
         raise ValueError(f'chroma guide: shape {guide.shape} differs from the image\'s {x.shape}')
     ratio = shadow_chroma(x, lum, eps, radius)
-    ref = float(np.percentile(lum, 99.0))
-    if ref <= eps:
+    found = _darkness(lum, eps, GUIDE_STOPS)
+    if found is None or not found[2].any():
         return ratio
-    stops = np.log2(np.maximum(lum, eps * ref) / ref)
-    dark = np.clip((stops - GUIDE_STOPS[0]) / (GUIDE_STOPS[1] - GUIDE_STOPS[0]), 0.0, 1.0)
-    if not dark.any():
-        return ratio
+    ref, _, dark = found
     guide = np.maximum(guide, 0.0) if guide.min() < 0 else guide
     guide_lum = luminance(guide)
     guide_ratio = shadow_chroma(guide, guide_lum, eps, radius)
-    h, w = lum.shape
-    r = max(2, round(SHADOW_RADIUS_FRACTION * min(h, w))) if radius is None else int(radius)
+    r = _fit_radius(lum, radius)
     floor = np.float32(eps * ref)
     lum, guide_lum = np.maximum(lum, floor), np.maximum(guide_lum, floor)
     weight = dark
@@ -316,8 +325,7 @@ def display_tonemap(x: np.ndarray, exposure: float = 0.0, gamma: float = 1.0, sa
     if not clean_shadows:
         ratio = x / np.maximum(lum, eps)[:, :, None]
     elif chroma_guide is not None:
-        guide = _expose(_check_image(chroma_guide, 'chroma guide'), exposure)
-        ratio = guided_shadow_chroma(x, lum, guide, eps)
+        ratio = guided_shadow_chroma(x, lum, _expose(np.asarray(chroma_guide), exposure), eps)  # it checks the guide
     else:
         ratio = shadow_chroma(x, lum, eps)
     if saturation != 1.0:
