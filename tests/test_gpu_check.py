@@ -36,6 +36,18 @@ def test_dry_run_runs_every_section_it_can(tmp_path, golden_dir):
     report = json.loads((tmp_path / 'gpu_check.json').read_text())
     sections = report['sections']
     assert list(sections) == [name for name, _ in gpu_check.SECTIONS], done.stdout + done.stderr
+    ddp = sections['ddp']
+    if ddp['status'] != 'ok' and 'SIGABRT' in ddp.get('output_tail', ''):
+        # Two gloo processes on a 2-core CPU: once in several CI runs a child aborts inside torch's runtime
+        # (SIGABRT, no Python error; round 3, eighth session). One rerun of that section alone; any other
+        # failure, or a second abort, still fails below.
+        rerun = subprocess.run(cmd[:cmd.index('--out')] + ['--out', str(tmp_path / 'rerun'), '--sections', 'ddp']
+                               + cmd[cmd.index('--golden'):], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        sections['ddp'] = json.loads((tmp_path / 'rerun' / 'gpu_check.json').read_text())['sections']['ddp']
+        ran = [s for s in sections.values() if s['status'] != 'skipped']  # the verdict as gpu_check.py makes it
+        report['all_ok'] = bool(ran) and all(s['status'] == 'ok' for s in ran)
+        if report['all_ok']:
+            done = rerun
     failed = {n: (s['status'], s.get('error'), s.get('output_tail', '')[-800:]) for n, s in sections.items()
               if s['status'] != 'ok'}
     assert failed == {}, failed
