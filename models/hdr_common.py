@@ -63,6 +63,19 @@ class HDRBackboneModel(BaseModel):
     def optimizer(self):
         return self.optimizers[0]
 
+    def load_networks(self, epoch):
+        """As BaseModel's; when testing, the backbone is followed by the checkpoint's medium gate if it has one
+        (--medium_gate auto; models/medium_gate.py). Training loads and trains the backbone alone."""
+        from .medium_gate import GatedNetwork, with_gate
+
+        bare = networks.unwrap(self.netSelfHDR)
+        if isinstance(bare, GatedNetwork):  # test.py loads each --load_iter epoch in turn: the last one's gate goes
+            self.netSelfHDR = bare.backbone
+        super().load_networks(epoch)
+        if not self.isTrain:
+            path = self.opt.load_path or self.network_path('SelfHDR', epoch)
+            self.netSelfHDR = with_gate(self.netSelfHDR, path, getattr(self.opt, 'medium_gate', 'auto'))
+
     def set_input(self, input):
         self.input0 = self.to_device(input['input0'])
         self.input1 = self.to_device(input['input1'])

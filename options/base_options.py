@@ -102,6 +102,10 @@ class BaseOptions:
                             help='GB the process may use, for --tile auto (0: 80%% of the memory available at the '
                                  'start; on a GPU, 90%% of its free memory)')
         parser.add_argument('--tile_overlap', type=int, default=32, help='overlap between tiles, in pixels')
+        parser.add_argument('--medium_gate', type=str, default='auto', choices=('auto', 'on', 'off'),
+                            help="testing: the checkpoint's medium gate (models/medium_gate.py) after the backbone: "
+                                 "auto = when the checkpoint has one (the release's never do), off = the backbone "
+                                 "alone; training always trains the backbone alone")
         parser.add_argument('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16', 'auto'),
                             help='autocast precision on CUDA or CPU (fp16: CUDA only, with gradient scaling); auto: '
                                  'bf16 where the hardware has it, else fp32; losses and metrics stay fp32')

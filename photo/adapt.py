@@ -205,15 +205,22 @@ def prepare(jobs, args, net, work: Work, state: dict, progress: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ outputs
-def write_checkpoint(src: Path, out: Path) -> None:
-    """Copy the final weights to ``out`` in release format, atomically."""
+def write_checkpoint(src: Path, out: Path, gate_from=None) -> None:
+    """Copy the final weights to ``out`` in release format, atomically, with the medium gate of checkpoint
+    ``gate_from`` when it has one (the adapted backbone keeps the gate it was shipped with)."""
     import torch
 
     from models.base_model import atomic_torch_save, clean_state_dict
+    from models.medium_gate import GATE_KEY
 
     state = torch.load(src, map_location='cpu', weights_only=True)['state_dict']
+    checkpoint = {'state_dict': clean_state_dict(state)}
+    if gate_from is not None:
+        original = torch.load(str(gate_from), map_location='cpu', weights_only=True)
+        if isinstance(original, dict) and GATE_KEY in original:
+            checkpoint[GATE_KEY] = original[GATE_KEY]
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({'state_dict': clean_state_dict(state)}, str(out))
+    atomic_torch_save(checkpoint, str(out))
 
 
 def write_comparisons(jobs, args, state: dict, work: Work, out: Path, compare_dir: Path, progress: bool) -> list:
@@ -370,7 +377,10 @@ def decide(args, work: Work, state: dict, epochs: int) -> tuple[Path, dict]:
     for epoch, path in candidates:
         if not path.is_file():
             continue
-        net = load_network(args.network, path, args.device)
+        from models.medium_gate import with_gate
+
+        # every candidate with the original's medium gate, if it has one: the backbones are compared, not the gate
+        net = with_gate(load_network(args.network, path, args.device, 'off'), args.checkpoint, 'auto')
         tile = args.tile if isinstance(args.tile, int) else 0  # 'auto': held-out frames are training-sized
         scores[epoch] = score(net, args.network, items, args.device, tile, args.tile_overlap)
         logger.info('%s: PSNR-mu %.3f dB on the trusted pixels of the %s brackets', 'original' if epoch == 0 else

@@ -58,8 +58,11 @@ def _build_inputs(frames, times, gamma: float = GAMMA):
     return inputs
 
 
-def load_network(network: str, checkpoint, device):
+def load_network(network: str, checkpoint, device, medium_gate: str = 'auto'):
+    """The checkpoint's backbone, in eval mode on ``device``, followed by its medium gate when it has one
+    (``medium_gate``: auto | on | off, models/medium_gate.py)."""
     from models.base_model import load_backbone_state
+    from models.medium_gate import GateError, with_gate
     from models.networks import NETWORKS, define_network
 
     if network not in NETWORKS:
@@ -70,6 +73,10 @@ def load_network(network: str, checkpoint, device):
         raise MergeError(f'--network {network}: backbone module {NETWORKS[network][0]} cannot be imported '
                          f'({exc})') from exc
     load_backbone_state(net, str(checkpoint), device='cpu')  # CheckpointError names the file and keys
+    try:
+        net = with_gate(net.eval(), checkpoint, medium_gate)
+    except GateError as exc:
+        raise MergeError(str(exc)) from None
     return net.eval().to(device)
 
 
@@ -91,7 +98,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
           exposures_in: str = 'seconds', response: str | Response = AUTO, device: str = 'cpu',
           tile: int | str = 'auto', tile_overlap: int = 32, align: bool | str = 'auto', strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
-          net=None, amp: str = 'none', max_memory: float = 0) -> MergeResult:
+          net=None, amp: str = 'none', max_memory: float = 0, medium_gate: str = 'auto') -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See ``tools/merge_brackets.py`` for the behaviour.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
@@ -99,7 +106,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     already loaded backbone (batches load the checkpoint once). ``amp``: none|bf16|fp16|auto, the network's
     forward under autocast (as train.py/test.py ``--amp``); the merge arithmetic stays fp32. ``tile``: a tile side,
     0 for the whole image, or 'auto' (the whole image when it fits ``max_memory`` GB, 0: most of the available
-    memory, else the largest tiles that fit; ``util.tiling.auto_tile``).
+    memory, else the largest tiles that fit; ``util.tiling.auto_tile``). ``medium_gate``: auto | on | off, the
+    checkpoint's medium gate (models/medium_gate.py) when it has one, always, or never.
     """
     import torch
 
@@ -147,7 +155,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         frames = list(align_frames(*frames, bracket.times).frames)
 
     if net is None:
-        net = load_network(network, checkpoint, device)
+        net = load_network(network, checkpoint, device, medium_gate)
     xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
     multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
     fn = padded(net, multiple=multiple, mode='release') if multiple else net

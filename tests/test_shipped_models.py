@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models.base_model import load_backbone_state
+from models.medium_gate import GatedNetwork, read_gate, with_gate
 from models.networks import define_network
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +33,20 @@ def test_shipped_model_loads_and_merges(folder):
     load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
     net.eval()
     gen = torch.Generator().manual_seed(0)
-    # three LDR frames and their linearised copies, 6 channels each, as the data sets give them
+    # three LDR frames, 6 channels each as the data sets give them: the linearised frame first, then the frame
     ldr = torch.rand(1, 3, 3, 32, 48, generator=gen).sort(dim=1).values
-    frames = [torch.cat([x, x.clamp(min=1e-4) ** 2.2 / t], 1) for x, t in zip(ldr.unbind(1), (1.0, 4.0, 16.0))]
-    with torch.no_grad():
-        out = net(*frames)
-    assert out.shape == (1, 3, 32, 48)
-    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    frames = [torch.cat([x.clamp(min=1e-4) ** 2.2 / t, x], 1) for x, t in zip(ldr.unbind(1), (1.0, 4.0, 16.0))]
+    # the backbone alone (how the release loads any checkpoint), then as our loaders do: with its medium gate if any
+    for model in (net, with_gate(net, folder / 'SelfHDR_model_1.pth', 'auto')):
+        with torch.no_grad():
+            out = model(*frames)
+        assert out.shape == (1, 3, 32, 48)
+        assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_the_gated_shipped_model_carries_its_gate():
+    folder = ROOT / 'pretrained_models' / 'fshdr_long_mf_gate'
+    assert read_gate(folder / 'SelfHDR_model_1.pth') is not None
+    net = define_network('FSHDR')
+    load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
+    assert isinstance(with_gate(net.eval(), folder / 'SelfHDR_model_1.pth'), GatedNetwork)

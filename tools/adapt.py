@@ -285,7 +285,7 @@ def run(args) -> int:
             state['decision'] = decision
             write_state(work, state)
             logger.info('decision: kept the %s: %s', decision['kept'], decision['why'])
-        write_checkpoint(final, out)
+        write_checkpoint(final, out, gate_from=args.checkpoint)
         sheets = write_comparisons(jobs, args, state, work, out, compare_dir, progress)
     except KeyboardInterrupt:
         logger.error('interrupted; the work so far is kept in %s: run the same command with --resume to continue',

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
                    help='mixed precision of the network forward: auto = bf16 where the hardware has it (CUDA, or a '
                         'CPU with avx512_bf16/AMX), fp32 elsewhere; none = fp32 throughout; fp16 only on CUDA')
+    p.add_argument('--medium_gate', default='auto', choices=('auto', 'on', 'off'),
+                   help="the checkpoint's medium gate (models/medium_gate.py: the medium frame where it is clean and "
+                        "not clipped): auto = when the checkpoint has one, off = the backbone alone")
     p.add_argument('--tile', type=tile_flag, default='auto',
                    help='tile side in pixels for bounded memory (0: whole image); auto: the whole image when it fits '
                         '--max_memory, else the largest tiles that do (the log says which)')
@@ -199,7 +202,8 @@ def main(argv=None) -> int:
                        tile=args.tile, save_response_to=args.save_response,
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
                        trust_exposures=args.trust_exposures, prealign=not args.no_prealign,
-                       reference=args.reference, amp=args.amp, max_memory=args.max_memory)
+                       reference=args.reference, amp=args.amp, max_memory=args.max_memory,
+                       medium_gate=args.medium_gate)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
                               args.exr_type, args.compare, args.preview_shadows)
@@ -229,7 +233,7 @@ def _main_batch(args) -> int:
 
         if args.device.startswith('cuda') and not torch.cuda.is_available():
             raise MergeError(f'--device {args.device}: CUDA is not available on this machine; use --device cpu')
-        net = load_network(args.network, args.checkpoint, args.device)
+        net = load_network(args.network, args.checkpoint, args.device, args.medium_gate)
     except (MergeError, CheckpointError, OSError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_USAGE

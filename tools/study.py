@@ -318,13 +318,16 @@ def structure_labels(stage1: str, epoch: int, dataroot: Path, ckpt: Path, networ
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
-def load_network(ckpt: Path, name: str, epoch: int, network: str):
+def load_network(ckpt: Path, name: str, epoch: int, network: str, medium_gate: str = 'auto'):
+    """A trained network, with its checkpoint's medium gate if it has one (models/medium_gate.py)."""
     from models import networks
     from models.base_model import load_backbone_state
+    from models.medium_gate import with_gate
 
     net = networks.define_network(network)
-    load_backbone_state(net, str(ckpt / name / f'SelfHDR_model_{epoch}.pth'), device='cpu')
-    return net.eval()
+    path = ckpt / name / f'SelfHDR_model_{epoch}.pth'
+    load_backbone_state(net, str(path), device='cpu')
+    return with_gate(net.eval(), path, medium_gate)
 
 
 def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray]:

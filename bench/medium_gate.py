@@ -1,0 +1,112 @@
+"""A gated checkpoint with and without its medium gate, on a study's validation split and test splits, per region.
+
+    python bench/medium_gate.py --work study/long_FSHDR_dn --network FSHDR \\
+        --checkpoint pretrained_models/fshdr_long_mf_gate/SelfHDR_model_1.pth
+
+Scores the backbone alone (``--medium_gate off``) and with the gate (models/medium_gate.py) beside the medium frame
+and the colour component, as ``tools/study.py`` scores its methods: PSNR-mu / PSNR-l per split (mean over scenes)
+and PSNR-mu per region (clipped / well exposed / dark in the medium frame, moving), pooled over the split's
+pixels; per validation scene too, by the setting it was rendered with. The gate is chosen on the validation split;
+the test splits are reported. Writes ``bench/results/medium_gate.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_ROOT))
+
+import tools.study as study  # noqa: E402
+from models.backbones import backbone  # noqa: E402
+from util import metrics  # noqa: E402
+from util.hdr_io import read_hdr  # noqa: E402
+
+KEYS = ('psnr_mu', 'psnr_l', 'psnr_mu_clipped', 'psnr_mu_well_exposed', 'psnr_mu_dark', 'psnr_mu_motion')
+
+
+def clipped_split(outputs: dict, root: Path, motion: dict) -> dict:
+    """PSNR-mu pooled over the medium frame's clipped pixels that move and those that do not: where the 33 dB goal
+    over clipped pixels is lost."""
+    from util.exposures import scene_frames_and_times
+    from util.hdr_io import read_ldr
+
+    parts = {'static': ([], []), 'moving': ([], [])}
+    for scene, out in outputs.items():
+        scene_dir = root / 'Test' / scene
+        gt = read_hdr(scene_dir / 'HDRImg.hdr')
+        clipped = study.exposure_regions(read_ldr(scene_frames_and_times(scene_dir, 'sig17')[0][1]))['clipped']
+        for name, mask in (('static', clipped & ~motion[scene]), ('moving', clipped & motion[scene])):
+            parts[name][0].append(np.clip(out, 0, 1)[mask])
+            parts[name][1].append(gt[mask])
+    result = {}
+    for name, (outs, gts) in parts.items():
+        o, g = np.concatenate(outs), np.concatenate(gts)
+        result[f'psnr_mu_clipped_{name}'] = round(metrics.psnr_mu(o, g), 2) if len(o) else float('nan')
+        result[f'pixels_clipped_{name}'] = int(len(o))
+    return result
+
+
+def split_roots(work: Path, split: str) -> tuple[Path, Path]:
+    """(the split's root with Test/, the root of its aligned copy with Test/) as tools/study.py lays them out."""
+    if split == 'current':
+        return work / 'data', work / 'data_aligned_test'
+    return work / 'splits' / split, work / 'splits_aligned' / split
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--work', required=True, help='a study work folder (its splits are scored)')
+    p.add_argument('--network', default='FSHDR', choices=study.NAMES)
+    p.add_argument('--checkpoint', required=True, help='a checkpoint with a medium gate (tools/train_gate.py)')
+    p.add_argument('--splits', nargs='+', default=['validation', *study.TEST_SPLITS.keys()])
+    p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'auto'))
+    p.add_argument('--output', default=str(_ROOT / 'bench' / 'results' / 'medium_gate.json'))
+    args = p.parse_args(argv)
+    study.PRECISION.update(study.precision_settings(args.amp, 'False', 'short'))
+    ckpt = Path(args.checkpoint)
+    nets = {mode: study.load_network(ckpt.parent.parent, ckpt.parent.name, int(ckpt.stem.rsplit('_', 1)[1]),
+                                     args.network, mode) for mode in ('off', 'on')}
+    work, aligned_input = Path(args.work), backbone(args.network).aligned_input
+    results = {'checkpoint': str(ckpt), 'work': str(work), 'network': args.network,
+               'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],
+               'date': time.strftime('%Y-%m-%d %H:%M'), 'splits': {}}
+    for split in args.splits:
+        root, aligned = split_roots(work, split)
+        if not (root / 'Test').is_dir():
+            print(f'{split}: no {root / "Test"}, skipped (run tools/study.py --splits first)', file=sys.stderr)
+            continue
+        test_dir = aligned / 'Test' if aligned_input else root / 'Test'
+        outputs = {'backbone': study.network_outputs(nets['off'], args.network, test_dir),
+                   'gated': study.network_outputs(nets['on'], args.network, test_dir)}
+        anchors = study.anchor_outputs(root)
+        outputs['medium_frame'], outputs['colour_component'] = anchors['medium_frame'], anchors['colour_component']
+        motion = study.motion_regions(anchors)
+        row = {}
+        for name, out in outputs.items():
+            scored = study.score(out, root, motion=motion)
+            row[name] = {k: round(scored[k], 2) for k in KEYS}
+            row[name].update(clipped_split(out, root, motion))
+        if split == 'validation':
+            settings = json.loads((root / 'split.json').read_text())['settings']
+            for name in ('backbone', 'gated'):
+                row[name]['per_scene'] = {
+                    f'{scene} ({setting})': round(metrics.psnr_mu(np.clip(outputs[name][scene], 0, 1),
+                                                                  read_hdr(root / 'Test' / scene / 'HDRImg.hdr')), 2)
+                    for scene, setting in zip(sorted(outputs[name]), settings)}
+        results['splits'][split] = row
+        regions = ('psnr_mu_clipped', 'psnr_mu_well_exposed', 'psnr_mu_dark', 'psnr_mu_motion')
+        print(split, ' | '.join(f"{n} {r['psnr_mu']:.2f} / {r['psnr_l']:.2f} ("
+                                + ' / '.join(f'{r[k]:.2f}' for k in regions) + ')' for n, r in row.items()), flush=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=1) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

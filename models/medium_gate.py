@@ -1,0 +1,158 @@
+"""The medium gate: a small network after the backbone that hands the medium frame back where it can be trusted.
+
+Round 3 measured that the backbones lose detail the medium frame already has: on nearly noise-free brackets the
+shipped FSHDR scored 44.7 dB PSNR-mu over the well-exposed pixels where the medium frame alone scores 59.0, and
+supervised training loses there too (README, "Study and shipped model"). A sigmoid-output reconstruction network
+does not reproduce a clean input to 1e-3. The gate does not ask it to: per pixel it blends the backbone's output
+``y`` towards the medium frame's own radiance ``H_mid``,
+
+    out = y + g * usable * (H_mid - y),    g in (0, 1) from a 4-layer CNN,
+
+where ``usable`` is 0 wherever the medium frame is clipped (a channel above 0.95), so the highlights stay the
+backbone's (and the result is capped at 1, the backbones' range). The CNN sees ``y`` and ``H_mid`` in mu-law, the
+medium LDR frame, their difference, and the medium frame's noise per pixel (``medium_noise_map``): with noise it learns to keep the backbone's denoised output, on a
+clean frame to keep the medium one. The output is a convex combination of the two, so the gate can never invent
+content.
+
+The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
+CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
+(``GATE_KEY``), so the file still loads as a plain backbone in the release's code and in ours. Loaders apply it
+with ``medium_gate='auto'`` (when the checkpoint has one), ``'off'`` gives the backbone alone.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from models.base_model import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+GATE_KEY = 'medium_gate'
+GATE_VERSION = 1
+GATE_MODES = ('auto', 'on', 'off')
+CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
+NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
+_MU = 5000.0
+_GAMMA = 2.2
+
+
+class GateError(CheckpointError):
+    """A checkpoint's gate entry that cannot be used, or --medium_gate on for a checkpoint without one."""
+
+
+def _mu(x):
+    return torch.log1p(_MU * x) / math.log1p(_MU)
+
+
+def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
+    """The medium frame's noise per pixel, carried into the mu-law domain of its radiance: log10(sigma_mu + 1e-5),
+    H x W float32. ``ldr_mid`` H x W x 3 in [0, 1] (gamma-encoded), ``hdr_mid`` its linear radiance (ldr**2.2 / t).
+
+    The LDR noise per brightness band is the label denoiser's texture-blind estimate; d mu / d ldr follows from
+    H = ldr**2.2 / t as mu'(H) * 2.2 H / ldr, so the exposure time is not needed."""
+    from util.label_denoise import ROBUST_BLOCK, noise_by_level, robust_noise_by_level, sigma_at_level
+
+    ldr = np.clip(np.asarray(ldr_mid, np.float32), 0.0, 1.0)
+    hdr = np.clip(np.asarray(hdr_mid, np.float32), 0.0, None)
+    bands = robust_noise_by_level(ldr) if min(ldr.shape[:2]) >= ROBUST_BLOCK + 2 else noise_by_level(ldr)
+    sigma = sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
+    slope = (_MU / ((1.0 + _MU * hdr) * math.log1p(_MU))) * _GAMMA * hdr / np.maximum(ldr, 1e-6)
+    return np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+
+
+def noise_maps(x_mid: torch.Tensor) -> torch.Tensor:
+    """``medium_noise_map`` for a batch of backbone inputs (N, 6, H, W) = [H_mid, LDR_mid]: (N, 1, H, W)."""
+    arrays = x_mid.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    maps = [medium_noise_map(a[..., 3:6], a[..., 0:3]) for a in arrays]
+    return torch.from_numpy(np.stack(maps)[:, None]).to(x_mid.device)
+
+
+class MediumGate(nn.Module):
+    """The gate's CNN and blend. forward(y, x_mid, noise) -> (out, g); all float32, ``noise`` from noise_maps."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        c = channels
+        self.body = nn.Sequential(
+            nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, c, 3, padding=2, dilation=2), nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 1, 3, padding=1))
+        # starts as a weak, uniform blend (g = 0.12): training decides where to trust the medium frame
+        nn.init.zeros_(self.body[-1].weight)
+        nn.init.constant_(self.body[-1].bias, -2.0)
+
+    def forward(self, y, x_mid, noise):
+        hdr_mid, ldr_mid = x_mid[:, 0:3], x_mid[:, 3:6]
+        mu_y, mu_mid = _mu(y.clamp(0, 1)), _mu(hdr_mid.clamp(0, 1))
+        features = torch.cat([mu_y, mu_mid, ldr_mid, (mu_y - mu_mid).abs(), (noise + 3.0) / 2.0], dim=1)
+        g = torch.sigmoid(self.body(features))
+        usable = (ldr_mid.amax(dim=1, keepdim=True) < CLIPPED_LEVEL).to(y.dtype)
+        # at most 1, the backbones' (sigmoid) range: a medium frame exposed shorter than the short-exposure scale's
+        # unit (t_mid < 1) would otherwise lift a pixel above it
+        return (y + g * usable * (hdr_mid - y)).clamp(max=1.0), g
+
+
+class GatedNetwork(nn.Module):
+    """A backbone followed by its medium gate; called like the backbone, forward(x1, x2, x3) -> (N, 3, H, W).
+
+    The gate runs in float32 outside any autocast, whatever precision the backbone ran in."""
+
+    def __init__(self, backbone: nn.Module, gate: MediumGate):
+        super().__init__()
+        self.backbone = backbone
+        self.gate = gate
+
+    def forward(self, x1, x2, x3):
+        y = self.backbone(x1, x2, x3)
+        with torch.autocast(y.device.type, enabled=False):
+            x_mid = x2.float()
+            return self.gate(y.float(), x_mid, noise_maps(x_mid))[0]
+
+
+def read_gate(path) -> MediumGate | None:
+    """The gate stored in checkpoint ``path``, or None when it has none."""
+    checkpoint = torch.load(str(path), map_location='cpu', weights_only=True)
+    entry = checkpoint.get(GATE_KEY) if isinstance(checkpoint, dict) else None
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or entry.get('version') != GATE_VERSION or 'state_dict' not in entry:
+        raise GateError(f'{path}: its {GATE_KEY!r} entry is not a version-{GATE_VERSION} medium gate')
+    gate = MediumGate(int(entry.get('channels', 32)))
+    try:
+        gate.load_state_dict(entry['state_dict'])
+    except RuntimeError as exc:
+        raise GateError(f'{path}: the medium gate does not load ({exc})') from exc
+    if not all(torch.isfinite(p).all() for p in gate.parameters()):
+        raise GateError(f'{path}: the medium gate has NaN/Inf weights')
+    return gate.eval()
+
+
+def with_gate(net: nn.Module, path, mode: str = 'auto') -> nn.Module:
+    """``net`` (a backbone loaded from ``path``) followed by the checkpoint's medium gate: with mode 'auto' when the
+    checkpoint has one, always with 'on' (an error when it has none), never with 'off'."""
+    if mode not in GATE_MODES:
+        raise GateError(f"--medium_gate {mode!r}: choose one of {', '.join(GATE_MODES)}")
+    if mode == 'off':
+        return net
+    gate = read_gate(path)
+    if gate is None:
+        if mode == 'on':
+            raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')
+        return net
+    logger.info('medium gate: on (from %s; --medium_gate off gives the backbone alone)', path)
+    device = next(net.parameters()).device
+    return GatedNetwork(net, gate.to(device)).train(net.training)
+
+
+def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
+    """A release-format checkpoint (``state_dict``: the backbone) that also carries ``gate`` under GATE_KEY."""
+    entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels,
+             'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
+    entry.update(info)
+    return {'state_dict': backbone_state, GATE_KEY: entry}

@@ -1,0 +1,150 @@
+"""The medium gate (models/medium_gate.py): what it may change, how it is stored and loaded, and its training tool."""
+import numpy as np
+import pytest
+import torch
+
+from models.base_model import CheckpointError, load_backbone_state
+from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_map,
+                                noise_maps, read_gate, with_gate)
+from tiny_data import tiny_ahdr
+
+
+def _trained_looking_gate(seed=0):
+    """A gate with random (not initial) weights, so that g varies over the image."""
+    torch.manual_seed(seed)
+    gate = MediumGate()
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.normal_(0, 0.3)
+    return gate.eval()
+
+
+def _medium_input(ldr, t=4.0):
+    """A backbone input (N, 6, H, W) = [radiance, LDR] of an LDR frame (N, 3, H, W)."""
+    return torch.cat([ldr ** 2.2 / t, ldr], 1)
+
+
+def test_gate_blends_towards_the_medium_frame_and_never_touches_its_clipped_pixels():
+    gen = torch.Generator().manual_seed(1)
+    ldr = torch.rand(2, 3, 24, 32, generator=gen)
+    ldr[:, :, :8, :] = 0.99  # a clipped band
+    ldr[0, 1, 10:12, 5:9] = 0.97  # clipped in one channel only
+    x_mid = _medium_input(ldr)
+    y = torch.rand(2, 3, 24, 32, generator=gen)
+    gate = _trained_looking_gate()
+    with torch.no_grad():
+        out, g = gate(y, x_mid, noise_maps(x_mid))
+    clipped = (ldr.amax(1, keepdim=True) >= 0.95).expand_as(y)
+    assert torch.equal(out[clipped], y[clipped])
+    lo, hi = torch.minimum(y, x_mid[:, :3]), torch.maximum(y, x_mid[:, :3])
+    assert (out >= lo - 1e-6).all() and (out <= hi + 1e-6).all()  # a convex blend: nothing invented
+    assert g.std() > 0.01 and not torch.equal(out[~clipped], y[~clipped])  # and it does act elsewhere
+
+
+def test_noise_map_grows_with_the_frame_noise_and_stays_finite():
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(0.05, 0.9, 96, dtype=np.float32)[None, :, None], (64, 1, 3))
+    noisy = np.clip(ramp + rng.normal(0, 0.02, ramp.shape).astype(np.float32), 0, 1)
+    maps = [medium_noise_map(x, x ** 2.2 / 4.0) for x in (ramp, noisy)]
+    assert maps[1].mean() > maps[0].mean() + 0.5  # log10: more than 3x the noise
+    for flat in (np.zeros((20, 20, 3), np.float32), np.ones((20, 20, 3), np.float32), ramp[:5, :5]):
+        assert np.isfinite(medium_noise_map(flat, flat ** 2.2)).all()
+
+
+def test_gated_checkpoint_still_loads_as_a_plain_backbone(tmp_path):
+    net, gate = tiny_ahdr().eval(), _trained_looking_gate()
+    path = tmp_path / 'gated.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate, iters=7), path)
+    # the release's loader reads 'state_dict' and nothing else: ours too
+    plain = tiny_ahdr()
+    load_backbone_state(plain, str(path))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), net.state_dict().values()))
+    assert torch.load(path, weights_only=True)[GATE_KEY]['iters'] == 7
+
+    gated = with_gate(plain.eval(), path, 'auto')
+    assert isinstance(gated, GatedNetwork) and not gated.training
+    assert with_gate(plain, path, 'off') is plain
+    gen = torch.Generator().manual_seed(2)
+    ldr = torch.rand(1, 3, 3, 16, 24, generator=gen).sort(dim=1).values
+    xs = [_medium_input(x, t) for x, t in zip(ldr.unbind(1), (1.0, 4.0, 16.0))]
+    with torch.no_grad():
+        expected = gate(plain(*xs), xs[1], noise_maps(xs[1]))[0]
+        assert torch.allclose(gated(*xs), expected)
+
+
+def test_checkpoint_without_a_gate(tmp_path):
+    net = tiny_ahdr().eval()
+    path = tmp_path / 'plain.pth'
+    torch.save({'state_dict': net.state_dict()}, path)
+    assert read_gate(path) is None
+    assert with_gate(net, path, 'auto') is net
+    with pytest.raises(GateError, match='has no medium gate'):
+        with_gate(net, path, 'on')
+    with pytest.raises(GateError, match='choose one of'):
+        with_gate(net, path, 'sometimes')
+
+
+@pytest.mark.parametrize('spoil, message', [
+    (lambda entry: entry.update(version=99), 'not a version-1 medium gate'),
+    (lambda entry: entry['state_dict'].pop('body.0.weight'), 'does not load'),
+    (lambda entry: entry['state_dict']['body.0.bias'].fill_(float('nan')), 'NaN/Inf'),
+])
+def test_a_broken_gate_entry_is_a_checkpoint_error_naming_the_file(tmp_path, spoil, message):
+    checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), MediumGate())
+    spoil(checkpoint[GATE_KEY])
+    path = tmp_path / 'broken.pth'
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        with_gate(tiny_ahdr(), path, 'auto')
+    assert str(path) in str(info.value)
+
+
+def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dataroot, tmp_path, monkeypatch, capfd):
+    import test as test_script
+    from tiny_data import eval_args, use_tiny_backbone
+    from tools import train_gate
+
+    use_tiny_backbone(monkeypatch)
+    source = tmp_path / 'stage2.pth'
+    torch.manual_seed(0)
+    torch.save({'state_dict': tiny_ahdr().state_dict()}, source)
+    out = tmp_path / 'gated' / 'SelfHDR_model_1.pth'
+    argv = ['--dataroot', str(tiny_dataroot), '--network', 'AHDRNet', '--checkpoint', str(source), '--out', str(out),
+            '--iters', '12', '--batch_size', '2', '--crop', '32', '--amp', 'none']
+    assert train_gate.main(argv) == 0
+    gate = read_gate(out)
+    assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
+    assert not torch.equal(gate.body[-1].bias, torch.tensor([-2.0]))  # it trained
+    # --out over its own input is refused; a crop larger than the images is a clear error
+    assert train_gate.main(argv[:6] + ['--out', str(source)]) == 2
+    assert train_gate.main(argv[:-6] + ['--crop', '999']) == 1
+
+    def run_test_py(load_path, **flags):
+        return test_script.main(eval_args(tiny_dataroot, tmp_path / 'results', 'gated', load_path=str(load_path),
+                                          **flags))
+
+    capfd.readouterr()
+    assert run_test_py(out) == 0
+    assert 'medium gate: on' in capfd.readouterr().err  # test.py logs to stderr
+    assert run_test_py(out, medium_gate='off') == 0
+    assert 'medium gate: on' not in capfd.readouterr().err
+    assert run_test_py(source, medium_gate='on') == 1  # a checkpoint without a gate: a clear error, not a crash
+
+
+def test_an_adapted_checkpoint_keeps_the_gate_it_was_shipped_with(tmp_path):
+    from photo.adapt import write_checkpoint
+
+    gated, plain, tuned = tmp_path / 'gated.pth', tmp_path / 'plain.pth', tmp_path / 'tuned.pth'
+    gate = _trained_looking_gate()
+    torch.save(gated_checkpoint(tiny_ahdr().state_dict(), gate), gated)
+    torch.save({'state_dict': tiny_ahdr().state_dict()}, plain)
+    torch.manual_seed(3)
+    torch.save({'state_dict': tiny_ahdr().state_dict()}, tuned)  # the fine-tuned backbone (other weights)
+    write_checkpoint(tuned, tmp_path / 'out.pth', gate_from=gated)
+    written = torch.load(tmp_path / 'out.pth', weights_only=True)
+    tuned_state = torch.load(tuned, weights_only=True)['state_dict']
+    assert all(torch.equal(written['state_dict'][k], v) for k, v in tuned_state.items())
+    assert all(torch.equal(a, b) for a, b in zip(read_gate(tmp_path / 'out.pth').state_dict().values(),
+                                                 gate.state_dict().values()))
+    write_checkpoint(tuned, tmp_path / 'out2.pth', gate_from=plain)
+    assert read_gate(tmp_path / 'out2.pth') is None
