@@ -24,6 +24,7 @@ sys.path.insert(0, str(_ROOT))
 
 import tools.study as study  # noqa: E402
 from models.backbones import backbone  # noqa: E402
+from photo.merge import load_network  # noqa: E402
 from util import metrics  # noqa: E402
 from util.hdr_io import read_hdr  # noqa: E402
 
@@ -70,8 +71,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     study.PRECISION.update(study.precision_settings(args.amp, 'False', 'short'))
     ckpt = Path(args.checkpoint)
-    nets = {mode: study.load_network(ckpt.parent.parent, ckpt.parent.name, int(ckpt.stem.rsplit('_', 1)[1]),
-                                     args.network, mode) for mode in ('off', 'on')}
+    nets = {mode: load_network(args.network, ckpt, 'cpu', mode) for mode in ('off', 'on')}
     work, aligned_input = Path(args.work), backbone(args.network).aligned_input
     results = {'checkpoint': str(ckpt), 'work': str(work), 'network': args.network,
                'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],

@@ -443,9 +443,13 @@ class BaseModel(ABC):
         """--tile auto for a height x width input: the whole image when its forward fits the memory left under
         --max_memory (default: 80% of the available memory; on a GPU 90% of its free memory), else the largest tile
         that fits (util.tiling.auto_tile, from the backbone's measured memory per pixel); logged when it changes."""
+        from .medium_gate import extra_bytes_per_pixel
+
         row = backbone(self.opt.network)
         said = getattr(self, '_auto_tile_said', set())
-        tile = auto_tile(height, width, row.infer_bytes_per_pixel[0 if self.amp_dtype is None else 1],
+        per_pixel = row.infer_bytes_per_pixel[0 if self.amp_dtype is None else 1]
+        per_pixel += extra_bytes_per_pixel(getattr(self, 'netSelfHDR', None))
+        tile = auto_tile(height, width, per_pixel,
                          getattr(self.opt, 'max_memory', 0), getattr(self.opt, 'tile_overlap', 32),
                          multiple=row.pad_multiple, device=self.device, log=(height, width) not in said)
         self._auto_tile_said = said | {(height, width)}

@@ -68,13 +68,24 @@ class HDRBackboneModel(BaseModel):
         (--medium_gate auto; models/medium_gate.py). Training loads and trains the backbone alone."""
         from .medium_gate import GatedNetwork, with_gate
 
-        bare = networks.unwrap(self.netSelfHDR)
-        if isinstance(bare, GatedNetwork):  # test.py loads each --load_iter epoch in turn: the last one's gate goes
-            self.netSelfHDR = bare.backbone
+        if isinstance(self.netSelfHDR, GatedNetwork):  # test.py loads each --load_iter epoch in turn: the last one's
+            self.netSelfHDR = self.netSelfHDR.backbone  # gate goes (its backbone keeps its compile wrapper)
         super().load_networks(epoch)
         if not self.isTrain:
             path = self.opt.load_path or self.network_path('SelfHDR', epoch)
             self.netSelfHDR = with_gate(self.netSelfHDR, path, getattr(self.opt, 'medium_gate', 'auto'))
+
+    def compile_networks(self):
+        """--compile: the backbone only, also behind a medium gate (the gate's noise map is NumPy, which would
+        break the graph, and the gate is small)."""
+        from .base_model import CompiledOrEager, compile_network
+        from .medium_gate import GatedNetwork
+
+        if isinstance(self.netSelfHDR, GatedNetwork):
+            if not isinstance(self.netSelfHDR.backbone, CompiledOrEager):
+                self.netSelfHDR.backbone = compile_network(self.netSelfHDR.backbone, 'netSelfHDR')
+            return
+        super().compile_networks()
 
     def set_input(self, input):
         self.input0 = self.to_device(input['input0'])

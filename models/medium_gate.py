@@ -10,9 +10,9 @@ does not reproduce a clean input to 1e-3. The gate does not ask it to: per pixel
 
 where ``usable`` is 0 wherever the medium frame is clipped (a channel above 0.95), so the highlights stay the
 backbone's (and the result is capped at 1, the backbones' range). The CNN sees ``y`` and ``H_mid`` in mu-law, the
-medium LDR frame, their difference, and the medium frame's noise per pixel (``medium_noise_map``): with noise it learns to keep the backbone's denoised output, on a
-clean frame to keep the medium one. The output is a convex combination of the two, so the gate can never invent
-content.
+medium LDR frame, their difference, and the medium frame's noise per pixel (``medium_noise_map``): with noise it
+learns to keep the backbone's denoised output, on a clean frame to keep the medium one. The output is a convex
+combination of the two, so the gate can never invent content.
 
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
@@ -37,6 +37,9 @@ GATE_VERSION = 1
 GATE_MODES = ('auto', 'on', 'off')
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
+# Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
+# auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), rounded up.
+GATE_BYTES_PER_PIXEL = 512
 _MU = 5000.0
 _GAMMA = 2.2
 
@@ -59,7 +62,11 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
 
     ldr = np.clip(np.asarray(ldr_mid, np.float32), 0.0, 1.0)
     hdr = np.clip(np.asarray(hdr_mid, np.float32), 0.0, None)
-    bands = robust_noise_by_level(ldr) if min(ldr.shape[:2]) >= ROBUST_BLOCK + 2 else noise_by_level(ldr)
+    if min(ldr.shape[:2]) >= ROBUST_BLOCK + 2:
+        bands = robust_noise_by_level(ldr)
+    else:  # a small tile: the plain estimate, on an edge-padded copy when a side is under its 3 pixels
+        pad = [(0, max(0, 3 - n)) for n in ldr.shape[:2]] + [(0, 0)]
+        bands = noise_by_level(np.pad(ldr, pad, mode='edge'))
     sigma = sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
     slope = (_MU / ((1.0 + _MU * hdr) * math.log1p(_MU))) * _GAMMA * hdr / np.maximum(ldr, 1e-6)
     return np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
@@ -113,6 +120,13 @@ class GatedNetwork(nn.Module):
         with torch.autocast(y.device.type, enabled=False):
             x_mid = x2.float()
             return self.gate(y.float(), x_mid, noise_maps(x_mid))[0]
+
+
+def extra_bytes_per_pixel(net) -> int:
+    """What a network's medium gate adds to its inference memory per pixel (0 without one)."""
+    from models.networks import unwrap
+
+    return GATE_BYTES_PER_PIXEL if isinstance(unwrap(net), GatedNetwork) else 0
 
 
 def read_gate(path) -> MediumGate | None:

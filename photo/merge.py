@@ -165,7 +165,10 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     except ValueError as exc:
         raise MergeError(str(exc)) from None
     if tile == 'auto':
+        from models.medium_gate import extra_bytes_per_pixel
+
         per_pixel = BACKBONES[network].infer_bytes_per_pixel if network in BACKBONES else (16384, 16384)
+        per_pixel = tuple(b + extra_bytes_per_pixel(net) for b in per_pixel)
         try:
             tile = auto_tile(height, width, per_pixel[0 if amp_dtype is None else 1], max_memory, tile_overlap,
                              multiple=multiple, device=device)

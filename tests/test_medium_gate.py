@@ -47,7 +47,9 @@ def test_noise_map_grows_with_the_frame_noise_and_stays_finite():
     noisy = np.clip(ramp + rng.normal(0, 0.02, ramp.shape).astype(np.float32), 0, 1)
     maps = [medium_noise_map(x, x ** 2.2 / 4.0) for x in (ramp, noisy)]
     assert maps[1].mean() > maps[0].mean() + 0.5  # log10: more than 3x the noise
-    for flat in (np.zeros((20, 20, 3), np.float32), np.ones((20, 20, 3), np.float32), ramp[:5, :5]):
+    # flat, saturated, a small tile, and tiles under the estimator's 3 pixels
+    for flat in (np.zeros((20, 20, 3), np.float32), np.ones((20, 20, 3), np.float32), ramp[:5, :5], ramp[:2, :2],
+                 ramp[:1, :7]):
         assert np.isfinite(medium_noise_map(flat, flat ** 2.2)).all()
 
 
@@ -148,3 +150,31 @@ def test_an_adapted_checkpoint_keeps_the_gate_it_was_shipped_with(tmp_path):
                                                  gate.state_dict().values()))
     write_checkpoint(tuned, tmp_path / 'out2.pth', gate_from=plain)
     assert read_gate(tmp_path / 'out2.pth') is None
+
+
+def test_compile_keeps_to_the_backbone_across_reloads_of_gated_and_plain_checkpoints(tiny_dataroot, tmp_path,
+                                                                                      monkeypatch):
+    """test.py sets a model up (load, then --compile) and loads each --load_iter epoch again: the backbone stays
+    compiled whichever checkpoints come in turn, and the gate (NumPy inside) is never compiled."""
+    import models
+    from models import base_model
+    from models.base_model import CompiledOrEager
+    from tiny_data import tiny_opt, use_tiny_backbone
+
+    use_tiny_backbone(monkeypatch)
+    monkeypatch.setattr(base_model, 'has_cpp_compiler', lambda: True)
+    monkeypatch.setattr(torch, 'compile', lambda module, **kwargs: module)  # wraps; nothing is traced
+    gated, plain = tmp_path / 'gated.pth', tmp_path / 'plain.pth'
+    torch.save(gated_checkpoint(tiny_ahdr().state_dict(), _trained_looking_gate()), gated)
+    torch.save({'state_dict': tiny_ahdr().state_dict()}, plain)
+    opt = tiny_opt(tiny_dataroot, tmp_path, 'c', 'selfhdr2', is_train=False, load_path=str(gated), compile=True)
+    model = models.create_model(opt)
+    model.setup(opt)
+    for path in (gated, plain, gated, gated):
+        model.opt.load_path = str(path)
+        model.load_networks(0)
+        net = model.netSelfHDR
+        if path == gated:
+            assert isinstance(net, GatedNetwork) and isinstance(net.backbone, CompiledOrEager)
+        else:
+            assert isinstance(net, CompiledOrEager) and not isinstance(net._orig_mod, GatedNetwork)

@@ -84,6 +84,7 @@ def structure_labels(args, work: Work, structure_ckpt: str) -> None:
     argv = ['--dataroot', str(work.data), '--dataset_name', 'sig17align', '--model', 'selfhdr2',
             '--network', args.network, '--checkpoints_dir', str(work.ckpt), '--name', STAGE0_NAME,
             '--load_path', structure_ckpt, '--stage0_inference', 'True', '--save_imgs', 'False',
+            '--medium_gate', 'off',  # the structure component is the backbone's own output, not the gate's blend
             '--results_csv', 'False', '--tile', str(args.tile), '--tile_overlap', str(args.tile_overlap),
             '--max_memory', str(args.max_memory)]
     status = test.main(argv + device_flags(args))

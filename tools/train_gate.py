@@ -8,10 +8,12 @@ No ground truth, as the rest of SelfHDR: the gate learns from the colour compone
 (``<dataroot>/Training_align/<scene>/HDRImg.hdr``, the stage-2 label), with the frames the backbone takes at test
 time (``Training_align`` for a backbone trained on aligned frames, ``Training`` otherwise) and the exposures of
 ``Training``. The backbone runs once per scene on the whole image; the gate then trains on random crops of those
-outputs (L1 in mu-law, Adam with a cosine schedule). The output is the input checkpoint plus the gate
+outputs (L1 in mu-law, Adam with a cosine schedule); every scene's output, medium frame, label and noise map stay
+in memory (52 bytes per pixel: 1 GB for 192 scenes of 256x384, 4 GB for Kalantari's 74 training scenes). The output is the input checkpoint plus the gate
 (``state_dict`` unchanged, so it still loads as a plain backbone), written atomically.
 
-About 3 minutes for 192 scenes of 256x384 and 1500 iterations on 2 CPU cores (FSHDR, bf16).
+About 9 minutes for 192 scenes of 256x384 and 1500 iterations on 2 CPU cores (FSHDR, bf16): 6 for the backbone's
+outputs and the noise maps, 3 for the iterations.
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
 from util.hdr_io import read_hdr, read_ldr  # noqa: E402
+from util.tiling import MemoryBudgetError, auto_tile, padded, tiled_forward  # noqa: E402
 from util.tonemap import mu_law_torch  # noqa: E402
 
 logger = logging.getLogger('train_gate')
+TILE_OVERLAP = 32  # pixels, as test.py's default, for images too large for one forward
 
 
 class GateDataError(ValueError):
@@ -56,8 +60,18 @@ def scene_names(root: Path) -> list[str]:
     return names
 
 
-def load_scene(root: Path, name: str, aligned_input: bool):
-    """(the backbone's inputs: three (1, 6, H, W) tensors, label (H, W, 3)) of one training scene."""
+def with_sensor_noise(ldr: np.ndarray, shot: float, read: float, rng: np.random.Generator) -> np.ndarray:
+    """``ldr`` (gamma 2.2, its own exposure, saturating at 1) with more sensor noise: variance shot * e + read**2
+    on the linear signal e, clipped to [0, 1] and re-encoded."""
+    e = np.power(ldr, np.float32(2.2))
+    e = e + rng.standard_normal(e.shape).astype(np.float32) * np.sqrt(shot * e + read * read).astype(np.float32)
+    return np.power(np.clip(e, 0.0, 1.0), np.float32(1 / 2.2)).astype(np.float32)
+
+
+def load_scene(root: Path, name: str, aligned_input: bool, noise: tuple[float, float] | None = None,
+               rng: np.random.Generator | None = None):
+    """(the backbone's inputs: three (1, 6, H, W) tensors, label (H, W, 3)) of one training scene; with ``noise`` =
+    (shot, read), every frame gets that much more sensor noise (``with_sensor_noise``), the label stays."""
     frames, times = scene_frames_and_times(root / 'Training' / name, 'sig17')
     label_dir = root / 'Training_align' / name
     if aligned_input:
@@ -69,17 +83,40 @@ def load_scene(root: Path, name: str, aligned_input: bool):
     shapes = {x.shape for x in ldrs} | {label.shape}
     if len(shapes) != 1:
         raise GateDataError(f'{name}: frames and label differ in size ({sorted(shapes)})')
+    if noise is not None:
+        ldrs = [with_sensor_noise(x, *noise, rng) for x in ldrs]
     return _build_inputs(ldrs, times), label
 
 
-def backbone_outputs(net, root: Path, names: list[str], aligned_input: bool, amp_dtype):
-    """Per scene: the backbone's output, the medium input, the label and the noise map (float32 tensors)."""
+def log_uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
+    low, high = low_high
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def backbone_outputs(net, network: str, root: Path, names: list[str], amp_dtype, noisy_copies: int = 0,
+                     shot: tuple[float, float] = (1e-3, 1e-2), read: tuple[float, float] = (1e-3, 1e-2),
+                     seed: int = 0):
+    """Per scene (and per noisy copy of it): the backbone's output, the medium input, the label and the noise map
+    (float32 tensors). The noisy copies teach the gate what noisier frames than the training split's look like: their
+    label is the scene's own, cleaner than what the gate sees."""
+    row = backbone(network)
+    fn = padded(net, multiple=row.pad_multiple, mode='release') if row.pad_multiple else net
+
+    def forward(xs):  # as test.py runs a backbone: the release's padding, tiles where the image does not fit
+        height, width = xs[0].shape[-2:]
+        per_pixel = row.infer_bytes_per_pixel[0 if amp_dtype is None else 1]
+        tile = auto_tile(height, width, per_pixel, 0, TILE_OVERLAP, multiple=row.pad_multiple, log=False)
+        return tiled_forward(fn, xs, tile, TILE_OVERLAP)
+
     records = []
-    for k, name in enumerate(names):
-        xs, label = load_scene(root, name, aligned_input)
+    jobs = [(name, None) for name in names] + [(name, copy) for copy in range(noisy_copies) for name in names]
+    for k, (name, copy) in enumerate(jobs):
+        rng = np.random.default_rng((seed, k))
+        noise = None if copy is None else (log_uniform(rng, shot), log_uniform(rng, read))
+        xs, label = load_scene(root, name, row.aligned_input, noise, rng)
         with torch.inference_mode(), torch.autocast('cpu', dtype=amp_dtype or torch.bfloat16,
                                                      enabled=amp_dtype is not None):
-            y = net(*xs)[0].float()
+            y = forward(xs)[0].float()
         if not torch.isfinite(y).all():
             raise GateDataError(f'{name}: the backbone gives a NaN/Inf output on this scene')
         x_mid = xs[1][0]
@@ -88,7 +125,7 @@ def backbone_outputs(net, root: Path, names: list[str], aligned_input: bool, amp
         records.append((y.clone(), x_mid, torch.from_numpy(label.transpose(2, 0, 1).copy()),
                         torch.from_numpy(noise)[None]))
         if (k + 1) % 50 == 0:
-            logger.info('backbone outputs: %d / %d scenes', k + 1, len(names))
+            logger.info('backbone outputs: %d / %d scenes', k + 1, len(jobs))
     return records
 
 
@@ -146,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'auto'),
                    help="the backbone's precision (auto: bf16 where the CPU has it natively); the gate is fp32")
     p.add_argument('--max_scenes', type=int, default=0, help='use the first N scenes only (0: all)')
+    p.add_argument('--noisy_copies', type=int, default=0,
+                   help='add this many copies of every scene with more sensor noise (shot 1e-3..1e-2, read noise '
+                        '1e-3..1e-2, log-uniform), so that the gate learns to distrust a noisy medium frame')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
     return p
 
@@ -157,6 +197,9 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             print(f'error: --{flag} must be at least 1', file=sys.stderr)
             return 2
+    if args.noisy_copies < 0:
+        print('error: --noisy_copies must be 0 or more', file=sys.stderr)
+        return 2
     if not (args.lr > 0 and math.isfinite(args.lr)):
         print('error: --lr must be a positive number', file=sys.stderr)
         return 2
@@ -175,13 +218,15 @@ def main(argv=None) -> int:
         amp_dtype = resolve_amp(args.amp, torch.device('cpu'))
         logger.info('%s backbone (%s) on %d training scenes of %s; backbone precision %s', args.network,
                     args.checkpoint, len(names), root, 'bf16' if amp_dtype is not None else 'fp32')
-        records = backbone_outputs(net, root, names, backbone(args.network).aligned_input, amp_dtype)
+        records = backbone_outputs(net, args.network, root, names, amp_dtype, args.noisy_copies, seed=args.seed)
         gate, loss = train_gate(records, args.iters, args.batch_size, args.crop, args.lr, args.seed)
-    except (CheckpointError, GateDataError, FloatingPointError, OSError, ValueError) as exc:
+    except (CheckpointError, GateDataError, FloatingPointError, MemoryBudgetError, OSError, ValueError,
+            RuntimeError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     out.parent.mkdir(parents=True, exist_ok=True)
-    info = {'trained_on': str(root), 'scenes': len(names), 'iters': args.iters, 'final_loss': loss,
+    info = {'trained_on': str(root), 'scenes': len(names), 'noisy_copies': args.noisy_copies, 'iters': args.iters,
+            'final_loss': loss,
             'backbone_checkpoint': str(args.checkpoint)}
     atomic_torch_save(gated_checkpoint(net.state_dict(), gate, **info), str(out))
     logger.info('wrote %s (final loss %.5f)', out, loss)
