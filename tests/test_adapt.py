@@ -353,3 +353,23 @@ def test_decision_scores_fshdr_on_aligned_frames():
     score(Spy(), 'FSHDR', [item])
     score(Spy(), 'AHDRNet', [item])
     assert seen[0] == pytest.approx(0.75, abs=0.01) and seen[1] == pytest.approx(0.25, abs=0.01)
+
+
+def test_a_gated_checkpoint_is_adapted_and_keeps_its_gate(inputs, module_monkeypatch, tmp_path):
+    """The medium gate rides along: the backbone is fine-tuned (and compared with the gate on every candidate), the
+    written checkpoint carries the original's gate unchanged."""
+    from models.medium_gate import GATE_KEY, MediumGate, gated_checkpoint, read_gate
+
+    torch.manual_seed(5)
+    gate = MediumGate()
+    gated = tmp_path / 'gated.pth'
+    torch.save(gated_checkpoint(load_state(inputs['ckpt']), gate), gated)
+    out = tmp_path / 'adapted_gated.pth'
+    argv = _argv(inputs, out)
+    argv[argv.index('--checkpoint') + 1] = str(gated)
+    with single_thread():
+        assert main(argv) == 0
+    written = torch.load(out, weights_only=True)
+    assert GATE_KEY in written
+    assert all(torch.equal(a, b) for a, b in zip(read_gate(out).state_dict().values(), gate.state_dict().values()))
+    assert json.loads(out.with_name('adapted_gated_decision.json').read_text())['kept']
