@@ -933,3 +933,26 @@ def test_preview_shadows_flag_reaches_the_preview(bracket, tmp_path, capsys, mon
         assert list(result.previews) == [('display', 0.0, shadows)]
     ours, theirs = (cv2.imread(str(tmp_path / s / 'scene.png')) for s in ('merge', 'network'))
     assert np.abs(ours.astype(int) - theirs.astype(int)).max() > 10  # the tinted shadow is gone in one of them
+
+
+def test_medium_gate_flag(bracket, jpeg_result, tmp_path, capsys):
+    """A gated checkpoint merges through its gate by default; --medium_gate off gives the plain backbone's radiance;
+    --medium_gate on with a checkpoint that has none is a clear error."""
+    from models.medium_gate import MediumGate, gated_checkpoint
+
+    torch.manual_seed(1)
+    gate = MediumGate()
+    gated = tmp_path / 'gated.pth'
+    torch.save(gated_checkpoint(torch.load(bracket['ckpt'], weights_only=True)['state_dict'], gate), gated)
+    outputs = {}
+    for flag in ('auto', 'off'):
+        rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', gated,
+                                '--output_dir', tmp_path, '--name', flag, '--response', 'gamma2.2', '--formats', 'exr',
+                                '--medium_gate', flag])
+        assert rc == 0, cap.err
+        outputs[flag] = read_exr(tmp_path / f'{flag}.exr')
+    np.testing.assert_array_equal(outputs['off'], jpeg_result.hdr)
+    assert np.abs(outputs['auto'] - outputs['off']).max() > 1e-3
+    rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', tmp_path, '--medium_gate', 'on'])
+    assert rc != 0 and 'has no medium gate' in cap.err
