@@ -17,6 +17,8 @@ section that fails, times out or finds no time left is recorded and the next one
   ddp         torchrun --nproc_per_node 2 train.py with a transformer backbone through its final validation, with the
               plateau policy (an all_reduce per epoch): NCCL on 2 GPUs, gloo on one (both ranks share it)
   amp         one fp32, one bf16 and one fp16 training step per backbone: finite, within 2% of fp32
+  gate        a backbone with a medium gate on the device against the CPU (fp32, <= 1e-4), and under autocast (fp16
+              on a GPU): finite, in [0, 1]
   compile     bf16 + torch.compile of one backbone (--compile_network): compiled, its step and 512x512 timed
   throughput  training step (batch 4 of 128x128) and 256/512 inference per backbone, fp32/bf16/fp16/channels_last;
               the table goes into the verdict
@@ -54,7 +56,7 @@ GOLDEN_TOL = 1e-4
 AMP_REL_TOL = 0.02
 RESUME_TOL = 1e-4
 # (section, time cap in seconds), in the order they run
-SECTIONS = (('env', 30), ('golden', 60), ('resume', 100), ('ddp', 120), ('amp', 90), ('compile', 100),
+SECTIONS = (('env', 30), ('golden', 60), ('resume', 100), ('ddp', 120), ('amp', 90), ('gate', 40), ('compile', 100),
             ('throughput', 120))
 MIN_SECTION_S = 15
 # Small backbones with the releases' structure (buffers included) for CPU dry runs; the same as tests/test_gpu_paths.
@@ -438,6 +440,41 @@ def section_compile(args, work, result):
     result['ok'] = result['ok'] and all(e.get('compiled') for e in result['results'] if 'skipped' not in e)
 
 
+def section_gate(args, work, result):
+    """The medium gate on the device: a backbone with a gate (models/medium_gate.py) on the device against the same
+    on the CPU in fp32, and under the device's autocast (the gate itself stays fp32): finite, in [0, 1]."""
+    import copy
+
+    import torch
+    from models import networks
+    from models.medium_gate import MediumGate, gated_checkpoint, with_gate
+    strict_fp32(torch)
+    torch.manual_seed(0)
+    net = networks.define_network('AHDRNet').eval()
+    gate = MediumGate()
+    with torch.no_grad():
+        for p in gate.parameters():
+            p.normal_(0, 0.3)  # a gate that acts, not the initial near-uniform one
+    path = work / 'gated.pth'
+    work.mkdir(parents=True, exist_ok=True)
+    torch.save(gated_checkpoint(net.state_dict(), gate), path)
+    device = torch.device(args.device)
+    on_cpu = with_gate(copy.deepcopy(net), path)
+    on_device = with_gate(copy.deepcopy(net).to(device), path)
+    ldr = torch.rand(1, 3, 3, 48, 64, generator=torch.Generator().manual_seed(1)).sort(dim=1).values
+    xs = [torch.cat([x ** 2.2 / t, x], 1) for x, t in zip(ldr.unbind(1), (1.0, 4.0, 16.0))]
+    amp = torch.float16 if device.type == 'cuda' else torch.bfloat16
+    with torch.no_grad():
+        reference = on_cpu(*xs)
+        fp32 = on_device(*[x.to(device) for x in xs]).cpu()
+        with torch.autocast(device.type, dtype=amp):
+            mixed = on_device(*[x.to(device) for x in xs]).float().cpu()
+    result.update(max_abs_err_fp32=(fp32 - reference).abs().max().item(),
+                  max_abs_err_autocast=(mixed - reference).abs().max().item(), autocast=str(amp).split('.')[-1],
+                  autocast_finite_in_range=bool(torch.isfinite(mixed).all() and mixed.min() >= 0 and mixed.max() <= 1))
+    result['ok'] = result['max_abs_err_fp32'] <= GOLDEN_TOL and result['autocast_finite_in_range']
+
+
 def section_throughput(args, work, result):
     variants = ['fp32', 'bf16', 'fp16', 'channels_last'] if args.device == 'cuda' else ['fp32']
     _timing_sweep(args, result, args.networks, variants, ['train', '32x32'] if args.tiny else
@@ -445,7 +482,8 @@ def section_throughput(args, work, result):
 
 
 SECTION_BODIES = {'env': section_env, 'golden': section_golden, 'resume': section_resume, 'ddp': section_ddp,
-                  'amp': section_amp, 'compile': section_compile, 'throughput': section_throughput}
+                  'amp': section_amp, 'gate': section_gate, 'compile': section_compile,
+                  'throughput': section_throughput}
 
 
 def run_bounded(cmd, limit, log):
