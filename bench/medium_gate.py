@@ -31,17 +31,25 @@ from util.hdr_io import read_hdr  # noqa: E402
 KEYS = ('psnr_mu', 'psnr_l', 'psnr_mu_clipped', 'psnr_mu_well_exposed', 'psnr_mu_dark', 'psnr_mu_motion')
 
 
-def clipped_split(outputs: dict, root: Path, motion: dict) -> dict:
-    """PSNR-mu pooled over the medium frame's clipped pixels that move and those that do not: where the 33 dB goal
-    over clipped pixels is lost."""
+def clipped_truth(root: Path, scenes) -> dict:
+    """Per scene, the ground truth and the medium frame's clipped pixels (read once per split)."""
     from util.exposures import scene_frames_and_times
     from util.hdr_io import read_ldr
 
+    truth = {}
+    for scene in scenes:
+        scene_dir = root / 'Test' / scene
+        mid = read_ldr(scene_frames_and_times(scene_dir, 'sig17')[0][1])
+        truth[scene] = read_hdr(scene_dir / 'HDRImg.hdr'), study.exposure_regions(mid)['clipped']
+    return truth
+
+
+def clipped_split(outputs: dict, truth: dict, motion: dict) -> dict:
+    """PSNR-mu pooled over the medium frame's clipped pixels that move and those that do not: where the 33 dB goal
+    over clipped pixels is lost. ``truth``: clipped_truth's."""
     parts = {'static': ([], []), 'moving': ([], [])}
     for scene, out in outputs.items():
-        scene_dir = root / 'Test' / scene
-        gt = read_hdr(scene_dir / 'HDRImg.hdr')
-        clipped = study.exposure_regions(read_ldr(scene_frames_and_times(scene_dir, 'sig17')[0][1]))['clipped']
+        gt, clipped = truth[scene]
         for name, mask in (('static', clipped & ~motion[scene]), ('moving', clipped & motion[scene])):
             parts[name][0].append(np.clip(out, 0, 1)[mask])
             parts[name][1].append(gt[mask])
@@ -87,11 +95,12 @@ def main(argv=None) -> int:
         anchors = study.anchor_outputs(root)
         outputs['medium_frame'], outputs['colour_component'] = anchors['medium_frame'], anchors['colour_component']
         motion = study.motion_regions(anchors)
+        truth = clipped_truth(root, outputs['backbone'])
         row = {}
         for name, out in outputs.items():
             scored = study.score(out, root, motion=motion)
             row[name] = {k: round(scored[k], 2) for k in KEYS}
-            row[name].update(clipped_split(out, root, motion))
+            row[name].update(clipped_split(out, truth, motion))
         if split == 'validation':
             settings = json.loads((root / 'split.json').read_text())['settings']
             for name in ('backbone', 'gated'):

@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from models.base_model import CheckpointError
+from util.colour import GAMMA
+from util.tonemap import MU, mu_law_torch
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +42,10 @@ NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
 # auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), rounded up.
 GATE_BYTES_PER_PIXEL = 512
-_MU = 5000.0
-_GAMMA = 2.2
 
 
 class GateError(CheckpointError):
     """A checkpoint's gate entry that cannot be used, or --medium_gate on for a checkpoint without one."""
-
-
-def _mu(x):
-    return torch.log1p(_MU * x) / math.log1p(_MU)
 
 
 def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
@@ -68,7 +64,7 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
         pad = [(0, max(0, 3 - n)) for n in ldr.shape[:2]] + [(0, 0)]
         bands = noise_by_level(np.pad(ldr, pad, mode='edge'))
     sigma = sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
-    slope = (_MU / ((1.0 + _MU * hdr) * math.log1p(_MU))) * _GAMMA * hdr / np.maximum(ldr, 1e-6)
+    slope = (MU / ((1.0 + MU * hdr) * math.log1p(MU))) * GAMMA * hdr / np.maximum(ldr, 1e-6)
     return np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
 
 
@@ -96,7 +92,7 @@ class MediumGate(nn.Module):
 
     def forward(self, y, x_mid, noise):
         hdr_mid, ldr_mid = x_mid[:, 0:3], x_mid[:, 3:6]
-        mu_y, mu_mid = _mu(y.clamp(0, 1)), _mu(hdr_mid.clamp(0, 1))
+        mu_y, mu_mid = mu_law_torch(y.clamp(0, 1)), mu_law_torch(hdr_mid.clamp(0, 1))
         features = torch.cat([mu_y, mu_mid, ldr_mid, (mu_y - mu_mid).abs(), (noise + 3.0) / 2.0], dim=1)
         g = torch.sigmoid(self.body(features))
         usable = (ldr_mid.amax(dim=1, keepdim=True) < CLIPPED_LEVEL).to(y.dtype)
@@ -129,9 +125,11 @@ def extra_bytes_per_pixel(net) -> int:
     return GATE_BYTES_PER_PIXEL if isinstance(unwrap(net), GatedNetwork) else 0
 
 
-def read_gate(path) -> MediumGate | None:
-    """The gate stored in checkpoint ``path``, or None when it has none."""
-    checkpoint = torch.load(str(path), map_location='cpu', weights_only=True)
+def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
+    """The gate stored in checkpoint ``path``, or None when it has none; ``checkpoint``: the file's contents when
+    they are loaded already (load_backbone_state returns them), so the file is not read twice."""
+    if checkpoint is None:
+        checkpoint = torch.load(str(path), map_location='cpu', weights_only=True)
     entry = checkpoint.get(GATE_KEY) if isinstance(checkpoint, dict) else None
     if entry is None:
         return None
@@ -147,14 +145,15 @@ def read_gate(path) -> MediumGate | None:
     return gate.eval()
 
 
-def with_gate(net: nn.Module, path, mode: str = 'auto') -> nn.Module:
+def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None = None) -> nn.Module:
     """``net`` (a backbone loaded from ``path``) followed by the checkpoint's medium gate: with mode 'auto' when the
-    checkpoint has one, always with 'on' (an error when it has none), never with 'off'."""
+    checkpoint has one, always with 'on' (an error when it has none), never with 'off'. ``checkpoint``: as
+    read_gate's."""
     if mode not in GATE_MODES:
         raise GateError(f"--medium_gate {mode!r}: choose one of {', '.join(GATE_MODES)}")
     if mode == 'off':
         return net
-    gate = read_gate(path)
+    gate = read_gate(path, checkpoint)
     if gate is None:
         if mode == 'on':
             raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')

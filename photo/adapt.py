@@ -369,18 +369,21 @@ def score(net, network: str, items, device: str = 'cpu', tile: int | str = 0, ti
 def decide(args, work: Work, state: dict, epochs: int) -> tuple[Path, dict]:
     """Score the original network and every fine-tuned epoch on the held-out brackets; keep the best epoch if it
     beats the original by ``MIN_GAIN_DB``, else the original. Returns the checkpoint to write and the decision."""
+    import torch
+
+    from models.medium_gate import with_gate
+
     names = state.get('holdout') or [n for n, b in state['brackets'].items() if b['ok']]
     where = 'held-out' if state.get('holdout') else 'training (none could be held out)'
     items = load_holdout(work, names, HOLDOUT if state.get('holdout') else 'Training')
     candidates = [(0, Path(args.checkpoint))] + [(e, work.run / f'SelfHDR_model_{e}.pth') for e in range(1, epochs + 1)]
+    # every candidate with the original's medium gate, if it has one: the backbones are compared, not the gate
+    original = torch.load(str(args.checkpoint), map_location='cpu', weights_only=True)  # read once, not per epoch
     scores = {}
     for epoch, path in candidates:
         if not path.is_file():
             continue
-        from models.medium_gate import with_gate
-
-        # every candidate with the original's medium gate, if it has one: the backbones are compared, not the gate
-        net = with_gate(load_network(args.network, path, args.device, 'off'), args.checkpoint, 'auto')
+        net = with_gate(load_network(args.network, path, args.device, 'off'), args.checkpoint, 'auto', original)
         tile = args.tile if isinstance(args.tile, int) else 0  # 'auto': held-out frames are training-sized
         scores[epoch] = score(net, args.network, items, args.device, tile, args.tile_overlap)
         logger.info('%s: PSNR-mu %.3f dB on the trusted pixels of the %s brackets', 'original' if epoch == 0 else

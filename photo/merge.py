@@ -72,9 +72,9 @@ def load_network(network: str, checkpoint, device, medium_gate: str = 'auto'):
     except ImportError as exc:
         raise MergeError(f'--network {network}: backbone module {NETWORKS[network][0]} cannot be imported '
                          f'({exc})') from exc
-    load_backbone_state(net, str(checkpoint), device='cpu')  # CheckpointError names the file and keys
+    contents = load_backbone_state(net, str(checkpoint), device='cpu')  # CheckpointError names the file and keys
     try:
-        net = with_gate(net.eval(), checkpoint, medium_gate)
+        net = with_gate(net.eval(), checkpoint, medium_gate, contents)
     except GateError as exc:
         raise MergeError(str(exc)) from None
     return net.eval().to(device)
