@@ -3,7 +3,8 @@
     python bench/medium_gate.py --work study/long_FSHDR_dn --network FSHDR \\
         --checkpoint pretrained_models/fshdr_long_mf_gate/SelfHDR_model_1.pth
 
-Scores the backbone alone (``--medium_gate off``) and with the gate (models/medium_gate.py) beside the medium frame
+Scores the backbone alone (``--medium_gate off``) and with the gate (models/medium_gate.py), and where the gate
+holds its output to the medium frame's noise band (``consistency`` > 0) the gate without that clamp, beside the medium frame
 and the colour component, as ``tools/study.py`` scores its methods: PSNR-mu / PSNR-l per split (mean over scenes)
 and PSNR-mu per region (clipped / well exposed / dark in the medium frame, moving), pooled over the split's
 pixels; per validation scene too, by the setting it was rendered with. The gate is chosen on the validation split;
@@ -80,6 +81,10 @@ def main(argv=None) -> int:
     study.PRECISION.update(study.precision_settings(args.amp, 'False', 'short'))
     ckpt = Path(args.checkpoint)
     nets = {mode: load_network(args.network, ckpt, 'cpu', mode) for mode in ('off', 'on')}
+    held = getattr(getattr(nets['on'], 'gate', None), 'consistency', 0.0)
+    if held:  # the same gate without its consistency clamp, to show what the clamp adds
+        nets['unheld'] = load_network(args.network, ckpt, 'cpu', 'on')
+        nets['unheld'].gate.consistency = 0.0
     work, aligned_input = Path(args.work), backbone(args.network).aligned_input
     results = {'checkpoint': str(ckpt), 'work': str(work), 'network': args.network,
                'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],
@@ -92,6 +97,8 @@ def main(argv=None) -> int:
         test_dir = aligned / 'Test' if aligned_input else root / 'Test'
         outputs = {'backbone': study.network_outputs(nets['off'], args.network, test_dir),
                    'gated': study.network_outputs(nets['on'], args.network, test_dir)}
+        if 'unheld' in nets:
+            outputs['gated_without_clamp'] = study.network_outputs(nets['unheld'], args.network, test_dir)
         anchors = study.anchor_outputs(root)
         outputs['medium_frame'], outputs['colour_component'] = anchors['medium_frame'], anchors['colour_component']
         motion = study.motion_regions(anchors)
@@ -103,12 +110,13 @@ def main(argv=None) -> int:
             row[name].update(clipped_split(out, truth, motion))
         if split == 'validation':
             settings = json.loads((root / 'split.json').read_text())['settings']
-            for name in ('backbone', 'gated'):
+            for name in [n for n in outputs if n not in ('medium_frame', 'colour_component')]:
                 row[name]['per_scene'] = {
                     f'{scene} ({setting})': round(metrics.psnr_mu(np.clip(outputs[name][scene], 0, 1),
                                                                   read_hdr(root / 'Test' / scene / 'HDRImg.hdr')), 2)
                     for scene, setting in zip(sorted(outputs[name]), settings)}
         results['splits'][split] = row
+        results['consistency'] = held
         regions = ('psnr_mu_clipped', 'psnr_mu_well_exposed', 'psnr_mu_dark', 'psnr_mu_motion')
         print(split, ' | '.join(f"{n} {r['psnr_mu']:.2f} / {r['psnr_l']:.2f} ("
                                 + ' / '.join(f'{r[k]:.2f}' for k in regions) + ')' for n, r in row.items()), flush=True)

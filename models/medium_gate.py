@@ -14,6 +14,13 @@ medium LDR frame, their difference, and the medium frame's noise per pixel (``me
 learns to keep the backbone's denoised output, on a clean frame to keep the medium one. The output is a convex
 combination of the two, so the gate can never invent content.
 
+Then, where the gate's checkpoint sets ``consistency`` = k (round 3, tenth session), the result is held to the
+medium frame's noise band: in mu-law, each channel is clamped to ``mu(H_mid) +- k * sigma`` with ``sigma`` the
+frame's own noise carried into mu-law (``medium_noise_band``). A usable medium pixel is the scene plus noise, so
+wherever the network strays from it by more than noise explains (blur, darkened highlights, lost detail) it is pulled
+back to the band's edge, and where the frame is noisy the band is wide and the denoised output stays. Pixels clipped
+white in the medium frame, or so dark that their noise is cut at black, are left alone.
+
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
 (``GATE_KEY``), so the file still loads as a plain backbone in the release's code and in ours. Loaders apply it
@@ -30,7 +37,7 @@ import torch.nn as nn
 
 from models.base_model import CheckpointError
 from util.colour import GAMMA
-from util.tonemap import MU, mu_law_torch
+from util.tonemap import MU, inverse_mu_law_torch, mu_law_torch
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +46,10 @@ GATE_VERSION = 1
 GATE_MODES = ('auto', 'on', 'off')
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
+# tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
+DEFAULT_CONSISTENCY = 1.5
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
-# auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), rounded up.
+# auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, rounded up.
 GATE_BYTES_PER_PIXEL = 512
 
 
@@ -48,12 +57,8 @@ class GateError(CheckpointError):
     """A checkpoint's gate entry that cannot be used, or --medium_gate on for a checkpoint without one."""
 
 
-def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
-    """The medium frame's noise per pixel, carried into the mu-law domain of its radiance: log10(sigma_mu + 1e-5),
-    H x W float32. ``ldr_mid`` H x W x 3 in [0, 1] (gamma-encoded), ``hdr_mid`` its linear radiance (ldr**2.2 / t).
-
-    The LDR noise per brightness band is the label denoiser's texture-blind estimate; d mu / d ldr follows from
-    H = ldr**2.2 / t as mu'(H) * 2.2 H / ldr, so the exposure time is not needed."""
+def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ldr, the LDR noise sigma per pixel H x W x 1, d mu(H) / d ldr per pixel and channel H x W x 3)."""
     from util.label_denoise import ROBUST_BLOCK, noise_by_level, robust_noise_by_level, sigma_at_level
 
     ldr = np.clip(np.asarray(ldr_mid, np.float32), 0.0, 1.0)
@@ -65,22 +70,73 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
         bands = noise_by_level(np.pad(ldr, pad, mode='edge'))
     sigma = sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
     slope = (MU / ((1.0 + MU * hdr) * math.log1p(MU))) * GAMMA * hdr / np.maximum(ldr, 1e-6)
+    return ldr, sigma, slope
+
+
+def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
+    """The medium frame's noise per pixel, carried into the mu-law domain of its radiance: log10(sigma_mu + 1e-5),
+    H x W float32. ``ldr_mid`` H x W x 3 in [0, 1] (gamma-encoded), ``hdr_mid`` its linear radiance (ldr**2.2 / t).
+
+    The LDR noise per brightness band is the label denoiser's texture-blind estimate; d mu / d ldr follows from
+    H = ldr**2.2 / t as mu'(H) * 2.2 H / ldr, so the exposure time is not needed."""
+    _, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     return np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+
+
+def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``medium_noise_map`` and ``medium_noise_band`` from one noise estimate."""
+    ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
+    band = (sigma * slope).astype(np.float32)
+    noise = np.log10(band + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+    unreliable = (ldr.max(axis=2) >= CLIPPED_LEVEL) | (ldr.min(axis=2) <= np.maximum(3.0 * sigma[:, :, 0], 1e-6))
+    band[unreliable] = np.inf
+    return noise, band
+
+
+def medium_noise_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
+    """The medium frame's noise per pixel and channel in mu-law (H x W x 3 float32), for the consistency clamp:
+    inf where the frame says nothing reliable, i.e. clipped white (a channel at CLIPPED_LEVEL or above) or so dark
+    that a channel is within 3 sigma of black, where its noise is cut at 0 (a black pixel's radiance is unknown)."""
+    return medium_noise_map_and_band(ldr_mid, hdr_mid)[1]
+
+
+def _to_batch(maps: list[np.ndarray], like: torch.Tensor) -> torch.Tensor:
+    """H x W or H x W x C arrays -> (N, C, H, W) on ``like``'s device."""
+    stacked = np.stack(maps)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(stacked)).to(like.device)
+
+
+def _images(x_mid: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(LDR, radiance) H x W x 3 arrays of each image of a batch of backbone inputs (N, 6, H, W)."""
+    arrays = x_mid.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    return [(a[..., 3:6], a[..., 0:3]) for a in arrays]
 
 
 def noise_maps(x_mid: torch.Tensor) -> torch.Tensor:
     """``medium_noise_map`` for a batch of backbone inputs (N, 6, H, W) = [H_mid, LDR_mid]: (N, 1, H, W)."""
-    arrays = x_mid.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    maps = [medium_noise_map(a[..., 3:6], a[..., 0:3]) for a in arrays]
-    return torch.from_numpy(np.stack(maps)[:, None]).to(x_mid.device)
+    return _to_batch([medium_noise_map(*image) for image in _images(x_mid)], x_mid)
+
+
+def noise_bands(x_mid: torch.Tensor) -> torch.Tensor:
+    """``medium_noise_band`` for a batch of backbone inputs (N, 6, H, W): (N, 3, H, W)."""
+    return _to_batch([medium_noise_band(*image) for image in _images(x_mid)], x_mid)
+
+
+def noise_maps_and_bands(x_mid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noise_maps`` and ``noise_bands`` from one noise estimate per image."""
+    pairs = [medium_noise_map_and_band(*image) for image in _images(x_mid)]
+    return _to_batch([p[0] for p in pairs], x_mid), _to_batch([p[1] for p in pairs], x_mid)
 
 
 class MediumGate(nn.Module):
-    """The gate's CNN and blend. forward(y, x_mid, noise) -> (out, g); all float32, ``noise`` from noise_maps."""
+    """The gate's CNN and blend. forward(y, x_mid, noise, band=None) -> (out, g); all float32, ``noise`` from
+    noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0 for none)."""
 
-    def __init__(self, channels: int = 32):
+    def __init__(self, channels: int = 32, consistency: float = 0.0):
         super().__init__()
         c = channels
+        self.consistency = float(consistency)
         self.body = nn.Sequential(
             nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
@@ -90,7 +146,7 @@ class MediumGate(nn.Module):
         nn.init.zeros_(self.body[-1].weight)
         nn.init.constant_(self.body[-1].bias, -2.0)
 
-    def forward(self, y, x_mid, noise):
+    def forward(self, y, x_mid, noise, band=None):
         hdr_mid, ldr_mid = x_mid[:, 0:3], x_mid[:, 3:6]
         mu_y, mu_mid = mu_law_torch(y.clamp(0, 1)), mu_law_torch(hdr_mid.clamp(0, 1))
         features = torch.cat([mu_y, mu_mid, ldr_mid, (mu_y - mu_mid).abs(), (noise + 3.0) / 2.0], dim=1)
@@ -98,7 +154,19 @@ class MediumGate(nn.Module):
         usable = (ldr_mid.amax(dim=1, keepdim=True) < CLIPPED_LEVEL).to(y.dtype)
         # at most 1, the backbones' (sigmoid) range: a medium frame exposed shorter than the short-exposure scale's
         # unit (t_mid < 1) would otherwise lift a pixel above it
-        return (y + g * usable * (hdr_mid - y)).clamp(max=1.0), g
+        out = (y + g * usable * (hdr_mid - y)).clamp(max=1.0)
+        if self.consistency > 0:
+            if band is None:
+                raise ValueError('MediumGate: consistency is set, so forward needs the noise band (noise_bands)')
+            out = self.hold_to_band(out, mu_mid, band)
+        return out, g
+
+    def hold_to_band(self, out, mu_mid, band):
+        """``out`` clamped, in mu-law, to mu(H_mid) +- consistency * band (no change where band is inf)."""
+        reach = self.consistency * band
+        mu_out = mu_law_torch(out.clamp(0, 1))
+        held = torch.minimum(torch.maximum(mu_out, mu_mid - reach), mu_mid + reach)
+        return torch.where(torch.isfinite(band), inverse_mu_law_torch(held), out)
 
 
 class GatedNetwork(nn.Module):
@@ -115,7 +183,11 @@ class GatedNetwork(nn.Module):
         y = self.backbone(x1, x2, x3)
         with torch.autocast(y.device.type, enabled=False):
             x_mid = x2.float()
-            return self.gate(y.float(), x_mid, noise_maps(x_mid))[0]
+            if self.gate.consistency > 0:
+                noise, band = noise_maps_and_bands(x_mid)
+            else:
+                noise, band = noise_maps(x_mid), None
+            return self.gate(y.float(), x_mid, noise, band)[0]
 
 
 def extra_bytes_per_pixel(net) -> int:
@@ -135,7 +207,10 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
         return None
     if not isinstance(entry, dict) or entry.get('version') != GATE_VERSION or 'state_dict' not in entry:
         raise GateError(f'{path}: its {GATE_KEY!r} entry is not a version-{GATE_VERSION} medium gate')
-    gate = MediumGate(int(entry.get('channels', 32)))
+    consistency = entry.get('consistency', 0.0)
+    if not isinstance(consistency, (int, float)) or not math.isfinite(consistency) or consistency < 0:
+        raise GateError(f'{path}: the medium gate\'s consistency {consistency!r} is not a number >= 0')
+    gate = MediumGate(int(entry.get('channels', 32)), float(consistency))
     try:
         gate.load_state_dict(entry['state_dict'])
     except RuntimeError as exc:
@@ -158,14 +233,15 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
         if mode == 'on':
             raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')
         return net
-    logger.info('medium gate: on (from %s; --medium_gate off gives the backbone alone)', path)
+    logger.info('medium gate: on (from %s%s; --medium_gate off gives the backbone alone)', path,
+                f', held to the medium frame within {gate.consistency:g} sigma' if gate.consistency else '')
     device = next(net.parameters()).device
     return GatedNetwork(net, gate.to(device)).train(net.training)
 
 
 def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
     """A release-format checkpoint (``state_dict``: the backbone) that also carries ``gate`` under GATE_KEY."""
-    entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels,
+    entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels, 'consistency': gate.consistency,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from models.base_model import CheckpointError, load_backbone_state
-from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_map,
-                                noise_maps, read_gate, with_gate)
+from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_band,
+                                medium_noise_map, noise_bands, noise_maps, read_gate, with_gate)
+from util.tonemap import mu_law_torch
 from tiny_data import tiny_ahdr
 
 
@@ -51,6 +52,73 @@ def test_noise_map_grows_with_the_frame_noise_and_stays_finite():
     for flat in (np.zeros((20, 20, 3), np.float32), np.ones((20, 20, 3), np.float32), ramp[:5, :5], ramp[:2, :2],
                  ramp[:1, :7]):
         assert np.isfinite(medium_noise_map(flat, flat ** 2.2)).all()
+
+
+def _textured_frame(noise=0.0, seed=3):
+    """A smooth, textured medium frame (1, 3, 48, 64) with a clipped patch and a black one."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=gen), size=(48, 64), mode='bilinear',
+                                           align_corners=False)
+    ldr = (0.1 + 0.8 * base + noise * torch.randn(1, 3, 48, 64, generator=gen)).clamp(0, 1)
+    ldr[:, :, :6, :10] = 0.99
+    ldr[:, 1, 40:, 50:] = 0.0
+    return ldr
+
+
+def test_noise_band_grows_with_the_noise_and_is_open_where_the_frame_is_clipped_or_black():
+    bands = []
+    for noise in (0.0, 0.02):
+        ldr = _textured_frame(noise)[0].permute(1, 2, 0).numpy()
+        band = medium_noise_band(ldr, ldr ** 2.2 / 4.0)
+        assert band.shape == ldr.shape and band.dtype == np.float32
+        assert np.isinf(band[:6, :10]).all() and np.isinf(band[40:, 50:]).all()
+        bands.append(np.median(band[np.isfinite(band)]))
+    assert bands[1] > 5 * bands[0]
+
+
+def test_consistency_holds_the_output_within_the_noise_band_of_the_medium_frame():
+    ldr = _textured_frame(0.0)
+    x_mid = _medium_input(ldr)
+    y = 0.5 * x_mid[:, :3]  # a backbone that darkens everything by a stop
+    plain, held = MediumGate(), MediumGate(consistency=1.5)
+    held.load_state_dict(plain.state_dict())
+    band = noise_bands(x_mid)
+    with torch.no_grad():
+        out_plain = plain(y, x_mid, noise_maps(x_mid))[0]
+        out = held(y, x_mid, noise_maps(x_mid), band)[0]
+    mu_mid = mu_law_torch(x_mid[:, :3].clamp(0, 1))
+    trusted = torch.isfinite(band)
+    assert trusted.float().mean() > 0.8
+    assert ((mu_law_torch(out) - mu_mid).abs()[trusted] <= 1.5 * band[trusted] + 1e-5).all()
+    assert (mu_law_torch(out_plain) - mu_mid).abs()[trusted].mean() > 0.05  # without the clamp it stays dark
+    assert torch.equal(out[~trusted], out_plain[~trusted])  # clipped and black pixels are the gate's alone
+    # an output already inside the band is left as it is
+    with torch.no_grad():
+        inside = held(x_mid[:, :3], x_mid, noise_maps(x_mid), band)[0]
+    assert torch.allclose(inside, x_mid[:, :3].clamp(max=1.0), atol=1e-6)
+    with pytest.raises(ValueError, match='noise band'):
+        held(y, x_mid, noise_maps(x_mid))
+
+
+def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
+    net, gate = tiny_ahdr().eval(), _trained_looking_gate()
+    gate.consistency = 2.0
+    path = tmp_path / 'held.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate), path)
+    assert read_gate(path).consistency == 2.0
+    gated = with_gate(net, path, 'auto')
+    xs = [_medium_input(_textured_frame(0.01, seed), t) for seed, t in ((4, 1.0), (5, 4.0), (6, 16.0))]
+    with torch.no_grad():
+        expected = gate(net(*xs), xs[1], noise_maps(xs[1]), noise_bands(xs[1]))[0]
+        unheld = MediumGate()
+        unheld.load_state_dict(gate.state_dict())
+        assert torch.allclose(gated(*xs), expected)
+        assert not torch.allclose(expected, unheld(net(*xs), xs[1], noise_maps(xs[1]))[0])
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint[GATE_KEY]['consistency'] = -1.0
+    torch.save(checkpoint, path)
+    with pytest.raises(GateError, match='consistency'):
+        read_gate(path)
 
 
 def test_gated_checkpoint_still_loads_as_a_plain_backbone(tmp_path):
@@ -116,6 +184,8 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert train_gate.main(argv) == 0
     gate = read_gate(out)
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
+    assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
+    assert train_gate.main(argv + ['--consistency', '-1']) == 2
     assert not torch.equal(gate.body[-1].bias, torch.tensor([-2.0]))  # it trained
     # --out over its own input is refused; a crop larger than the images is a clear error
     assert train_gate.main(argv[:6] + ['--out', str(source)]) == 2

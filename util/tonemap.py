@@ -25,7 +25,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['MU', 'mu_law', 'mu_law_torch', 'luminance', 'reinhard', 'display_tonemap', 'shadow_chroma',
+__all__ = ['MU', 'mu_law', 'mu_law_torch', 'inverse_mu_law_torch', 'luminance', 'reinhard', 'display_tonemap', 'shadow_chroma',
            'guided_shadow_chroma',
            'tonemap', 'OPERATORS', 'DEFAULT_GAMMA', 'to_uint8', 'write_png']
 
@@ -49,6 +49,13 @@ def mu_law_torch(x):
     import torch  # lazy: the NumPy side of this module must not need torch
 
     return torch.log(1 + MU * x) / _LOG_1P_MU
+
+
+def inverse_mu_law_torch(m):
+    """The inverse of :func:`mu_law_torch`: ``(5001**m - 1) / 5000``."""
+    import torch
+
+    return torch.expm1(m * _LOG_1P_MU) / MU
 
 
 def _check_image(x: np.ndarray, name: str = 'image') -> np.ndarray:
