@@ -8,7 +8,7 @@ does not reproduce a clean input to 1e-3. The gate does not ask it to: per pixel
 
     out = y + g * usable * (H_mid - y),    g in (0, 1) from a 4-layer CNN,
 
-where ``usable`` is 0 wherever the medium frame is clipped (a channel above 0.95), so the highlights stay the
+where ``usable`` is 0 wherever the medium frame is clipped (a channel at 0.95 or above), so the highlights stay the
 backbone's (and the result is capped at 1, the backbones' range). The CNN sees ``y`` and ``H_mid`` in mu-law, the
 medium LDR frame, their difference, and the medium frame's noise per pixel (``medium_noise_map``): with noise it
 learns to keep the backbone's denoised output, on a clean frame to keep the medium one. The output is a convex
@@ -46,6 +46,7 @@ GATE_VERSION = 1
 GATE_MODES = ('auto', 'on', 'off')
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
+QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
 # tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
 DEFAULT_CONSISTENCY = 1.5
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
@@ -86,17 +87,22 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
 def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``medium_noise_map`` and ``medium_noise_band`` from one noise estimate."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
+    noise = np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+    # A band whose estimate is exactly 0 (perfectly flat blocks: a synthetic or heavily compressed frame) still has
+    # at least 8-bit quantisation noise; without a floor the clamp would pin the output to the frame there.
+    sigma = np.where(sigma > 0, sigma, QUANTISATION_SIGMA)
     band = (sigma * slope).astype(np.float32)
-    noise = np.log10(band + NOISE_FLOOR).mean(axis=2).astype(np.float32)
-    unreliable = (ldr.max(axis=2) >= CLIPPED_LEVEL) | (ldr.min(axis=2) <= np.maximum(3.0 * sigma[:, :, 0], 1e-6))
+    unreliable = ((ldr.max(axis=2) >= CLIPPED_LEVEL) | (ldr.min(axis=2) <= 3.0 * sigma[:, :, 0])
+                  | (np.asarray(hdr_mid).max(axis=2) >= 1.0))  # mu-law's range ends at 1: the band means nothing
     band[unreliable] = np.inf
     return noise, band
 
 
 def medium_noise_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
     """The medium frame's noise per pixel and channel in mu-law (H x W x 3 float32), for the consistency clamp:
-    inf where the frame says nothing reliable, i.e. clipped white (a channel at CLIPPED_LEVEL or above) or so dark
-    that a channel is within 3 sigma of black, where its noise is cut at 0 (a black pixel's radiance is unknown)."""
+    inf where the frame says nothing reliable, i.e. clipped white (a channel at CLIPPED_LEVEL or above), so dark
+    that a channel is within 3 sigma of black, where its noise is cut at 0 (a black pixel's radiance is unknown), or
+    with a radiance of 1 or more in a channel (beyond the mu-law range the outputs live in)."""
     return medium_noise_map_and_band(ldr_mid, hdr_mid)[1]
 
 
@@ -156,17 +162,20 @@ class MediumGate(nn.Module):
         # unit (t_mid < 1) would otherwise lift a pixel above it
         out = (y + g * usable * (hdr_mid - y)).clamp(max=1.0)
         if self.consistency > 0:
-            if band is None:
-                raise ValueError('MediumGate: consistency is set, so forward needs the noise band (noise_bands)')
+            if band is None or band.shape != out.shape:
+                raise ValueError('MediumGate: consistency is set, so forward needs the noise band of the output\'s '
+                                 f'shape {tuple(out.shape)} (noise_bands), got '
+                                 f'{None if band is None else tuple(band.shape)}')
             out = self.hold_to_band(out, mu_mid, band)
         return out, g
 
     def hold_to_band(self, out, mu_mid, band):
         """``out`` clamped, in mu-law, to mu(H_mid) +- consistency * band (no change where band is inf)."""
-        reach = self.consistency * band
+        reach = torch.nan_to_num(self.consistency * band, nan=float('inf'))  # no band, no clamp
         mu_out = mu_law_torch(out.clamp(0, 1))
         held = torch.minimum(torch.maximum(mu_out, mu_mid - reach), mu_mid + reach)
-        return torch.where(torch.isfinite(band), inverse_mu_law_torch(held), out)
+        # only the pixels the clamp moved go through the inverse: the others keep their exact values
+        return torch.where(held != mu_out, inverse_mu_law_torch(held), out)
 
 
 class GatedNetwork(nn.Module):
@@ -208,7 +217,8 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     if not isinstance(entry, dict) or entry.get('version') != GATE_VERSION or 'state_dict' not in entry:
         raise GateError(f'{path}: its {GATE_KEY!r} entry is not a version-{GATE_VERSION} medium gate')
     consistency = entry.get('consistency', 0.0)
-    if not isinstance(consistency, (int, float)) or not math.isfinite(consistency) or consistency < 0:
+    if (isinstance(consistency, bool) or not isinstance(consistency, (int, float)) or not math.isfinite(consistency)
+            or consistency < 0):
         raise GateError(f'{path}: the medium gate\'s consistency {consistency!r} is not a number >= 0')
     gate = MediumGate(int(entry.get('channels', 32)), float(consistency))
     try:

@@ -5,7 +5,8 @@ import torch
 
 from models.base_model import CheckpointError, load_backbone_state
 from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_band,
-                                medium_noise_map, noise_bands, noise_maps, read_gate, with_gate)
+                                medium_noise_map, medium_noise_map_and_band, noise_bands, noise_maps,
+                                noise_maps_and_bands, read_gate, with_gate)
 from util.tonemap import mu_law_torch
 from tiny_data import tiny_ahdr
 
@@ -76,6 +77,26 @@ def test_noise_band_grows_with_the_noise_and_is_open_where_the_frame_is_clipped_
     assert bands[1] > 5 * bands[0]
 
 
+def test_noise_band_edge_cases_and_batches():
+    # a perfectly flat frame reads no noise at all: the band keeps 8-bit rounding's, not 0
+    flat = np.full((32, 40, 3), 0.4, np.float32)
+    band = medium_noise_band(flat, flat ** 2.2 / 4.0)
+    assert np.isfinite(band).all() and (band > 0).all()
+    # a radiance of 1 or more (a medium frame exposed shorter than the unit) is beyond mu-law's range: no band
+    band = medium_noise_band(flat, flat ** 2.2 / 0.1)
+    assert np.isinf(band).all()
+    # a batch: each image gets its own estimate, the map and band from one estimate match the separate ones
+    x_mid = torch.cat([_medium_input(_textured_frame(0.0)), _medium_input(_textured_frame(0.03, seed=7))])
+    maps, bands = noise_maps_and_bands(x_mid)
+    assert maps.shape == (2, 1, 48, 64) and bands.shape == (2, 3, 48, 64)
+    assert torch.equal(maps, noise_maps(x_mid)) and torch.equal(bands, noise_bands(x_mid))
+    for i in range(2):
+        ldr, hdr = x_mid[i, 3:].permute(1, 2, 0).numpy(), x_mid[i, :3].permute(1, 2, 0).numpy()
+        assert np.array_equal(bands[i].permute(1, 2, 0).numpy(), medium_noise_map_and_band(ldr, hdr)[1])
+    finite = torch.isfinite(bands)
+    assert bands[1][finite[1]].median() > 5 * bands[0][finite[0]].median()
+
+
 def test_consistency_holds_the_output_within_the_noise_band_of_the_medium_frame():
     ldr = _textured_frame(0.0)
     x_mid = _medium_input(ldr)
@@ -95,9 +116,12 @@ def test_consistency_holds_the_output_within_the_noise_band_of_the_medium_frame(
     # an output already inside the band is left as it is
     with torch.no_grad():
         inside = held(x_mid[:, :3], x_mid, noise_maps(x_mid), band)[0]
-    assert torch.allclose(inside, x_mid[:, :3].clamp(max=1.0), atol=1e-6)
+        inside_plain = plain(x_mid[:, :3], x_mid, noise_maps(x_mid))[0]
+    assert torch.equal(inside, inside_plain)
     with pytest.raises(ValueError, match='noise band'):
         held(y, x_mid, noise_maps(x_mid))
+    with pytest.raises(ValueError, match='noise band'):
+        held(y, x_mid, noise_maps(x_mid), band[:, :1])  # a (N, 1, H, W) map would broadcast silently
 
 
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
@@ -115,10 +139,11 @@ def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tm
         assert torch.allclose(gated(*xs), expected)
         assert not torch.allclose(expected, unheld(net(*xs), xs[1], noise_maps(xs[1]))[0])
     checkpoint = torch.load(path, weights_only=True)
-    checkpoint[GATE_KEY]['consistency'] = -1.0
-    torch.save(checkpoint, path)
-    with pytest.raises(GateError, match='consistency'):
-        read_gate(path)
+    for bad in (-1.0, float('nan'), True, '1.5'):
+        checkpoint[GATE_KEY]['consistency'] = bad
+        torch.save(checkpoint, path)
+        with pytest.raises(GateError, match='consistency'):
+            read_gate(path)
 
 
 def test_gated_checkpoint_still_loads_as_a_plain_backbone(tmp_path):
