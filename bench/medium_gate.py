@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     work, aligned_input = Path(args.work), backbone(args.network).aligned_input
     results = {'checkpoint': str(ckpt), 'work': str(work), 'network': args.network,
                'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],
-               'date': time.strftime('%Y-%m-%d %H:%M'), 'splits': {}}
+               'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
     for split in args.splits:
         root, aligned = split_roots(work, split)
         if not (root / 'Test').is_dir():
@@ -116,7 +116,6 @@ def main(argv=None) -> int:
                                                                   read_hdr(root / 'Test' / scene / 'HDRImg.hdr')), 2)
                     for scene, setting in zip(sorted(outputs[name]), settings)}
         results['splits'][split] = row
-        results['consistency'] = held
         regions = ('psnr_mu_clipped', 'psnr_mu_well_exposed', 'psnr_mu_dark', 'psnr_mu_motion')
         print(split, ' | '.join(f"{n} {r['psnr_mu']:.2f} / {r['psnr_l']:.2f} ("
                                 + ' / '.join(f'{r[k]:.2f}' for k in regions) + ')' for n, r in row.items()), flush=True)

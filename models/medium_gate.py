@@ -74,20 +74,24 @@ def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.n
     return ldr, sigma, slope
 
 
+def _log_noise(sigma: np.ndarray, slope: np.ndarray) -> np.ndarray:
+    """The gate's noise channel, log10(sigma_mu + NOISE_FLOOR) averaged over the channels (H x W float32)."""
+    return np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+
+
 def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
     """The medium frame's noise per pixel, carried into the mu-law domain of its radiance: log10(sigma_mu + 1e-5),
     H x W float32. ``ldr_mid`` H x W x 3 in [0, 1] (gamma-encoded), ``hdr_mid`` its linear radiance (ldr**2.2 / t).
 
     The LDR noise per brightness band is the label denoiser's texture-blind estimate; d mu / d ldr follows from
     H = ldr**2.2 / t as mu'(H) * 2.2 H / ldr, so the exposure time is not needed."""
-    _, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
-    return np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+    return _log_noise(*_ldr_noise_and_slope(ldr_mid, hdr_mid)[1:])
 
 
 def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``medium_noise_map`` and ``medium_noise_band`` from one noise estimate."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
-    noise = np.log10(sigma * slope + NOISE_FLOOR).mean(axis=2).astype(np.float32)
+    noise = _log_noise(sigma, slope)
     # A band whose estimate is exactly 0 (perfectly flat blocks: a synthetic or heavily compressed frame) still has
     # at least 8-bit quantisation noise; without a floor the clamp would pin the output to the frame there.
     sigma = np.where(sigma > 0, sigma, QUANTISATION_SIGMA)
