@@ -13,7 +13,8 @@ status, the wall time, the peak RSS of the merge process (ru_maxrss of the child
 `--seams WxH`: a smaller bracket that fits whole, merged twice with `--tile 0` (whole image) and `--tile N`
 (`--seam_tile`), both as float EXR; the largest absolute and relative difference and the PSNR-mu between them.
 
-Each entry goes into the JSON under its own key, so runs of different sizes accumulate.
+Each entry goes into the JSON under its own key (size, and `--extra` when given), so runs of different sizes and
+flags accumulate.
 """
 import argparse
 import json
@@ -166,7 +167,7 @@ def main():
                      'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
             if run['rc'] or not run['finished']:
                 entry['log_tail'] = run['log'][-2000:]
-            save(f'merge_{width}x{height}', entry)
+            save(f'merge_{width}x{height}' + (' ' + args.extra.strip() if args.extra.strip() else ''), entry)
         if args.seams:
             from util.hdr_io import read_radiance
             from util.metrics import psnr_mu

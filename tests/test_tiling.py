@@ -1,5 +1,7 @@
 """util/tiling.py: the release's test-time padding (`chop`) and tiled inference."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -205,6 +207,30 @@ def test_choose_tile_largest_that_fits(budget_gb, multiple):
     assert forward_bytes(tile, tile, bpp, multiple) <= left
     if tile < MAX_AUTO_TILE:  # the next size up would not have fitted
         assert forward_bytes(tile + 16, tile + 16, bpp, multiple) > left
+
+
+def test_choose_tile_on_a_cpu_tiles_large_images_that_fit():
+    # a whole 1000x1500 forward leaves the caches and runs ~1.9x slower than 768-pixel tiles on a CPU (util/tiling.py)
+    from util.tiling import CPU_SPEED_TILE, GIB, choose_tile, forward_bytes
+    huge = 64 * GIB
+    assert choose_tile(1000, 1500, 6000, huge, speed_tile=CPU_SPEED_TILE) == CPU_SPEED_TILE
+    assert choose_tile(1000, 1500, 6000, huge) == 0  # without the rule (a GPU): the whole image
+    assert choose_tile(600, 768, 6000, huge, speed_tile=CPU_SPEED_TILE) == 0  # small enough: whole, no seams
+    # tight memory still decides: the tile shrinks to what fits under the budget
+    budget = forward_bytes(1000, 1500, 6000)
+    tile = choose_tile(1000, 1500, 6000, budget, speed_tile=CPU_SPEED_TILE)
+    assert 0 < tile <= CPU_SPEED_TILE
+    # a budget where the whole image fits but tiles plus the whole output's buffers do not: whole, not an error
+    assert choose_tile(1000, 1500, 1, forward_bytes(1000, 1500, 1), speed_tile=CPU_SPEED_TILE) == 0
+
+
+def test_auto_tile_tiles_on_cpu_and_says_why(caplog):
+    from util.tiling import CPU_SPEED_TILE, auto_tile
+    with caplog.at_level(logging.INFO, logger='util.tiling'):
+        tile = auto_tile(1000, 1500, 6000, max_memory=64, device='cpu')
+    assert tile == CPU_SPEED_TILE
+    assert 'faster than the whole image on a CPU' in caplog.text
+    assert auto_tile(200, 300, 6000, max_memory=64, device='cpu') == 0
 
 
 def test_choose_tile_says_what_to_change_when_nothing_fits():
