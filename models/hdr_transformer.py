@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.transformer_layers import ResidualGroup, SwinTransformerBlock, SwinTrunk
+from models.transformer_layers import ResidualGroup, SwinTransformerBlock, SwinTrunk, TokenLayerNorm
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class HDRTransformer(SwinTrunk):
 
     def __init__(self, img_size=128, patch_size=1, in_chans=6, embed_dim=60, depths=(6, 6, 6),
                  num_heads=(6, 6, 6), window_size=8, mlp_ratio=2.0, qkv_bias=True, qk_scale=None, drop_rate=0.0,
-                 attn_drop_rate=0.0, drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True,
+                 attn_drop_rate=0.0, drop_path_rate=0.1, norm_layer=TokenLayerNorm, ape=False, patch_norm=True,
                  use_checkpoint=False, resi_connection='1conv', **kwargs):
         super().__init__()
         if kwargs:

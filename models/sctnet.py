@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.transformer_layers import Mlp, ResidualGroup, SwinTransformerBlock, SwinTrunk
+from models.transformer_layers import (Mlp, ResidualGroup, SwinTransformerBlock, SwinTrunk, TokenLayerNorm,
+                                       layer_norm)
 
 __all__ = ['SCTNet']
 
@@ -90,8 +91,9 @@ class WithBias_LayerNorm(nn.Module):
         if x.dtype != self.weight.dtype and torch.is_autocast_enabled(x.device.type):
             # bf16 autocast: the written-out form promotes the bf16 tokens to float32 at `* self.weight` and hands
             # the next 1x1 convs float32 images to cast back (a round trip per norm, forward and backward). The
-            # fused kernel takes bf16 in, keeps its statistics in float32 and returns bf16. Same formula, eps 1e-5.
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, 1e-5)
+            # fused kernel keeps its statistics in float32 and returns bf16 (on a CPU through float32: faster, see
+            # transformer_layers.layer_norm). Same formula, eps 1e-5.
+            return layer_norm(x, self.normalized_shape, self.weight, self.bias, 1e-5)
         mu = x.mean(-1, keepdim=True)
         sigma = x.var(-1, keepdim=True, unbiased=False)
         return (x - mu) / torch.sqrt(sigma + 1e-5) * self.weight + self.bias
@@ -147,7 +149,7 @@ class SCAB(nn.Module):
         self.norm1_x = LayerNorm(dim, LayerNorm_type)
         self.norm1_y = LayerNorm(dim, LayerNorm_type)
         self.attn = Mutual_Attention(dim, num_heads, bias)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = TokenLayerNorm(dim)
         self.ffn = Mlp(in_features=dim, hidden_features=int(dim * ffn_expansion_factor), act_layer=nn.GELU, drop=0.)
 
     def forward(self, x, y, x_size):
@@ -179,7 +181,7 @@ class SCTNet(SwinTrunk):
 
     def __init__(self, img_size=128, patch_size=1, in_chans=18, embed_dim=60, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=8, mlp_ratio=2., qkv_bias=True, qk_scale=None, drop_rate=0.,
-                 attn_drop_rate=0., drop_path_rate=0.1, norm_layer=nn.LayerNorm, ape=False, patch_norm=True,
+                 attn_drop_rate=0., drop_path_rate=0.1, norm_layer=TokenLayerNorm, ape=False, patch_norm=True,
                  use_checkpoint=False, upscale=1, img_range=1., upsampler='', resi_connection='1conv', **kwargs):
         super().__init__()
         if in_chans % 3 or embed_dim % 3:

@@ -10,9 +10,10 @@ Pure nn.Module / autograd code (torch and timm's layers only), so backbone files
   windows with a hand-written backward, so the (windows, heads, T, T) attention maps never exist in full;
   `WindowAttention` is the module around it (learned relative-position bias). Under bf16 autocast on
   `SDPA_DEVICES` it calls F.scaled_dot_product_attention instead (`forward_sdpa`); float32 runs never do.
-* `Mlp`, `add_residual` (DropPath fused into the residual), `SwinTransformerBlock`, `BasicLayer`,
-  `ResidualGroup` (a BasicLayer, a conv on the image layout, a residual: HDR-Transformer's CTB and SCTNet's GSAB),
-  `PatchEmbed` / `PatchUnEmbed`, and `SwinTrunk`, the base class that builds both networks' stack of groups.
+* `layer_norm` / `TokenLayerNorm` (LayerNorm; bf16 on a CPU through float32, which is faster), `Mlp`,
+  `add_residual` (DropPath fused into the residual), `SwinTransformerBlock`, `BasicLayer`, `ResidualGroup` (a
+  BasicLayer, a conv on the image layout, a residual: HDR-Transformer's CTB and SCTNet's GSAB), `PatchEmbed` /
+  `PatchUnEmbed`, and `SwinTrunk`, the base class that builds both networks' stack of groups.
 
 The two backbones once had a copy each of this code, and the copies had drifted; where they differed, one
 behaviour was picked and the reason is given where it is implemented. None of the choices changes either
@@ -41,6 +42,10 @@ CHUNK_WINDOWS = 256
 # re-measures on the machine at hand). With a gradient the learnable bias sends it to the float32 math fallback.
 # Read at call time.
 SDPA_DEVICES = ('cuda',)
+
+# Devices on which a bf16 LayerNorm runs as float32 between two casts (`layer_norm`): the CPU, by measurement
+# (bench/layer_norm_path.py). Read at call time.
+LAYER_NORM_FLOAT32_DEVICES = ('cpu',)
 
 
 # ------------------------------------------------------------------------------------------------ geometry
@@ -429,6 +434,26 @@ class WindowAttention(nn.Module):
 
 # -------------------------------------------------------------------------------------------------- blocks
 
+def layer_norm(x, normalized_shape, weight, bias, eps=1e-5):
+    """F.layer_norm; a bf16 input on a CPU (`LAYER_NORM_FLOAT32_DEVICES`) is normalised in float32 and cast back.
+    Torch 2.14's CPU kernel for bf16 input is slower than the cast in, the float32 kernel and the cast out (60
+    channels, 2 threads, Zen 5: 13.0 against 8.4 ms for 512x512 tokens; forward and backward of a training batch, 10.2
+    against 5.7 ms; the Zen 4's profile had bf16 LayerNorm at 2.5x its float32 time). Both keep the statistics in
+    float32; the outputs differ only in bf16 rounding. Float32 inputs take F.layer_norm unchanged."""
+    if (x.dtype == torch.bfloat16 and x.device.type in LAYER_NORM_FLOAT32_DEVICES
+            and (weight is None or weight.dtype == torch.float32)):
+        return F.layer_norm(x.float(), normalized_shape, weight, bias, eps).to(torch.bfloat16)
+    return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+class TokenLayerNorm(nn.LayerNorm):
+    """nn.LayerNorm over the tokens' channels (same parameters, state_dict keys and float32 values) through
+    `layer_norm`, the faster form under bf16 autocast on a CPU: every norm of both transformer backbones."""
+
+    def forward(self, x):
+        return layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 class Mlp(nn.Module):
     """Token-wise fc1 -> GELU (erf) -> dropout -> fc2 -> dropout."""
 
@@ -466,7 +491,7 @@ class SwinTransformerBlock(nn.Module):
 
     def __init__(self, dim, input_resolution, num_heads, window_size=8, shift_size=0, mlp_ratio=4.0,
                  qkv_bias=True, qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0, act_layer=nn.GELU,
-                 norm_layer=nn.LayerNorm):
+                 norm_layer=TokenLayerNorm):
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -535,7 +560,7 @@ class BasicLayer(nn.Module):
     """`depth` blocks of `block_class`, alternating plain and shifted windows."""
 
     def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio=4.0, qkv_bias=True,
-                 qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm, downsample=None,
+                 qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0, norm_layer=TokenLayerNorm, downsample=None,
                  use_checkpoint=False, block_class=SwinTransformerBlock):
         super().__init__()
         self.dim = dim
@@ -613,7 +638,7 @@ class ResidualGroup(nn.Module):
     """
 
     def __init__(self, dim, input_resolution, depth, num_heads, window_size, mlp_ratio=4.0, qkv_bias=True,
-                 qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0, norm_layer=nn.LayerNorm, downsample=None,
+                 qk_scale=None, drop=0.0, attn_drop=0.0, drop_path=0.0, norm_layer=TokenLayerNorm, downsample=None,
                  use_checkpoint=False, img_size=128, patch_size=1, resi_connection='1conv',
                  block_class=SwinTransformerBlock):
         super().__init__()

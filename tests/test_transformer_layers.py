@@ -215,3 +215,30 @@ def test_only_bf16_autocast_on_sdpa_devices_takes_sdpa(monkeypatch):
             assert not attn.sdpa_applies(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
             assert attn.sdpa_applies(x)
+
+
+def test_token_layer_norm_is_nn_layer_norm_in_float32_and_bf16_on_cpu_goes_through_float32():
+    torch.manual_seed(0)
+    norm = layers.TokenLayerNorm(60)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.2, 0.2)
+    reference = torch.nn.LayerNorm(60)
+    reference.load_state_dict(norm.state_dict())  # same keys: checkpoints load either way
+    x = torch.randn(2, 100, 60) * 3 + 1
+    assert torch.equal(norm(x), reference(x))  # float32: the same kernel, the same bits
+    x16 = x.bfloat16().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = norm(x16)
+    assert out.dtype == torch.bfloat16
+    exact = reference(x16.detach().float())
+    # the float32 result rounded once to bf16: within bf16's half-ulp of the exact normalisation
+    assert torch.allclose(out.float(), exact, rtol=2 ** -8, atol=1e-6)
+    assert torch.equal(out, exact.bfloat16())
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    x32 = x16.detach().float().requires_grad_()
+    reference(x32).backward(grad.float())
+    assert x16.grad.dtype == torch.bfloat16
+    assert torch.allclose(x16.grad.float(), x32.grad, rtol=2 ** -7, atol=1e-2)
+    assert norm.weight.grad.dtype == torch.float32
