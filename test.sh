@@ -19,7 +19,8 @@ epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
 amp=${amp:-auto}                       # auto: bf16 where the hardware has it (a CPU with avx512_bf16/AMX, CUDA
                                        # with bf16), fp32 elsewhere; none: the release's fp32 (README, "Speed")
-tile=${tile:-auto}                     # auto: the whole image (as the release) when it fits in memory, else tiles
+tile=${tile:-auto}                     # auto: the whole image (as the release) when it fits in memory and, on a
+                                       # CPU, has at most 768x768 pixels; else tiles. 0: always the whole image
 extra=${extra:-}                       # e.g. "--max_memory 8" or "--extra_metrics pu21"
 
 if [ "$dataroot" = "./datasets/demo" ]; then

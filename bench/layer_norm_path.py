@@ -1,14 +1,15 @@
 """Whether a bf16 LayerNorm is faster as torch's bf16 kernel or as float32 between two casts, on the machine at hand:
 `models.transformer_layers.LAYER_NORM_FLOAT32_DEVICES` names the devices that take the float32 form; this measures
-both on the transformer backbones so that the choice can be re-checked on another CPU or a GPU.
+both on the transformer backbones so that the choice can be re-checked on another CPU. (Not for GPUs: CUDA autocast
+already runs layer_norm in float32 and returns float32, so the two forms differ there in their output dtype only.)
 
     python bench/layer_norm_path.py                          # HDR-Transformer and SCTNet, 512x512, bf16 inference
-    python bench/layer_norm_path.py --runs 6 --device cuda
+    python bench/layer_norm_path.py --runs 6 --networks SCTNet
 
 Inference under bf16 autocast, batch 1, the two forms alternating in one process (each network warmed up once per
 form first, the order swapped every run), so that the drift of a shared machine falls on both; reports the median
 seconds per form, their ratio and each form's PSNR against the fp32 output. Writes
-bench/results/layer_norm_path_<cpu or gpu>.json (or --output).
+bench/results/layer_norm_path_<cpu>.json (or --output).
 """
 import argparse
 import json
@@ -71,20 +72,16 @@ def main(argv=None):
     p.add_argument('--size', type=int, default=512)
     p.add_argument('--runs', type=int, default=4)
     p.add_argument('--threads', type=int, default=2)
-    p.add_argument('--device', default='cpu')
     p.add_argument('--output', default=None)
     args = p.parse_args(argv)
     tune_malloc('tuned')
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device('cpu')
     default = transformer_layers.LAYER_NORM_FLOAT32_DEVICES
-    report = {'cpu': cpu_description(), 'threads': args.threads, 'device': args.device, 'size': args.size,
+    report = {'cpu': cpu_description(), 'threads': args.threads, 'device': 'cpu', 'size': args.size,
               'runs': args.runs, 'torch': torch.__version__, 'default_float32_devices': list(default),
               'networks': {}}
-    if device.type == 'cuda':
-        report['gpu'] = torch.cuda.get_device_name(device)
-    key = cpu_key(report['cpu']) if device.type == 'cpu' else 'gpu_' + report['gpu'].lower().replace(' ', '_')
-    out = args.output or os.path.join(ROOT, 'bench', 'results', f'layer_norm_path_{key}.json')
+    out = args.output or os.path.join(ROOT, 'bench', 'results', f"layer_norm_path_{cpu_key(report['cpu'])}.json")
     try:
         for name in args.networks:
             report['networks'][name] = row = measure(name, device, args.size, args.runs)

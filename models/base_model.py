@@ -441,8 +441,8 @@ class BaseModel(ABC):
 
     def auto_tile(self, height, width):
         """--tile auto for a height x width input: the whole image when its forward fits the memory left under
-        --max_memory (default: 80% of the available memory; on a GPU 90% of its free memory) and, on a CPU, is at
-        most 768 pixels a side (larger ones run faster in tiles), else the largest tile that fits
+        --max_memory (default: 80% of the available memory; on a GPU 90% of its free memory) and, on a CPU, has at
+        most 768x768 pixels (larger ones run faster in tiles), else the largest tile that fits
         (util.tiling.auto_tile, from the backbone's measured memory per pixel); logged when it changes."""
         from .medium_gate import extra_bytes_per_pixel
 

@@ -434,15 +434,40 @@ class WindowAttention(nn.Module):
 
 # -------------------------------------------------------------------------------------------------- blocks
 
+class Float32LayerNormFunction(torch.autograd.Function):
+    """LayerNorm of a bf16 input computed in float32 and returned in bf16, saving the bf16 input (not its float32
+    copy) and the float32 statistics for the backward, so training holds no more than torch's bf16 kernel would."""
+
+    @staticmethod
+    def forward(ctx, x, normalized_shape, weight, bias, eps):
+        with torch.autocast(x.device.type, enabled=False):
+            out, mean, rstd = torch.ops.aten.native_layer_norm(x.float(), normalized_shape, weight, bias, eps)
+        ctx.save_for_backward(x, mean, rstd, weight, bias)
+        ctx.normalized_shape = normalized_shape
+        return out.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        x, mean, rstd, weight, bias = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[2],
+                bias is not None and ctx.needs_input_grad[3]]
+        with torch.autocast(x.device.type, enabled=False):
+            grad_x, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
+                grad_out.float(), x.float(), ctx.normalized_shape, mean, rstd, weight, bias, mask)
+        return (grad_x.to(x.dtype) if grad_x is not None else None), None, grad_weight, grad_bias, None
+
+
 def layer_norm(x, normalized_shape, weight, bias, eps=1e-5):
-    """F.layer_norm; a bf16 input on a CPU (`LAYER_NORM_FLOAT32_DEVICES`) is normalised in float32 and cast back.
-    Torch 2.14's CPU kernel for bf16 input is slower than the cast in, the float32 kernel and the cast out (60
-    channels, 2 threads, Zen 5: 13.0 against 8.4 ms for 512x512 tokens; forward and backward of a training batch, 10.2
-    against 5.7 ms; the Zen 4's profile had bf16 LayerNorm at 2.5x its float32 time). Both keep the statistics in
-    float32; the outputs differ only in bf16 rounding. Float32 inputs take F.layer_norm unchanged."""
+    """F.layer_norm; a bf16 input on a CPU (`LAYER_NORM_FLOAT32_DEVICES`) is normalised in float32 and cast back
+    (`Float32LayerNormFunction`). Torch 2.14's CPU kernel for bf16 input is slower than the cast in, the float32
+    kernel and the cast out (60 channels, 2 threads, Zen 5: 13.0 against 8.4 ms for 512x512 tokens; forward and
+    backward of a training batch, 10.2 against 5.7 ms; the Zen 4's profile had bf16 LayerNorm at 2.5x its float32
+    time). Both keep the statistics in float32; the outputs differ only in bf16 rounding. Float32 inputs take
+    F.layer_norm unchanged."""
     if (x.dtype == torch.bfloat16 and x.device.type in LAYER_NORM_FLOAT32_DEVICES
-            and (weight is None or weight.dtype == torch.float32)):
-        return F.layer_norm(x.float(), normalized_shape, weight, bias, eps).to(torch.bfloat16)
+            and all(t is None or t.dtype == torch.float32 for t in (weight, bias))):
+        return Float32LayerNormFunction.apply(x, list(normalized_shape), weight, bias, eps)
     return F.layer_norm(x, normalized_shape, weight, bias, eps)
 
 

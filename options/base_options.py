@@ -97,7 +97,8 @@ class BaseOptions:
                                  "of 8 (reproduces the release); 'clean' pads only what is needed")
         parser.add_argument('--tile', type=tile_flag, default=0,
                             help='test in overlapping tiles of this size (0: whole image, as the release); auto: the '
-                                 'whole image when it fits --max_memory, else the largest tiles that do')
+                                 'whole image when it fits --max_memory (on a CPU: up to 768x768 pixels, larger '
+                                 'ones run faster in tiles), else the largest tiles that do')
         parser.add_argument('--max_memory', type=float, default=0,
                             help='GB the process may use, for --tile auto (0: 80%% of the memory available at the '
                                  'start; on a GPU, 90%% of its free memory)')

@@ -61,7 +61,7 @@ def test_test_sh_passes_amp_auto(tmp_path):
     calls, _ = _run_script('test.sh', tmp_path)
     (argv,) = [c for c in calls if c[0] == 'test.py']
     assert _flag(argv, '--amp') == 'auto'
-    assert _flag(argv, '--tile') == 'auto'  # whole images where they fit, tiles where they do not
+    assert _flag(argv, '--tile') == 'auto'  # whole images where they fit (on a CPU up to 768x768), tiles otherwise
     (tmp_path / 'none').mkdir()
     calls, _ = _run_script('test.sh', tmp_path / 'none', amp='none')
     (argv,) = [c for c in calls if c[0] == 'test.py']

@@ -210,27 +210,38 @@ def test_choose_tile_largest_that_fits(budget_gb, multiple):
 
 
 def test_choose_tile_on_a_cpu_tiles_large_images_that_fit():
-    # a whole 1000x1500 forward leaves the caches and runs ~1.9x slower than 768-pixel tiles on a CPU (util/tiling.py)
-    from util.tiling import CPU_SPEED_TILE, GIB, choose_tile, forward_bytes
+    # a whole 1000x1500 forward leaves the caches and runs slower than 768-pixel tiles on a CPU (util/tiling.py)
+    from util.tiling import CPU_SPEED_TILE, GIB, TILED_OUTPUT_BYTES_PER_PIXEL, choose_tile, forward_bytes
     huge = 64 * GIB
     assert choose_tile(1000, 1500, 6000, huge, speed_tile=CPU_SPEED_TILE) == CPU_SPEED_TILE
     assert choose_tile(1000, 1500, 6000, huge) == 0  # without the rule (a GPU): the whole image
-    assert choose_tile(600, 768, 6000, huge, speed_tile=CPU_SPEED_TILE) == 0  # small enough: whole, no seams
-    # tight memory still decides: the tile shrinks to what fits under the budget
-    budget = forward_bytes(1000, 1500, 6000)
-    tile = choose_tile(1000, 1500, 6000, budget, speed_tile=CPU_SPEED_TILE)
-    assert 0 < tile <= CPU_SPEED_TILE
-    # a budget where the whole image fits but tiles plus the whole output's buffers do not: whole, not an error
+    assert choose_tile(768, 768, 6000, huge, speed_tile=CPU_SPEED_TILE) == 0  # small enough: whole, no seams
+    assert choose_tile(100, 2000, 6000, huge, speed_tile=CPU_SPEED_TILE) == 0  # by area: a thin strip stays whole
+    # the speed tile shrinks when its forward and the whole output's buffers do not fit the budget
+    bpp = 60
+    budget = forward_bytes(1000, 1500, bpp)  # the whole image just fits
+    tile = choose_tile(1000, 1500, bpp, budget, speed_tile=CPU_SPEED_TILE)
+    assert 0 < tile < CPU_SPEED_TILE
+    assert forward_bytes(tile, tile, bpp) <= budget - TILED_OUTPUT_BYTES_PER_PIXEL * 1000 * 1500
+    # a budget where the whole image fits but no tile plus those buffers does: whole, not an error
     assert choose_tile(1000, 1500, 1, forward_bytes(1000, 1500, 1), speed_tile=CPU_SPEED_TILE) == 0
 
 
-def test_auto_tile_tiles_on_cpu_and_says_why(caplog):
+@pytest.mark.parametrize('device, expected', [('cpu', 768), (torch.device('cpu'), 768), ('cuda', 0), ('cuda:0', 0),
+                                              (torch.device('cuda', 1), 0)])
+def test_auto_tile_tiles_large_images_on_cpu_only(device, expected):
     from util.tiling import CPU_SPEED_TILE, auto_tile
+    assert CPU_SPEED_TILE == 768
+    # --max_memory given: no CUDA query, so this runs without a GPU
+    assert auto_tile(1000, 1500, 6000, max_memory=64, device=device, log=False) == expected
+    assert auto_tile(200, 300, 6000, max_memory=64, device=device, log=False) == 0
+
+
+def test_auto_tile_says_why_it_tiles_an_image_that_fits(caplog):
+    from util.tiling import auto_tile
     with caplog.at_level(logging.INFO, logger='util.tiling'):
-        tile = auto_tile(1000, 1500, 6000, max_memory=64, device='cpu')
-    assert tile == CPU_SPEED_TILE
-    assert 'faster than the whole image on a CPU' in caplog.text
-    assert auto_tile(200, 300, 6000, max_memory=64, device='cpu') == 0
+        auto_tile(1000, 1500, 6000, max_memory=64, device='cpu')
+    assert 'tiles of at most 768 pixels (faster than the whole image on a CPU)' in caplog.text
 
 
 def test_choose_tile_says_what_to_change_when_nothing_fits():

@@ -235,6 +235,7 @@ def test_token_layer_norm_is_nn_layer_norm_in_float32_and_bf16_on_cpu_goes_throu
     # the float32 result rounded once to bf16: within bf16's half-ulp of the exact normalisation
     assert torch.allclose(out.float(), exact, rtol=2 ** -8, atol=1e-6)
     assert torch.equal(out, exact.bfloat16())
+    assert out.grad_fn.name() == 'Float32LayerNormFunctionBackward'  # the float32 form, not torch's bf16 kernel
     grad = torch.randn_like(out)
     out.backward(grad)
     x32 = x16.detach().float().requires_grad_()
@@ -242,3 +243,22 @@ def test_token_layer_norm_is_nn_layer_norm_in_float32_and_bf16_on_cpu_goes_throu
     assert x16.grad.dtype == torch.bfloat16
     assert torch.allclose(x16.grad.float(), x32.grad, rtol=2 ** -7, atol=1e-2)
     assert norm.weight.grad.dtype == torch.float32
+
+
+def test_bf16_layer_norm_saves_its_bf16_input_not_a_float32_copy():
+    norm = layers.TokenLayerNorm(60)
+    x = torch.randn(2, 256, 60).bfloat16().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            norm(x)
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert big and all(t.dtype == torch.bfloat16 for t in big)  # training holds no more than the bf16 kernel would
+
+
+@pytest.mark.parametrize('name', ['HDR-Transformer', 'SCTNet'])
+def test_every_token_norm_of_the_transformers_takes_the_float32_form(name):
+    from models.networks import define_network
+    net = define_network(name)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(type(m) is layers.TokenLayerNorm for m in norms)

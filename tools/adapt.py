@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'where the compile warm-up is repaid (bench/demo_compile.py)')
     p.add_argument('--tile', type=tile_flag, default='auto',
                    help='tile side of the inference passes (0: whole image); auto: the whole image when it fits '
-                        '--max_memory, else the largest tiles that do')
+                        '--max_memory (on a CPU: up to 768x768 pixels), else the largest tiles that do')
     p.add_argument('--max_memory', type=float, default=0,
                    help='GB the inference passes may use, for --tile auto (0: 80%% of the memory available)')
     p.add_argument('--tile_overlap', type=int, default=32, help='overlap of neighbouring tiles in pixels')

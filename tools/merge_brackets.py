@@ -41,7 +41,8 @@ Behaviour, and the choices made here:
   warning says so when ``--align off`` is given); AHDRNet, HDR-Transformer and SCTNet deghost by themselves.
 * Transformer backbones get the release's test-time reflection padding (``util.tiling.padded_forward``);
   ``--tile auto`` (default) runs the whole image when it fits the memory (``--max_memory``, default most of what is
-  available) and overlapping tiles (``util.tiling.tiled_forward``) that fit when it does not; ``--tile N`` forces
+  available) and, on a CPU, has at most 768x768 pixels (larger images run faster in tiles), and otherwise
+  overlapping tiles (``util.tiling.tiled_forward``) that fit; ``--tile N`` forces
   tiles of N pixels, ``--tile 0`` the whole image. ``--amp auto`` (default) runs the network in bf16 where the
   hardware has it (a CPU with avx512_bf16/AMX, CUDA with bf16); ``--amp none`` is fp32 throughout.
 * **Preview** operator ``--tonemap``: ``display`` (default; MATLAB-like local operator, readable for any

@@ -7,7 +7,8 @@
 No ground truth, as the rest of SelfHDR: the gate learns from the colour component Y_color of the training split
 (``<dataroot>/Training_align/<scene>/HDRImg.hdr``, the stage-2 label), with the frames the backbone takes at test
 time (``Training_align`` for a backbone trained on aligned frames, ``Training`` otherwise) and the exposures of
-``Training``. The backbone runs once per scene on the whole image; the gate then trains on random crops of those
+``Training``. The backbone runs once per scene as ``test.py --tile auto`` runs it (the whole image when it fits, on a
+CPU up to 768x768 pixels, else tiles); the gate then trains on random crops of those
 outputs (L1 in mu-law, Adam with a cosine schedule); every scene's output, medium frame, label and noise map stay
 in memory (52 bytes per pixel: 1 GB for 192 scenes of 256x384, 4 GB for Kalantari's 74 training scenes). The output is the input checkpoint plus the gate
 (``state_dict`` unchanged, so it still loads as a plain backbone), written atomically.
@@ -102,7 +103,7 @@ def backbone_outputs(net, network: str, root: Path, names: list[str], amp_dtype,
     row = backbone(network)
     fn = padded(net, multiple=row.pad_multiple, mode='release') if row.pad_multiple else net
 
-    def forward(xs):  # as test.py runs a backbone: the release's padding, tiles where the image does not fit
+    def forward(xs):  # as test.py --tile auto runs a backbone: the release's padding, tiles as util.tiling chooses
         height, width = xs[0].shape[-2:]
         per_pixel = row.infer_bytes_per_pixel[0 if amp_dtype is None else 1]
         tile = auto_tile(height, width, per_pixel, 0, TILE_OVERLAP, multiple=row.pad_multiple, log=False)

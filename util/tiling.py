@@ -110,9 +110,10 @@ MAX_AUTO_TILE = 768  # larger tiles save little work (the overlap costs ~9% at 7
 # caller's HWC array): bytes per pixel of the image, taken from the budget before the tiles get theirs.
 TILED_OUTPUT_BYTES_PER_PIXEL = 56
 # On a CPU a whole multi-megapixel forward is slower than the same image in tiles: its activations leave the caches.
-# AHDRNet fp32, 2 threads, Zen 5: 7.5 us per pixel at 512x512, 9.4 at 768x768, 14.3 at 1000x1500; 1000x1500 took
-# 11.4 s in tiles of at most 768 pixels against 21.3 s whole (bf16: 6.2 s against 8.6 s; Zen 3 fp32: 26.2 s against
-# 36.5 s). So --tile auto tiles larger images on a CPU even when the whole image fits; a GPU keeps the whole image.
+# AHDRNet fp32, 2 threads, Zen 5: 7.5 us per pixel at 512x512, 9.4 at 768x768, 14.3 at 1000x1500; in one run,
+# 1000x1500 took 14.2 s in tiles of at most 768 pixels against 21.3 s whole (bf16: 6.2 s against 8.6 s; Zen 3 fp32:
+# 26.2 s against 36.5 s). So on a CPU --tile auto tiles images of more than CPU_SPEED_TILE**2 pixels even when they
+# fit whole (by area: a thin strip stays in cache); a GPU keeps the whole image.
 CPU_SPEED_TILE = MAX_AUTO_TILE
 
 
@@ -197,12 +198,13 @@ def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, 
     0 (the whole image at once, the release's way and free of seams) when that fits; otherwise the largest tile
     side of at most `max_tile` whose forward fits (tiles are blended over `overlap` pixels, see `tiled_forward`).
     Raises MemoryBudgetError, saying what to change, when even `min_tile` pixels do not fit. `max_tile` and
-    `min_tile` default to MAX_AUTO_TILE and MIN_TILE. `speed_tile` (CPU_SPEED_TILE on a CPU; 0: off): an image with a
-    side longer than this goes in tiles of at most this side even when the whole image fits, because that is faster."""
+    `min_tile` default to MAX_AUTO_TILE and MIN_TILE. `speed_tile` (CPU_SPEED_TILE on a CPU; 0: off): an image of more
+    than speed_tile**2 pixels goes in tiles of at most this side even when the whole image fits, because that is
+    faster."""
     max_tile = MAX_AUTO_TILE if max_tile is None else max_tile
     min_tile = max(MIN_TILE if min_tile is None else min_tile, 2 * overlap)  # tiles mostly of their own pixels
     if forward_bytes(height, width, bytes_per_pixel, multiple) <= budget:
-        if not speed_tile or max(height, width) <= speed_tile:
+        if not speed_tile or height * width <= speed_tile ** 2:
             return 0
         left = budget - TILED_OUTPUT_BYTES_PER_PIXEL * height * width
         tile = min(max_tile, speed_tile)
@@ -239,9 +241,9 @@ def is_out_of_memory(exc):
 def auto_tile(height, width, bytes_per_pixel, max_memory=0.0, overlap=32, multiple=0, device='cpu', log=True):
     """--tile auto as the command lines run it: `choose_tile` with the memory this process has left, i.e.
     `max_memory` GB (0: `default_memory_budget()`, most of what is available now) less what it holds already; on
-    a CUDA device `max_memory` GB or 90% of the device's free memory. On a CPU, images with a side over
-    CPU_SPEED_TILE are tiled even when they fit (faster). Logs the choice (at debug level without `log`); raises
-    MemoryBudgetError."""
+    a CUDA device `max_memory` GB or 90% of the device's free memory. On a CPU, images of more than
+    CPU_SPEED_TILE**2 pixels are tiled even when they fit (faster). Logs the choice (at debug level without
+    `log`); raises MemoryBudgetError."""
     limit = max_memory * GIB
     if str(device).startswith('cuda'):
         budget = limit or 0.9 * torch.cuda.mem_get_info(torch.device(device))[0]
@@ -251,7 +253,7 @@ def auto_tile(height, width, bytes_per_pixel, max_memory=0.0, overlap=32, multip
     tile = choose_tile(height, width, bytes_per_pixel, budget, overlap, multiple=multiple,
                        speed_tile=CPU_SPEED_TILE if on_cpu else 0)
     fits = forward_bytes(height, width, bytes_per_pixel, multiple) <= budget
-    why = ' (faster than the whole image on a CPU)' if tile and fits else ''
+    why = ' (faster than the whole image on a CPU)' if tile and fits and tile == CPU_SPEED_TILE else ''
     logger.log(logging.INFO if log else logging.DEBUG, '--tile auto: %s%s for %dx%d inputs (%.1f GB left for the '
                'network)', f'tiles of at most {tile} pixels' if tile else 'the whole image', why, width, height,
                budget / GIB)
