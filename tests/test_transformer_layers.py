@@ -262,3 +262,33 @@ def test_every_token_norm_of_the_transformers_takes_the_float32_form(name):
     net = define_network(name)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(type(m) is layers.TokenLayerNorm for m in norms)
+
+
+@pytest.mark.parametrize('shape', [(2, 100, 60), (7, 60), (3, 4, 5, 60)])
+def test_token_linear_is_nn_linear(shape):
+    torch.manual_seed(0)
+    linear = layers.TokenLinear(60, 180)
+    reference = torch.nn.Linear(60, 180)
+    reference.load_state_dict(linear.state_dict())  # same keys: checkpoints load either way
+    x = torch.randn(*shape)
+    out = linear(x)
+    assert out.shape == (*shape[:-1], 180)
+    assert torch.allclose(out, reference(x), rtol=1e-5, atol=1e-5)
+    strided = torch.randn(*shape[:-1], 120)[..., ::2]  # not contiguous: F.linear
+    assert torch.allclose(linear(strided), reference(strided), rtol=1e-5, atol=1e-5)
+    xg = x.clone().requires_grad_()
+    linear(xg).square().sum().backward()
+    xr = x.clone().requires_grad_()
+    reference(xr).square().sum().backward()
+    assert torch.allclose(xg.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(linear.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert linear(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize('name', ['HDR-Transformer', 'SCTNet'])
+def test_the_transformers_mlps_use_token_linear(name):
+    from models.networks import define_network
+    net = define_network(name)
+    mlps = [m for m in net.modules() if isinstance(m, layers.Mlp)]
+    assert mlps and all(type(m.fc1) is layers.TokenLinear and type(m.fc2) is layers.TokenLinear for m in mlps)
