@@ -12,9 +12,7 @@ round differently, both to bf16). Writes bench/results/attention_path_<cpu or gp
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,43 +20,21 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
 import torch  # noqa: E402
 
-from models import networks  # noqa: E402
+from alternating_forms import measure_forms  # noqa: E402
 from models import transformer_layers  # noqa: E402
-from speed import cpu_description, make_inputs, sync  # noqa: E402
+from speed import cpu_description  # noqa: E402
 from speed_table import cpu_key, write_atomic  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
-from util.metrics import psnr  # noqa: E402
 
 PATHS = {'sdpa': lambda device: (device,), 'chunked': lambda device: ()}
 
 
-def forward(net, inputs, device, path):
-    transformer_layers.SDPA_DEVICES = PATHS[path](device.type)
-    sync(device)
-    start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-        out = net(*inputs)
-    sync(device)
-    return time.perf_counter() - start, out.float()
-
-
 def measure(name, device, size, runs):
-    torch.manual_seed(0)
-    net = networks.define_network(name).eval().to(device)
-    inputs = make_inputs(1, size, size, device)
-    with torch.inference_mode():
-        reference = net(*inputs).float()
-    times = {path: [] for path in PATHS}
-    outputs = {}
-    for path in PATHS:
-        forward(net, inputs, device, path)  # warm-up: allocator, oneDNN primitives
-    for run in range(runs):
-        for path in (list(PATHS) if run % 2 == 0 else list(PATHS)[::-1]):  # alternate the order: no order bias
-            seconds, outputs[path] = forward(net, inputs, device, path)
-            times[path].append(seconds)
-    ref = reference[0].cpu().numpy()
-    result = {path: {'seconds_median': statistics.median(times[path]), 'seconds_all': times[path],
-                     'psnr_vs_fp32': psnr(outputs[path][0].cpu().numpy(), ref)} for path in PATHS}
+    def switch(path):
+        def apply():
+            transformer_layers.SDPA_DEVICES = PATHS[path](device.type)
+        return apply
+    result = measure_forms(name, device, size, runs, {path: switch(path) for path in PATHS})
     result['sdpa_over_chunked'] = result['sdpa']['seconds_median'] / result['chunked']['seconds_median']
     return result
 

@@ -14,9 +14,7 @@ bench/results/layer_norm_path_<cpu>.json (or --output).
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -24,43 +22,21 @@ sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
 import torch  # noqa: E402
 
-from models import networks  # noqa: E402
+from alternating_forms import measure_forms  # noqa: E402
 from models import transformer_layers  # noqa: E402
-from speed import cpu_description, make_inputs, sync  # noqa: E402
+from speed import cpu_description  # noqa: E402
 from speed_table import cpu_key, write_atomic  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
-from util.metrics import psnr  # noqa: E402
 
 FORMS = {'bf16_kernel': lambda device: (), 'via_float32': lambda device: (device,)}
 
 
-def forward(net, inputs, device, form):
-    transformer_layers.LAYER_NORM_FLOAT32_DEVICES = FORMS[form](device.type)
-    sync(device)
-    start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-        out = net(*inputs)
-    sync(device)
-    return time.perf_counter() - start, out.float()
-
-
 def measure(name, device, size, runs):
-    torch.manual_seed(0)
-    net = networks.define_network(name).eval().to(device)
-    inputs = make_inputs(1, size, size, device)
-    with torch.inference_mode():
-        reference = net(*inputs).float()
-    times = {form: [] for form in FORMS}
-    outputs = {}
-    for form in FORMS:
-        forward(net, inputs, device, form)  # warm-up: allocator, oneDNN primitives
-    for run in range(runs):
-        for form in (list(FORMS) if run % 2 == 0 else list(FORMS)[::-1]):
-            seconds, outputs[form] = forward(net, inputs, device, form)
-            times[form].append(seconds)
-    ref = reference[0].cpu().numpy()
-    result = {form: {'seconds_median': statistics.median(times[form]), 'seconds_all': times[form],
-                     'psnr_vs_fp32': psnr(outputs[form][0].cpu().numpy(), ref)} for form in FORMS}
+    def switch(form):
+        def apply():
+            transformer_layers.LAYER_NORM_FLOAT32_DEVICES = FORMS[form](device.type)
+        return apply
+    result = measure_forms(name, device, size, runs, {form: switch(form) for form in FORMS})
     result['via_float32_over_bf16_kernel'] = (result['via_float32']['seconds_median']
                                               / result['bf16_kernel']['seconds_median'])
     return result

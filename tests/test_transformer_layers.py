@@ -284,6 +284,7 @@ def test_token_linear_is_nn_linear(shape):
     assert torch.allclose(linear.weight.grad, reference.weight.grad, rtol=1e-4, atol=1e-3)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert linear(x).dtype == torch.bfloat16
+    assert linear(torch.randn(*shape[:-2], 0, 60)).shape == (*shape[:-2], 0, 180)  # no tokens: F.linear's answer
 
 
 @pytest.mark.parametrize('name', ['HDR-Transformer', 'SCTNet'])
