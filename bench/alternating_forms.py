@@ -15,15 +15,29 @@ from speed import make_inputs, sync
 from util.metrics import psnr
 
 
-def timed_forward(net, inputs, device, switch):
-    """Seconds and float32 output of one bf16 forward after `switch()` selected the form."""
+def bf16_forward(net, inputs, device, switch):
+    """The float32 output of one bf16 forward after `switch()` selected the form (synchronised, for timing)."""
     switch()
     sync(device)
-    start = time.perf_counter()
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
         out = net(*inputs)
     sync(device)
-    return time.perf_counter() - start, out.float()
+    return out.float()
+
+
+def alternate(forms, run, runs):
+    """Times `run(form)` for each form: once each as a warm-up, then `runs` rounds with the order swapped every
+    round (no order bias). Returns ({form: [seconds]}, {form: the last round's result})."""
+    times = {form: [] for form in forms}
+    results = {}
+    for form in forms:
+        run(form)  # warm-up: allocator, oneDNN primitives
+    for round_ in range(runs):
+        for form in (list(forms) if round_ % 2 == 0 else list(forms)[::-1]):
+            start = time.perf_counter()
+            results[form] = run(form)
+            times[form].append(time.perf_counter() - start)
+    return times, results
 
 
 def measure_forms(name, device, size, runs, forms):
@@ -34,14 +48,7 @@ def measure_forms(name, device, size, runs, forms):
     inputs = make_inputs(1, size, size, device)
     with torch.inference_mode():
         reference = net(*inputs).float()
-    times = {form: [] for form in forms}
-    outputs = {}
-    for switch in forms.values():
-        timed_forward(net, inputs, device, switch)  # warm-up: allocator, oneDNN primitives
-    for run in range(runs):
-        for form in (list(forms) if run % 2 == 0 else list(forms)[::-1]):  # alternate the order: no order bias
-            seconds, outputs[form] = timed_forward(net, inputs, device, forms[form])
-            times[form].append(seconds)
+    times, outputs = alternate(forms, lambda form: bf16_forward(net, inputs, device, forms[form]), runs)
     ref = reference[0].cpu().numpy()
     return {form: {'seconds_median': statistics.median(times[form]), 'seconds_all': times[form],
                    'psnr_vs_fp32': psnr(outputs[form][0].cpu().numpy(), ref)} for form in forms}

@@ -11,72 +11,73 @@ import json
 import os
 import statistics
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
+
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import models.transformer_layers as tl  # noqa: E402
+from alternating_forms import alternate  # noqa: E402
 from models.networks import define_network  # noqa: E402
 from speed import cpu_description, make_inputs  # noqa: E402
 from speed_table import cpu_key, write_atomic  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
 from util.tiling import padded  # noqa: E402
 
-tune_malloc('tuned')
-torch.set_num_threads(2)
-fast, slow = tl.TokenLinear.forward, nn.Linear.forward
-res = {}
-for name in ['HDR-Transformer', 'SCTNet']:
+FORMS = {'linear': nn.Linear.forward, 'conv1x1': tl.TokenLinear.forward}  # TokenLinear's forward per form
+RUNS = 3
+
+
+def use(form):
+    tl.TokenLinear.forward = FORMS[form]
+
+
+def measure(name):
     torch.manual_seed(0)
     net = define_network(name)
-    r = {}
+    row = {}
+    net.eval()
+    xs = make_inputs(1, 512, 512, torch.device('cpu'))
+    f = padded(lambda *a: net(*a))
     for prec in ['fp32', 'bf16']:
-        net.eval()
-        xs = make_inputs(1, 512, 512, torch.device('cpu'))
-        f = padded(lambda *a: net(*a))
-        times = {'linear': [], 'conv1x1': []}
-        outs = {}
-        with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=prec == 'bf16'):
-            for form in times:
-                tl.TokenLinear.forward = fast if form == 'conv1x1' else slow
-                f(*xs)  # warm-up
-            for i in range(3):
-                for form in (list(times) if i % 2 == 0 else list(times)[::-1]):
-                    tl.TokenLinear.forward = fast if form == 'conv1x1' else slow
-                    start = time.perf_counter()
-                    outs[form] = f(*xs).float()
-                    times[form].append(time.perf_counter() - start)
+        def infer(form):
+            use(form)
+            with torch.inference_mode(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=prec == 'bf16'):
+                return f(*xs).float()
+        times, outs = alternate(FORMS, infer, RUNS)
         diff = (outs['linear'] - outs['conv1x1']).abs().max().item()
-        r[f'infer512_{prec}'] = {k: statistics.median(v) for k, v in times.items()} | {'max_abs_diff': diff}
-        print(name, prec, r[f'infer512_{prec}'], flush=True)
+        row[f'infer512_{prec}'] = {k: statistics.median(v) for k, v in times.items()} | {'max_abs_diff': diff}
+        print(name, prec, row[f'infer512_{prec}'], flush=True)
     net.train()
     opt = torch.optim.Adam(net.parameters(), 1e-4)
     xs = make_inputs(4, 128, 128, torch.device('cpu'))
-    times = {'linear': [], 'conv1x1': []}
-    def step():
+
+    def step(form):
+        use(form)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=False):
-            loss = net(*xs).abs().mean()
-        loss.backward()
+        net(*xs).abs().mean().backward()
         opt.step()
-    for form in times:
-        tl.TokenLinear.forward = fast if form == 'conv1x1' else slow
-        step()  # warm-up
-    for i in range(3):
-        for form in (list(times) if i % 2 == 0 else list(times)[::-1]):
-            tl.TokenLinear.forward = fast if form == 'conv1x1' else slow
-            start = time.perf_counter()
-            step()
-            times[form].append(time.perf_counter() - start)
-    r['train_fp32'] = {k: statistics.median(v) for k, v in times.items()}
-    print(name, 'train fp32', r['train_fp32'], flush=True)
-    res[name] = r
-tl.TokenLinear.forward = fast
-cpu = cpu_description()
-out = os.path.join(ROOT, 'bench', 'results', f'token_linear_path_{cpu_key(cpu)}.json')
-write_atomic(out, json.dumps({'cpu': cpu, 'threads': 2, 'torch': torch.__version__, 'networks': res}, indent=1))
-print('wrote', out)
+    times, _ = alternate(FORMS, step, RUNS)
+    row['train_fp32'] = {k: statistics.median(v) for k, v in times.items()}
+    print(name, 'train fp32', row['train_fp32'], flush=True)
+    return row
+
+
+def main():
+    tune_malloc('tuned')
+    torch.set_num_threads(2)
+    try:
+        res = {name: measure(name) for name in ['HDR-Transformer', 'SCTNet']}
+    finally:
+        use('conv1x1')
+    cpu = cpu_description()
+    out = os.path.join(ROOT, 'bench', 'results', f'token_linear_path_{cpu_key(cpu)}.json')
+    write_atomic(out, json.dumps({'cpu': cpu, 'threads': 2, 'torch': torch.__version__, 'networks': res}, indent=1))
+    print('wrote', out)
+
+
+if __name__ == '__main__':
+    main()

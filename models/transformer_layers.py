@@ -463,7 +463,7 @@ def layer_norm(x, normalized_shape, weight, bias, eps=1e-5):
     """F.layer_norm; a bf16 input on a CPU (`LAYER_NORM_FLOAT32_DEVICES`) is normalised in float32 and cast back
     (`Float32LayerNormFunction`). Torch 2.14's CPU kernel for bf16 input is slower than the cast in, the float32
     kernel and the cast out (60 channels, 2 threads, Zen 5: 13.0 against 8.4 ms for 512x512 tokens; forward and
-    backward of a training batch, 10.2 against 5.7 ms; the Zen 4's profile had bf16 LayerNorm at 2.5x its float32
+    backward of a training batch, 10.7 against 7.9 ms; the Zen 4's profile had bf16 LayerNorm at 2.5x its float32
     time). Both keep the statistics in float32; the outputs differ only in bf16 rounding. Float32 inputs take
     F.layer_norm unchanged."""
     if (x.dtype == torch.bfloat16 and x.device.type in LAYER_NORM_FLOAT32_DEVICES

@@ -106,8 +106,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     already loaded backbone (batches load the checkpoint once). ``amp``: none|bf16|fp16|auto, the network's
     forward under autocast (as train.py/test.py ``--amp``); the merge arithmetic stays fp32. ``tile``: a tile side,
     0 for the whole image, or 'auto' (the whole image when it fits ``max_memory`` GB, 0: most of the available
-    memory, and on a CPU has at most 768x768 pixels; else the largest tiles that fit; ``util.tiling.auto_tile``). ``medium_gate``: auto | on | off, the
-    checkpoint's medium gate (models/medium_gate.py) when it has one, always, or never.
+    memory, and on a CPU has at most 768x768 pixels; else the largest tiles that fit; ``util.tiling.auto_tile``).
+    ``medium_gate``: auto | on | off, the checkpoint's medium gate (models/medium_gate.py) when it has one, always, or never.
     """
     import torch
 

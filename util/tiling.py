@@ -191,6 +191,16 @@ def forward_bytes(height, width, bytes_per_pixel, multiple=0):
     return bytes_per_pixel * height * width
 
 
+def _largest_tile(height, width, bytes_per_pixel, budget, start, min_tile, multiple):
+    """The largest tile side from `start` down to `min_tile` (steps of 16) whose forward fits `budget`; None."""
+    tile = start
+    while tile >= min_tile:
+        if forward_bytes(min(tile, height), min(tile, width), bytes_per_pixel, multiple) <= budget:
+            return tile
+        tile -= 16
+    return None
+
+
 def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, max_tile=None, min_tile=None,
                 speed_tile=0):
     """--tile auto: the tile side for an image of height x width whose forward may use `budget` bytes.
@@ -203,28 +213,20 @@ def choose_tile(height, width, bytes_per_pixel, budget, overlap=32, multiple=0, 
     faster."""
     max_tile = MAX_AUTO_TILE if max_tile is None else max_tile
     min_tile = max(MIN_TILE if min_tile is None else min_tile, 2 * overlap)  # tiles mostly of their own pixels
+    left = budget - TILED_OUTPUT_BYTES_PER_PIXEL * height * width  # what the tiles' forwards may use
     if forward_bytes(height, width, bytes_per_pixel, multiple) <= budget:
         if not speed_tile or height * width <= speed_tile ** 2:
             return 0
-        left = budget - TILED_OUTPUT_BYTES_PER_PIXEL * height * width
-        tile = min(max_tile, speed_tile)
-        while tile >= min_tile:
-            if forward_bytes(min(tile, height), min(tile, width), bytes_per_pixel, multiple) <= left:
-                return tile
-            tile -= 16
-        return 0  # the whole image fits where tiles and their output buffers do not: keep it whole
-    budget -= TILED_OUTPUT_BYTES_PER_PIXEL * height * width
-    tile = min(max_tile, max(height, width))
-    while tile >= min_tile:
-        tile_h, tile_w = min(tile, height), min(tile, width)
-        if forward_bytes(tile_h, tile_w, bytes_per_pixel, multiple) <= budget:
-            return tile
-        tile -= 16
+        # the whole image fits where no tile plus the output buffers does: keep it whole (0)
+        return _largest_tile(height, width, bytes_per_pixel, left, min(max_tile, speed_tile), min_tile, multiple) or 0
+    tile = _largest_tile(height, width, bytes_per_pixel, left, min(max_tile, max(height, width)), min_tile, multiple)
+    if tile:
+        return tile
     tile_h, tile_w = min(min_tile, height), min(min_tile, width)
     need = forward_bytes(tile_h, tile_w, bytes_per_pixel, multiple)
     raise MemoryBudgetError(
         f'a {width}x{height} image does not fit in memory: the network needs about {need / GIB:.2f} GB even in '
-        f'tiles of {tile_w}x{tile_h} pixels, and {max(budget, 0) / GIB:.2f} GB are left for it. Free memory '
+        f'tiles of {tile_w}x{tile_h} pixels, and {max(left, 0) / GIB:.2f} GB are left for it. Free memory '
         f'(close other programs), raise --max_memory if the machine has more, or use smaller frames (downscale '
         f'the photos)')
 
@@ -245,13 +247,13 @@ def auto_tile(height, width, bytes_per_pixel, max_memory=0.0, overlap=32, multip
     CPU_SPEED_TILE**2 pixels are tiled even when they fit (faster). Logs the choice (at debug level without
     `log`); raises MemoryBudgetError."""
     limit = max_memory * GIB
-    if str(device).startswith('cuda'):
+    on_gpu = str(device).startswith('cuda')
+    if on_gpu:
         budget = limit or 0.9 * torch.cuda.mem_get_info(torch.device(device))[0]
     else:
         budget = (limit or default_memory_budget()) - resident_memory()
-    on_cpu = not str(device).startswith('cuda')
     tile = choose_tile(height, width, bytes_per_pixel, budget, overlap, multiple=multiple,
-                       speed_tile=CPU_SPEED_TILE if on_cpu else 0)
+                       speed_tile=0 if on_gpu else CPU_SPEED_TILE)
     fits = forward_bytes(height, width, bytes_per_pixel, multiple) <= budget
     why = ' (faster than the whole image on a CPU)' if tile and fits and tile == CPU_SPEED_TILE else ''
     logger.log(logging.INFO if log else logging.DEBUG, '--tile auto: %s%s for %dx%d inputs (%.1f GB left for the '
