@@ -77,7 +77,15 @@ def main(argv=None) -> int:
     p.add_argument('--splits', nargs='+', default=['validation', *study.TEST_SPLITS.keys()])
     p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'auto'))
     p.add_argument('--output', default=str(_ROOT / 'bench' / 'results' / 'medium_gate.json'))
+    p.add_argument('--also', nargs='*', default=[], metavar='LABEL=CHECKPOINT',
+                   help='more gated checkpoints of the same backbone, scored beside it under LABEL (their gates on)')
     args = p.parse_args(argv)
+    also = {}
+    for item in args.also:
+        label, sep, path = item.partition('=')
+        if not sep or not label or not path:
+            p.error(f'--also {item!r}: expected LABEL=CHECKPOINT')
+        also[label] = path
     study.PRECISION.update(study.precision_settings(args.amp, 'False', 'short'))
     ckpt = Path(args.checkpoint)
     nets = {mode: load_network(args.network, ckpt, 'cpu', mode) for mode in ('off', 'on')}
@@ -85,8 +93,10 @@ def main(argv=None) -> int:
     if held:  # the same gate without its consistency clamp, to show what the clamp adds
         nets['unheld'] = load_network(args.network, ckpt, 'cpu', 'on')
         nets['unheld'].gate.consistency = 0.0
+    for label, path in also.items():
+        nets[label] = load_network(args.network, Path(path), 'cpu', 'on')
     work, aligned_input = Path(args.work), backbone(args.network).aligned_input
-    results = {'checkpoint': str(ckpt), 'work': str(work), 'network': args.network,
+    results = {'checkpoint': str(ckpt), 'also': also, 'work': str(work), 'network': args.network,
                'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],
                'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
     for split in args.splits:
@@ -99,6 +109,8 @@ def main(argv=None) -> int:
                    'gated': study.network_outputs(nets['on'], args.network, test_dir)}
         if 'unheld' in nets:
             outputs['gated_without_clamp'] = study.network_outputs(nets['unheld'], args.network, test_dir)
+        for label in also:
+            outputs[label] = study.network_outputs(nets[label], args.network, test_dir)
         anchors = study.anchor_outputs(root)
         outputs['medium_frame'], outputs['colour_component'] = anchors['medium_frame'], anchors['colour_component']
         motion = study.motion_regions(anchors)

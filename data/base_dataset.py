@@ -12,6 +12,11 @@ the sample dict:
 
 Crops: ``train`` takes a random ``opt.patch_size`` square at the same position in every array,
 ``val`` the top-left 512 x 512 (or less when the image is smaller), ``test`` the whole image.
+
+Noise augmentation (``opt.noise_aug`` = p > 0, training only): a share p of the training crops get more sensor noise
+on their three frames (``add_sensor_noise``), the labels unchanged. The labels were made from the frames as shot, so
+they are cleaner than such an input: the network learns to take that noise out rather than to pass it on. Off by
+default (the release has none).
 """
 from __future__ import annotations
 
@@ -35,6 +40,10 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ('train', 'val', 'test')
 VAL_CROP = 512  # release: PSNR-mu on the top-left 512 x 512 of each test image during training
+# --noise_aug's noise, per crop, log-uniform (variance shot * e + read**2 on a frame's linear signal e in [0, 1]): from
+# a clean base-ISO frame to far beyond a 30000-electron sensor at ISO 6400 (shot about 2e-3)
+NOISE_AUG_SHOT = (1e-4, 1e-2)
+NOISE_AUG_READ = (2e-4, 1e-2)
 
 
 class DatasetError(ValueError):
@@ -49,6 +58,23 @@ def random_crop(arrays: Sequence[np.ndarray], size: int, rng: np.random.Generato
     y = int(rng.integers(0, h - size + 1))
     x = int(rng.integers(0, w - size + 1))
     return [a[y:y + size, x:x + size] for a in arrays]
+
+
+def add_sensor_noise(frames: Sequence[np.ndarray], shot: float, read: float,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """LDR frames (gamma 2.2, each in its own exposure, saturating at 1) with more sensor noise: on each frame's
+    linear signal e, Gaussian noise of variance shot * e + read**2, clipped to [0, 1] and re-encoded (new arrays)."""
+    noisy = []
+    for x in frames:
+        e = np.power(np.clip(x, 0.0, 1.0), np.float32(2.2))
+        sigma = np.sqrt(np.float32(shot) * e + np.float32(read * read))
+        e = e + rng.standard_normal(e.shape, dtype=np.float32) * sigma
+        noisy.append(np.power(np.clip(e, 0.0, 1.0), np.float32(1 / 2.2)).astype(np.float32))
+    return noisy
+
+
+def _log_uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(low_high[0]), np.log(low_high[1]))))
 
 
 def _to_chw(a: np.ndarray) -> torch.Tensor:
@@ -69,6 +95,7 @@ class BaseDataset(torch.utils.data.Dataset):
         self.patch_size = int(getattr(opt, 'patch_size', 128))
         self.batch_size = int(getattr(opt, 'batch_size', 1))
         self.iters_per_epoch = int(getattr(opt, 'iters_per_epoch', 1200))
+        self.noise_aug = float(getattr(opt, 'noise_aug', 0.0) or 0.0)
         self.scenes: list[str] = []
         self.ldrs: dict[str, list[np.ndarray]] = {}
         self.expos: dict[str, np.ndarray] = {}
@@ -258,7 +285,11 @@ class BaseDataset(torch.utils.data.Dataset):
             arrays.append(self.other_labels[name])
 
         if self.split == 'train':
-            arrays = random_crop(arrays, self.patch_size, self.np_rng())
+            rng = self.np_rng()
+            arrays = random_crop(arrays, self.patch_size, rng)
+            if self.noise_aug > 0 and rng.random() < self.noise_aug:
+                shot, read = _log_uniform(rng, NOISE_AUG_SHOT), _log_uniform(rng, NOISE_AUG_READ)
+                arrays[:3] = add_sensor_noise(arrays[:3], shot, read, rng)
         elif self.split == 'val':
             arrays = [a[:VAL_CROP, :VAL_CROP] for a in arrays]
 

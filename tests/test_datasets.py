@@ -204,6 +204,44 @@ def test_train_crops_reproducible_with_torch_seed(sig17_root):
     assert crops(3) != crops(4)
 
 
+def test_noise_aug_adds_noise_to_the_frames_of_that_share_of_crops_and_leaves_the_labels(sig17_root, monkeypatch):
+    def samples(n=8, **kw):
+        ds = data.create_dataset('sig17align', 'train', make_opt(sig17_root, **kw))
+        torch.manual_seed(5)
+        return [ds[i] for i in range(n)]
+
+    plain, off = samples(), samples(noise_aug=0.0)
+    for a, b in zip(plain, off):  # 0, the release: the same crops, no draw taken from the stream
+        assert all(torch.equal(a[k], b[k]) for k in ('input0', 'input1', 'input2', 'label'))
+    a, b = plain[0], samples(1, noise_aug=1.0)[0]  # the first crop: same position, noisier frames, same label
+    assert torch.equal(a['label'], b['label']) and torch.equal(a['expo'], b['expo'])
+    for i in range(3):
+        ldr, hdr = b[f'input{i}'][3:], b[f'input{i}'][:3]
+        assert not torch.equal(a[f'input{i}'][3:], ldr) and (a[f'input{i}'][3:] - ldr).abs().mean() < 0.2
+        assert ldr.min() >= 0 and ldr.max() <= 1
+        assert torch.allclose(hdr, ldr ** 2.2 / (b['expo'][i] + 1e-8), rtol=1e-4, atol=1e-6)
+    calls = []
+    noise = base_dataset.add_sensor_noise
+    monkeypatch.setattr(base_dataset, 'add_sensor_noise', lambda *args: calls.append(args[1:3]) or noise(*args))
+    samples(40, noise_aug=0.5, iters_per_epoch=20)
+    assert 8 < len(calls) < 32  # about half the crops
+    assert all(1e-4 <= shot <= 1e-2 and 2e-4 <= read <= 1e-2 for shot, read in calls)
+    with pytest.raises(SystemExit):
+        from options.train_options import TrainOptions
+        TrainOptions().parse(['--dataroot', str(sig17_root), '--noise_aug', '1.5'])
+
+
+def test_add_sensor_noise_grows_with_shot_and_read_noise():
+    rng = np.random.default_rng(0)
+    frame = np.full((64, 64, 3), 0.5, np.float32)
+    spread = [float(np.std(base_dataset.add_sensor_noise([frame], shot, read, np.random.default_rng(1))[0]))
+              for shot, read in ((1e-4, 2e-4), (1e-3, 2e-4), (1e-3, 1e-2))]
+    assert spread[0] < spread[1] < spread[2]
+    out = base_dataset.add_sensor_noise([frame, np.ones_like(frame)], 1e-2, 1e-2, rng)
+    assert np.array_equal(frame, np.full_like(frame, 0.5))  # the cached frame is not touched
+    assert out[1].max() <= 1 and out[0].dtype == np.float32
+
+
 def test_supervised_label_is_ground_truth(sig17_root):
     ds = data.create_dataset('sig17align', 'train', make_opt(sig17_root, supervised=True))
     torch.manual_seed(0)
