@@ -210,6 +210,8 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     gate = read_gate(out)
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
+    assert train_gate.main(argv + ['--noisy_copies', '1', '--out', str(tmp_path / 'noisy.pth')]) == 0
+    assert torch.load(tmp_path / 'noisy.pth', weights_only=True)[GATE_KEY]['noisy_copies'] == 1
     assert train_gate.main(argv + ['--consistency', '-1']) == 2
     assert not torch.equal(gate.body[-1].bias, torch.tensor([-2.0]))  # it trained
     # --out over its own input is refused; a crop larger than the images is a clear error

@@ -33,6 +33,7 @@ if str(_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from data.base_dataset import add_sensor_noise  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
 from models.medium_gate import DEFAULT_CONSISTENCY, MediumGate, gated_checkpoint, medium_noise_map  # noqa: E402
@@ -61,18 +62,11 @@ def scene_names(root: Path) -> list[str]:
     return names
 
 
-def with_sensor_noise(ldr: np.ndarray, shot: float, read: float, rng: np.random.Generator) -> np.ndarray:
-    """``ldr`` (gamma 2.2, its own exposure, saturating at 1) with more sensor noise: variance shot * e + read**2
-    on the linear signal e, clipped to [0, 1] and re-encoded."""
-    e = np.power(ldr, np.float32(2.2))
-    e = e + rng.standard_normal(e.shape).astype(np.float32) * np.sqrt(shot * e + read * read).astype(np.float32)
-    return np.power(np.clip(e, 0.0, 1.0), np.float32(1 / 2.2)).astype(np.float32)
-
-
 def load_scene(root: Path, name: str, aligned_input: bool, noise: tuple[float, float] | None = None,
                rng: np.random.Generator | None = None):
     """(the backbone's inputs: three (1, 6, H, W) tensors, label (H, W, 3)) of one training scene; with ``noise`` =
-    (shot, read), every frame gets that much more sensor noise (``with_sensor_noise``), the label stays."""
+    (shot, read), every frame gets that much more sensor noise (``data.base_dataset.add_sensor_noise``), the
+    label stays."""
     frames, times = scene_frames_and_times(root / 'Training' / name, 'sig17')
     label_dir = root / 'Training_align' / name
     if aligned_input:
@@ -85,7 +79,7 @@ def load_scene(root: Path, name: str, aligned_input: bool, noise: tuple[float, f
     if len(shapes) != 1:
         raise GateDataError(f'{name}: frames and label differ in size ({sorted(shapes)})')
     if noise is not None:
-        ldrs = [with_sensor_noise(x, *noise, rng) for x in ldrs]
+        ldrs = add_sensor_noise(ldrs, *noise, rng)
     return _build_inputs(ldrs, times), label
 
 
