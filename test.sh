@@ -2,7 +2,7 @@
 # Evaluate a SelfHDR stage-2 checkpoint and print the metric table.
 # By default: the FSHDR SelfHDR checkpoint shipped in pretrained_models/ (budget `long`, with its medium gate; it
 # takes flow-aligned frames, the data sets' Test_align folders) on the demo test set. Without the gate:
-#   extra="--medium_gate off" sh test.sh      (or name=fshdr_long_mf_stage2: the same backbone, no gate)
+#   extra="--medium_gate off" sh test.sh
 # The AHDRNet one (unaligned frames):
 #   net=AHDRNet name=ahdrnet_short_stage2 sh test.sh
 # The authors' published models work the same way once placed at
@@ -14,7 +14,7 @@ dataroot=${dataroot:-./datasets/demo}
 ckpt=${ckpt:-./pretrained_models}
 gpu=${gpu:-auto}
 net=${net:-FSHDR}
-name=${name:-fshdr_long_mf_gate}
+name=${name:-fshdr_long_na_gate}
 epoch=${epoch:-1}
 dataset=${dataset:-sig17align}         # sig17align, sen, tursun
 amp=${amp:-auto}                       # auto: bf16 where the hardware has it (a CPU with avx512_bf16/AMX, CUDA

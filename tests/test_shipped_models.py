@@ -45,7 +45,7 @@ def test_shipped_model_loads_and_merges(folder):
 
 
 def test_the_gated_shipped_model_carries_its_gate():
-    folder = ROOT / 'pretrained_models' / 'fshdr_long_mf_gate'
+    folder = ROOT / 'pretrained_models' / 'fshdr_long_na_gate'
     gate = read_gate(folder / 'SelfHDR_model_1.pth')
     assert gate is not None and gate.consistency == 1.5  # the clamp chosen on the study's validation split
     net = define_network('FSHDR')

@@ -144,7 +144,8 @@ def test_unknown_budget_is_an_argparse_error(capsys):
         study.build_parser().parse_args(['--budget', 'huge'])
 
 
-@pytest.mark.parametrize('flag, value', [('--iters', '-1'), ('--n_train', 'nan'), ('--n_train', '2.5')])
+@pytest.mark.parametrize('flag, value', [('--iters', '-1'), ('--n_train', 'nan'), ('--n_train', '2.5'),
+                                         ('--stage2_start', 'no/such/stage2.pth')])
 def test_numeric_overrides_are_checked_at_the_door(flag, value, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         study.main(['--budget', 'tiny', '--work', str(tmp_path / 'never'), flag, value])
@@ -200,6 +201,11 @@ def test_ablations_train_and_score(tiny_study):
     assert option('stage2_continued', 'colour_threshold') == option('stage2', 'colour_threshold')
     # the iterations it has seen: stage 1, stage 2 and its own (tiny: 2 epochs of 2 each, then 1 epoch of 2)
     assert results['ablations']['stage2_continued']['iterations'] == 4 + 4 + 2
+    # stage2_noise_aug: the same continuation with half the crops noisier
+    assert option('stage2_noise_aug', 'noise_aug') == study.NOISE_AUG_SHARE == 0.5
+    assert option('stage2_continued', 'noise_aug') == option('stage2', 'noise_aug') == 0
+    assert option('stage2_noise_aug', 'lr') == option('stage2_continued', 'lr')
+    assert f"stage2{os.sep}SelfHDR_model_{last}.pth" in (ckpt / 'stage2_noise_aug' / 'train.log').read_text()
     # stage1_half: structure labels from the stage-1 network at half its budget
     assert len(list((ckpt / 'stage1' / f'output_{max(1, last // 2)}').glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
     # no_align: its colour labels are the unaligned merge, so they differ from the aligned ones

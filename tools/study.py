@@ -69,7 +69,9 @@ CLIPPED_LEVEL, DARK_LEVEL = 0.95, 0.05  # medium-frame LDR levels: any channel a
 MOTION_THRESHOLD = 10 / 255  # mu-law difference between the unaligned and the aligned merge that marks motion
 PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
 ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch', 'colour_threshold_release',
-             'colour_keep_clipped', 'colour_threshold_60', 'stage2_continued')
+             'colour_keep_clipped', 'colour_threshold_60', 'stage2_continued', 'stage2_noise_aug')
+# stage2_noise_aug: the share of training crops given more sensor noise (train.py --noise_aug), labels unchanged
+NOISE_AUG_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -734,15 +736,19 @@ def run_study(args) -> dict:
             train_run('stage2_colour_threshold_10', 'selfhdr2', dataroot, ckpt, net, budget,
                       stage2_flags(stru, 'stage1', epochs, budget.stage2_init, 10.0))
             ablation_runs[ablation] = ('stage2_colour_threshold_10', dataroot)
-        elif ablation == 'stage2_continued':
-            # Train longer: half the budget's iterations more of stage 2, from the finished stage-2 network at half
-            # its peak rate (a warm restart of the cosine schedule), labels and mask as the recipe
+        elif ablation in ('stage2_continued', 'stage2_noise_aug'):
+            # Train longer: half the budget's iterations more of stage 2, from the finished stage-2 network (or
+            # --stage2_start) at half its peak rate (a warm restart of the cosine schedule), labels and mask as the
+            # recipe; stage2_noise_aug also gives half the crops more sensor noise (train.py --noise_aug)
             more = dataclasses.replace(budget, iters=max(budget.iters_per_epoch, budget.iters // 2))
             stage2_peak = budget.stage2_lr if budget.stage2_init == 'stage1' and budget.stage2_lr else budget.lr
+            start = args.stage2_start or str(ckpt / 'stage2' / f'SelfHDR_model_{epochs}.pth')
             flags = stage2_flags(stru, 'stage1', epochs, 'scratch') + [  # labels and mask as stage 2, its start
-                '--load_path', str(ckpt / 'stage2' / f'SelfHDR_model_{epochs}.pth'), '--lr', str(stage2_peak / 2)]
-            train_run('stage2_continued', 'selfhdr2', dataroot, ckpt, net, more, flags)
-            ablation_runs[ablation] = ('stage2_continued', dataroot)
+                '--load_path', start, '--lr', str(stage2_peak / 2)]
+            if ablation == 'stage2_noise_aug':
+                flags += ['--noise_aug', str(NOISE_AUG_SHARE)]
+            train_run(ablation, 'selfhdr2', dataroot, ckpt, net, more, flags)
+            ablation_runs[ablation] = (ablation, dataroot)
             ablation_epochs[ablation] = more.epochs
             ablation_iters[ablation] = 2 * budget.epochs * budget.iters_per_epoch + more.epochs * more.iters_per_epoch
 
@@ -835,6 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--vgg', default='auto', choices=('imagenet', 'auto', 'random'),
                    help='VGG19 weights of the stage-2 structure loss (auto: ImageNet if cached, else random)')
     p.add_argument('--ablations', nargs='*', default=[], choices=ABLATIONS, help='extra stage-2 trainings')
+    p.add_argument('--stage2_start', default='',
+                   help='the checkpoint the stage2_continued and stage2_noise_aug ablations start from (default: '
+                        "the study's own finished stage 2), e.g. a shipped stage-2 network")
     p.add_argument('--splits', nargs='+', default=list(TEST_SPLITS), choices=list(TEST_SPLITS),
                    help='test splits to score on (data/study_splits.py); current = the study data\'s own')
     p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
@@ -858,6 +867,8 @@ def main(argv=None) -> int:
         checked_number(args.n_train, '--n_train', 0, 10 ** 5, integer=True)
     except NumberRangeError as exc:
         parser.error(str(exc))
+    if args.stage2_start and not Path(args.stage2_start).is_file():
+        parser.error(f'--stage2_start {args.stage2_start}: no such checkpoint file')
     from util.visualizer import setup_logging
     setup_logging()
     try:
