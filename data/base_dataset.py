@@ -13,10 +13,11 @@ the sample dict:
 Crops: ``train`` takes a random ``opt.patch_size`` square at the same position in every array,
 ``val`` the top-left 512 x 512 (or less when the image is smaller), ``test`` the whole image.
 
-Noise augmentation (``opt.noise_aug`` = p > 0, training only): a share p of the training crops get more sensor noise
-on their three frames (``add_sensor_noise``), the labels unchanged. The labels were made from the frames as shot, so
-they are cleaner than such an input: the network learns to take that noise out rather than to pass it on. Off by
-default (the release has none).
+Sensor-noise augmentation (``opt.sensor_noise_aug`` = p > 0, training only): a share p of the training crops get more
+sensor noise on their three frames (``add_sensor_noise``), the labels unchanged. The labels were made from the frames
+as shot, so they are cleaner than such an input: the network learns to take that noise out rather than to pass it
+on. Off by default; the release's own stage-2 noise (``--noise``, models/selfhdr2_model.py) is a separate, much
+smaller one on the medium frame.
 """
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ('train', 'val', 'test')
 VAL_CROP = 512  # release: PSNR-mu on the top-left 512 x 512 of each test image during training
-# --noise_aug's noise, per crop, log-uniform (variance shot * e + read**2 on a frame's linear signal e in [0, 1]): from
-# a clean base-ISO frame to far beyond a 30000-electron sensor at ISO 6400 (shot about 2e-3)
+# --sensor_noise_aug's noise, per crop, log-uniform (variance shot * e + read**2 on a frame's linear signal e in
+# [0, 1]): from a clean base-ISO frame to far beyond a 30000-electron sensor at ISO 6400 (shot about 2e-3)
 NOISE_AUG_SHOT = (1e-4, 1e-2)
 NOISE_AUG_READ = (2e-4, 1e-2)
 
@@ -95,7 +96,7 @@ class BaseDataset(torch.utils.data.Dataset):
         self.patch_size = int(getattr(opt, 'patch_size', 128))
         self.batch_size = int(getattr(opt, 'batch_size', 1))
         self.iters_per_epoch = int(getattr(opt, 'iters_per_epoch', 1200))
-        self.noise_aug = float(getattr(opt, 'noise_aug', 0.0) or 0.0)
+        self.sensor_noise_aug = float(getattr(opt, 'sensor_noise_aug', 0.0) or 0.0)
         self.scenes: list[str] = []
         self.ldrs: dict[str, list[np.ndarray]] = {}
         self.expos: dict[str, np.ndarray] = {}
@@ -287,7 +288,7 @@ class BaseDataset(torch.utils.data.Dataset):
         if self.split == 'train':
             rng = self.np_rng()
             arrays = random_crop(arrays, self.patch_size, rng)
-            if self.noise_aug > 0 and rng.random() < self.noise_aug:
+            if self.sensor_noise_aug > 0 and rng.random() < self.sensor_noise_aug:
                 shot, read = _log_uniform(rng, NOISE_AUG_SHOT), _log_uniform(rng, NOISE_AUG_READ)
                 arrays[:3] = add_sensor_noise(arrays[:3], shot, read, rng)
         elif self.split == 'val':

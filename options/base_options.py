@@ -55,7 +55,7 @@ class BaseOptions:
                             help='use at most this many scenes of a data set')
         parser.add_argument('--batch_size', type=int, default=16, help='training batch size')
         parser.add_argument('--patch_size', type=int, default=128, help='training crop size')
-        parser.add_argument('--noise_aug', type=float, default=0.0,
+        parser.add_argument('--sensor_noise_aug', type=float, default=0.0,
                             help='training only: the share of training crops whose three frames get more sensor '
                                  'noise (shot and read noise drawn log-uniform, data/base_dataset.NOISE_AUG_*), '
                                  'labels unchanged; 0 (the release) adds none')
@@ -202,7 +202,7 @@ class BaseOptions:
         'max_memory': (0.0, 1 << 20, False),
         'tile_overlap': (0, 1 << 16, False), 'batch_size': (1, 1 << 16, False), 'patch_size': (1, 1 << 16, False),
         'iters_per_epoch': (1, 10 ** 9, False),
-        'colour_threshold': (0.0, 255.0, True), 'noise_aug': (0.0, 1.0, False),
+        'colour_threshold': (0.0, 255.0, True), 'sensor_noise_aug': (0.0, 1.0, False),
     }
     TRAIN_NUMBER_RANGES = {
         'lr': (LR_RANGE[0], LR_RANGE[1], True), 'weight_decay': (0.0, 1.0, False), 'beta1': (0.0, 1.0, False),

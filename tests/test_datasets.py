@@ -210,10 +210,10 @@ def test_noise_aug_adds_noise_to_the_frames_of_that_share_of_crops_and_leaves_th
         torch.manual_seed(5)
         return [ds[i] for i in range(n)]
 
-    plain, off = samples(), samples(noise_aug=0.0)
+    plain, off = samples(), samples(sensor_noise_aug=0.0)
     for a, b in zip(plain, off):  # 0, the release: the same crops, no draw taken from the stream
         assert all(torch.equal(a[k], b[k]) for k in ('input0', 'input1', 'input2', 'label'))
-    a, b = plain[0], samples(1, noise_aug=1.0)[0]  # the first crop: same position, noisier frames, same label
+    a, b = plain[0], samples(1, sensor_noise_aug=1.0)[0]  # the first crop: same position, noisier frames, same label
     assert torch.equal(a['label'], b['label']) and torch.equal(a['expo'], b['expo'])
     for i in range(3):
         ldr, hdr = b[f'input{i}'][3:], b[f'input{i}'][:3]
@@ -223,12 +223,12 @@ def test_noise_aug_adds_noise_to_the_frames_of_that_share_of_crops_and_leaves_th
     calls = []
     noise = base_dataset.add_sensor_noise
     monkeypatch.setattr(base_dataset, 'add_sensor_noise', lambda *args: calls.append(args[1:3]) or noise(*args))
-    samples(40, noise_aug=0.5, iters_per_epoch=20)
+    samples(40, sensor_noise_aug=0.5, iters_per_epoch=20)
     assert 8 < len(calls) < 32  # about half the crops
     assert all(1e-4 <= shot <= 1e-2 and 2e-4 <= read <= 1e-2 for shot, read in calls)
     with pytest.raises(SystemExit):
         from options.train_options import TrainOptions
-        TrainOptions().parse(['--dataroot', str(sig17_root), '--noise_aug', '1.5'])
+        TrainOptions().parse(['--dataroot', str(sig17_root), '--sensor_noise_aug', '1.5'])
 
 
 def test_add_sensor_noise_grows_with_shot_and_read_noise():

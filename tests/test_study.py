@@ -202,8 +202,8 @@ def test_ablations_train_and_score(tiny_study):
     # the iterations it has seen: stage 1, stage 2 and its own (tiny: 2 epochs of 2 each, then 1 epoch of 2)
     assert results['ablations']['stage2_continued']['iterations'] == 4 + 4 + 2
     # stage2_noise_aug: the same continuation with half the crops noisier
-    assert option('stage2_noise_aug', 'noise_aug') == study.NOISE_AUG_SHARE == 0.5
-    assert option('stage2_continued', 'noise_aug') == option('stage2', 'noise_aug') == 0
+    assert option('stage2_noise_aug', 'sensor_noise_aug') == study.NOISE_AUG_SHARE == 0.5
+    assert option('stage2_continued', 'sensor_noise_aug') == option('stage2', 'sensor_noise_aug') == 0
     assert option('stage2_noise_aug', 'lr') == option('stage2_continued', 'lr')
     assert f"stage2{os.sep}SelfHDR_model_{last}.pth" in (ckpt / 'stage2_noise_aug' / 'train.log').read_text()
     # stage1_half: structure labels from the stage-1 network at half its budget

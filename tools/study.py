@@ -70,7 +70,7 @@ MOTION_THRESHOLD = 10 / 255  # mu-law difference between the unaligned and the a
 PERMUTATION = (1, 2, 0)  # cyclic channel permutation of the permuted test copy (BGR -> GRB)
 ABLATIONS = ('no_stru_loss', 'stage1_half', 'no_align', 'stage2_from_scratch', 'colour_threshold_release',
              'colour_keep_clipped', 'colour_threshold_60', 'stage2_continued', 'stage2_noise_aug')
-# stage2_noise_aug: the share of training crops given more sensor noise (train.py --noise_aug), labels unchanged
+# stage2_noise_aug: the share of training crops given more sensor noise (train.py --sensor_noise_aug), labels unchanged
 NOISE_AUG_SHARE = 0.5
 
 
@@ -739,14 +739,14 @@ def run_study(args) -> dict:
         elif ablation in ('stage2_continued', 'stage2_noise_aug'):
             # Train longer: half the budget's iterations more of stage 2, from the finished stage-2 network (or
             # --stage2_start) at half its peak rate (a warm restart of the cosine schedule), labels and mask as the
-            # recipe; stage2_noise_aug also gives half the crops more sensor noise (train.py --noise_aug)
+            # recipe; stage2_noise_aug also gives half the crops more sensor noise (train.py --sensor_noise_aug)
             more = dataclasses.replace(budget, iters=max(budget.iters_per_epoch, budget.iters // 2))
             stage2_peak = budget.stage2_lr if budget.stage2_init == 'stage1' and budget.stage2_lr else budget.lr
             start = args.stage2_start or str(ckpt / 'stage2' / f'SelfHDR_model_{epochs}.pth')
             flags = stage2_flags(stru, 'stage1', epochs, 'scratch') + [  # labels and mask as stage 2, its start
                 '--load_path', start, '--lr', str(stage2_peak / 2)]
             if ablation == 'stage2_noise_aug':
-                flags += ['--noise_aug', str(NOISE_AUG_SHARE)]
+                flags += ['--sensor_noise_aug', str(NOISE_AUG_SHARE)]
             train_run(ablation, 'selfhdr2', dataroot, ckpt, net, more, flags)
             ablation_runs[ablation] = (ablation, dataroot)
             ablation_epochs[ablation] = more.epochs
