@@ -80,11 +80,14 @@ def main(argv=None) -> int:
     p.add_argument('--also', nargs='*', default=[], metavar='LABEL=CHECKPOINT',
                    help='more gated checkpoints of the same backbone, scored beside it under LABEL (their gates on)')
     args = p.parse_args(argv)
-    also = {}
+    also, reserved = {}, {'on', 'off', 'unheld', 'backbone', 'gated', 'gated_without_clamp', 'medium_frame',
+                           'colour_component'}
     for item in args.also:
         label, sep, path = item.partition('=')
         if not sep or not label or not path:
             p.error(f'--also {item!r}: expected LABEL=CHECKPOINT')
+        if label in reserved or label in also:
+            p.error(f'--also {item!r}: the label {label!r} is taken (reserved: {", ".join(sorted(reserved))})')
         also[label] = path
     study.PRECISION.update(study.precision_settings(args.amp, 'False', 'short'))
     ckpt = Path(args.checkpoint)

@@ -64,12 +64,14 @@ def random_crop(arrays: Sequence[np.ndarray], size: int, rng: np.random.Generato
 def add_sensor_noise(frames: Sequence[np.ndarray], shot: float, read: float,
                      rng: np.random.Generator) -> list[np.ndarray]:
     """LDR frames (gamma 2.2, each in its own exposure, saturating at 1) with more sensor noise: on each frame's
-    linear signal e, Gaussian noise of variance shot * e + read**2, clipped to [0, 1] and re-encoded (new arrays)."""
+    linear signal e, Gaussian noise of variance shot * e + read**2, clipped to [0, 1] and re-encoded (new arrays).
+    Saturated values stay at 1: their signal was at or above full well, and a sensor clips after its noise."""
     noisy = []
     for x in frames:
-        e = np.power(np.clip(x, 0.0, 1.0), np.float32(2.2))
+        x = np.clip(x, 0.0, 1.0)
+        e = np.power(x, np.float32(2.2))
         sigma = np.sqrt(np.float32(shot) * e + np.float32(read * read))
-        e = e + rng.standard_normal(e.shape, dtype=np.float32) * sigma
+        e = np.where(x >= 1.0, np.float32(1.0), e + rng.standard_normal(e.shape, dtype=np.float32) * sigma)
         noisy.append(np.power(np.clip(e, 0.0, 1.0), np.float32(1 / 2.2)).astype(np.float32))
     return noisy
 

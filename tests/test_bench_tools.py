@@ -143,3 +143,14 @@ def test_speed_table_names_the_cpu_and_compares_with_the_release(tmp_path):
     infer = next(line for line in text.splitlines() if line.startswith('| AHDRNet | 512x512'))
     assert infer.endswith('| 3.00 s | 2.50 s | - | - | - |')  # a failed bf16 run is a gap, not a number
     assert speed_table.cpu_key(table['cpu']) == 'test_cpu_f25_m17'
+
+
+def test_medium_gate_bench_refuses_an_also_label_that_would_overwrite_a_row(capsys):
+    import medium_gate
+
+    for label in ('gated', 'medium_frame', 'on'):
+        with pytest.raises(SystemExit) as exit_info:
+            medium_gate.main(['--work', 'nowhere', '--checkpoint', 'none.pth', '--also', f'{label}=x.pth'])
+        assert exit_info.value.code == 2 and 'is taken' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        medium_gate.main(['--work', 'nowhere', '--checkpoint', 'none.pth', '--also', 'a=x.pth', 'a=y.pth'])

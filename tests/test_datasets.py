@@ -210,10 +210,20 @@ def test_noise_aug_adds_noise_to_the_frames_of_that_share_of_crops_and_leaves_th
         torch.manual_seed(5)
         return [ds[i] for i in range(n)]
 
-    plain, off = samples(), samples(sensor_noise_aug=0.0)
-    for a, b in zip(plain, off):  # 0, the release: the same crops, no draw taken from the stream
-        assert all(torch.equal(a[k], b[k]) for k in ('input0', 'input1', 'input2', 'label'))
-    a, b = plain[0], samples(1, sensor_noise_aug=1.0)[0]  # the first crop: same position, noisier frames, same label
+    plain = samples(sensor_noise_aug=0.0)
+    # 0 (the default): the crops are random_crop's alone, from the same stream, no draw taken for noise
+    ds = data.create_dataset('sig17align', 'train', make_opt(sig17_root))
+    rng = np.random.default_rng(5)
+    for i, sample in enumerate(plain):
+        name = ds.scenes[i % len(ds.scenes)]
+        expected = base_dataset.random_crop(list(ds.ldrs[name]) + [ds.labels[name]], ds.patch_size, rng)
+        assert np.array_equal(sample['input1'][3:].permute(1, 2, 0).numpy(), expected[1])
+        assert np.array_equal(sample['label'].permute(1, 2, 0).numpy(), expected[3])
+    noisy_ds = data.create_dataset('sig17align', 'train', make_opt(sig17_root, sensor_noise_aug=1.0))
+    cached = [x.copy() for x in noisy_ds.ldrs[noisy_ds.scenes[0]]]
+    torch.manual_seed(5)
+    a, b = plain[0], noisy_ds[0]  # the first crop: same position, noisier frames, same label
+    assert all(np.array_equal(x, y) for x, y in zip(cached, noisy_ds.ldrs[noisy_ds.scenes[0]]))  # cache untouched
     assert torch.equal(a['label'], b['label']) and torch.equal(a['expo'], b['expo'])
     for i in range(3):
         ldr, hdr = b[f'input{i}'][3:], b[f'input{i}'][:3]
@@ -238,8 +248,8 @@ def test_add_sensor_noise_grows_with_shot_and_read_noise():
               for shot, read in ((1e-4, 2e-4), (1e-3, 2e-4), (1e-3, 1e-2))]
     assert spread[0] < spread[1] < spread[2]
     out = base_dataset.add_sensor_noise([frame, np.ones_like(frame)], 1e-2, 1e-2, rng)
-    assert np.array_equal(frame, np.full_like(frame, 0.5))  # the cached frame is not touched
-    assert out[1].max() <= 1 and out[0].dtype == np.float32
+    assert out[0].dtype == np.float32 and 0 <= out[0].min() and out[0].max() <= 1
+    assert np.array_equal(out[1], np.ones_like(frame))  # saturated stays saturated: a sensor clips after its noise
 
 
 def test_supervised_label_is_ground_truth(sig17_root):

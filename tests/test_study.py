@@ -139,6 +139,15 @@ def test_stage0_labels_written_for_every_training_scene(tiny_study):
     assert len(list(out.glob('*.hdr'))) == study.BUDGETS['tiny'].n_train
 
 
+def test_stage2_start_needs_a_continuation_ablation(capsys, tmp_path):
+    start = tmp_path / 'stage2.pth'
+    start.write_bytes(b'')
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(['--budget', 'tiny', '--work', str(tmp_path / 'never'), '--stage2_start', str(start)])
+    assert exit_info.value.code == 2 and 'stage2_noise_aug' in capsys.readouterr().err
+    assert not (tmp_path / 'never').exists()
+
+
 def test_unknown_budget_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit):
         study.build_parser().parse_args(['--budget', 'huge'])

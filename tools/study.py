@@ -811,6 +811,8 @@ def run_study(args) -> dict:
     }
     if args.skip_supervised:
         results['skipped'] = ['supervised']
+    if args.stage2_start:
+        results['stage2_start'] = args.stage2_start  # where the continuation ablations started
     if args.note:
         results['notes'] = list(args.note)
     atomic_json(out / 'results.json', results)
@@ -869,6 +871,9 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     if args.stage2_start and not Path(args.stage2_start).is_file():
         parser.error(f'--stage2_start {args.stage2_start}: no such checkpoint file')
+    if args.stage2_start and not {'stage2_continued', 'stage2_noise_aug'} & set(args.ablations):
+        parser.error('--stage2_start only sets where the stage2_continued and stage2_noise_aug ablations start; '
+                     'name one of them in --ablations')
     from util.visualizer import setup_logging
     setup_logging()
     try:
