@@ -76,7 +76,8 @@ def add_sensor_noise(frames: Sequence[np.ndarray], shot: float, read: float,
     return noisy
 
 
-def _log_uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
+def log_uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
+    """One draw, log-uniform between low_high's two positive bounds."""
     return float(np.exp(rng.uniform(np.log(low_high[0]), np.log(low_high[1]))))
 
 
@@ -291,7 +292,7 @@ class BaseDataset(torch.utils.data.Dataset):
             rng = self.np_rng()
             arrays = random_crop(arrays, self.patch_size, rng)
             if self.sensor_noise_aug > 0 and rng.random() < self.sensor_noise_aug:
-                shot, read = _log_uniform(rng, NOISE_AUG_SHOT), _log_uniform(rng, NOISE_AUG_READ)
+                shot, read = log_uniform(rng, NOISE_AUG_SHOT), log_uniform(rng, NOISE_AUG_READ)
                 arrays[:3] = add_sensor_noise(arrays[:3], shot, read, rng)
         elif self.split == 'val':
             arrays = [a[:VAL_CROP, :VAL_CROP] for a in arrays]

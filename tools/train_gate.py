@@ -33,7 +33,7 @@ if str(_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from data.base_dataset import add_sensor_noise  # noqa: E402
+from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
 from models.medium_gate import DEFAULT_CONSISTENCY, MediumGate, gated_checkpoint, medium_noise_map  # noqa: E402
@@ -81,11 +81,6 @@ def load_scene(root: Path, name: str, aligned_input: bool, noise: tuple[float, f
     if noise is not None:
         ldrs = add_sensor_noise(ldrs, *noise, rng)
     return _build_inputs(ldrs, times), label
-
-
-def log_uniform(rng: np.random.Generator, low_high: tuple[float, float]) -> float:
-    low, high = low_high
-    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
 
 
 def backbone_outputs(net, network: str, root: Path, names: list[str], amp_dtype, noisy_copies: int = 0,
