@@ -19,7 +19,10 @@ medium frame's noise band: in mu-law, each channel is clamped to ``mu(H_mid) +- 
 frame's own noise carried into mu-law (``medium_noise_band``). A usable medium pixel is the scene plus noise, so
 wherever the network strays from it by more than noise explains (blur, darkened highlights, lost detail) it is pulled
 back to the band's edge, and where the frame is noisy the band is wide and the denoised output stays. Pixels clipped
-white in the medium frame, or so dark that their noise is cut at black, are left alone.
+white in the medium frame, or so dark that their noise is cut at black, are left alone. Where the checkpoint also
+sets ``consistency_chroma`` = c (round 3, thirteenth session), brightness and colour are held apart: the pixel's
+brightness to the band, each channel within c times it (``MediumGate.hold_to_band``), so that the frame's chroma
+noise is not handed back into a denoised shadow.
 
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
@@ -49,6 +52,8 @@ NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
 # tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
 DEFAULT_CONSISTENCY = 1.5
+# and its chroma factor (MediumGate.hold_to_band): validation level from 1.0 to 1.2, the shadow-chroma bench decides
+DEFAULT_CHROMA = 1.2
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
 # auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, rounded up.
 GATE_BYTES_PER_PIXEL = 512
@@ -143,10 +148,11 @@ class MediumGate(nn.Module):
     """The gate's CNN and blend. forward(y, x_mid, noise, band=None) -> (out, g); all float32, ``noise`` from
     noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0 for none)."""
 
-    def __init__(self, channels: int = 32, consistency: float = 0.0):
+    def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0):
         super().__init__()
         c = channels
         self.consistency = float(consistency)
+        self.chroma = float(chroma)
         self.body = nn.Sequential(
             nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
@@ -174,10 +180,20 @@ class MediumGate(nn.Module):
         return out, g
 
     def hold_to_band(self, out, mu_mid, band):
-        """``out`` clamped, in mu-law, to mu(H_mid) +- consistency * band (no change where band is inf)."""
+        """``out`` clamped, in mu-law, to mu(H_mid) +- consistency * band (no change where band is inf).
+
+        With ``chroma`` = c > 0 the clamp goes in two steps: every channel first moves by the mean of the moves the
+        per-channel clamp asks for (the pixel's brightness is held to the band), then each channel is held within c
+        times the band. c > 1 leaves the network's colour more room than its brightness: a noisy frame's chroma noise
+        is what the network removes in the shadows, and a per-channel clamp hands part of it back (README, "Clean
+        shadows"). c = 0: the per-channel clamp alone, as gates stored without the entry have it."""
         reach = torch.nan_to_num(self.consistency * band, nan=float('inf'))  # no band, no clamp
         mu_out = mu_law_torch(out.clamp(0, 1))
         held = torch.minimum(torch.maximum(mu_out, mu_mid - reach), mu_mid + reach)
+        if self.chroma > 0:
+            shifted = mu_out + (held - mu_out).mean(dim=1, keepdim=True)
+            wide = self.chroma * reach
+            held = torch.minimum(torch.maximum(shifted, mu_mid - wide), mu_mid + wide).clamp(0, 1)
         # only the pixels the clamp moved go through the inverse: the others keep their exact values
         return torch.where(held != mu_out, inverse_mu_law_torch(held), out)
 
@@ -224,7 +240,10 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     if (isinstance(consistency, bool) or not isinstance(consistency, (int, float)) or not math.isfinite(consistency)
             or consistency < 0):
         raise GateError(f'{path}: the medium gate\'s consistency {consistency!r} is not a number >= 0')
-    gate = MediumGate(int(entry.get('channels', 32)), float(consistency))
+    chroma = entry.get('consistency_chroma', 0.0)
+    if isinstance(chroma, bool) or not isinstance(chroma, (int, float)) or not math.isfinite(chroma) or chroma < 0:
+        raise GateError(f'{path}: the medium gate\'s consistency_chroma {chroma!r} is not a number >= 0')
+    gate = MediumGate(int(entry.get('channels', 32)), float(consistency), float(chroma))
     try:
         gate.load_state_dict(entry['state_dict'])
     except RuntimeError as exc:
@@ -248,7 +267,8 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
             raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')
         return net
     logger.info('medium gate: on (from %s%s; --medium_gate off gives the backbone alone)', path,
-                f', held to the medium frame within {gate.consistency:g} sigma' if gate.consistency else '')
+                (f', held to the medium frame within {gate.consistency:g} sigma'
+                 + (f' (colour within {gate.chroma:g} times that)' if gate.chroma else '')) if gate.consistency else '')
     device = next(net.parameters()).device
     return GatedNetwork(net, gate.to(device)).train(net.training)
 
@@ -256,6 +276,7 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
 def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
     """A release-format checkpoint (``state_dict``: the backbone) that also carries ``gate`` under GATE_KEY."""
     entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels, 'consistency': gate.consistency,
+             'consistency_chroma': gate.chroma,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

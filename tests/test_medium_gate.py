@@ -124,6 +124,36 @@ def test_consistency_holds_the_output_within_the_noise_band_of_the_medium_frame(
         held(y, x_mid, noise_maps(x_mid), band[:, :1])  # a (N, 1, H, W) map would broadcast silently
 
 
+def test_chroma_factor_holds_brightness_to_the_band_and_leaves_colour_more_room():
+    ldr = _textured_frame(0.02)
+    x_mid = _medium_input(ldr)
+    band = noise_bands(x_mid)
+    trusted = torch.isfinite(band).all(dim=1, keepdim=True).expand_as(band)
+    mu_mid = mu_law_torch(x_mid[:, :3].clamp(0, 1))
+    gen = torch.Generator().manual_seed(3)
+    # a backbone whose colour wanders (a different error per channel) around a darkened brightness
+    y = (0.8 * x_mid[:, :3] * (1 + 0.3 * torch.randn(x_mid[:, :3].shape, generator=gen))).clamp(0, 1)
+    per_channel, two_step = MediumGate(consistency=1.5), MediumGate(consistency=1.5, chroma=1.2)
+    two_step.load_state_dict(per_channel.state_dict())
+    with torch.no_grad():
+        out_c = per_channel.hold_to_band(y, mu_mid, band)
+        out_2 = two_step.hold_to_band(y, mu_mid, band)
+        mid_equal = MediumGate(consistency=1.5, chroma=1.0).hold_to_band(y, mu_mid, band)
+    d_c, d_2 = mu_law_torch(out_c) - mu_mid, mu_law_torch(out_2) - mu_mid
+    reach = 1.5 * band
+    assert (d_c.abs()[trusted] <= reach[trusted] + 1e-5).all()
+    assert (d_2.abs()[trusted] <= 1.2 * reach[trusted] + 1e-5).all()  # each channel within chroma x the band
+    assert (d_2.abs()[trusted] > reach[trusted] + 1e-5).any()  # and some use the extra room
+    # the two-step clamp moves the channels together: less colour change than the per-channel clamp makes
+    spread = lambda d: (d - d.mean(dim=1, keepdim=True)).abs()[trusted].mean()  # noqa: E731
+    move = lambda out: mu_law_torch(out) - mu_law_torch(y)  # noqa: E731
+    assert spread(move(out_2)) < spread(move(out_c))
+    assert not torch.equal(mid_equal, out_c)  # chroma 1 is not the per-channel clamp: the brightness moves first
+    assert torch.equal(out_2[~trusted], y[~trusted])  # no band, no change
+    inside = x_mid[:, :3]
+    assert torch.equal(two_step.hold_to_band(inside, mu_mid, band), inside)
+
+
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
     net, gate = tiny_ahdr().eval(), _trained_looking_gate()
     gate.consistency = 2.0
@@ -139,11 +169,19 @@ def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tm
         assert torch.allclose(gated(*xs), expected)
         assert not torch.allclose(expected, unheld(net(*xs), xs[1], noise_maps(xs[1]))[0])
     checkpoint = torch.load(path, weights_only=True)
-    for bad in (-1.0, float('nan'), True, '1.5'):
-        checkpoint[GATE_KEY]['consistency'] = bad
-        torch.save(checkpoint, path)
-        with pytest.raises(GateError, match='consistency'):
-            read_gate(path)
+    assert checkpoint[GATE_KEY]['consistency_chroma'] == 0.0
+    checkpoint[GATE_KEY]['consistency_chroma'] = 1.2
+    torch.save(checkpoint, path)
+    assert read_gate(path).chroma == 1.2
+    del checkpoint[GATE_KEY]['consistency_chroma']  # gates stored before the entry: the per-channel clamp
+    torch.save(checkpoint, path)
+    assert read_gate(path).chroma == 0.0
+    for key in ('consistency', 'consistency_chroma'):
+        for bad in (-1.0, float('nan'), True, '1.5'):
+            spoilt = dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], **{key: bad})})
+            torch.save(spoilt, path)
+            with pytest.raises(GateError, match=key):
+                read_gate(path)
 
 
 def test_gated_checkpoint_still_loads_as_a_plain_backbone(tmp_path):
@@ -275,3 +313,24 @@ def test_compile_keeps_to_the_backbone_across_reloads_of_gated_and_plain_checkpo
             assert isinstance(net, GatedNetwork) and isinstance(net.backbone, CompiledOrEager)
         else:
             assert isinstance(net, CompiledOrEager) and not isinstance(net._orig_mod, GatedNetwork)
+
+
+def test_set_gate_clamp_changes_only_the_clamp(tmp_path, capsys):
+    from tools import set_gate_clamp
+
+    net, gate = tiny_ahdr().eval(), _trained_looking_gate()
+    gate.consistency = 1.5
+    source, out = tmp_path / 'gated.pth', tmp_path / 'reclamped.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate), source)
+    assert set_gate_clamp.main([str(source), '--consistency_chroma', '1.2', '--why', 'a test', '--out', str(out)]) == 0
+    before, after = torch.load(source, weights_only=True), torch.load(out, weights_only=True)
+    assert after[GATE_KEY]['consistency'] == 1.5 and after[GATE_KEY]['consistency_chroma'] == 1.2
+    assert after[GATE_KEY]['clamp_chosen_on'] == 'a test'
+    assert all(torch.equal(before['state_dict'][k], v) for k, v in after['state_dict'].items())
+    assert all(torch.equal(before[GATE_KEY]['state_dict'][k], v) for k, v in after[GATE_KEY]['state_dict'].items())
+    assert read_gate(out).chroma == 1.2
+    plain = tmp_path / 'plain.pth'
+    torch.save({'state_dict': net.state_dict()}, plain)
+    assert set_gate_clamp.main([str(plain), '--consistency', '1', '--out', str(tmp_path / 'x.pth')]) == 1
+    assert 'no medium gate' in capsys.readouterr().err and not (tmp_path / 'x.pth').exists()
+    assert set_gate_clamp.main([str(source), '--consistency_chroma', '-1', '--out', str(out)]) == 2

@@ -36,7 +36,8 @@ import torch  # noqa: E402
 from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
-from models.medium_gate import DEFAULT_CONSISTENCY, MediumGate, gated_checkpoint, medium_noise_map  # noqa: E402
+from models.medium_gate import (DEFAULT_CHROMA, DEFAULT_CONSISTENCY, MediumGate, gated_checkpoint,  # noqa: E402
+                                medium_noise_map)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at inference, hold the gated output to the medium frame's noise band, within this many of "
                         "its noise sigmas (0: no clamp); the gate trains without it. Default chosen on the study's "
                         'validation split (README, "Study and shipped model")')
+    p.add_argument('--consistency_chroma', type=float, default=DEFAULT_CHROMA,
+                   help='with --consistency: hold the brightness to the band and each channel within this many times '
+                        'the band (0: each channel to the band alone, as gates made before round 3\'s thirteenth '
+                        'session)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
     return p
 
@@ -191,9 +196,10 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             print(f'error: --{flag} must be at least 1', file=sys.stderr)
             return 2
-    if not (args.consistency >= 0 and math.isfinite(args.consistency)):
-        print('error: --consistency must be a number >= 0', file=sys.stderr)
-        return 2
+    for flag in ('consistency', 'consistency_chroma'):
+        if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
+            print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
+            return 2
     if args.noisy_copies < 0:
         print('error: --noisy_copies must be 0 or more', file=sys.stderr)
         return 2
@@ -221,7 +227,7 @@ def main(argv=None) -> int:
             RuntimeError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    gate.consistency = args.consistency
+    gate.consistency, gate.chroma = args.consistency, args.consistency_chroma
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {'trained_on': str(root), 'scenes': len(names), 'noisy_copies': args.noisy_copies, 'iters': args.iters,
             'final_loss': loss,

@@ -1,0 +1,61 @@
+"""Set the consistency clamp of a gated checkpoint (models/medium_gate.py) without training the gate again.
+
+    python tools/set_gate_clamp.py pretrained_models/fshdr_long_na_gate/SelfHDR_model_1.pth \
+        --consistency 1.5 --consistency_chroma 1.2 --out /tmp/SelfHDR_model_1.pth
+
+The clamp acts at inference only (the gate trains without it), so it is a setting of the checkpoint, chosen on a
+validation split (bench/medium_gate.py). The backbone and the gate's weights are copied unchanged; the values set
+and the reason given with ``--why`` are recorded in the gate's entry. The output is written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+import torch  # noqa: E402
+
+from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
+from models.medium_gate import GATE_KEY, read_gate  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('checkpoint', help='a checkpoint with a medium gate (tools/train_gate.py)')
+    p.add_argument('--consistency', type=float, help='the clamp, in noise sigmas (0: none); unchanged if omitted')
+    p.add_argument('--consistency_chroma', type=float,
+                   help='the colour room, in times the clamp (0: per-channel clamp); unchanged if omitted')
+    p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
+    p.add_argument('--out', required=True, help='where to write the result (may be the input)')
+    args = p.parse_args(argv)
+    for flag in ('consistency', 'consistency_chroma'):
+        value = getattr(args, flag)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
+            return 2
+    try:
+        checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
+        if read_gate(args.checkpoint, checkpoint) is None:
+            raise CheckpointError(f'{args.checkpoint}: no medium gate to set (train one with tools/train_gate.py)')
+    except (CheckpointError, OSError, RuntimeError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    entry = checkpoint[GATE_KEY]
+    for flag in ('consistency', 'consistency_chroma'):
+        if getattr(args, flag) is not None:
+            entry[flag] = getattr(args, flag)
+    if args.why:
+        entry['clamp_chosen_on'] = args.why
+    atomic_torch_save(checkpoint, args.out)
+    gate = read_gate(args.out)
+    print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
