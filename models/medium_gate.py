@@ -24,6 +24,13 @@ sets ``consistency_chroma`` = c (round 3, thirteenth session), brightness and co
 brightness to the band, each channel within c times it (``MediumGate.hold_to_band``), so that the frame's chroma
 noise is not handed back into a denoised shadow.
 
+Where the medium frame is clipped it says only "at least this bright", and the gate left the backbone alone there.
+Where the checkpoint sets ``short_consistency`` = k' (round 3, thirteenth session; only for backbones that take
+aligned frames), the short frame is the witness instead: wherever the medium frame clips a pixel, the aligned short
+frame does not, and the two agree (the short frame, brought to the medium exposure, reaches the clip in the clipped
+channels and lies within SHORT_AGREEMENT of the frame in the others), the output is held within k' of the short
+frame's own noise band (``short_witness_band``), in the same two steps.
+
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
 (``GATE_KEY``), so the file still loads as a plain backbone in the release's code and in ours. Loaders apply it
@@ -50,12 +57,14 @@ GATE_MODES = ('auto', 'on', 'off')
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
+SHORT_AGREEMENT = 0.1  # gamma-encoded, at the medium exposure: util.align's clip_tol, the label's own agreement test
 # tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
 DEFAULT_CONSISTENCY = 1.5
 # and its chroma factor (MediumGate.hold_to_band): validation level from 1.0 to 1.2, the shadow-chroma bench decides
 DEFAULT_CHROMA = 1.2
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
-# auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, rounded up.
+# auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, 501 with the short
+# frame's clamp as well (round 3, thirteenth session: peak RSS over the inputs, an identity backbone), rounded up.
 GATE_BYTES_PER_PIXEL = 512
 
 
@@ -144,15 +153,50 @@ def noise_maps_and_bands(x_mid: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return _to_batch([p[0] for p in pairs], x_mid), _to_batch([p[1] for p in pairs], x_mid)
 
 
+def _exposure_time(ldr: np.ndarray, hdr: np.ndarray) -> float:
+    """The exposure time a backbone input was built with (H = ldr ** 2.2 / t): the median over its mid-tone pixels;
+    nan when it has none."""
+    lit = (ldr > 0.05) & (ldr < CLIPPED_LEVEL) & (hdr > 0)
+    return float(np.median(np.power(ldr[lit], GAMMA) / hdr[lit])) if lit.any() else float('nan')
+
+
+def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np.ndarray,
+                       hdr_mid: np.ndarray) -> np.ndarray:
+    """The (aligned) short frame's noise band in mu-law (H x W x 3, as medium_noise_band), finite only where it
+    witnesses a pixel the medium frame clips: the medium frame is clipped there (a channel at CLIPPED_LEVEL or above),
+    the short frame says something reliable (its own band is finite), and the two agree (brought to the medium
+    frame's exposure, the short frame reaches the clip in the clipped channels and lies within SHORT_AGREEMENT of
+    the medium frame in the others: ``util.align.agrees_with_reference``)."""
+    from util.align import agrees_with_reference
+
+    band = medium_noise_band(ldr_short, hdr_short)
+    t_short, t_mid = _exposure_time(ldr_short, hdr_short), _exposure_time(ldr_mid, hdr_mid)
+    if not (math.isfinite(t_short) and math.isfinite(t_mid) and t_short < t_mid):
+        band[...] = np.inf  # no exposure to compare, or not a shorter frame: it witnesses nothing
+        return band
+    witness = (np.asarray(ldr_mid).max(axis=2) >= CLIPPED_LEVEL) & agrees_with_reference(
+        np.clip(ldr_short, 0, 1), np.clip(ldr_mid, 0, 1), t_short, t_mid, CLIPPED_LEVEL, SHORT_AGREEMENT)
+    band[~witness] = np.inf
+    return band
+
+
+def short_bands(x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
+    """``short_witness_band`` for a batch of backbone inputs (N, 6, H, W): (N, 3, H, W)."""
+    return _to_batch([short_witness_band(ls, hs, lm, hm)
+                      for (ls, hs), (lm, hm) in zip(_images(x_short), _images(x_mid))], x_mid)
+
+
 class MediumGate(nn.Module):
     """The gate's CNN and blend. forward(y, x_mid, noise, band=None) -> (out, g); all float32, ``noise`` from
     noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0 for none)."""
 
-    def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0):
+    def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
+                 short_consistency: float = 0.0):
         super().__init__()
         c = channels
         self.consistency = float(consistency)
         self.chroma = float(chroma)
+        self.short_consistency = float(short_consistency)
         self.body = nn.Sequential(
             nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
@@ -162,7 +206,7 @@ class MediumGate(nn.Module):
         nn.init.zeros_(self.body[-1].weight)
         nn.init.constant_(self.body[-1].bias, -2.0)
 
-    def forward(self, y, x_mid, noise, band=None):
+    def forward(self, y, x_mid, noise, band=None, x_short=None, short_band=None):
         hdr_mid, ldr_mid = x_mid[:, 0:3], x_mid[:, 3:6]
         mu_y, mu_mid = mu_law_torch(y.clamp(0, 1)), mu_law_torch(hdr_mid.clamp(0, 1))
         features = torch.cat([mu_y, mu_mid, ldr_mid, (mu_y - mu_mid).abs(), (noise + 3.0) / 2.0], dim=1)
@@ -177,17 +221,26 @@ class MediumGate(nn.Module):
                                  f'shape {tuple(out.shape)} (noise_bands), got '
                                  f'{None if band is None else tuple(band.shape)}')
             out = self.hold_to_band(out, mu_mid, band)
+        if self.short_consistency > 0:
+            if x_short is None or short_band is None or short_band.shape != out.shape:
+                raise ValueError('MediumGate: short_consistency is set, so forward needs the short frame and its '
+                                 f'witness band of the output\'s shape {tuple(out.shape)} (short_bands), got '
+                                 f'{None if short_band is None else tuple(short_band.shape)}')
+            out = self.hold_to_band(out, mu_law_torch(x_short[:, 0:3].clamp(0, 1)), short_band,
+                                    self.short_consistency)
         return out, g
 
-    def hold_to_band(self, out, mu_mid, band):
+    def hold_to_band(self, out, mu_mid, band, k=None):
         """``out`` clamped, in mu-law, to mu(H_mid) +- consistency * band (no change where band is inf).
 
         With ``chroma`` = c > 0 the clamp goes in two steps: every channel first moves by the mean of the moves the
         per-channel clamp asks for (the pixel's brightness is held to the band), then each channel is held within c
         times the band. c > 1 leaves the network's colour more room than its brightness: a noisy frame's chroma noise
-        is what the network removes in the shadows, and a per-channel clamp hands part of it back (README, "Clean
-        shadows"). c = 0: the per-channel clamp alone, as gates stored without the entry have it."""
-        reach = torch.nan_to_num(self.consistency * band, nan=float('inf'))  # no band, no clamp
+        is what the network removes in the shadows, and a per-channel clamp hands part of it back (README, "Study and
+        shipped model"). c = 0: the per-channel clamp alone, as gates stored without the entry have it. ``k``: the
+        clamp in sigmas (default ``consistency``); ``mu_mid`` may be another witness frame's mu-law radiance."""
+        k = self.consistency if k is None else k
+        reach = torch.nan_to_num(k * band, nan=float('inf'))  # no band, no clamp
         mu_out = mu_law_torch(out.clamp(0, 1))
         held = torch.minimum(torch.maximum(mu_out, mu_mid - reach), mu_mid + reach)
         if self.chroma > 0:
@@ -216,7 +269,11 @@ class GatedNetwork(nn.Module):
                 noise, band = noise_maps_and_bands(x_mid)
             else:
                 noise, band = noise_maps(x_mid), None
-            return self.gate(y.float(), x_mid, noise, band)[0]
+            x_short = short_band = None
+            if self.gate.short_consistency > 0:
+                x_short = x1.float()
+                short_band = short_bands(x_short, x_mid)
+            return self.gate(y.float(), x_mid, noise, band, x_short, short_band)[0]
 
 
 def extra_bytes_per_pixel(net) -> int:
@@ -243,7 +300,10 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     chroma = entry.get('consistency_chroma', 0.0)
     if isinstance(chroma, bool) or not isinstance(chroma, (int, float)) or not math.isfinite(chroma) or chroma < 0:
         raise GateError(f'{path}: the medium gate\'s consistency_chroma {chroma!r} is not a number >= 0')
-    gate = MediumGate(int(entry.get('channels', 32)), float(consistency), float(chroma))
+    short = entry.get('short_consistency', 0.0)
+    if isinstance(short, bool) or not isinstance(short, (int, float)) or not math.isfinite(short) or short < 0:
+        raise GateError(f'{path}: the medium gate\'s short_consistency {short!r} is not a number >= 0')
+    gate = MediumGate(int(entry.get('channels', 32)), float(consistency), float(chroma), float(short))
     try:
         gate.load_state_dict(entry['state_dict'])
     except RuntimeError as exc:
@@ -276,7 +336,7 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
 def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
     """A release-format checkpoint (``state_dict``: the backbone) that also carries ``gate`` under GATE_KEY."""
     entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels, 'consistency': gate.consistency,
-             'consistency_chroma': gate.chroma,
+             'consistency_chroma': gate.chroma, 'short_consistency': gate.short_consistency,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

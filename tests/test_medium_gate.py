@@ -6,7 +6,7 @@ import torch
 from models.base_model import CheckpointError, load_backbone_state
 from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_band,
                                 medium_noise_map, medium_noise_map_and_band, noise_bands, noise_maps,
-                                noise_maps_and_bands, read_gate, with_gate)
+                                noise_maps_and_bands, read_gate, short_bands, short_witness_band, with_gate)
 from util.tonemap import mu_law_torch
 from tiny_data import tiny_ahdr
 
@@ -248,6 +248,9 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     gate = read_gate(out)
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
+    assert gate.chroma == 1.2 and gate.short_consistency == 0.0  # AHDRNet sees the short frame unaligned: no witness
+    assert train_gate.main(argv + ['--short_consistency', '1.5']) == 2  # refused for an unaligned-input backbone
+    assert train_gate.main(argv + ['--short_consistency', 'lots']) == 2
     assert train_gate.main(argv + ['--noisy_copies', '1', '--out', str(tmp_path / 'noisy.pth')]) == 0
     assert torch.load(tmp_path / 'noisy.pth', weights_only=True)[GATE_KEY]['noisy_copies'] == 1
     assert train_gate.main(argv + ['--consistency', '-1']) == 2
@@ -334,3 +337,87 @@ def test_set_gate_clamp_changes_only_the_clamp(tmp_path, capsys):
     assert set_gate_clamp.main([str(plain), '--consistency', '1', '--out', str(tmp_path / 'x.pth')]) == 1
     assert 'no medium gate' in capsys.readouterr().err and not (tmp_path / 'x.pth').exists()
     assert set_gate_clamp.main([str(source), '--consistency_chroma', '-1', '--out', str(out)]) == 2
+
+
+def _bracket_with_a_clipped_sky(seed=0, size=(48, 64)):
+    """(short, medium) LDR frames (1, 3, H, W) of one radiance, 2 stops apart, with mild noise: the medium frame's
+    top half is clipped, its bottom half well exposed; a 'moving object' in the short frame's top-left corner
+    (dark where the medium frame is clipped) does not agree with the medium frame."""
+    gen = torch.Generator().manual_seed(seed)
+    h, w = size
+    radiance = torch.full((1, 3, h, w), 0.05)
+    radiance[:, :, : h // 2] = 0.5 + 0.3 * torch.rand(1, 3, h // 2, w, generator=gen)  # bright: clipped at t = 4
+    radiance[:, :, h // 2:] *= 1 + 0.5 * torch.rand(1, 3, h - h // 2, w, generator=gen)
+    frames = []
+    for t in (1.0, 4.0):
+        x = (radiance * t).clamp(0, 1) ** (1 / 2.2) + 0.004 * torch.randn(1, 3, h, w, generator=gen)
+        frames.append((x * 255).round().clamp(0, 255) / 255)
+    frames[0][:, :, :8, :8] = 0.1  # the object: dark in the short frame, under the medium frame's clipped sky
+    return frames
+
+
+def test_short_witness_band_is_finite_only_where_the_short_frame_sees_what_the_medium_frame_clips():
+    short, mid = _bracket_with_a_clipped_sky()
+    x_short, x_mid = _medium_input(short, 1.0), _medium_input(mid, 4.0)
+    band = short_bands(x_short, x_mid)
+    assert band.shape == (1, 3, 48, 64)
+    witnessed = torch.isfinite(band).all(dim=1)[0]
+    clipped = (mid[0].amax(dim=0) >= 0.95)
+    assert witnessed[24:].sum() == 0  # the medium frame is well exposed there: its own band holds those pixels
+    assert witnessed[:8, :8].sum() == 0  # the short frame disagrees (the object moved): no witness
+    assert witnessed[8:24].float().mean() > 0.9 and (witnessed <= clipped).all()
+    # frames in the wrong order (the "short" one longer) witness nothing
+    hwc = [x[0, part].permute(1, 2, 0).numpy() for x in (x_mid, x_short) for part in (slice(3, 6), slice(0, 3))]
+    assert not np.isfinite(short_witness_band(*hwc)).any()
+
+
+def test_short_consistency_holds_the_clipped_pixels_to_the_short_frame_and_nothing_else():
+    short, mid = _bracket_with_a_clipped_sky(1)
+    x_short, x_mid = _medium_input(short, 1.0), _medium_input(mid, 4.0)
+    y = torch.full_like(mid, 0.1)  # a backbone that darkens the sky (and gets the ground wrong too)
+    plain = _trained_looking_gate()
+    held = MediumGate(short_consistency=1.5)
+    held.load_state_dict(plain.state_dict())
+    band = short_bands(x_short, x_mid)
+    with torch.no_grad():
+        out_plain = plain(y, x_mid, noise_maps(x_mid))[0]
+        out = held(y, x_mid, noise_maps(x_mid), None, x_short, band)[0]
+    witnessed = torch.isfinite(band)
+    mu_short = mu_law_torch(x_short[:, :3].clamp(0, 1))
+    assert ((mu_law_torch(out) - mu_short).abs()[witnessed] <= 1.5 * band[witnessed] + 1e-5).all()
+    assert (mu_law_torch(out_plain) - mu_short).abs()[witnessed].mean() > 0.1  # without it the sky stays dark
+    assert torch.equal(out[~witnessed], out_plain[~witnessed])
+    with pytest.raises(ValueError, match='short frame'):
+        held(y, x_mid, noise_maps(x_mid))
+
+
+def test_short_consistency_is_stored_and_applied_by_the_gated_network(tmp_path, capsys):
+    from tools import set_gate_clamp
+
+    net, gate = tiny_ahdr().eval(), _trained_looking_gate()
+    source, path = tmp_path / 'gated.pth', tmp_path / 'short.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate), source)
+    assert torch.load(source, weights_only=True)[GATE_KEY]['short_consistency'] == 0.0
+    # only for a backbone that takes aligned frames, and only when the tool is told which one it is
+    assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--out', str(path)]) == 2
+    assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--network', 'AHDRNet',
+                                '--out', str(path)]) == 2
+    assert 'unaligned' in capsys.readouterr().err and not path.exists()
+    assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--network', 'FSHDR',
+                                '--out', str(path)]) == 0
+    loaded = read_gate(path)
+    assert loaded.short_consistency == 1.5
+    short, mid = _bracket_with_a_clipped_sky(2)
+    long_ = mid.clone()
+    xs = [_medium_input(short, 1.0), _medium_input(mid, 4.0), _medium_input(long_, 16.0)]
+    gated = with_gate(net, path, 'auto')
+    with torch.no_grad():
+        expected = gate(net(*xs), xs[1], noise_maps(xs[1]))[0]
+        expected = loaded.hold_to_band(expected, mu_law_torch(xs[0][:, :3].clamp(0, 1)), short_bands(xs[0], xs[1]),
+                                       1.5)
+        assert torch.allclose(gated(*xs), expected)
+    checkpoint = torch.load(path, weights_only=True)
+    for bad in (-1.0, float('nan'), True):
+        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], short_consistency=bad)}), path)
+        with pytest.raises(GateError, match='short_consistency'):
+            read_gate(path)

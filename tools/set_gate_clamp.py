@@ -30,13 +30,28 @@ def main(argv=None) -> int:
     p.add_argument('--consistency', type=float, help='the clamp, in noise sigmas (0: none); unchanged if omitted')
     p.add_argument('--consistency_chroma', type=float,
                    help='the colour room, in times the clamp (0: per-channel clamp); unchanged if omitted')
+    p.add_argument('--short_consistency', type=float,
+                   help='hold the medium frame\'s clipped pixels to the aligned short frame\'s noise band, within this '
+                        'many sigmas, where the two frames agree (0: off); needs --network, and a backbone that '
+                        'takes aligned frames (an unaligned short frame would bring its ghosts)')
+    p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
     args = p.parse_args(argv)
-    for flag in ('consistency', 'consistency_chroma'):
+    for flag in ('consistency', 'consistency_chroma', 'short_consistency'):
         value = getattr(args, flag)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
+            return 2
+    if args.short_consistency:
+        from models.backbones import NAMES, backbone
+
+        if args.network not in NAMES:
+            print(f'error: --short_consistency needs --network (one of {", ".join(NAMES)})', file=sys.stderr)
+            return 2
+        if not backbone(args.network).aligned_input:
+            print(f'error: {args.network} takes unaligned frames: holding its output to the short frame would copy '
+                  'that frame\'s ghosts (--short_consistency is for backbones with aligned inputs)', file=sys.stderr)
             return 2
     try:
         checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
@@ -46,14 +61,15 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     entry = checkpoint[GATE_KEY]
-    for flag in ('consistency', 'consistency_chroma'):
+    for flag in ('consistency', 'consistency_chroma', 'short_consistency'):
         if getattr(args, flag) is not None:
             entry[flag] = getattr(args, flag)
     if args.why:
         entry['clamp_chosen_on'] = args.why
     atomic_torch_save(checkpoint, args.out)
     gate = read_gate(args.out)
-    print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}')
+    print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
+          f'short_consistency {gate.short_consistency:g}')
     return 0
 
 

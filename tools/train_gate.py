@@ -185,8 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --consistency: hold the brightness to the band and each channel within this many times '
                         'the band (0: each channel to the band alone, as gates made before round 3\'s thirteenth '
                         'session)')
+    p.add_argument('--short_consistency', default='auto',
+                   help="at inference, hold the pixels the medium frame clips to the aligned short frame's noise band, "
+                        'within this many sigmas, where the two frames agree (0: off). auto: --consistency for a '
+                        'backbone that takes aligned frames, 0 for one that takes them unaligned (their ghosts)')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
     return p
+
+
+def short_consistency_of(value: str, network: str, consistency: float) -> float:
+    """--short_consistency as a number; ValueError for a bad value or one set for an unaligned-input backbone."""
+    aligned = backbone(network).aligned_input
+    if value == 'auto':
+        return consistency if aligned else 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f'--short_consistency {value!r}: expected auto or a number >= 0') from None
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f'--short_consistency {value!r}: expected auto or a number >= 0')
+    if number and not aligned:
+        raise ValueError(f'--short_consistency {value}: {network} takes unaligned frames, and holding its output to '
+                         'the short frame would copy that frame\'s ghosts')
+    return number
 
 
 def main(argv=None) -> int:
@@ -200,6 +221,11 @@ def main(argv=None) -> int:
         if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
+    try:
+        short_consistency = short_consistency_of(args.short_consistency, args.network, args.consistency)
+    except ValueError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     if args.noisy_copies < 0:
         print('error: --noisy_copies must be 0 or more', file=sys.stderr)
         return 2
@@ -227,7 +253,7 @@ def main(argv=None) -> int:
             RuntimeError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    gate.consistency, gate.chroma = args.consistency, args.consistency_chroma
+    gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {'trained_on': str(root), 'scenes': len(names), 'noisy_copies': args.noisy_copies, 'iters': args.iters,
             'final_loss': loss,
