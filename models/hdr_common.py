@@ -73,7 +73,8 @@ class HDRBackboneModel(BaseModel):
         super().load_networks(epoch)
         if not self.isTrain:
             path = self.opt.load_path or self.network_path('SelfHDR', epoch)
-            self.netSelfHDR = with_gate(self.netSelfHDR, path, getattr(self.opt, 'medium_gate', 'auto'))
+            self.netSelfHDR = with_gate(self.netSelfHDR, path, getattr(self.opt, 'medium_gate', 'auto'),
+                                        network=getattr(self.opt, 'network', None))
 
     def compile_networks(self):
         """--compile: the backbone only, also behind a medium gate (the gate's noise map is NumPy, which would

@@ -52,12 +52,16 @@ from util.tonemap import MU, inverse_mu_law_torch, mu_law_torch
 logger = logging.getLogger(__name__)
 
 GATE_KEY = 'medium_gate'
-GATE_VERSION = 1
+# 2 since the chroma factor and the short frame's clamp (round 3, thirteenth session): code that knows only version 1
+# refuses such a gate instead of running it without them; version-1 entries read as before (both 0)
+GATE_VERSION = 2
+GATE_VERSIONS = (1, 2)
 GATE_MODES = ('auto', 'on', 'off')
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
 SHORT_AGREEMENT = 0.1  # gamma-encoded, at the medium exposure: util.align's clip_tol, the label's own agreement test
+ECHO_TOLERANCE = 1.5 / 255  # a short frame this close to the medium frame brought to its exposure is that frame's copy
 # tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
 DEFAULT_CONSISTENCY = 1.5
 # and its chroma factor (MediumGate.hold_to_band): validation level from 1.0 to 1.2, the shadow-chroma bench decides
@@ -154,9 +158,9 @@ def noise_maps_and_bands(x_mid: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _exposure_time(ldr: np.ndarray, hdr: np.ndarray) -> float:
-    """The exposure time a backbone input was built with (H = ldr ** 2.2 / t): the median over its mid-tone pixels;
-    nan when it has none."""
-    lit = (ldr > 0.05) & (ldr < CLIPPED_LEVEL) & (hdr > 0)
+    """The exposure time a backbone input was built with (H = ldr ** 2.2 / t, clipped pixels included: H is made
+    from the clipped code): the median over its pixels above 0.05; nan when it has none."""
+    lit = (ldr > 0.05) & (hdr > 0)
     return float(np.median(np.power(ldr[lit], GAMMA) / hdr[lit])) if lit.any() else float('nan')
 
 
@@ -166,16 +170,21 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
     witnesses a pixel the medium frame clips: the medium frame is clipped there (a channel at CLIPPED_LEVEL or above),
     the short frame says something reliable (its own band is finite), and the two agree (brought to the medium
     frame's exposure, the short frame reaches the clip in the clipped channels and lies within SHORT_AGREEMENT of
-    the medium frame in the others: ``util.align.agrees_with_reference``)."""
-    from util.align import agrees_with_reference
+    the medium frame in the others: ``util.align.agrees_with_reference``), and the short frame is not the medium
+    frame itself: where ``util.align`` rejects a warp it fills in the medium frame brought to the short exposure, and
+    over a clipped pixel that copy knows only the clip's lower bound (``ECHO_TOLERANCE``: such a copy matches the
+    medium frame to the rounding of an 8-bit code in every channel)."""
+    from util.align import agrees_with_reference, equalise_exposure
 
     band = medium_noise_band(ldr_short, hdr_short)
     t_short, t_mid = _exposure_time(ldr_short, hdr_short), _exposure_time(ldr_mid, hdr_mid)
     if not (math.isfinite(t_short) and math.isfinite(t_mid) and t_short < t_mid):
         band[...] = np.inf  # no exposure to compare, or not a shorter frame: it witnesses nothing
         return band
-    witness = (np.asarray(ldr_mid).max(axis=2) >= CLIPPED_LEVEL) & agrees_with_reference(
-        np.clip(ldr_short, 0, 1), np.clip(ldr_mid, 0, 1), t_short, t_mid, CLIPPED_LEVEL, SHORT_AGREEMENT)
+    ldr_short, ldr_mid = np.clip(ldr_short, 0, 1), np.clip(ldr_mid, 0, 1)
+    echo = (np.abs(ldr_short - equalise_exposure(ldr_mid, t_mid, t_short)) <= ECHO_TOLERANCE).all(axis=2)
+    witness = ((ldr_mid.max(axis=2) >= CLIPPED_LEVEL) & ~echo
+               & agrees_with_reference(ldr_short, ldr_mid, t_short, t_mid, CLIPPED_LEVEL, SHORT_AGREEMENT))
     band[~witness] = np.inf
     return band
 
@@ -230,23 +239,27 @@ class MediumGate(nn.Module):
                                     self.short_consistency)
         return out, g
 
-    def hold_to_band(self, out, mu_mid, band, k=None):
-        """``out`` clamped, in mu-law, to mu(H_mid) +- consistency * band (no change where band is inf).
+    def hold_to_band(self, out, mu_ref, band, k=None):
+        """``out`` clamped, in mu-law, to ``mu_ref`` +- k * band (no change where band is inf).
 
         With ``chroma`` = c > 0 the clamp goes in two steps: every channel first moves by the mean of the moves the
         per-channel clamp asks for (the pixel's brightness is held to the band), then each channel is held within c
         times the band. c > 1 leaves the network's colour more room than its brightness: a noisy frame's chroma noise
         is what the network removes in the shadows, and a per-channel clamp hands part of it back (README, "Study and
-        shipped model"). c = 0: the per-channel clamp alone, as gates stored without the entry have it. ``k``: the
-        clamp in sigmas (default ``consistency``); ``mu_mid`` may be another witness frame's mu-law radiance."""
+        shipped model"). c = 0: the per-channel clamp alone, as gates stored without the entry have it. ``mu_ref``: the
+        witness frame's mu-law radiance (the medium frame's, or the short frame's for the clipped pixels); ``k``: the
+        clamp in sigmas (default ``consistency``). Where the band is inf nothing changes, whatever the witness holds
+        (a NaN in a frame stays out of pixels it does not witness)."""
         k = self.consistency if k is None else k
-        reach = torch.nan_to_num(k * band, nan=float('inf'))  # no band, no clamp
+        open_ = ~torch.isfinite(band)  # no band (inf, or NaN), no clamp
+        reach = torch.where(open_, 0.0, k * band)
         mu_out = mu_law_torch(out.clamp(0, 1))
-        held = torch.minimum(torch.maximum(mu_out, mu_mid - reach), mu_mid + reach)
+        held = torch.where(open_, mu_out, torch.minimum(torch.maximum(mu_out, mu_ref - reach), mu_ref + reach))
         if self.chroma > 0:
             shifted = mu_out + (held - mu_out).mean(dim=1, keepdim=True)
             wide = self.chroma * reach
-            held = torch.minimum(torch.maximum(shifted, mu_mid - wide), mu_mid + wide).clamp(0, 1)
+            held = torch.where(open_, mu_out,
+                               torch.minimum(torch.maximum(shifted, mu_ref - wide), mu_ref + wide).clamp(0, 1))
         # only the pixels the clamp moved go through the inverse: the others keep their exact values
         return torch.where(held != mu_out, inverse_mu_law_torch(held), out)
 
@@ -291,8 +304,9 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     entry = checkpoint.get(GATE_KEY) if isinstance(checkpoint, dict) else None
     if entry is None:
         return None
-    if not isinstance(entry, dict) or entry.get('version') != GATE_VERSION or 'state_dict' not in entry:
-        raise GateError(f'{path}: its {GATE_KEY!r} entry is not a version-{GATE_VERSION} medium gate')
+    if not isinstance(entry, dict) or entry.get('version') not in GATE_VERSIONS or 'state_dict' not in entry:
+        raise GateError(f'{path}: its {GATE_KEY!r} entry is not a medium gate of version '
+                        f'{" or ".join(map(str, GATE_VERSIONS))}')
     consistency = entry.get('consistency', 0.0)
     if (isinstance(consistency, bool) or not isinstance(consistency, (int, float)) or not math.isfinite(consistency)
             or consistency < 0):
@@ -310,13 +324,16 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
         raise GateError(f'{path}: the medium gate does not load ({exc})') from exc
     if not all(torch.isfinite(p).all() for p in gate.parameters()):
         raise GateError(f'{path}: the medium gate has NaN/Inf weights')
+    gate.network = entry.get('network')  # the backbone it was made for, when the tools recorded it
     return gate.eval()
 
 
-def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None = None) -> nn.Module:
+def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None = None,
+              network: str | None = None) -> nn.Module:
     """``net`` (a backbone loaded from ``path``) followed by the checkpoint's medium gate: with mode 'auto' when the
     checkpoint has one, always with 'on' (an error when it has none), never with 'off'. ``checkpoint``: as
-    read_gate's."""
+    read_gate's. ``network``: the backbone's name (else the one the gate recorded); the short frame's clamp is
+    switched off, with a warning, for a backbone that takes unaligned frames (it would copy their ghosts)."""
     if mode not in GATE_MODES:
         raise GateError(f"--medium_gate {mode!r}: choose one of {', '.join(GATE_MODES)}")
     if mode == 'off':
@@ -326,9 +343,23 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
         if mode == 'on':
             raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')
         return net
+    name = network or gate.network
+    if gate.short_consistency > 0 and name is not None:
+        from models.backbones import NAMES, backbone
+
+        if name in NAMES and not backbone(name).aligned_input:
+            logger.warning('medium gate: %s takes unaligned frames, so its output is not held to the short frame '
+                           '(short_consistency %g in %s is for backbones with aligned inputs)', name,
+                           gate.short_consistency, path)
+            gate.short_consistency = 0.0
+    held = []
+    if gate.consistency:
+        held.append(f'to the medium frame within {gate.consistency:g} sigma'
+                    + (f' (colour within {gate.chroma:g} times that)' if gate.chroma else ''))
+    if gate.short_consistency:
+        held.append(f'its clipped pixels to the aligned short frame within {gate.short_consistency:g} sigma')
     logger.info('medium gate: on (from %s%s; --medium_gate off gives the backbone alone)', path,
-                (f', held to the medium frame within {gate.consistency:g} sigma'
-                 + (f' (colour within {gate.chroma:g} times that)' if gate.chroma else '')) if gate.consistency else '')
+                f', held {" and ".join(held)}' if held else '')
     device = next(net.parameters()).device
     return GatedNetwork(net, gate.to(device)).train(net.training)
 

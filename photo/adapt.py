@@ -383,7 +383,8 @@ def decide(args, work: Work, state: dict, epochs: int) -> tuple[Path, dict]:
     for epoch, path in candidates:
         if not path.is_file():
             continue
-        net = with_gate(load_network(args.network, path, args.device, 'off'), args.checkpoint, 'auto', original)
+        net = with_gate(load_network(args.network, path, args.device, 'off'), args.checkpoint, 'auto', original,
+                        args.network)
         tile = args.tile if isinstance(args.tile, int) else 0  # 'auto': held-out frames are training-sized
         scores[epoch] = score(net, args.network, items, args.device, tile, args.tile_overlap)
         logger.info('%s: PSNR-mu %.3f dB on the trusted pixels of the %s brackets', 'original' if epoch == 0 else

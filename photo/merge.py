@@ -74,7 +74,7 @@ def load_network(network: str, checkpoint, device, medium_gate: str = 'auto'):
                          f'({exc})') from exc
     contents = load_backbone_state(net, str(checkpoint), device='cpu')  # CheckpointError names the file and keys
     try:
-        net = with_gate(net.eval(), checkpoint, medium_gate, contents)
+        net = with_gate(net.eval(), checkpoint, medium_gate, contents, network)
     except GateError as exc:
         raise MergeError(str(exc)) from None
     return net.eval().to(device)

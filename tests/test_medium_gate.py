@@ -218,7 +218,7 @@ def test_checkpoint_without_a_gate(tmp_path):
 
 
 @pytest.mark.parametrize('spoil, message', [
-    (lambda entry: entry.update(version=99), 'not a version-1 medium gate'),
+    (lambda entry: entry.update(version=99), 'not a medium gate of version 1 or 2'),
     (lambda entry: entry['state_dict'].pop('body.0.weight'), 'does not load'),
     (lambda entry: entry['state_dict']['body.0.bias'].fill_(float('nan')), 'NaN/Inf'),
 ])
@@ -329,8 +329,13 @@ def test_set_gate_clamp_changes_only_the_clamp(tmp_path, capsys):
     before, after = torch.load(source, weights_only=True), torch.load(out, weights_only=True)
     assert after[GATE_KEY]['consistency'] == 1.5 and after[GATE_KEY]['consistency_chroma'] == 1.2
     assert after[GATE_KEY]['clamp_chosen_on'] == 'a test'
+    assert after['state_dict'].keys() == before['state_dict'].keys()
+    assert after[GATE_KEY]['state_dict'].keys() == before[GATE_KEY]['state_dict'].keys()
     assert all(torch.equal(before['state_dict'][k], v) for k, v in after['state_dict'].items())
     assert all(torch.equal(before[GATE_KEY]['state_dict'][k], v) for k, v in after[GATE_KEY]['state_dict'].items())
+    # over its own input (atomically)
+    assert set_gate_clamp.main([str(out), '--consistency', '2', '--out', str(out)]) == 0
+    assert read_gate(out).consistency == 2.0 and read_gate(out).chroma == 1.2
     assert read_gate(out).chroma == 1.2
     plain = tmp_path / 'plain.pth'
     torch.save({'state_dict': net.state_dict()}, plain)
@@ -391,33 +396,75 @@ def test_short_consistency_holds_the_clipped_pixels_to_the_short_frame_and_nothi
         held(y, x_mid, noise_maps(x_mid))
 
 
-def test_short_consistency_is_stored_and_applied_by_the_gated_network(tmp_path, capsys):
+def test_short_consistency_is_stored_and_applied_by_the_gated_network(tmp_path, capsys, caplog):
+    from models.networks import define_network
     from tools import set_gate_clamp
 
-    net, gate = tiny_ahdr().eval(), _trained_looking_gate()
+    torch.manual_seed(0)
+    net, gate = define_network('FSHDR').eval(), _trained_looking_gate()  # FSHDR: aligned inputs
     source, path = tmp_path / 'gated.pth', tmp_path / 'short.pth'
     torch.save(gated_checkpoint(net.state_dict(), gate), source)
     assert torch.load(source, weights_only=True)[GATE_KEY]['short_consistency'] == 0.0
-    # only for a backbone that takes aligned frames, and only when the tool is told which one it is
+    # only for a backbone that takes aligned frames, only when the tool is told which, and only the right one
     assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--out', str(path)]) == 2
     assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--network', 'AHDRNet',
                                 '--out', str(path)]) == 2
     assert 'unaligned' in capsys.readouterr().err and not path.exists()
+    ahdr = tmp_path / 'ahdr.pth'
+    torch.save(gated_checkpoint(tiny_ahdr().state_dict(), gate), ahdr)
+    assert set_gate_clamp.main([str(ahdr), '--short_consistency', '1.5', '--network', 'FSHDR',
+                                '--out', str(path)]) == 1
+    assert 'does not match FSHDR' in capsys.readouterr().err and not path.exists()
+    assert set_gate_clamp.main([str(source), '--out', str(path)]) == 2  # nothing to set
     assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
+    entry = torch.load(path, weights_only=True)[GATE_KEY]
+    assert entry['network'] == 'FSHDR' and entry['version'] == 2  # older code refuses it instead of ignoring it
     loaded = read_gate(path)
     assert loaded.short_consistency == 1.5
     short, mid = _bracket_with_a_clipped_sky(2)
-    long_ = mid.clone()
-    xs = [_medium_input(short, 1.0), _medium_input(mid, 4.0), _medium_input(long_, 16.0)]
-    gated = with_gate(net, path, 'auto')
+    xs = [_medium_input(short, 1.0), _medium_input(mid, 4.0), _medium_input(mid.clone(), 16.0)]
     with torch.no_grad():
-        expected = gate(net(*xs), xs[1], noise_maps(xs[1]))[0]
-        expected = loaded.hold_to_band(expected, mu_law_torch(xs[0][:, :3].clamp(0, 1)), short_bands(xs[0], xs[1]),
+        unheld = gate(net(*xs), xs[1], noise_maps(xs[1]))[0]
+        expected = loaded.hold_to_band(unheld, mu_law_torch(xs[0][:, :3].clamp(0, 1)), short_bands(xs[0], xs[1]),
                                        1.5)
-        assert torch.allclose(gated(*xs), expected)
+        assert not torch.allclose(expected, unheld)  # the clamp acts on this bracket
+        assert torch.allclose(with_gate(net, path, 'auto')(*xs), expected)
+        # named as an unaligned-input backbone, the short frame's clamp is switched off, with a warning
+        with caplog.at_level('WARNING', logger='models.medium_gate'):
+            assert torch.allclose(with_gate(net, path, 'auto', network='AHDRNet')(*xs), unheld)
+        assert 'unaligned frames' in caplog.text
     checkpoint = torch.load(path, weights_only=True)
     for bad in (-1.0, float('nan'), True):
         torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], short_consistency=bad)}), path)
         with pytest.raises(GateError, match='short_consistency'):
             read_gate(path)
+
+
+def test_short_witness_ignores_the_alignment_fallback_and_works_in_a_fully_clipped_tile():
+    from util.align import equalise_exposure
+
+    short, mid = _bracket_with_a_clipped_sky(3)
+    ldr_s, ldr_m = short[0].permute(1, 2, 0).numpy().copy(), mid[0].permute(1, 2, 0).numpy()
+    # where util.align rejects a warp it writes the medium frame brought to the short exposure: not a witness
+    ldr_s[8:16] = equalise_exposure(ldr_m[8:16], 4.0, 1.0)
+    band = short_witness_band(ldr_s, ldr_s ** 2.2 / 1.0, ldr_m, ldr_m ** 2.2 / 4.0)
+    witnessed = np.isfinite(band).all(axis=2)
+    assert not witnessed[8:16].any() and witnessed[16:24].mean() > 0.9
+    # a tile wholly inside the clipped sky still knows its exposures (H is made from the clipped codes too)
+    sky_s, sky_m = ldr_s[16:24], ldr_m[16:24]
+    assert (sky_m.max(axis=2) >= 0.95).all()
+    band = short_witness_band(sky_s, sky_s ** 2.2 / 1.0, sky_m, sky_m ** 2.2 / 4.0)
+    assert np.isfinite(band).all(axis=2).mean() > 0.9
+
+
+def test_a_nan_in_a_witness_frame_stays_out_of_the_pixels_it_does_not_witness():
+    gate = MediumGate(consistency=1.5, chroma=1.2)
+    out = torch.full((1, 3, 4, 4), 0.3)
+    mu_ref = torch.full_like(out, 0.5)
+    mu_ref[..., 0, 0] = float('nan')
+    band = torch.full_like(out, float('inf'))
+    band[..., 1, 1] = 0.01
+    held = gate.hold_to_band(out, mu_ref, band)
+    assert torch.isfinite(held).all()
+    assert torch.equal(held[..., 0, 0], out[..., 0, 0]) and not torch.equal(held[..., 1, 1], out[..., 1, 1])

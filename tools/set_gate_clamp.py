@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
-from models.medium_gate import GATE_KEY, read_gate  # noqa: E402
+from models.medium_gate import GATE_KEY, GATE_VERSION, read_gate  # noqa: E402
+
+FLAGS = ('consistency', 'consistency_chroma', 'short_consistency')
 
 
 def main(argv=None) -> int:
@@ -38,7 +41,10 @@ def main(argv=None) -> int:
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
     args = p.parse_args(argv)
-    for flag in ('consistency', 'consistency_chroma', 'short_consistency'):
+    if all(getattr(args, flag) is None for flag in FLAGS):
+        print(f'error: nothing to set (give at least one of {", ".join("--" + f for f in FLAGS)})', file=sys.stderr)
+        return 2
+    for flag in FLAGS:
         value = getattr(args, flag)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
@@ -57,17 +63,25 @@ def main(argv=None) -> int:
         checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
         if read_gate(args.checkpoint, checkpoint) is None:
             raise CheckpointError(f'{args.checkpoint}: no medium gate to set (train one with tools/train_gate.py)')
-    except (CheckpointError, OSError, RuntimeError) as exc:
+        if args.network:  # the backbone must be the one named: the short frame's clamp is refused for others
+            from models.base_model import load_backbone_state
+            from models.networks import define_network
+
+            load_backbone_state(define_network(args.network), args.checkpoint)
+        entry = checkpoint[GATE_KEY]
+        for flag in FLAGS:
+            if getattr(args, flag) is not None:
+                entry[flag] = getattr(args, flag)
+        entry['version'] = GATE_VERSION  # older code refuses it rather than running it without these settings
+        if args.network:
+            entry['network'] = args.network
+        if args.why:
+            entry['clamp_chosen_on'] = args.why
+        atomic_torch_save(checkpoint, args.out)
+        gate = read_gate(args.out)
+    except (CheckpointError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    entry = checkpoint[GATE_KEY]
-    for flag in ('consistency', 'consistency_chroma', 'short_consistency'):
-        if getattr(args, flag) is not None:
-            entry[flag] = getattr(args, flag)
-    if args.why:
-        entry['clamp_chosen_on'] = args.why
-    atomic_torch_save(checkpoint, args.out)
-    gate = read_gate(args.out)
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
           f'short_consistency {gate.short_consistency:g}')
     return 0

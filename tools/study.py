@@ -329,7 +329,7 @@ def load_network(ckpt: Path, name: str, epoch: int, network: str, medium_gate: s
     net = networks.define_network(network)
     path = ckpt / name / f'SelfHDR_model_{epoch}.pth'
     contents = load_backbone_state(net, str(path), device='cpu')
-    return with_gate(net.eval(), path, medium_gate, contents)
+    return with_gate(net.eval(), path, medium_gate, contents, network)
 
 
 def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray]:

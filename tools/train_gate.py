@@ -255,7 +255,8 @@ def main(argv=None) -> int:
         return 1
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     out.parent.mkdir(parents=True, exist_ok=True)
-    info = {'trained_on': str(root), 'scenes': len(names), 'noisy_copies': args.noisy_copies, 'iters': args.iters,
+    info = {'network': args.network, 'trained_on': str(root), 'scenes': len(names), 'noisy_copies': args.noisy_copies,
+            'iters': args.iters,
             'final_loss': loss,
             'backbone_checkpoint': str(args.checkpoint)}
     atomic_torch_save(gated_checkpoint(net.state_dict(), gate, **info), str(out))
