@@ -196,8 +196,10 @@ def short_bands(x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
 
 
 class MediumGate(nn.Module):
-    """The gate's CNN and blend. forward(y, x_mid, noise, band=None) -> (out, g); all float32, ``noise`` from
-    noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0 for none)."""
+    """The gate's CNN and blend. forward(y, x_mid, noise, band=None, x_short=None, short_band=None) -> (out, g); all
+    float32, ``noise`` from noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0
+    for none), ``x_short`` the (aligned) short frame's backbone input and ``short_band`` from short_bands (needed
+    when ``short_consistency`` > 0: the short frame's clamp over the medium frame's clipped pixels)."""
 
     def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
                  short_consistency: float = 0.0):
