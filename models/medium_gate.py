@@ -29,7 +29,8 @@ Where the checkpoint sets ``short_consistency`` = k' (round 3, thirteenth sessio
 aligned frames), the short frame is the witness instead: wherever the medium frame clips a pixel, the aligned short
 frame does not, and the two agree (the short frame, brought to the medium exposure, reaches the clip in the clipped
 channels and lies within SHORT_AGREEMENT of the frame in the others), the output is held within k' of the short
-frame's own noise band (``short_witness_band``), in the same two steps.
+frame's own noise band (``short_witness_band``), in the same two steps; and where a channel is clipped in both
+frames, the output is at least the short frame's clipped reading (``short_floor``).
 
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
@@ -189,6 +190,15 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
     return band
 
 
+def short_floor(out: torch.Tensor, x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
+    """``out`` raised, channel by channel, to the (aligned) short frame's radiance wherever that channel is clipped
+    in both the medium and the short frame: the scene is at least as bright as the short frame's clipped reading
+    (capped at 1, the backbones' range). The alignment's fallback (the medium frame brought to the short exposure)
+    never reaches the clip, so only the short frame's own pixels set a floor. Inputs (N, 6, H, W), float32."""
+    both = (x_mid[:, 3:6] >= CLIPPED_LEVEL) & (x_short[:, 3:6] >= CLIPPED_LEVEL)
+    return torch.where(both, torch.maximum(out, x_short[:, 0:3].clamp(max=1.0)), out)
+
+
 def short_bands(x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
     """``short_witness_band`` for a batch of backbone inputs (N, 6, H, W): (N, 3, H, W)."""
     return _to_batch([short_witness_band(ls, hs, lm, hm)
@@ -239,6 +249,7 @@ class MediumGate(nn.Module):
                                  f'{None if short_band is None else tuple(short_band.shape)}')
             out = self.hold_to_band(out, mu_law_torch(x_short[:, 0:3].clamp(0, 1)), short_band,
                                     self.short_consistency)
+            out = short_floor(out, x_short, x_mid)
         return out, g
 
     def hold_to_band(self, out, mu_ref, band, k=None):

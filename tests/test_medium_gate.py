@@ -6,7 +6,8 @@ import torch
 from models.base_model import CheckpointError, load_backbone_state
 from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_band,
                                 medium_noise_map, medium_noise_map_and_band, noise_bands, noise_maps,
-                                noise_maps_and_bands, read_gate, short_bands, short_witness_band, with_gate)
+                                noise_maps_and_bands, read_gate, short_bands, short_floor, short_witness_band,
+                                with_gate)
 from util.tonemap import mu_law_torch
 from tiny_data import tiny_ahdr
 
@@ -468,3 +469,20 @@ def test_a_nan_in_a_witness_frame_stays_out_of_the_pixels_it_does_not_witness():
     held = gate.hold_to_band(out, mu_ref, band)
     assert torch.isfinite(held).all()
     assert torch.equal(held[..., 0, 0], out[..., 0, 0]) and not torch.equal(held[..., 1, 1], out[..., 1, 1])
+
+
+def test_short_floor_lifts_only_channels_clipped_in_both_frames():
+    from util.align import equalise_exposure
+
+    mid = torch.full((1, 3, 2, 2), 0.99)
+    mid[0, 1] = 0.5  # green well exposed in the medium frame: not the floor's business
+    short = torch.full((1, 3, 2, 2), 0.97)  # red and blue clipped in the short frame too
+    short[..., 1, 1] = torch.from_numpy(equalise_exposure(mid[0, :, 1, 1].numpy(), 4.0, 1.0))  # a fallback pixel
+    x_short, x_mid = _medium_input(short, 1.0), _medium_input(mid, 4.0)
+    out = torch.full((1, 3, 2, 2), 0.2)  # a backbone that darkens the highlight
+    lifted = short_floor(out, x_short, x_mid)
+    reading = 0.97 ** 2.2
+    assert torch.allclose(lifted[0, [0, 2], 0, 0], torch.full((2,), reading))  # at least what the short frame read
+    assert lifted[0, 1, 0, 0] == 0.2  # a channel the medium frame exposes well stays
+    assert torch.equal(lifted[..., 1, 1], out[..., 1, 1])  # the fallback never reaches the clip: no floor
+    assert torch.equal(short_floor(torch.full_like(out, 0.95), x_short, x_mid), torch.full_like(out, 0.95))
