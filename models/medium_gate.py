@@ -69,7 +69,8 @@ DEFAULT_CONSISTENCY = 1.5
 DEFAULT_CHROMA = 1.2
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
 # auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, 501 with the short
-# frame's clamp as well (round 3, thirteenth session: peak RSS over the inputs, an identity backbone), rounded up.
+# frame's clamp and floor as well (round 3, thirteenth session: peak RSS over the inputs, an identity backbone),
+# rounded up.
 GATE_BYTES_PER_PIXEL = 512
 
 
@@ -193,10 +194,11 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
 def short_floor(out: torch.Tensor, x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
     """``out`` raised, channel by channel, to the (aligned) short frame's radiance wherever that channel is clipped
     in both the medium and the short frame: the scene is at least as bright as the short frame's clipped reading
-    (capped at 1, the backbones' range). The alignment's fallback (the medium frame brought to the short exposure)
-    never reaches the clip, so only the short frame's own pixels set a floor. Inputs (N, 6, H, W), float32."""
+    (capped at 1, the backbones' range). Where the alignment's fallback (the medium frame brought to the short
+    exposure) reaches the clip at all (frames under 1/6 stop apart), its reading is the medium frame's own clipped
+    one, a lower bound too. Inputs (N, 6, H, W) = [radiance, LDR], float32; a NaN reading leaves ``out`` as it is."""
     both = (x_mid[:, 3:6] >= CLIPPED_LEVEL) & (x_short[:, 3:6] >= CLIPPED_LEVEL)
-    return torch.where(both, torch.maximum(out, x_short[:, 0:3].clamp(max=1.0)), out)
+    return torch.where(both, torch.fmax(out, x_short[:, 0:3].clamp(max=1.0)), out)
 
 
 def short_bands(x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
