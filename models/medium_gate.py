@@ -178,6 +178,8 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
     medium frame to the rounding of an 8-bit code in every channel)."""
     from util.align import agrees_with_reference, equalise_exposure
 
+    if not (np.asarray(ldr_mid).max(axis=2) >= CLIPPED_LEVEL).any():  # nothing clipped: nothing to witness
+        return np.full(np.shape(ldr_short), np.inf, np.float32)
     band = medium_noise_band(ldr_short, hdr_short)
     t_short, t_mid = _exposure_time(ldr_short, hdr_short), _exposure_time(ldr_mid, hdr_mid)
     if not (math.isfinite(t_short) and math.isfinite(t_mid) and t_short < t_mid):
@@ -189,6 +191,18 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
                & agrees_with_reference(ldr_short, ldr_mid, t_short, t_mid, CLIPPED_LEVEL, SHORT_AGREEMENT))
     band[~witness] = np.inf
     return band
+
+
+def short_clamp_refusal(network: str | None) -> str | None:
+    """Why the short frame's clamp must not run behind backbone ``network`` (None when it may, or when the backbone
+    is unknown): a backbone that takes unaligned frames sees a short frame with its ghosts, which the clamp would
+    copy into the output."""
+    from models.backbones import NAMES, backbone
+
+    if network in NAMES and not backbone(network).aligned_input:
+        return (f'{network} takes unaligned frames, and holding its output to the short frame would copy that '
+                f'frame\'s ghosts (the short frame\'s clamp is for backbones with aligned inputs)')
+    return None
 
 
 def short_floor(out: torch.Tensor, x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
@@ -322,17 +336,14 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     if not isinstance(entry, dict) or entry.get('version') not in GATE_VERSIONS or 'state_dict' not in entry:
         raise GateError(f'{path}: its {GATE_KEY!r} entry is not a medium gate of version '
                         f'{" or ".join(map(str, GATE_VERSIONS))}')
-    consistency = entry.get('consistency', 0.0)
-    if (isinstance(consistency, bool) or not isinstance(consistency, (int, float)) or not math.isfinite(consistency)
-            or consistency < 0):
-        raise GateError(f'{path}: the medium gate\'s consistency {consistency!r} is not a number >= 0')
-    chroma = entry.get('consistency_chroma', 0.0)
-    if isinstance(chroma, bool) or not isinstance(chroma, (int, float)) or not math.isfinite(chroma) or chroma < 0:
-        raise GateError(f'{path}: the medium gate\'s consistency_chroma {chroma!r} is not a number >= 0')
-    short = entry.get('short_consistency', 0.0)
-    if isinstance(short, bool) or not isinstance(short, (int, float)) or not math.isfinite(short) or short < 0:
-        raise GateError(f'{path}: the medium gate\'s short_consistency {short!r} is not a number >= 0')
-    gate = MediumGate(int(entry.get('channels', 32)), float(consistency), float(chroma), float(short))
+    def setting(key: str) -> float:  # absent (an older gate): 0, the setting off
+        value = entry.get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise GateError(f'{path}: the medium gate\'s {key} {value!r} is not a number >= 0')
+        return float(value)
+
+    gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
+                      setting('short_consistency'))
     try:
         gate.load_state_dict(entry['state_dict'])
     except RuntimeError as exc:
@@ -358,15 +369,11 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
         if mode == 'on':
             raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')
         return net
-    name = network or gate.network
-    if gate.short_consistency > 0 and name is not None:
-        from models.backbones import NAMES, backbone
-
-        if name in NAMES and not backbone(name).aligned_input:
-            logger.warning('medium gate: %s takes unaligned frames, so its output is not held to the short frame '
-                           '(short_consistency %g in %s is for backbones with aligned inputs)', name,
-                           gate.short_consistency, path)
-            gate.short_consistency = 0.0
+    refusal = short_clamp_refusal(network or gate.network) if gate.short_consistency > 0 else None
+    if refusal:
+        logger.warning('medium gate: %s, so its short_consistency %g in %s is switched off', refusal,
+                       gate.short_consistency, path)
+        gate.short_consistency = 0.0
     held = []
     if gate.consistency:
         held.append(f'to the medium frame within {gate.consistency:g} sigma'

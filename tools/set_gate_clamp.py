@@ -22,7 +22,7 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
-from models.medium_gate import GATE_KEY, GATE_VERSION, read_gate  # noqa: E402
+from models.medium_gate import GATE_KEY, GATE_VERSION, read_gate, short_clamp_refusal  # noqa: E402
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency')
 
@@ -50,14 +50,14 @@ def main(argv=None) -> int:
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
     if args.short_consistency:
-        from models.backbones import NAMES, backbone
+        from models.backbones import NAMES
 
         if args.network not in NAMES:
             print(f'error: --short_consistency needs --network (one of {", ".join(NAMES)})', file=sys.stderr)
             return 2
-        if not backbone(args.network).aligned_input:
-            print(f'error: {args.network} takes unaligned frames: holding its output to the short frame would copy '
-                  'that frame\'s ghosts (--short_consistency is for backbones with aligned inputs)', file=sys.stderr)
+        refusal = short_clamp_refusal(args.network)
+        if refusal:
+            print(f'error: --short_consistency: {refusal}', file=sys.stderr)
             return 2
     try:
         checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)

@@ -37,7 +37,7 @@ from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
 from models.medium_gate import (DEFAULT_CHROMA, DEFAULT_CONSISTENCY, MediumGate, gated_checkpoint,  # noqa: E402
-                                medium_noise_map)
+                                medium_noise_map, short_clamp_refusal)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -195,18 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def short_consistency_of(value: str, network: str, consistency: float) -> float:
     """--short_consistency as a number; ValueError for a bad value or one set for an unaligned-input backbone."""
-    aligned = backbone(network).aligned_input
+    refusal = short_clamp_refusal(network)
     if value == 'auto':
-        return consistency if aligned else 0.0
+        return 0.0 if refusal else consistency
     try:
         number = float(value)
     except ValueError:
         raise ValueError(f'--short_consistency {value!r}: expected auto or a number >= 0') from None
     if not (number >= 0 and math.isfinite(number)):
         raise ValueError(f'--short_consistency {value!r}: expected auto or a number >= 0')
-    if number and not aligned:
-        raise ValueError(f'--short_consistency {value}: {network} takes unaligned frames, and holding its output to '
-                         'the short frame would copy that frame\'s ghosts')
+    if number and refusal:
+        raise ValueError(f'--short_consistency {value}: {refusal}')
     return number
 
 
