@@ -155,6 +155,52 @@ def test_chroma_factor_holds_brightness_to_the_band_and_leaves_colour_more_room(
     assert torch.equal(two_step.hold_to_band(inside, mu_mid, band), inside)
 
 
+def test_fallback_hands_the_witness_back_where_the_output_strays_far_beyond_its_noise():
+    ldr = _textured_frame(0.02)
+    x_mid = _medium_input(ldr)
+    band = noise_bands(x_mid)
+    trusted = torch.isfinite(band).all(dim=1, keepdim=True)
+    mu_mid = mu_law_torch(x_mid[:, :3].clamp(0, 1))
+    # an output that is the frame plus k sigmas of the band, k growing from 0 to 6 across the image
+    steps = torch.linspace(0, 6, 64).view(1, 1, 1, 64)
+    sigma = torch.where(torch.isfinite(band), band, torch.zeros_like(band))
+    from util.tonemap import inverse_mu_law_torch
+    y = inverse_mu_law_torch((mu_mid + steps * sigma).clamp(0, 1))
+    plain, falling = MediumGate(consistency=1.5, chroma=1.2), MediumGate(consistency=1.5, chroma=1.2, fallback=4.0)
+    with torch.no_grad():
+        out_p, out_f = plain.hold_to_band(y, mu_mid, band), falling.hold_to_band(y, mu_mid, band)
+    dist = ((mu_law_torch(out_f) - mu_mid) / band.clamp_min(1e-12)).abs()
+    near = (steps <= 1.4).expand_as(trusted) & trusted
+    far = (steps >= 4.05).expand_as(trusted) & trusted
+    between = ((steps > 1.6) & (steps < 3.9)).expand_as(trusted) & trusted
+    assert torch.equal(out_f[near.expand_as(y)], out_p[near.expand_as(y)])  # within the clamp: nothing changes
+    assert (dist.amax(1, keepdim=True)[far] < 1e-3).all()  # far beyond: the witness itself
+    # between: strictly inside the plain clamp's result, moving towards the witness as the output strays further
+    d_p = ((mu_law_torch(out_p) - mu_mid) / band.clamp_min(1e-12)).abs().amax(1, keepdim=True)
+    assert (dist.amax(1, keepdim=True)[between] < d_p[between] - 1e-3).all()
+    assert torch.equal(out_f[~trusted.expand_as(y)], y[~trusted.expand_as(y)])  # no band, no change
+    # a fallback not beyond the clamp is no fallback
+    same = MediumGate(consistency=1.5, chroma=1.2, fallback=1.5)
+    assert torch.equal(same.hold_to_band(y, mu_mid, band), out_p)
+
+
+def test_fallback_is_stored_and_read_with_the_gate(tmp_path):
+    gate = _trained_looking_gate()
+    gate.consistency, gate.fallback = 1.5, 3.0
+    path = tmp_path / 'fallback.pth'
+    checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), gate)
+    assert checkpoint[GATE_KEY]['version'] == 3
+    torch.save(checkpoint, path)
+    assert read_gate(path).fallback == 3.0
+    del checkpoint[GATE_KEY]['consistency_fallback']  # gates stored before the entry: no fallback
+    torch.save(checkpoint, path)
+    assert read_gate(path).fallback == 0.0
+    for bad in (-1.0, float('nan'), True):
+        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], consistency_fallback=bad)}), path)
+        with pytest.raises(GateError, match='consistency_fallback'):
+            read_gate(path)
+
+
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
     net, gate = tiny_ahdr().eval(), _trained_looking_gate()
     gate.consistency = 2.0
@@ -219,7 +265,7 @@ def test_checkpoint_without_a_gate(tmp_path):
 
 
 @pytest.mark.parametrize('spoil, message', [
-    (lambda entry: entry.update(version=99), 'not a medium gate of version 1 or 2'),
+    (lambda entry: entry.update(version=99), 'not a medium gate of version 1 or 2 or 3'),
     (lambda entry: entry['state_dict'].pop('body.0.weight'), 'does not load'),
     (lambda entry: entry['state_dict']['body.0.bias'].fill_(float('nan')), 'NaN/Inf'),
 ])
@@ -250,6 +296,8 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
     assert gate.chroma == 1.2 and gate.short_consistency == 0.0  # AHDRNet sees the short frame unaligned: no witness
+    assert gate.fallback == 4.0
+    assert train_gate.main(argv + ['--consistency_fallback', 'nan']) == 2
     assert train_gate.main(argv + ['--short_consistency', '1.5']) == 2  # refused for an unaligned-input backbone
     assert train_gate.main(argv + ['--short_consistency', 'lots']) == 2
     assert train_gate.main(argv + ['--noisy_copies', '1', '--out', str(tmp_path / 'noisy.pth')]) == 0
@@ -420,7 +468,7 @@ def test_short_consistency_is_stored_and_applied_by_the_gated_network(tmp_path, 
     assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['network'] == 'FSHDR' and entry['version'] == 2  # older code refuses it instead of ignoring it
+    assert entry['network'] == 'FSHDR' and entry['version'] == 3  # older code refuses it instead of ignoring it
     loaded = read_gate(path)
     assert loaded.short_consistency == 1.5
     short, mid = _bracket_with_a_clipped_sky(2)

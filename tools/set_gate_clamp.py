@@ -1,4 +1,4 @@
-"""Set the consistency clamp of a gated checkpoint (models/medium_gate.py) without training the gate again.
+"""Set the consistency clamps of a gated checkpoint (models/medium_gate.py) without training the gate again.
 
     python tools/set_gate_clamp.py pretrained_models/fshdr_long_na_gate/SelfHDR_model_1.pth \
         --consistency 1.5 --consistency_chroma 1.2 --out /tmp/SelfHDR_model_1.pth
@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
 from models.medium_gate import GATE_KEY, GATE_VERSION, read_gate, short_clamp_refusal  # noqa: E402
 
-FLAGS = ('consistency', 'consistency_chroma', 'short_consistency')
+FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback')
 
 
 def main(argv=None) -> int:
@@ -37,6 +37,9 @@ def main(argv=None) -> int:
                    help='hold the medium frame\'s clipped pixels to the aligned short frame\'s noise band, within this '
                         'many sigmas, where the two frames agree (0: off); needs --network, and a backbone that '
                         'takes aligned frames (an unaligned short frame would bring its ghosts)')
+    p.add_argument('--consistency_fallback', type=float,
+                   help='where the output strays this many sigmas from the medium frame, it becomes that frame; '
+                        'linear from the clamp on (0, or not above --consistency: off)')
     p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
-          f'short_consistency {gate.short_consistency:g}')
+          f'short_consistency {gate.short_consistency:g}, consistency_fallback {gate.fallback:g}')
     return 0
 
 

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
-from models.medium_gate import (DEFAULT_CHROMA, DEFAULT_CONSISTENCY, MediumGate, gated_checkpoint,  # noqa: E402
-                                medium_noise_map, short_clamp_refusal)
+from models.medium_gate import (DEFAULT_CHROMA, DEFAULT_CONSISTENCY, DEFAULT_FALLBACK, MediumGate,  # noqa: E402
+                                gated_checkpoint, medium_noise_map, short_clamp_refusal)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --consistency: hold the brightness to the band and each channel within this many times '
                         'the band (0: each channel to the band alone, as gates made before round 3\'s thirteenth '
                         'session)')
+    p.add_argument('--consistency_fallback', type=float, default=DEFAULT_FALLBACK,
+                   help='with --consistency: where the output strays this many sigmas from the medium frame it becomes '
+                        'that frame, linearly from the clamp on (0, or not above --consistency: off)')
     p.add_argument('--short_consistency', default='auto',
                    help="at inference, hold the pixels the medium frame clips to the aligned short frame's noise band, "
                         'within this many sigmas, where the two frames agree (0: off). auto: --consistency for a '
@@ -216,7 +219,7 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             print(f'error: --{flag} must be at least 1', file=sys.stderr)
             return 2
-    for flag in ('consistency', 'consistency_chroma'):
+    for flag in ('consistency', 'consistency_chroma', 'consistency_fallback'):
         if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
@@ -253,6 +256,7 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
+    gate.fallback = args.consistency_fallback
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {'network': args.network, 'trained_on': str(root), 'scenes': len(names), 'noisy_copies': args.noisy_copies,
             'iters': args.iters,
