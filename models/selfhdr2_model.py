@@ -41,6 +41,10 @@ class SelfHDR2Model(HDRBackboneModel):
                             help='also keep L_color wherever the medium frame is clipped (a channel above 0.95): '
                                  'there only the short frame knows the radiance, and the colour component carries '
                                  'it (round-3 recipe; the release: False)')
+        parser.add_argument('--colour_skip_clipped', type=str2bool, default=False,
+                            help='leave L_color out wherever the medium frame is clipped: there the colour component '
+                                 'is the short frame alone, the noisiest of the bracket, which a model that already '
+                                 'beats its labels can only copy (tools/adapt.py turns it on; the release: False)')
         parser.add_argument('--vgg_rgb', type=str2bool, default=False,
                             help='flip BGR to RGB before the VGG (the release does not: known flaw 4)')
         return parser
@@ -53,6 +57,9 @@ class SelfHDR2Model(HDRBackboneModel):
         self.use_stru_loss = getattr(opt, 'stru_loss', 'vgg') == 'vgg'
         self.colour_threshold = getattr(opt, 'colour_threshold', 10) / 255
         self.colour_keep_clipped = bool(getattr(opt, 'colour_keep_clipped', False))
+        self.colour_skip_clipped = bool(getattr(opt, 'colour_skip_clipped', False))
+        if self.colour_keep_clipped and self.colour_skip_clipped:
+            raise ValueError('--colour_keep_clipped and --colour_skip_clipped contradict each other: choose one')
         if not self.colour_threshold > 0:  # NaN too
             raise ValueError(f'--colour_threshold must be positive, got {opt.colour_threshold}')
         self.augment_noise = None
@@ -91,6 +98,8 @@ class SelfHDR2Model(HDRBackboneModel):
         mask = colour_mask(self.label, self.other_label, self.colour_threshold)
         if self.colour_keep_clipped:
             mask = torch.maximum(mask, clipped_mask(self.input1[:, 3:6]))
+        if self.colour_skip_clipped:
+            mask = mask * (1.0 - clipped_mask(self.input1[:, 3:6]))
         self.loss_Color = self.criterionL1(out, self.label, mask)
         self.loss_Stru = self.criterionVGG(out, self.other_label) if self.use_stru_loss else out.new_zeros(())
         self.loss_Total = self.loss_Color + self.loss_Stru

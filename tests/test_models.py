@@ -206,6 +206,34 @@ def test_stage2_keeps_the_colour_loss_where_the_medium_frame_is_clipped(tiny_dat
     assert losses[True] > losses[False]
 
 
+def test_stage2_can_leave_the_colour_loss_out_where_the_medium_frame_is_clipped(tiny_dataroot, stru_dir, tmp_path):
+    from models import networks
+    from models.selfhdr2_model import clipped_mask, colour_mask
+    losses = {}
+    for skip in (False, True):
+        opt = make_opt('selfhdr2', tiny_dataroot, tmp_path / str(skip), stru_dir, noise='none', stru_loss='none',
+                       colour_threshold=10, colour_skip_clipped=skip)
+        model = build(opt)
+        batch = train_batch(opt)
+        batch['input1'][:, 3:6, :, :4] = 1.0  # a clipped band in the medium frame, where the labels agree
+        batch['other_label'][..., :4] = batch['label'][..., :4]
+        model.set_input(batch)
+        model.forward()
+        model.compute_losses()
+        mask = colour_mask(model.label, model.other_label, 10 / 255)
+        assert mask[..., :4].eq(1).all()
+        if skip:
+            mask = mask * (1 - clipped_mask(model.input1[:, 3:6]))
+            assert mask[..., :4].eq(0).all() and mask.sum() > 0
+        expected = networks.L1MuLoss()(model.data_out.float(), model.label, mask)
+        assert model.loss_Color.item() == pytest.approx(expected.item(), rel=1e-6)
+        losses[skip] = model.loss_Color.item()
+    assert losses[True] != losses[False]
+    with pytest.raises(ValueError, match='contradict'):
+        build(make_opt('selfhdr2', tiny_dataroot, tmp_path / 'both', stru_dir, colour_keep_clipped=True,
+                       colour_skip_clipped=True))
+
+
 @pytest.mark.parametrize('threshold', [0, -5, float('nan')])
 def test_stage2_rejects_a_meaningless_colour_threshold(threshold, tiny_dataroot, stru_dir, tmp_path, capsys):
     # refused when the flags are parsed (util.flags' check at the door), or at the latest by the model
