@@ -102,6 +102,10 @@ def main(argv=None) -> int:
     results = {'checkpoint': str(ckpt), 'also': also, 'work': str(work), 'network': args.network,
                'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],
                'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
+    gate = getattr(nets['on'], 'gate', None)
+    if gate is not None:  # the gate's other settings, so the file says what was scored
+        results.update(consistency_chroma=gate.chroma, short_consistency=gate.short_consistency,
+                       consistency_fallback=gate.fallback)
     for split in args.splits:
         root, aligned = split_roots(work, split)
         if not (root / 'Test').is_dir():

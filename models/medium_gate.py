@@ -233,7 +233,9 @@ class MediumGate(nn.Module):
     """The gate's CNN and blend. forward(y, x_mid, noise, band=None, x_short=None, short_band=None) -> (out, g); all
     float32, ``noise`` from noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0
     for none), ``x_short`` the (aligned) short frame's backbone input and ``short_band`` from short_bands (needed
-    when ``short_consistency`` > 0: the short frame's clamp over the medium frame's clipped pixels)."""
+    when ``short_consistency`` > 0: the short frame's clamp over the medium frame's clipped pixels). With
+    ``fallback`` = m above ``consistency``, the medium frame's clamp hands the frame itself back where the output
+    strays m sigmas or more from it (``_fall_back``)."""
 
     def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
                  short_consistency: float = 0.0, fallback: float = 0.0):
@@ -266,7 +268,7 @@ class MediumGate(nn.Module):
                 raise ValueError('MediumGate: consistency is set, so forward needs the noise band of the output\'s '
                                  f'shape {tuple(out.shape)} (noise_bands), got '
                                  f'{None if band is None else tuple(band.shape)}')
-            out = self.hold_to_band(out, mu_mid, band)
+            out = self.hold_to_band(out, mu_mid, band, fallback=True)
         if self.short_consistency > 0:
             if x_short is None or short_band is None or short_band.shape != out.shape:
                 raise ValueError('MediumGate: short_consistency is set, so forward needs the short frame and its '
@@ -275,11 +277,11 @@ class MediumGate(nn.Module):
             # no fallback to the short frame: there the network's denoised highlight is worth more than the
             # noisiest frame of the bracket (validation: the clipped pixels lose 0.2 dB with it)
             out = self.hold_to_band(out, mu_law_torch(x_short[:, 0:3].clamp(0, 1)), short_band,
-                                    self.short_consistency, fallback=False)
+                                    self.short_consistency)
             out = short_floor(out, x_short, x_mid)
         return out, g
 
-    def hold_to_band(self, out, mu_ref, band, k=None, fallback=True):
+    def hold_to_band(self, out, mu_ref, band, k=None, fallback=False):
         """``out`` clamped, in mu-law, to ``mu_ref`` +- k * band (no change where band is inf).
 
         With ``chroma`` = c > 0 the clamp goes in two steps: every channel first moves by the mean of the moves the
@@ -290,7 +292,7 @@ class MediumGate(nn.Module):
         witness frame's mu-law radiance (the medium frame's, or the short frame's for the clipped pixels); ``k``: the
         clamp in sigmas (default ``consistency``). Where the band is inf nothing changes, whatever the witness holds
         (a NaN in a frame stays out of pixels it does not witness). ``fallback``: whether ``consistency_fallback``
-        applies (the medium frame's clamp; not the short frame's)."""
+        applies (True for the medium frame's clamp; the short frame's has none)."""
         k = self.consistency if k is None else k
         open_ = ~torch.isfinite(band)  # no band (inf, or NaN), no clamp
         reach = torch.where(open_, 0.0, k * band)
@@ -312,10 +314,12 @@ class MediumGate(nn.Module):
         linear between. An output within noise of the witness may be a better (denoised) reading of it; one many
         sigmas away is a wrong one (a ghost, a blurred edge, a darkened highlight), and the band's edge is no better
         an estimate than the witness there."""
+        # a band of exactly 0 (unreachable: medium_noise_band floors it at 8-bit quantisation) would hand the pixel
+        # back whole, as any distance beyond m does
         sigmas = torch.where(open_, 0.0, (mu_out - mu_ref).abs() / band.clamp_min(1e-12))
         d = sigmas.square().mean(dim=1, keepdim=True).sqrt()
         r = ((d - k) / (self.fallback - k)).clamp(0, 1)
-        return torch.where(open_, held, held + r * (mu_ref - held))
+        return torch.where(open_, held, torch.lerp(held, mu_ref, r).clamp(0, 1))
 
 
 class GatedNetwork(nn.Module):

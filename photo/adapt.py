@@ -33,7 +33,10 @@ STATE_FILE = 'state.json'
 # Settings a resumed run must share with the run it continues (the prepared data and the schedule depend on them).
 RESUME_KEYS = ('brackets', 'checkpoint', 'stage1', 'network', 'iters', 'save_every', 'batch_size', 'patch_size',
                'lr', 'lr_policy', 'max_side', 'response', 'no_prealign', 'trust_exposures', 'vgg_weights', 'seed',
-               'denoise_labels', 'decide')
+               'denoise_labels', 'decide', 'recipe')
+# The fine-tuning's loss and the decision's mask, as a version: 2 since round 3's fourteenth session (no colour loss
+# and no score where the medium frame clips). A run interrupted under another recipe is not resumed under this one.
+RECIPE = 2
 
 
 class AdaptError(ValueError):
@@ -104,7 +107,7 @@ def settings_of(args) -> dict:
             'patch_size': args.patch_size, 'lr': args.lr, 'lr_policy': args.lr_policy, 'max_side': args.max_side,
             'response': response_flag(args), 'no_prealign': args.no_prealign,
             'trust_exposures': args.trust_exposures, 'vgg_weights': args.vgg_weights, 'seed': args.seed,
-            'denoise_labels': args.denoise_labels, 'decide': getattr(args, 'decide', 'off')}
+            'denoise_labels': args.denoise_labels, 'decide': getattr(args, 'decide', 'off'), 'recipe': RECIPE}
 
 
 def open_work(args, out: Path) -> tuple[Work, dict]:
@@ -336,8 +339,12 @@ def load_holdout(work: Work, names, split: str = HOLDOUT) -> list[dict]:
         times = 2.0 ** np.loadtxt(src / EXPOSURE_NAME, ndmin=1)
         frames = [read_ldr(src / f) for f in FRAME_NAMES]
         aligned = [read_ldr(aligned_dir / f) for f in FRAME_NAMES]
+        mask = trusted_mask(aligned, times)
+        if not mask.any():  # e.g. a medium frame clipped wherever it is not black: nothing to score it on
+            logger.info('held-out bracket %s has no pixel whose label can be trusted; not scored', name)
+            continue
         items.append({'name': name, 'frames': frames, 'aligned': aligned, 'times': times,
-                      'label': read_hdr(aligned_dir / 'HDRImg.hdr'), 'mask': trusted_mask(aligned, times)})
+                      'label': read_hdr(aligned_dir / 'HDRImg.hdr'), 'mask': mask})
     return items
 
 
@@ -364,7 +371,7 @@ def score(net, network: str, items, device: str = 'cpu', tile: int | str = 0, ti
             out = tiled_forward(fn, xs, size, tile_overlap)
         pred = out[0].float().permute(1, 2, 0).cpu().numpy()
         values.append(masked_psnr_mu(pred, item['label'], item['mask']))
-    return float(np.mean(values))
+    return float(np.mean(values)) if values else float('nan')
 
 
 def decide(args, work: Work, state: dict, epochs: int) -> tuple[Path, dict]:
@@ -377,6 +384,12 @@ def decide(args, work: Work, state: dict, epochs: int) -> tuple[Path, dict]:
     names = state.get('holdout') or [n for n, b in state['brackets'].items() if b['ok']]
     where = 'held-out' if state.get('holdout') else 'training (none could be held out)'
     items = load_holdout(work, names, HOLDOUT if state.get('holdout') else 'Training')
+    if not items:  # nothing to tell a fine-tuned epoch from the original by: never hurt, keep it
+        return Path(args.checkpoint), {
+            'scored_on': where, 'brackets': [], 'trusted_fraction': 0.0, 'psnr_mu_by_epoch': {}, 'best_epoch': None,
+            'kept': 'original', 'why': f'no {where} bracket has a pixel whose label can be trusted (well exposed in '
+                                       'the medium frame, or in the long one where the medium is dark, and static): '
+                                       'the original weights are kept'}
     candidates = [(0, Path(args.checkpoint))] + [(e, work.run / f'SelfHDR_model_{e}.pth') for e in range(1, epochs + 1)]
     # every candidate with the original's medium gate, if it has one: the backbones are compared, not the gate
     original = torch.load(str(args.checkpoint), map_location='cpu', weights_only=True)  # read once, not per epoch

@@ -384,3 +384,38 @@ def test_fine_tuning_leaves_the_colour_loss_out_where_the_medium_frame_is_clippe
     assert argv[argv.index('--colour_skip_clipped') + 1] == 'True'
     from options.train_options import TrainOptions
     assert TrainOptions().parse(argv).colour_skip_clipped is True  # a flag stage 2's options know
+
+
+def test_decision_keeps_the_original_when_no_held_out_pixel_can_be_trusted(tmp_path):
+    from types import SimpleNamespace
+
+    from photo.adapt import HOLDOUT, Work, decide, load_holdout
+    from util.hdr_io import write_hdr, write_ldr16
+    from util.synthetic import EXPOSURE_NAME, FRAME_NAMES
+
+    work = Work(tmp_path)
+    frames = [np.full((16, 24, 3), v, np.float32) for v in (0.6, 1.0, 1.0)]  # the medium frame clipped everywhere
+    for folder in (work.data / HOLDOUT / 'b', work.data / f'{HOLDOUT}_align' / 'b'):
+        folder.mkdir(parents=True)
+        for name, frame in zip(FRAME_NAMES, frames):
+            write_ldr16(folder / name, frame)
+    (work.data / HOLDOUT / 'b' / EXPOSURE_NAME).write_text('0\n2\n4\n')
+    write_hdr(work.data / f'{HOLDOUT}_align' / 'b' / 'HDRImg.hdr', np.full((16, 24, 3), 0.3, np.float32))
+    assert load_holdout(work, ['b']) == []  # nothing to score: not a NaN score
+    kept, decision = decide(SimpleNamespace(checkpoint='original.pth'), work,
+                            {'holdout': ['b'], 'brackets': {'b': {'ok': True}}}, epochs=2)
+    assert kept == Path('original.pth') and decision['kept'] == 'original' and 'trusted' in decision['why']
+    assert json.loads(json.dumps(decision)) == decision  # written as the decision file: no NaN in it
+
+
+def test_a_run_interrupted_under_the_previous_recipe_is_not_resumed(tmp_path):
+    from photo.adapt import AdaptError, open_work, settings_of
+    args = adapt.build_parser().parse_args(['--brackets', str(tmp_path), '--checkpoint', 'c.pth', '--network',
+                                            'AHDRNet', '--out', str(tmp_path / 'o.pth'), '--resume'])
+    old = settings_of(args)
+    del old['recipe']  # a state written before the fourteenth session's recipe
+    partial = tmp_path / 'o.pth.partial'
+    partial.mkdir()
+    (partial / 'state.json').write_text(json.dumps({'settings': old, 'brackets': {}, 'prepared': False}))
+    with pytest.raises(AdaptError, match='recipe'):
+        open_work(args, tmp_path / 'o.pth')

@@ -1,4 +1,6 @@
 """The medium gate (models/medium_gate.py): what it may change, how it is stored and loaded, and its training tool."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -168,7 +170,8 @@ def test_fallback_hands_the_witness_back_where_the_output_strays_far_beyond_its_
     y = inverse_mu_law_torch((mu_mid + steps * sigma).clamp(0, 1))
     plain, falling = MediumGate(consistency=1.5, chroma=1.2), MediumGate(consistency=1.5, chroma=1.2, fallback=4.0)
     with torch.no_grad():
-        out_p, out_f = plain.hold_to_band(y, mu_mid, band), falling.hold_to_band(y, mu_mid, band)
+        out_p, out_f = plain.hold_to_band(y, mu_mid, band), falling.hold_to_band(y, mu_mid, band, fallback=True)
+        assert torch.equal(falling.hold_to_band(y, mu_mid, band), out_p)  # off unless asked for (the short clamp)
     dist = ((mu_law_torch(out_f) - mu_mid) / band.clamp_min(1e-12)).abs()
     near = (steps <= 1.4).expand_as(trusted) & trusted
     far = (steps >= 4.05).expand_as(trusted) & trusted
@@ -181,7 +184,49 @@ def test_fallback_hands_the_witness_back_where_the_output_strays_far_beyond_its_
     assert torch.equal(out_f[~trusted.expand_as(y)], y[~trusted.expand_as(y)])  # no band, no change
     # a fallback not beyond the clamp is no fallback
     same = MediumGate(consistency=1.5, chroma=1.2, fallback=1.5)
-    assert torch.equal(same.hold_to_band(y, mu_mid, band), out_p)
+    assert torch.equal(same.hold_to_band(y, mu_mid, band, fallback=True), out_p)
+
+
+def test_fallback_moves_by_the_root_mean_square_distance_and_only_in_the_medium_frames_clamp():
+    from util.tonemap import inverse_mu_law_torch
+    # one pixel, per-channel clamp: channels 1, 3 and 5 sigmas off -> d = sqrt((1 + 9 + 25) / 3) = 3.416 sigmas
+    gate = MediumGate(consistency=1.5, fallback=4.0)
+    mu_ref = torch.full((1, 3, 1, 1), 0.5)
+    band = torch.full((1, 3, 1, 1), 0.01)
+    out = inverse_mu_law_torch(mu_ref + torch.tensor([1.0, 3.0, 5.0]).view(1, 3, 1, 1) * 0.01)
+    held = gate.hold_to_band(out, mu_ref, band)  # the clamp alone: 1, 1.5, 1.5 sigmas
+    fell = gate.hold_to_band(out, mu_ref, band, fallback=True)
+    r = (math.sqrt(35 / 3) - 1.5) / (4.0 - 1.5)
+    expected = (mu_law_torch(held) - mu_ref) * (1 - r)
+    assert torch.allclose(mu_law_torch(fell) - mu_ref, expected, atol=1e-5)
+    # the gated forward applies it to the medium frame's clamp, not to the short frame's
+    ldr = _textured_frame(0.02)
+    x_mid = _medium_input(ldr)
+    y = (0.4 * x_mid[:, :3]).clamp(0, 1)  # far below the frame: beyond 4 sigmas almost everywhere
+    base = _trained_looking_gate()
+    with_fb = MediumGate(consistency=1.5, chroma=1.2, fallback=4.0)
+    without = MediumGate(consistency=1.5, chroma=1.2)
+    for g in (with_fb, without):
+        g.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        a = with_fb(y, x_mid, noise_maps(x_mid), noise_bands(x_mid))[0]
+        b = without(y, x_mid, noise_maps(x_mid), noise_bands(x_mid))[0]
+    trusted = torch.isfinite(noise_bands(x_mid))
+    err = lambda out: (mu_law_torch(out) - mu_law_torch(x_mid[:, :3].clamp(0, 1))).abs()[trusted].mean()  # noqa: E731
+    assert err(a) < 0.5 * err(b)
+    short, mid = _bracket_with_a_clipped_sky(2)
+    xs, xm = _medium_input(short, 1.0), _medium_input(mid, 4.0)
+    y = (0.3 * xm[:, :3]).clamp(0, 1)
+    sb = short_bands(xs, xm)
+    assert torch.isfinite(sb).any()
+    results = []
+    for fb in (0.0, 4.0):
+        g = MediumGate(consistency=1.5, short_consistency=1.5, fallback=fb)
+        g.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            results.append(g(y, xm, noise_maps(xm), noise_bands(xm), xs, sb)[0])
+    witnessed = torch.isfinite(sb)
+    assert torch.equal(results[0][witnessed], results[1][witnessed])  # the short frame's clamp has no fallback
 
 
 def test_fallback_is_stored_and_read_with_the_gate(tmp_path):
