@@ -124,7 +124,7 @@ def _adapt_args(*extra):
 
 
 @pytest.mark.parametrize('extra, amp, compiled', [
-    ((), 'auto', 'False'),  # 300 iterations: the compile warm-up is not repaid
+    ((), 'auto', 'False'),  # 600 iterations: the compile warm-up is not repaid
     (('--iters', '2000'), 'auto', 'True'),
     (('--amp', 'none', '--compile', 'False', '--iters', '2000'), 'none', 'False'),
     (('--compile', 'True'), 'auto', 'True'),

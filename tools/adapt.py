@@ -1,6 +1,6 @@
 """Self-supervised adaptation: fine-tune a stage-2 SelfHDR network on your own unlabeled brackets.
 
-    python tools/adapt.py --brackets DIR --checkpoint CKPT --network AHDRNet --iters 300 --out adapted.pth
+    python tools/adapt.py --brackets DIR --checkpoint CKPT --network AHDRNet --out adapted.pth
         [--stage1 CKPT1] [--resume] [--vgg_weights auto] [--compare_dir D]
 
 ``DIR`` holds one sub-folder per bracket, as ``tools/merge_brackets.py --input_dir`` takes them (JPEG/PNG/TIFF or
@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--stage1', type=str, default=None,
                    help='stage-1 checkpoint that gives the structure component (default: the stage-2 checkpoint '
                         'itself serves as the structure network)')
-    p.add_argument('--iters', type=int, default=300, help='fine-tuning iterations')
+    p.add_argument('--iters', type=int, default=600,
+                   help='fine-tuning iterations (600 since round 3, fourteenth session: chosen on validation draws)')
     p.add_argument('--denoise_labels', type=str, default='on', choices=('on', 'off'),
                    help="denoise the colour label Y_color (non-local means in the tone-mapped domain, strength from "
                         "its own noise level per brightness band, texture-robust; util/label_denoise.py). It is "
