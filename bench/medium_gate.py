@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     study.PRECISION.update(study.precision_settings(args.amp, 'False', 'short'))
     ckpt = Path(args.checkpoint)
     nets = {mode: load_network(args.network, ckpt, 'cpu', mode) for mode in ('off', 'on')}
-    held = getattr(getattr(nets['on'], 'gate', None), 'consistency', 0.0)
+    gate = getattr(nets['on'], 'gate', None)
+    held = gate.consistency if gate is not None else 0.0
     if held:  # the same gate without its consistency clamp, to show what the clamp adds
         nets['unheld'] = load_network(args.network, ckpt, 'cpu', 'on')
         nets['unheld'].gate.consistency = 0.0
@@ -102,7 +103,6 @@ def main(argv=None) -> int:
     results = {'checkpoint': str(ckpt), 'also': also, 'work': str(work), 'network': args.network,
                'machine': study.describe_machine(study.machine_info()), 'precision': study.PRECISION['amp'],
                'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
-    gate = getattr(nets['on'], 'gate', None)
     if gate is not None:  # the gate's other settings, so the file says what was scored
         results.update(consistency_chroma=gate.chroma, short_consistency=gate.short_consistency,
                        consistency_fallback=gate.fallback)

@@ -281,6 +281,11 @@ class MediumGate(nn.Module):
             out = short_floor(out, x_short, x_mid)
         return out, g
 
+    @property
+    def idle_fallback(self) -> bool:
+        """A fallback that is set but never acts: not above the medium frame's clamp (the tools warn of it)."""
+        return 0 < self.fallback <= self.consistency
+
     def hold_to_band(self, out, mu_ref, band, k=None, fallback=False):
         """``out`` clamped, in mu-law, to ``mu_ref`` +- k * band (no change where band is inf).
 
@@ -407,7 +412,8 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
     if gate.consistency:
         held.append(f'to the medium frame within {gate.consistency:g} sigma'
                     + (f' (colour within {gate.chroma:g} times that)' if gate.chroma else '')
-                    + (f', the frame itself beyond {gate.fallback:g}' if gate.fallback > gate.consistency else ''))
+                    + (f', the frame itself beyond {gate.fallback:g}' if gate.fallback and not gate.idle_fallback
+                       else ''))
     if gate.short_consistency:
         held.append(f'its clipped pixels to the aligned short frame within {gate.short_consistency:g} sigma')
     logger.info('medium gate: on (from %s%s; --medium_gate off gives the backbone alone)', path,

@@ -306,10 +306,10 @@ def trusted_mask(aligned, times, clip: float = 0.95, dark: float = 0.05, tol_sto
     the fine-tuning does not learn from it (``--colour_skip_clipped``); scored against it, a fine-tuned epoch that
     copied its noise looked 2 dB better and was 0.2 dB worse (README, "Adapting the model to your own photos")."""
     lin = [np.power(np.clip(x, 0, 1).astype(np.float64), 2.2) / t for x, t in zip(aligned, times)]
-    good = [((x > dark) & (x < clip)).all(axis=2) for x in aligned]
+    good_mid, good_long = (((x > dark) & (x < clip)).all(axis=2) for x in aligned[1:])
     unclipped = [((x > 0.01) & (x < clip)).all(axis=2) for x in aligned]
     medium_dark = (aligned[1] <= dark).all(axis=2)
-    supported = good[1] | (medium_dark & good[2])
+    supported = good_mid | (medium_dark & good_long)
     consistent = np.ones(supported.shape, bool)
     for a, b in ((0, 1), (1, 2), (0, 2)):
         both = unclipped[a] & unclipped[b]
@@ -337,12 +337,12 @@ def load_holdout(work: Work, names, split: str = HOLDOUT) -> list[dict]:
         if not (aligned_dir / 'HDRImg.hdr').is_file():
             continue
         times = 2.0 ** np.loadtxt(src / EXPOSURE_NAME, ndmin=1)
-        frames = [read_ldr(src / f) for f in FRAME_NAMES]
         aligned = [read_ldr(aligned_dir / f) for f in FRAME_NAMES]
         mask = trusted_mask(aligned, times)
         if not mask.any():  # e.g. a medium frame clipped wherever it is not black: nothing to score it on
             logger.info('held-out bracket %s has no pixel whose label can be trusted; not scored', name)
             continue
+        frames = [read_ldr(src / f) for f in FRAME_NAMES]
         items.append({'name': name, 'frames': frames, 'aligned': aligned, 'times': times,
                       'label': read_hdr(aligned_dir / 'HDRImg.hdr'), 'mask': mask})
     return items

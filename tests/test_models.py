@@ -182,19 +182,29 @@ def test_stage2_colour_threshold_sets_the_mask(tiny_dataroot, stru_dir, tmp_path
     assert losses[30] > losses[10]  # the wider mask adds the darkened half's (non-zero) errors
 
 
+def _stage2_with_a_clipped_band(dataroot, stru_dir, out_dir, labels_agree=False, **flags):
+    """A stage-2 model after compute_losses on a batch whose medium frame is clipped in its first 4 columns (the
+    structure label set equal to the colour label there when ``labels_agree``)."""
+    opt = make_opt('selfhdr2', dataroot, out_dir, stru_dir, noise='none', stru_loss='none', colour_threshold=10,
+                   **flags)
+    model = build(opt)
+    batch = train_batch(opt)
+    batch['input1'][:, 3:6, :, :4] = 1.0
+    if labels_agree:
+        batch['other_label'][..., :4] = batch['label'][..., :4]
+    model.set_input(batch)
+    model.forward()
+    model.compute_losses()
+    return model
+
+
 def test_stage2_keeps_the_colour_loss_where_the_medium_frame_is_clipped(tiny_dataroot, stru_dir, tmp_path):
     from models import networks
     from models.selfhdr2_model import clipped_mask, colour_mask
     losses = {}
     for keep in (False, True):
-        opt = make_opt('selfhdr2', tiny_dataroot, tmp_path / str(keep), stru_dir, noise='none', stru_loss='none',
-                       colour_threshold=10, colour_keep_clipped=keep)
-        model = build(opt)
-        batch = train_batch(opt)
-        batch['input1'][:, 3:6, :, :4] = 1.0  # a clipped band in the medium frame, where the labels disagree
-        model.set_input(batch)
-        model.forward()
-        model.compute_losses()
+        # a clipped band in the medium frame, where the labels disagree
+        model = _stage2_with_a_clipped_band(tiny_dataroot, stru_dir, tmp_path / str(keep), colour_keep_clipped=keep)
         mask = colour_mask(model.label, model.other_label, 10 / 255)
         clipped = clipped_mask(model.input1[:, 3:6])
         assert clipped[..., :4].eq(1).all() and clipped.mean() < 1
@@ -211,15 +221,9 @@ def test_stage2_can_leave_the_colour_loss_out_where_the_medium_frame_is_clipped(
     from models.selfhdr2_model import clipped_mask, colour_mask
     losses = {}
     for skip in (False, True):
-        opt = make_opt('selfhdr2', tiny_dataroot, tmp_path / str(skip), stru_dir, noise='none', stru_loss='none',
-                       colour_threshold=10, colour_skip_clipped=skip)
-        model = build(opt)
-        batch = train_batch(opt)
-        batch['input1'][:, 3:6, :, :4] = 1.0  # a clipped band in the medium frame, where the labels agree
-        batch['other_label'][..., :4] = batch['label'][..., :4]
-        model.set_input(batch)
-        model.forward()
-        model.compute_losses()
+        # a clipped band in the medium frame, where the labels agree
+        model = _stage2_with_a_clipped_band(tiny_dataroot, stru_dir, tmp_path / str(skip), labels_agree=True,
+                                            colour_skip_clipped=skip)
         mask = colour_mask(model.label, model.other_label, 10 / 255)
         assert mask[..., :4].eq(1).all()
         if skip:

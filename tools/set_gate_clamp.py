@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    if 0 < gate.fallback <= gate.consistency:
+    if gate.idle_fallback:
         print(f'warning: consistency_fallback {gate.fallback:g} is not above consistency {gate.consistency:g}, so '
               'it does nothing', file=sys.stderr)
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '

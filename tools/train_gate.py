@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         return 1
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     gate.fallback = args.consistency_fallback
-    if 0 < gate.fallback <= gate.consistency:
+    if gate.idle_fallback:
         logger.warning('--consistency_fallback %g is not above --consistency %g, so it does nothing', gate.fallback,
                        gate.consistency)
     out.parent.mkdir(parents=True, exist_ok=True)
