@@ -26,7 +26,11 @@ noise is not handed back into a denoised shadow. Where it sets ``consistency_fal
 session), an output that strays far from the medium frame is handed that frame instead of the band's edge: no change
 up to k sigmas, the frame itself from m sigmas on, linear between (``MediumGate._fall_back``). Within noise the
 network may be the better reading (denoised); many sigmas off, it is a wrong one (blur, a ghost, a darkened
-highlight), and the frame is the better estimate than the edge of its band.
+highlight), and the frame is the better estimate than the edge of its band. Where it sets ``band_noise`` to
+'weak_texture' (round 3, fifteenth session), the medium frame's sigma is read from the covariance of its
+weak-texture patches (``util.label_denoise.weak_texture_noise_by_level``) instead of Immerkaer's estimate over its
+flattest blocks, which on a nearly noise-free, textured frame takes the texture for noise and widens the band
+several times over.
 
 Where the medium frame is clipped it says only "at least this bright", and the gate left the backbone alone there.
 Where the checkpoint sets ``short_consistency`` = k' (round 3, thirteenth session; only for backbones that take
@@ -60,9 +64,16 @@ GATE_KEY = 'medium_gate'
 # 2 since the chroma factor and the short frame's clamp (round 3, thirteenth session): code that knows only version 1
 # refuses such a gate instead of running it without them; version-1 entries read as before (both 0)
 # 3 since the fallback to the witness (round 3, fourteenth session)
-GATE_VERSION = 3
-GATE_VERSIONS = (1, 2, 3)
+# 4 since the bands' noise estimator (round 3, fifteenth session)
+GATE_VERSION = 4
+GATE_VERSIONS = (1, 2, 3, 4)
 GATE_MODES = ('auto', 'on', 'off')
+# How the medium frame's noise band is estimated (entry key 'band_noise'; the CNN's noise map and the short frame's
+# band are always 'robust', the first being what the CNN was trained on). 'robust': Immerkaer's estimate over the flattest 16-pixel blocks (gates before version 4);
+# 'weak_texture': the smallest eigenvalue of weak-texture patches' covariance (util.label_denoise), which reads far
+# less texture as noise on clean frames (README, "Study and shipped model").
+BAND_NOISE = ('robust', 'weak_texture')
+DEFAULT_BAND_NOISE = 'weak_texture'  # tools/train_gate.py's default: chosen on the study's validation split
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
@@ -78,21 +89,27 @@ DEFAULT_FALLBACK = 4.0
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
 # auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, 501 with the short
 # frame's clamp and floor as well (round 3, thirteenth session: peak RSS over the inputs, an identity backbone),
-# rounded up.
-GATE_BYTES_PER_PIXEL = 512
+# rounded up; the weak-texture band adds 17-22 bytes (fifteenth session, 768- and 1536-pixel inputs).
+GATE_BYTES_PER_PIXEL = 544
 
 
 class GateError(CheckpointError):
     """A checkpoint's gate entry that cannot be used, or --medium_gate on for a checkpoint without one."""
 
 
-def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ldr, the LDR noise sigma per pixel H x W x 1, d mu(H) / d ldr per pixel and channel H x W x 3)."""
-    from util.label_denoise import ROBUST_BLOCK, noise_by_level, robust_noise_by_level, sigma_at_level
+def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
+                         estimator: str = 'robust') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ldr, the LDR noise sigma per pixel H x W x 1, d mu(H) / d ldr per pixel and channel H x W x 3). ``estimator``:
+    'robust' (Immerkaer over the flattest blocks, the noise map the gate's CNN was trained with) or 'weak_texture'
+    (``BAND_NOISE`` doc)."""
+    from util.label_denoise import (ROBUST_BLOCK, WEAK_TEXTURE_PATCH, noise_by_level, robust_noise_by_level,
+                                    sigma_at_level, weak_texture_noise_by_level)
 
     ldr = np.clip(np.asarray(ldr_mid, np.float32), 0.0, 1.0)
     hdr = np.clip(np.asarray(hdr_mid, np.float32), 0.0, None)
-    if min(ldr.shape[:2]) >= ROBUST_BLOCK + 2:
+    if estimator == 'weak_texture' and min(ldr.shape[:2]) >= WEAK_TEXTURE_PATCH:
+        bands = weak_texture_noise_by_level(ldr)
+    elif min(ldr.shape[:2]) >= ROBUST_BLOCK + 2:
         bands = robust_noise_by_level(ldr)
     else:  # a small tile: the plain estimate, on an edge-padded copy when a side is under its 3 pixels
         pad = [(0, max(0, 3 - n)) for n in ldr.shape[:2]] + [(0, 0)]
@@ -116,10 +133,14 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
     return _log_noise(*_ldr_noise_and_slope(ldr_mid, hdr_mid)[1:])
 
 
-def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``medium_noise_map`` and ``medium_noise_band`` from one noise estimate."""
+def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
+                              band_noise: str = 'robust') -> tuple[np.ndarray, np.ndarray]:
+    """``medium_noise_map`` and ``medium_noise_band``; with ``band_noise`` 'robust' from one noise estimate, with
+    'weak_texture' the band from that estimate and the map, which the gate's CNN was trained on, as before."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     noise = _log_noise(sigma, slope)
+    if band_noise != 'robust':
+        sigma = _ldr_noise_and_slope(ldr_mid, hdr_mid, band_noise)[1]
     # A band whose estimate is exactly 0 (perfectly flat blocks: a synthetic or heavily compressed frame) still has
     # at least 8-bit quantisation noise; without a floor the clamp would pin the output to the frame there.
     sigma = np.where(sigma > 0, sigma, QUANTISATION_SIGMA)
@@ -130,12 +151,13 @@ def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple
     return noise, band
 
 
-def medium_noise_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
+def medium_noise_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust') -> np.ndarray:
     """The medium frame's noise per pixel and channel in mu-law (H x W x 3 float32), for the consistency clamp:
     inf where the frame says nothing reliable, i.e. clipped white (a channel at CLIPPED_LEVEL or above), so dark
     that a channel is within 3 sigma of black, where its noise is cut at 0 (a black pixel's radiance is unknown), or
-    with a radiance of 1 or more in a channel (beyond the mu-law range the outputs live in)."""
-    return medium_noise_map_and_band(ldr_mid, hdr_mid)[1]
+    with a radiance of 1 or more in a channel (beyond the mu-law range the outputs live in). ``band_noise``: the
+    noise estimator (``BAND_NOISE``)."""
+    return medium_noise_map_and_band(ldr_mid, hdr_mid, band_noise)[1]
 
 
 def _to_batch(maps: list[np.ndarray], like: torch.Tensor) -> torch.Tensor:
@@ -156,14 +178,14 @@ def noise_maps(x_mid: torch.Tensor) -> torch.Tensor:
     return _to_batch([medium_noise_map(*image) for image in _images(x_mid)], x_mid)
 
 
-def noise_bands(x_mid: torch.Tensor) -> torch.Tensor:
+def noise_bands(x_mid: torch.Tensor, band_noise: str = 'robust') -> torch.Tensor:
     """``medium_noise_band`` for a batch of backbone inputs (N, 6, H, W): (N, 3, H, W)."""
-    return _to_batch([medium_noise_band(*image) for image in _images(x_mid)], x_mid)
+    return _to_batch([medium_noise_band(*image, band_noise) for image in _images(x_mid)], x_mid)
 
 
-def noise_maps_and_bands(x_mid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``noise_maps`` and ``noise_bands`` from one noise estimate per image."""
-    pairs = [medium_noise_map_and_band(*image) for image in _images(x_mid)]
+def noise_maps_and_bands(x_mid: torch.Tensor, band_noise: str = 'robust') -> tuple[torch.Tensor, torch.Tensor]:
+    """``noise_maps`` and ``noise_bands`` (the band from ``band_noise``'s estimate) per image."""
+    pairs = [medium_noise_map_and_band(*image, band_noise) for image in _images(x_mid)]
     return _to_batch([p[0] for p in pairs], x_mid), _to_batch([p[1] for p in pairs], x_mid)
 
 
@@ -188,6 +210,9 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
 
     if not (np.asarray(ldr_mid).max(axis=2) >= CLIPPED_LEVEL).any():  # nothing clipped: nothing to witness
         return np.full(np.shape(ldr_short), np.inf, np.float32)
+    # the robust estimate, whatever the gate's band_noise: a wider band leaves the network's denoised highlight more
+    # room against the bracket's noisiest frame (validation: 32.57 dB over the clipped pixels with the weak-texture
+    # estimate here, 32.72 without)
     band = medium_noise_band(ldr_short, hdr_short)
     t_short, t_mid = _exposure_time(ldr_short, hdr_short), _exposure_time(ldr_mid, hdr_mid)
     if not (math.isfinite(t_short) and math.isfinite(t_mid) and t_short < t_mid):
@@ -238,9 +263,12 @@ class MediumGate(nn.Module):
     strays m sigmas or more from it (``_fall_back``)."""
 
     def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
-                 short_consistency: float = 0.0, fallback: float = 0.0):
+                 short_consistency: float = 0.0, fallback: float = 0.0, band_noise: str = 'robust'):
         super().__init__()
+        if band_noise not in BAND_NOISE:
+            raise ValueError(f'MediumGate: band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
         c = channels
+        self.band_noise = band_noise
         self.consistency = float(consistency)
         self.chroma = float(chroma)
         self.short_consistency = float(short_consistency)
@@ -342,7 +370,7 @@ class GatedNetwork(nn.Module):
         with torch.autocast(y.device.type, enabled=False):
             x_mid = x2.float()
             if self.gate.consistency > 0:
-                noise, band = noise_maps_and_bands(x_mid)
+                noise, band = noise_maps_and_bands(x_mid, self.gate.band_noise)
             else:
                 noise, band = noise_maps(x_mid), None
             x_short = short_band = None
@@ -376,8 +404,11 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
             raise GateError(f'{path}: the medium gate\'s {key} {value!r} is not a number >= 0')
         return float(value)
 
+    band_noise = entry.get('band_noise', 'robust')  # absent (an older gate): the estimate it was chosen with
+    if band_noise not in BAND_NOISE:
+        raise GateError(f'{path}: the medium gate\'s band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
     gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
-                      setting('short_consistency'), setting('consistency_fallback'))
+                      setting('short_consistency'), setting('consistency_fallback'), band_noise)
     try:
         gate.load_state_dict(entry['state_dict'])
     except RuntimeError as exc:
@@ -426,7 +457,7 @@ def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
     """A release-format checkpoint (``state_dict``: the backbone) that also carries ``gate`` under GATE_KEY."""
     entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels, 'consistency': gate.consistency,
              'consistency_chroma': gate.chroma, 'short_consistency': gate.short_consistency,
-             'consistency_fallback': gate.fallback,
+             'consistency_fallback': gate.fallback, 'band_noise': gate.band_noise,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

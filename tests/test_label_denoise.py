@@ -97,6 +97,35 @@ def test_robust_noise_estimate_is_blind_to_texture():
         robust_noise_by_level(noisy[:10])
 
 
+def test_weak_texture_estimate_reads_less_texture_than_the_block_percentile_and_still_finds_noise():
+    """On a clean, textured frame texture covers every block, and the block percentile reads it as noise; the smallest
+    eigenvalue of weak-texture patches' covariance reads far less of it. On noise (flat, ramp or textured parts)
+    both find it; the result is deterministic; tiny or fully clipped images fall back to the other estimates."""
+    import cv2
+
+    from util.label_denoise import robust_noise_by_level, weak_texture_noise_by_level
+
+    rng = np.random.default_rng(11)
+    tex = cv2.GaussianBlur(rng.standard_normal((160, 192)).astype(np.float32), (0, 0), 1.0)[..., None].repeat(3, 2)
+    ramp = np.linspace(0.1, 0.8, 192, dtype=np.float32)[None, :, None]
+    clean = np.clip(ramp + 0.2 * tex, 0.01, 0.98).astype(np.float32)  # fine texture everywhere
+    noise = 2e-3  # what a nearly noise-free 8-bit frame reads, 0.5 codes
+    noisy_clean = np.clip(clean + rng.normal(0, noise, clean.shape), 0.001, 0.98).astype(np.float32)
+    weak, robust = weak_texture_noise_by_level(noisy_clean), robust_noise_by_level(noisy_clean)
+    assert np.median(robust) > 2 * noise  # the block percentile takes the texture for noise
+    assert np.median(weak) < 1.4 * noise and np.median(weak) < 0.6 * np.median(robust)
+    np.testing.assert_array_equal(weak, weak_texture_noise_by_level(noisy_clean))
+    for sigma in (0.005, 0.03):  # noise that dominates: both estimates find it
+        noisy = np.clip(ramp + 0.01 * tex + rng.normal(0, sigma, clean.shape), 0.001, 0.98).astype(np.float32)
+        populated = [b for b in range(8) if ((noisy.mean(axis=2) >= NOISE_LEVEL_EDGES[b])
+                                             & (noisy.mean(axis=2) < NOISE_LEVEL_EDGES[b + 1])).mean() > 0.1]
+        np.testing.assert_allclose(weak_texture_noise_by_level(noisy)[populated], sigma, rtol=0.25)
+    clipped = np.ones((40, 40, 3), np.float32)  # nothing usable: the block estimate's answer, as it is
+    np.testing.assert_array_equal(weak_texture_noise_by_level(clipped), robust_noise_by_level(clipped))
+    with pytest.raises(ValueError, match='at least 7 pixels'):
+        weak_texture_noise_by_level(noisy_clean[:5])
+
+
 def test_robust_denoising_keeps_texture_and_removes_level_dependent_noise():
     """The default ('robust') leaves a clean textured label nearly as it is where the single Immerkaer strength
     smooths it; on noise that grows with brightness it filters each band at its own level."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.base_model import CheckpointError, load_backbone_state
-from models.medium_gate import (GATE_KEY, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_band,
+from models.medium_gate import (GATE_KEY, GATE_VERSION, GatedNetwork, GateError, MediumGate, gated_checkpoint, medium_noise_band,
                                 medium_noise_map, medium_noise_map_and_band, noise_bands, noise_maps,
                                 noise_maps_and_bands, read_gate, short_bands, short_floor, short_witness_band,
                                 with_gate)
@@ -234,7 +234,7 @@ def test_fallback_is_stored_and_read_with_the_gate(tmp_path):
     gate.consistency, gate.fallback = 1.5, 3.0
     path = tmp_path / 'fallback.pth'
     checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), gate)
-    assert checkpoint[GATE_KEY]['version'] == 3
+    assert checkpoint[GATE_KEY]['version'] == GATE_VERSION
     torch.save(checkpoint, path)
     assert read_gate(path).fallback == 3.0
     del checkpoint[GATE_KEY]['consistency_fallback']  # gates stored before the entry: no fallback
@@ -244,6 +244,59 @@ def test_fallback_is_stored_and_read_with_the_gate(tmp_path):
         torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], consistency_fallback=bad)}), path)
         with pytest.raises(GateError, match='consistency_fallback'):
             read_gate(path)
+
+
+def _finely_textured_frame(seed, noise=0.002, size=(48, 64)):
+    """A nearly noise-free medium frame (1, 3, H, W) with fine grey texture everywhere (foliage, gravel)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    texture = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 1.0)[..., None]
+    ramp = np.linspace(0.2, 0.8, w, dtype=np.float32)[None, :, None]
+    ldr = np.clip(ramp + 0.2 * texture + rng.normal(0, noise, (h, w, 3)), 0.01, 0.98).astype(np.float32)
+    return torch.from_numpy(ldr).permute(2, 0, 1)[None]
+
+
+def test_band_noise_chooses_the_medium_bands_estimator_and_is_stored_with_the_gate(tmp_path, capsys):
+    """'weak_texture' narrows the medium frame's band on a clean, textured frame (the robust estimate reads the texture
+    as noise), leaves the CNN's noise map as it was trained, and is what the gated network applies; gates stored
+    before the entry read 'robust', an unknown estimator is refused, and set_gate_clamp sets it."""
+    from tools import set_gate_clamp
+
+    x_mid = _medium_input(_finely_textured_frame(9))
+    robust_map, robust_band = noise_maps_and_bands(x_mid)
+    weak_map, weak_band = noise_maps_and_bands(x_mid, 'weak_texture')
+    assert torch.equal(robust_map, weak_map) and torch.equal(weak_band, noise_bands(x_mid, 'weak_texture'))
+    finite = torch.isfinite(robust_band) & torch.isfinite(weak_band)
+    assert weak_band[finite].median() < 0.6 * robust_band[finite].median()
+    net, gate = tiny_ahdr().eval(), _trained_looking_gate()
+    gate.consistency, gate.band_noise = 1.5, 'weak_texture'
+    path = tmp_path / 'weak.pth'
+    checkpoint = gated_checkpoint(net.state_dict(), gate)
+    assert checkpoint[GATE_KEY]['band_noise'] == 'weak_texture'
+    torch.save(checkpoint, path)
+    assert read_gate(path).band_noise == 'weak_texture'
+    xs = [_medium_input(_finely_textured_frame(seed), t) for seed, t in ((4, 1.0), (9, 4.0), (6, 16.0))]
+    with torch.no_grad():
+        out = with_gate(net, path, 'auto')(*xs)
+        y = net(*xs)
+        assert torch.allclose(out, gate(y, xs[1], noise_maps(xs[1]), weak_band)[0])
+        assert not torch.allclose(out, gate(y, xs[1], noise_maps(xs[1]), robust_band)[0])
+    del checkpoint[GATE_KEY]['band_noise']  # a gate stored before the entry: the estimate it was chosen with
+    torch.save(checkpoint, path)
+    assert read_gate(path).band_noise == 'robust'
+    torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], band_noise='median')}), path)
+    with pytest.raises(GateError, match="band_noise 'median'"):
+        read_gate(path)
+    with pytest.raises(ValueError, match='band_noise'):
+        MediumGate(band_noise='median')
+    torch.save(checkpoint, path)
+    out_path = tmp_path / 'set.pth'
+    assert set_gate_clamp.main([str(path), '--band_noise', 'weak_texture', '--out', str(out_path)]) == 0
+    assert read_gate(out_path).band_noise == 'weak_texture' and read_gate(out_path).consistency == 1.5
+    assert 'band_noise weak_texture' in capsys.readouterr().out
+    assert torch.load(out_path, weights_only=True)[GATE_KEY]['version'] == GATE_VERSION
 
 
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
@@ -341,8 +394,11 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
     assert gate.chroma == 1.2 and gate.short_consistency == 0.0  # AHDRNet sees the short frame unaligned: no witness
-    assert gate.fallback == 4.0
+    assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture'
     assert train_gate.main(argv + ['--consistency_fallback', 'nan']) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal of an unknown estimator
+        train_gate.main(argv + ['--band_noise', 'median'])
+    assert refused.value.code == 2
     assert train_gate.main(argv + ['--short_consistency', '1.5']) == 2  # refused for an unaligned-input backbone
     assert train_gate.main(argv + ['--short_consistency', 'lots']) == 2
     assert train_gate.main(argv + ['--noisy_copies', '1', '--out', str(tmp_path / 'noisy.pth')]) == 0
@@ -513,7 +569,7 @@ def test_short_consistency_is_stored_and_applied_by_the_gated_network(tmp_path, 
     assert set_gate_clamp.main([str(source), '--short_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['network'] == 'FSHDR' and entry['version'] == 3  # older code refuses it instead of ignoring it
+    assert entry['network'] == 'FSHDR' and entry['version'] == GATE_VERSION  # older code refuses it instead of ignoring it
     loaded = read_gate(path)
     assert loaded.short_consistency == 1.5
     short, mid = _bracket_with_a_clipped_sky(2)

@@ -1,7 +1,7 @@
 """Set the consistency clamps of a gated checkpoint (models/medium_gate.py) without training the gate again.
 
     python tools/set_gate_clamp.py pretrained_models/fshdr_long_na_gate/SelfHDR_model_1.pth \
-        --consistency 1.5 --consistency_chroma 1.2 --out /tmp/SelfHDR_model_1.pth
+        --consistency 1.5 --consistency_chroma 1.2 --band_noise weak_texture --out /tmp/SelfHDR_model_1.pth
 
 The clamp acts at inference only (the gate trains without it), so it is a setting of the checkpoint, chosen on a
 validation split (bench/medium_gate.py). The backbone and the gate's weights are copied unchanged; the values set
@@ -22,7 +22,7 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
-from models.medium_gate import GATE_KEY, GATE_VERSION, read_gate, short_clamp_refusal  # noqa: E402
+from models.medium_gate import BAND_NOISE, GATE_KEY, GATE_VERSION, read_gate, short_clamp_refusal  # noqa: E402
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback')
 
@@ -40,12 +40,16 @@ def main(argv=None) -> int:
     p.add_argument('--consistency_fallback', type=float,
                    help='where the output strays this many sigmas from the medium frame, it becomes that frame; '
                         'linear from the clamp on (0, or not above --consistency: off)')
+    p.add_argument('--band_noise', choices=BAND_NOISE,
+                   help='how the clamps estimate the frames\' noise: weak_texture (gates made since round 3\'s fifteenth '
+                        'session) or robust (before: reads texture as noise on clean frames); unchanged if omitted')
     p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
     args = p.parse_args(argv)
-    if all(getattr(args, flag) is None for flag in FLAGS):
-        print(f'error: nothing to set (give at least one of {", ".join("--" + f for f in FLAGS)})', file=sys.stderr)
+    if all(getattr(args, flag) is None for flag in FLAGS + ('band_noise',)):
+        print(f'error: nothing to set (give at least one of {", ".join("--" + f for f in FLAGS + ("band_noise",))})',
+              file=sys.stderr)
         return 2
     for flag in FLAGS:
         value = getattr(args, flag)
@@ -72,7 +76,7 @@ def main(argv=None) -> int:
 
             load_backbone_state(define_network(args.network), args.checkpoint)
         entry = checkpoint[GATE_KEY]
-        for flag in FLAGS:
+        for flag in FLAGS + ('band_noise',):
             if getattr(args, flag) is not None:
                 entry[flag] = getattr(args, flag)
         entry['version'] = GATE_VERSION  # older code refuses it rather than running it without these settings
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
         print(f'warning: consistency_fallback {gate.fallback:g} is not above consistency {gate.consistency:g}, so '
               'it does nothing', file=sys.stderr)
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
-          f'short_consistency {gate.short_consistency:g}, consistency_fallback {gate.fallback:g}')
+          f'short_consistency {gate.short_consistency:g}, consistency_fallback {gate.fallback:g}, '
+          f'band_noise {gate.band_noise}')
     return 0
 
 

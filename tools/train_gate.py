@@ -36,8 +36,9 @@ import torch  # noqa: E402
 from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
-from models.medium_gate import (DEFAULT_CHROMA, DEFAULT_CONSISTENCY, DEFAULT_FALLBACK, MediumGate,  # noqa: E402
-                                gated_checkpoint, medium_noise_map, short_clamp_refusal)
+from models.medium_gate import (BAND_NOISE, DEFAULT_BAND_NOISE, DEFAULT_CHROMA, DEFAULT_CONSISTENCY,  # noqa: E402
+                                DEFAULT_FALLBACK, MediumGate, gated_checkpoint, medium_noise_map,
+                                short_clamp_refusal)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -188,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--consistency_fallback', type=float, default=DEFAULT_FALLBACK,
                    help='with --consistency: where the output strays this many sigmas from the medium frame it becomes '
                         'that frame, linearly from the clamp on (0, or not above --consistency: off)')
+    p.add_argument('--band_noise', default=DEFAULT_BAND_NOISE, choices=BAND_NOISE,
+                   help="how the clamp estimates the medium frame's noise: weak_texture (patches' covariance; reads "
+                        'little texture as noise on clean frames) or robust (Immerkaer over the flattest blocks, the '
+                        'gates made before round 3\'s fifteenth session). Default chosen on the validation split')
     p.add_argument('--short_consistency', default='auto',
                    help="at inference, hold the pixels the medium frame clips to the aligned short frame's noise band, "
                         'within this many sigmas, where the two frames agree (0: off). auto: --consistency for a '
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return 1
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
-    gate.fallback = args.consistency_fallback
+    gate.fallback, gate.band_noise = args.consistency_fallback, args.band_noise
     if gate.idle_fallback:
         logger.warning('--consistency_fallback %g is not above --consistency %g, so it does nothing', gate.fallback,
                        gate.consistency)
