@@ -18,9 +18,14 @@ several ways and scores them against the ground truth:
   adds one medium-first variant per floor of that tolerance (not denoised);
 * ``colour_component_robust_tolerance``: medium-first with the tolerance from the texture-robust noise estimate
   per band (``AlignConfig.label_noise='robust'``), where the others use Immerkaer's (not denoised);
+  ``colour_component_weak_texture_tolerance`` the same from weak-texture patches (``label_noise='weak_texture'``),
+  and ``..._denoised`` that label denoised as shipped;
+* ``colour_component_weak_texture``: the label with both the tolerance and the denoiser's noise from weak-texture
+  patches (``label_noise`` and ``label_denoise_method`` 'weak_texture');
 * ``medium_frame``: the medium frame alone, for reference;
 * ``--denoise``: ``colour_component_denoised_immerkaer``, the label denoised with one NL-means strength from
-  Immerkaer's whole-label estimate (the method ``tools/adapt.py`` used before); with ``--robust_h`` and
+  Immerkaer's whole-label estimate (the method ``tools/adapt.py`` used before), and
+  ``colour_component_denoised_weak_texture``, the shipped denoising with the weak-texture noise per band; with ``--robust_h`` and
   ``--robust_percentile``, the shipped denoising with other strengths or percentiles; all applied, as
   ``colour_label`` applies it, to ``colour_component_not_denoised``.
 
@@ -60,10 +65,15 @@ MERGES = {'flow_merge': AlignConfig(consistency=False, fallback=False, label_med
                                                 label_denoise=False),
           'colour_component_merge': AlignConfig(label_medium_first=False, label_denoise=False),
           'colour_component_robust_tolerance': AlignConfig(label_noise='robust', label_denoise=False),
+          'colour_component_weak_texture_tolerance': AlignConfig(label_noise='weak_texture', label_denoise=False),
           'colour_component_not_denoised': AlignConfig(label_denoise=False),
-          'colour_component': AlignConfig()}
+          'colour_component': AlignConfig(),
+          'colour_component_weak_texture_tolerance_denoised': AlignConfig(label_noise='weak_texture'),
+          'colour_component_weak_texture': AlignConfig(label_noise='weak_texture',
+                                                       label_denoise_method='weak_texture')}
 REGIONS = ('clipped', 'well_exposed', 'dark', 'motion')
-DENOISED = {'colour_component_denoised_immerkaer': {'method': 'immerkaer'}}
+DENOISED = {'colour_component_denoised_immerkaer': {'method': 'immerkaer'},
+            'colour_component_denoised_weak_texture': {'method': 'weak_texture'}}
 
 
 def quantise16(x: np.ndarray) -> np.ndarray:

@@ -143,6 +143,8 @@ def label_rule(cfg: AlignConfig) -> dict:
     if cfg.label_denoise:  # the denoiser's own settings decide the label too
         rule['denoise_settings'] = {'block': label_denoise.ROBUST_BLOCK, 'percentile': label_denoise.ROBUST_PERCENTILE,
                                     'strength': label_denoise.H_FACTOR}
+        if cfg.label_denoise_method != 'robust':  # recorded only when not the default, so older records still match
+            rule['denoise_settings']['method'] = cfg.label_denoise_method
     return rule
 
 

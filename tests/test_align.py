@@ -366,6 +366,24 @@ def test_medium_first_tolerance_is_not_widened_by_texture():
     assert not kept_robust[42:54, 32:58].any() and kept_robust[:30].all()
     with pytest.raises(ValueError, match='label_noise'):
         AlignConfig(label_noise='mad')
+    # the weak-texture estimate (covariance of weak-texture patches) rejects the wrong patch as well
+    _, kept_weak = medium_first(long, mid, long, TIMES[1], TIMES[2], AlignConfig(label_noise='weak_texture'))
+    assert not kept_weak[42:54, 32:58].any() and kept_weak[:30].all()
+
+
+def test_label_denoise_method_is_checked_used_and_recorded_in_the_label_rule():
+    from data.align_split import label_rule
+
+    with pytest.raises(ValueError, match='label_denoise_method'):
+        AlignConfig(label_denoise_method='bm3d')
+    rng = np.random.default_rng(4)
+    mid = np.clip(0.4 + rng.normal(0, 0.02, (40, 48, 3)), 0, 1).astype(np.float32)
+    frames = (equalise_exposure(mid, TIMES[1], TIMES[0]), mid, equalise_exposure(mid, TIMES[1], TIMES[2]))
+    robust = colour_label(frames, frames, TIMES)
+    weak = colour_label(frames, frames, TIMES, AlignConfig(label_denoise_method='weak_texture'))
+    assert not np.array_equal(robust, weak) and np.isfinite(weak).all()
+    assert 'method' not in label_rule(AlignConfig())['denoise_settings']  # older records (no key) still match
+    assert label_rule(AlignConfig(label_denoise_method='weak_texture'))['denoise_settings']['method'] == 'weak_texture'
 
 def test_prepare_split_warns_when_kept_labels_were_made_with_another_rule(tmp_path, caplog):
     import json

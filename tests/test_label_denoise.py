@@ -139,6 +139,9 @@ def test_robust_denoising_keeps_texture_and_removes_level_dependent_noise():
     noisy = from_mu(tm + rng.normal(0, 1, tm.shape).astype(np.float32) * (0.005 + 0.04 * tm))
     denoised, sigma = denoise_colour_label(noisy)
     assert psnr_mu(denoised, clean) > psnr_mu(noisy, clean) + 5
+    # the weak-texture noise per band: the clean textured label kept, the noisy one denoised as well
+    assert psnr_mu(denoise_colour_label(tex, method='weak_texture')[0], tex) > psnr_mu(smoothed, tex) + 3
+    assert psnr_mu(denoise_colour_label(noisy, method='weak_texture')[0], clean) > psnr_mu(noisy, clean) + 5
     with pytest.raises(ValueError, match='method must be one of'):
         denoise_colour_label(clean, method='bilateral')
 

@@ -57,6 +57,9 @@ DIS_PRESETS = {
 }
 
 
+LABEL_NOISE = ('immerkaer', 'robust', 'weak_texture')  # AlignConfig.label_noise
+
+
 @dataclass
 class AlignConfig:
     """Alignment settings. Defaults chosen with ``bench/align.py`` (3 synthetic 1000x1500 scenes,
@@ -109,11 +112,16 @@ class AlignConfig:
     # 'robust' (a low percentile of block estimates, blind to texture). 'robust' rejects more misaligned warps in
     # clean textured frames but also more of the warps that would average high-ISO noise away: on 48 validation
     # scenes it lost 0.17 dB PSNR-mu overall (README, "The label is denoised")
+    # 'weak_texture' (util.label_denoise.weak_texture_noise_by_level, round 3's fifteenth session): the smallest
+    # eigenvalue of weak-texture patches' covariance, which reads less texture as noise still
     label_noise: str = 'immerkaer'
     # Denoise the label (util/label_denoise.py: NL-means in the mu-law domain, each brightness band at its own noise
     # level, estimated blind to texture): the merge of noisy frames carries their noise, and the network learns to
     # keep it. Round 3, fifth session; chosen on 48 validation scenes (README). False: the merge as it is.
     label_denoise: bool = True
+    # how the denoiser reads the label's noise per band (util.label_denoise.DENOISE_METHODS): 'robust' (blocks'
+    # low percentile of Immerkaer's estimate) as chosen in round 3's fifth session, or 'weak_texture'
+    label_denoise_method: str = 'robust'
 
     def __post_init__(self) -> None:
         if self.flow not in ('dis', 'raft'):
@@ -124,8 +132,13 @@ class AlignConfig:
             raise ValueError(f'AlignConfig.flow_scale must be in (0, 1], got {self.flow_scale}')
         if self.raft_model not in ('large', 'small'):
             raise ValueError(f"AlignConfig.raft_model must be 'large' or 'small', got {self.raft_model!r}")
-        if self.label_noise not in ('robust', 'immerkaer'):
-            raise ValueError(f"AlignConfig.label_noise must be 'robust' or 'immerkaer', got {self.label_noise!r}")
+        if self.label_noise not in LABEL_NOISE:
+            raise ValueError(f'AlignConfig.label_noise must be one of {", ".join(LABEL_NOISE)}, got {self.label_noise!r}')
+        from util.label_denoise import DENOISE_METHODS
+
+        if self.label_denoise_method not in DENOISE_METHODS:
+            raise ValueError(f'AlignConfig.label_denoise_method must be one of {", ".join(DENOISE_METHODS)}, got '
+                             f'{self.label_denoise_method!r}')
 
 
 @dataclass
@@ -405,13 +418,15 @@ def medium_first(aligned: np.ndarray, ref: np.ndarray, src: np.ndarray, t_ref: f
     is clipped or where it agrees with the reference within the frames' noise, the reference brought to the
     source's exposure elsewhere. ``src`` is the frame before alignment (its noise sets the tolerance).
     Returns ``(frame, kept)``."""
-    from util.label_denoise import ROBUST_BLOCK, noise_by_level, robust_noise_by_level, sigma_at_level
+    from util.label_denoise import (ROBUST_BLOCK, noise_by_level, robust_noise_by_level, sigma_at_level,
+                                    weak_texture_noise_by_level)
 
     cfg = cfg or AlignConfig()
     ref = np.asarray(ref, np.float32)
     aligned = np.asarray(aligned, np.float32)
-    robust = cfg.label_noise == 'robust' and min(ref.shape[:2]) >= ROBUST_BLOCK + 2  # one block at least
-    bands = robust_noise_by_level if robust else noise_by_level
+    blind = cfg.label_noise != 'immerkaer' and min(ref.shape[:2]) >= ROBUST_BLOCK + 2  # one block at least
+    bands = noise_by_level if not blind else (weak_texture_noise_by_level if cfg.label_noise == 'weak_texture'
+                                              else robust_noise_by_level)
     # the noise of the difference, pixel by pixel: each frame's own at its brightness there (shot noise grows with it)
     gain = np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))
     sigma = np.hypot(sigma_at_level(ref.mean(axis=2), bands(ref)),
@@ -442,5 +457,5 @@ def colour_label(aligned: Sequence[np.ndarray], originals: Sequence[np.ndarray],
     if cfg.label_denoise:
         from util.label_denoise import denoise_colour_label
 
-        label = denoise_colour_label(label)[0]
+        label = denoise_colour_label(label, cfg.label_denoise_method)[0]
     return label

@@ -249,7 +249,7 @@ def _inverse(y: np.ndarray, grid: np.ndarray, f: np.ndarray) -> np.ndarray:
     return np.where(y <= f[-1], np.interp(y, f, grid), 1.0 + (y - f[-1]) / slope)
 
 
-DENOISE_METHODS = ('robust', 'immerkaer')
+DENOISE_METHODS = ('robust', 'immerkaer', 'weak_texture')
 
 
 def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: float = H_FACTOR,
@@ -261,8 +261,9 @@ def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: floa
     textured labels get smoothed). ``robust``: the noise per brightness band from :func:`robust_noise_by_level`,
     a variance-stabilising map so that each band is filtered at its own noise level, and a clean label is left
     nearly as it is whatever its texture (bands are judged on the channel mean, the map is applied to each channel's
-    own value: a strongly coloured pixel is filtered at its channel's level). Labels under ``ROBUST_BLOCK + 2``
-    pixels a side take :func:`noise_by_level`'s per-band means instead. ``strength``: the NL-means filtering
+    own value: a strongly coloured pixel is filtered at its channel's level). ``weak_texture``: the same, the noise
+    per band from :func:`weak_texture_noise_by_level`, which reads less texture as noise (``percentile`` unused).
+    Labels under ``ROBUST_BLOCK + 2`` pixels a side take :func:`noise_by_level`'s per-band means instead. ``strength``: the NL-means filtering
     parameter h per unit of noise; ``percentile``: the robust estimate's rank of block estimates."""
     from skimage.restoration import denoise_nl_means
 
@@ -277,7 +278,9 @@ def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: floa
         if sigma <= 0:
             return np.maximum(hdr, 0).astype(np.float32), 0.0
         return from_mu(denoise_nl_means(tm, h=strength * sigma, sigma=sigma, **nlm)), sigma
-    if min(tm.shape[:2]) >= ROBUST_BLOCK + 2:
+    if method == 'weak_texture' and min(tm.shape[:2]) >= ROBUST_BLOCK + 2:
+        bands = weak_texture_noise_by_level(tm)
+    elif min(tm.shape[:2]) >= ROBUST_BLOCK + 2:
         bands = robust_noise_by_level(tm, percentile=percentile)
     else:  # too small for one block: the per-band mean (texture counts then)
         bands = noise_by_level(tm)
