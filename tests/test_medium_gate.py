@@ -10,7 +10,7 @@ from models.medium_gate import (GATE_KEY, GATE_VERSION, GatedNetwork, GateError,
                                 medium_noise_map, medium_noise_map_and_band, noise_bands, noise_maps,
                                 noise_maps_and_bands, read_gate, short_bands, short_floor, short_witness_band,
                                 with_gate)
-from util.tonemap import mu_law_torch
+from util.tonemap import inverse_mu_law_torch, mu_law_torch
 from tiny_data import tiny_ahdr
 
 
@@ -299,6 +299,68 @@ def test_band_noise_chooses_the_medium_bands_estimator_and_is_stored_with_the_ga
     assert torch.load(out_path, weights_only=True)[GATE_KEY]['version'] == GATE_VERSION
 
 
+def test_fusion_keeps_a_deviation_within_noise_and_shrinks_a_bias_towards_the_frame():
+    """fuse: where the output strays from the medium frame by about its noise it stays (a denoised reading may);
+    where it strays by many sigmas it moves most of the way back, by sigma^2 / E[d^2]; nothing moves where the band
+    is open; the gated forward applies it before the clamp."""
+    gate = MediumGate(consistency=1.5, fusion_window=5)
+    gen = torch.Generator().manual_seed(0)
+    mu_ref = 0.3 + 0.4 * torch.rand(1, 3, 32, 32, generator=gen)
+    band = torch.full_like(mu_ref, 0.01)
+    band[:, :, :, :4] = float('inf')  # an open strip: untouched
+    noise_like = mu_ref + 0.01 * torch.randn(1, 3, 32, 32, generator=gen)
+    biased = mu_ref + 0.08  # 8 sigmas off everywhere: E[d^2] = 64 sigma^2
+    for mu_out, kept in ((noise_like, 0.5), (biased, 1 / 64)):
+        out = inverse_mu_law_torch(mu_out)
+        fused = mu_law_torch(gate.fuse(out, mu_ref, band))
+        share = ((fused - mu_ref) / (mu_out - mu_ref))[:, :, :, 6:-6]
+        assert share.median() >= kept - 1e-4
+        assert torch.equal(gate.fuse(out, mu_ref, band)[..., :4], out[..., :4])
+    assert torch.allclose(((mu_law_torch(gate.fuse(inverse_mu_law_torch(biased), mu_ref, band)) - mu_ref)
+                           / 0.08)[:, :, :, 6:-6], torch.tensor(1 / 64), atol=1e-3)
+    with pytest.raises(ValueError, match='fusion_window'):
+        MediumGate(fusion_window=4)
+    # in the gated network: fused, then clamped
+    y = torch.rand(1, 3, 48, 64, generator=gen)
+    x_mid = _medium_input(_finely_textured_frame(3))
+    noise, band = noise_maps_and_bands(x_mid)
+    trained = _trained_looking_gate()
+    fused_gate = MediumGate(consistency=1.5, fusion_window=5)
+    fused_gate.load_state_dict(trained.state_dict())
+    plain_gate = MediumGate(consistency=1.5)
+    plain_gate.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        out = fused_gate(y, x_mid, noise, band)[0]
+        unfused = trained(y, x_mid, noise)[0]  # the blend alone
+        expected = plain_gate.hold_to_band(fused_gate.fuse(unfused, mu_law_torch(x_mid[:, :3].clamp(0, 1)), band),
+                                           mu_law_torch(x_mid[:, :3].clamp(0, 1)), band, fallback=True)
+        assert torch.allclose(out, expected)
+        assert not torch.allclose(out, plain_gate(y, x_mid, noise, band)[0])
+
+
+def test_fusion_window_is_stored_read_and_set(tmp_path, capsys):
+    from tools import set_gate_clamp
+
+    gate = _trained_looking_gate()
+    gate.consistency, gate.fusion_window = 1.5, 5
+    path = tmp_path / 'fused.pth'
+    checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), gate)
+    torch.save(checkpoint, path)
+    assert read_gate(path).fusion_window == 5 and checkpoint[GATE_KEY]['version'] == GATE_VERSION
+    del checkpoint[GATE_KEY]['fusion_window']  # a gate stored before the entry: no fusion
+    torch.save(checkpoint, path)
+    assert read_gate(path).fusion_window == 0
+    for bad in (4, -1, 2.5, True):
+        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], fusion_window=bad)}), path)
+        with pytest.raises(GateError, match='fusion_window'):
+            read_gate(path)
+    torch.save(checkpoint, path)
+    out = tmp_path / 'set.pth'
+    assert set_gate_clamp.main([str(path), '--fusion_window', '7', '--out', str(out)]) == 0
+    assert read_gate(out).fusion_window == 7 and 'fusion_window 7' in capsys.readouterr().out
+    assert set_gate_clamp.main([str(path), '--fusion_window', '6', '--out', str(out)]) == 2
+
+
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
     net, gate = tiny_ahdr().eval(), _trained_looking_gate()
     gate.consistency = 2.0
@@ -394,8 +456,9 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
     assert gate.chroma == 1.2 and gate.short_consistency == 0.0  # AHDRNet sees the short frame unaligned: no witness
-    assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture'
+    assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture' and gate.fusion_window == 5
     assert train_gate.main(argv + ['--consistency_fallback', 'nan']) == 2
+    assert train_gate.main(argv + ['--fusion_window', '4']) == 2
     with pytest.raises(SystemExit) as refused:  # argparse's own refusal of an unknown estimator
         train_gate.main(argv + ['--band_noise', 'median'])
     assert refused.value.code == 2

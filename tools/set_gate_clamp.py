@@ -25,6 +25,7 @@ from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
 from models.medium_gate import BAND_NOISE, GATE_KEY, GATE_VERSION, read_gate, short_clamp_refusal  # noqa: E402
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback')
+SETTINGS = FLAGS + ('band_noise', 'fusion_window')  # every entry this tool may set
 
 
 def main(argv=None) -> int:
@@ -41,14 +42,18 @@ def main(argv=None) -> int:
                    help='where the output strays this many sigmas from the medium frame, it becomes that frame; '
                         'linear from the clamp on (0, or not above --consistency: off)')
     p.add_argument('--band_noise', choices=BAND_NOISE,
-                   help='how the clamps estimate the frames\' noise: weak_texture (gates made since round 3\'s fifteenth '
-                        'session) or robust (before: reads texture as noise on clean frames); unchanged if omitted')
+                   help='how the medium clamp estimates the frame\'s noise: weak_texture (gates made since round 3\'s '
+                        'fifteenth session) or robust (before: reads texture as noise on clean frames); unchanged if '
+                        'omitted')
+    p.add_argument('--fusion_window', type=int,
+                   help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
+                        'frame\'s noise explains, over this many pixels a side; odd; 0: off); unchanged if omitted')
     p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
     args = p.parse_args(argv)
-    if all(getattr(args, flag) is None for flag in FLAGS + ('band_noise',)):
-        print(f'error: nothing to set (give at least one of {", ".join("--" + f for f in FLAGS + ("band_noise",))})',
+    if all(getattr(args, flag) is None for flag in SETTINGS):
+        print(f'error: nothing to set (give at least one of {", ".join("--" + f for f in SETTINGS)})',
               file=sys.stderr)
         return 2
     for flag in FLAGS:
@@ -56,6 +61,10 @@ def main(argv=None) -> int:
         if value is not None and not (value >= 0 and math.isfinite(value)):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
+    window = args.fusion_window
+    if window is not None and (window < 0 or (window and window % 2 == 0)):
+        print('error: --fusion_window must be 0 or an odd number of pixels', file=sys.stderr)
+        return 2
     if args.short_consistency:
         from models.backbones import NAMES
 
@@ -76,7 +85,7 @@ def main(argv=None) -> int:
 
             load_backbone_state(define_network(args.network), args.checkpoint)
         entry = checkpoint[GATE_KEY]
-        for flag in FLAGS + ('band_noise',):
+        for flag in SETTINGS:
             if getattr(args, flag) is not None:
                 entry[flag] = getattr(args, flag)
         entry['version'] = GATE_VERSION  # older code refuses it rather than running it without these settings
@@ -89,12 +98,15 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
+    if gate.fusion_window and not gate.consistency:
+        print(f'warning: fusion_window {gate.fusion_window} acts with the clamp only, and consistency is 0',
+              file=sys.stderr)
     if gate.idle_fallback:
         print(f'warning: consistency_fallback {gate.fallback:g} is not above consistency {gate.consistency:g}, so '
               'it does nothing', file=sys.stderr)
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
           f'short_consistency {gate.short_consistency:g}, consistency_fallback {gate.fallback:g}, '
-          f'band_noise {gate.band_noise}')
+          f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}')
     return 0
 
 
