@@ -4,7 +4,8 @@
         --checkpoint pretrained_models/fshdr_long_mf_gate/SelfHDR_model_1.pth
 
 Scores the backbone alone (``--medium_gate off``) and with the gate (models/medium_gate.py), and where the gate
-holds its output to the medium frame's noise band (``consistency`` > 0) the gate without that clamp, beside the medium frame
+holds its output to the medium frame's noise band (``consistency`` > 0) the gate without that clamp (nor the fusion
+before it, which needs the band: ``gated_without_clamp``), beside the medium frame
 and the colour component, as ``tools/study.py`` scores its methods: PSNR-mu / PSNR-l per split (mean over scenes)
 and PSNR-mu per region (clipped / well exposed / dark in the medium frame, moving), pooled over the split's
 pixels; per validation scene too, by the setting it was rendered with. The gate is chosen on the validation split;
@@ -105,7 +106,8 @@ def main(argv=None) -> int:
                'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
     if gate is not None:  # the gate's other settings, so the file says what was scored
         results.update(consistency_chroma=gate.chroma, short_consistency=gate.short_consistency,
-                       consistency_fallback=gate.fallback)
+                       consistency_fallback=gate.fallback, band_noise=gate.band_noise,
+                       fusion_window=gate.fusion_window)
     for split in args.splits:
         root, aligned = split_roots(work, split)
         if not (root / 'Test').is_dir():

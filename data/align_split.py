@@ -145,6 +145,11 @@ def label_rule(cfg: AlignConfig) -> dict:
                                     'strength': label_denoise.H_FACTOR}
         if cfg.label_denoise_method != 'robust':  # recorded only when not the default, so older records still match
             rule['denoise_settings']['method'] = cfg.label_denoise_method
+    if 'weak_texture' in (cfg.label_noise, cfg.label_denoise_method if cfg.label_denoise else None):
+        rule['weak_texture_settings'] = {'patch': label_denoise.WEAK_TEXTURE_PATCH,
+                                         'confidence': label_denoise.WEAK_TEXTURE_CONFIDENCE,
+                                         'iterations': label_denoise.WEAK_TEXTURE_ITERATIONS,
+                                         'max_patches': label_denoise.WEAK_TEXTURE_MAX_PATCHES}
     return rule
 
 

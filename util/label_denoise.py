@@ -154,8 +154,9 @@ def weak_texture_noise_by_level(img: np.ndarray, patch: int = WEAK_TEXTURE_PATCH
     """Noise standard deviation per brightness band (as :func:`robust_noise_by_level`) from weak-texture patches, after
     Liu, Tanaka & Okutomi (2013): the smallest eigenvalue of the covariance of ``patch`` x ``patch`` patches is the
     noise variance, since natural texture spreads over few directions of patch space; patches are kept only where
-    their gradient energy is within what noise of the current estimate gives (the ``confidence`` quantile of its
-    gamma distribution), and the estimate is taken again from those, ``iterations`` times. Immerkaer's kernel looks
+    their gradient energy is within what noise of the current estimate gives (the ``confidence`` quantile of the gamma
+    approximation of its distribution: about 98 % of pure-noise patches at 0.99), and the estimate is taken again
+    from those, ``iterations`` times. Immerkaer's kernel looks
     along one fixed direction only, so on a nearly noise-free, textured frame every block reads as noise (round 3,
     fifteenth session: 2 to 28 times the true noise on such frames; this estimate 1 to 11 times).
 
@@ -171,8 +172,11 @@ def weak_texture_noise_by_level(img: np.ndarray, patch: int = WEAK_TEXTURE_PATCH
                          f'got {img.shape}')
     img = np.asarray(img, np.float32)
     d = patch * patch
+    if max_patches < 2 * d:
+        raise ValueError(f'weak_texture_noise_by_level: max_patches {max_patches} is under 2 x {d} patches')
     n_bands = len(NOISE_LEVEL_EDGES) - 1
-    alive = ((img < clip_level) & (img > 0)).all(axis=2)
+    alive = ((img < clip_level) & (img > 0)).all(axis=2)  # NaN compares False: never alive
+    img = np.where(np.isfinite(img), img, 0.0).astype(np.float32)  # and a NaN must not spread through the box sums
     whole = _box_sums(alive.astype(np.float32), patch, patch) == d
     band = _band(_box_sums(img.mean(axis=2), patch, patch) / d)
     # per channel, the patch's squared differences across and down ([-1, 1] inside the patch)
@@ -263,8 +267,8 @@ def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: floa
     nearly as it is whatever its texture (bands are judged on the channel mean, the map is applied to each channel's
     own value: a strongly coloured pixel is filtered at its channel's level). ``weak_texture``: the same, the noise
     per band from :func:`weak_texture_noise_by_level`, which reads less texture as noise (``percentile`` unused).
-    Labels under ``ROBUST_BLOCK + 2`` pixels a side take :func:`noise_by_level`'s per-band means instead. ``strength``: the NL-means filtering
-    parameter h per unit of noise; ``percentile``: the robust estimate's rank of block estimates."""
+    Labels under ``ROBUST_BLOCK + 2`` pixels a side take :func:`noise_by_level`'s per-band means instead.
+    ``strength``: the NL-means filtering parameter h per unit of noise; ``percentile``: the robust estimate's rank of block estimates."""
     from skimage.restoration import denoise_nl_means
 
     if method not in DENOISE_METHODS:
