@@ -100,20 +100,24 @@ GATE_BYTES_PER_PIXEL = 544
 ROBUST_GATE_BYTES_PER_PIXEL = 512  # a gate with the robust band (before the fifteenth session): as it was
 
 
+def fusion_window_problem(window) -> str | None:
+    """Why ``window`` cannot be a gate's fusion_window (None when it can): 0 (off) or an odd number of pixels."""
+    whole = isinstance(window, (int, np.integer)) and not isinstance(window, bool)
+    if not whole or window < 0 or (window and window % 2 == 0):
+        return f'fusion_window {window!r} is not 0 or an odd number of pixels'
+    return None
+
+
 class GateError(CheckpointError):
     """A checkpoint's gate entry that cannot be used, or --medium_gate on for a checkpoint without one."""
 
 
-def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
-                         estimator: str = 'robust') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ldr, the LDR noise sigma per pixel H x W x 1, d mu(H) / d ldr per pixel and channel H x W x 3). ``estimator``:
-    'robust' (Immerkaer over the flattest blocks, the noise map the gate's CNN was trained with) or 'weak_texture'
-    (``BAND_NOISE`` doc)."""
+def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust') -> np.ndarray:
+    """The LDR noise sigma per pixel (H x W x 1) of a clipped LDR frame. ``estimator``: 'robust' (Immerkaer over the
+    flattest blocks, the noise map the gate's CNN was trained with) or 'weak_texture' (``BAND_NOISE``)."""
     from util.label_denoise import (ROBUST_BLOCK, WEAK_TEXTURE_PATCH, noise_by_level, robust_noise_by_level,
                                     sigma_at_level, weak_texture_noise_by_level)
 
-    ldr = np.clip(np.asarray(ldr_mid, np.float32), 0.0, 1.0)
-    hdr = np.clip(np.asarray(hdr_mid, np.float32), 0.0, None)
     if estimator == 'weak_texture' and min(ldr.shape[:2]) >= WEAK_TEXTURE_PATCH:
         bands = weak_texture_noise_by_level(ldr)
     elif min(ldr.shape[:2]) >= ROBUST_BLOCK + 2:
@@ -121,9 +125,16 @@ def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
     else:  # a small tile: the plain estimate, on an edge-padded copy when a side is under its 3 pixels
         pad = [(0, max(0, 3 - n)) for n in ldr.shape[:2]] + [(0, 0)]
         bands = noise_by_level(np.pad(ldr, pad, mode='edge'))
-    sigma = sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
+    return sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
+
+
+def _ldr_noise_and_slope(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ldr, the LDR noise sigma per pixel H x W x 1 (robust estimate), d mu(H) / d ldr per pixel and channel
+    H x W x 3)."""
+    ldr = np.clip(np.asarray(ldr_mid, np.float32), 0.0, 1.0)
+    hdr = np.clip(np.asarray(hdr_mid, np.float32), 0.0, None)
     slope = (MU / ((1.0 + MU * hdr) * math.log1p(MU))) * GAMMA * hdr / np.maximum(ldr, 1e-6)
-    return ldr, sigma, slope
+    return ldr, _ldr_sigma(ldr), slope
 
 
 def _log_noise(sigma: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -147,7 +158,7 @@ def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     noise = _log_noise(sigma, slope)
     if band_noise != 'robust':
-        sigma = _ldr_noise_and_slope(ldr_mid, hdr_mid, band_noise)[1]
+        sigma = _ldr_sigma(ldr, band_noise)
     # A band whose estimate is exactly 0 (perfectly flat blocks: a synthetic or heavily compressed frame) still has
     # at least 8-bit quantisation noise; without a floor the clamp would pin the output to the frame there.
     sigma = np.where(sigma > 0, sigma, QUANTISATION_SIGMA)
@@ -276,9 +287,8 @@ class MediumGate(nn.Module):
         super().__init__()
         if band_noise not in BAND_NOISE:
             raise ValueError(f'MediumGate: band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
-        if isinstance(fusion_window, bool) or not isinstance(fusion_window, (int, np.integer)) or fusion_window < 0 \
-                or (fusion_window and fusion_window % 2 == 0):
-            raise ValueError(f'MediumGate: fusion_window {fusion_window!r} is not 0 or an odd number of pixels')
+        if fusion_window_problem(fusion_window):
+            raise ValueError(f'MediumGate: {fusion_window_problem(fusion_window)}')
         c = channels
         self.band_noise = band_noise
         self.fusion_window = int(fusion_window)
@@ -323,6 +333,11 @@ class MediumGate(nn.Module):
                                     self.short_consistency)
             out = short_floor(out, x_short, x_mid)
         return out, g
+
+    @property
+    def idle_fusion(self) -> bool:
+        """A fusion that is set but never acts: it needs the clamp's band (the tools warn of it)."""
+        return bool(self.fusion_window) and not self.consistency
 
     @property
     def idle_fallback(self) -> bool:
@@ -446,14 +461,12 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
             raise GateError(f'{path}: the medium gate\'s {key} {value!r} is not a number >= 0')
         return float(value)
 
-    band_noise = entry.get('band_noise', 'robust')  # absent (an older gate): the estimate it was chosen with
-    if band_noise not in BAND_NOISE:
-        raise GateError(f'{path}: the medium gate\'s band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
-    window = entry.get('fusion_window', 0)  # absent (an older gate): no fusion
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0 or (window and window % 2 == 0):
-        raise GateError(f'{path}: the medium gate\'s fusion_window {window!r} is not 0 or an odd number of pixels')
-    gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
-                      setting('short_consistency'), setting('consistency_fallback'), band_noise, window)
+    try:  # band_noise and fusion_window absent (an older gate): the estimate it was chosen with, no fusion
+        gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
+                          setting('short_consistency'), setting('consistency_fallback'),
+                          entry.get('band_noise', 'robust'), entry.get('fusion_window', 0))
+    except ValueError as exc:
+        raise GateError(f'{path}: the medium gate entry: {exc}') from exc
     try:
         gate.load_state_dict(entry['state_dict'])
     except RuntimeError as exc:

@@ -22,7 +22,8 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
-from models.medium_gate import BAND_NOISE, GATE_KEY, GATE_VERSION, read_gate, short_clamp_refusal  # noqa: E402
+from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_window_problem, read_gate,  # noqa: E402
+                                short_clamp_refusal)
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback')
 SETTINGS = FLAGS + ('band_noise', 'fusion_window')  # every entry this tool may set
@@ -61,9 +62,8 @@ def main(argv=None) -> int:
         if value is not None and not (value >= 0 and math.isfinite(value)):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
-    window = args.fusion_window
-    if window is not None and (window < 0 or (window and window % 2 == 0)):
-        print('error: --fusion_window must be 0 or an odd number of pixels', file=sys.stderr)
+    if args.fusion_window is not None and fusion_window_problem(args.fusion_window):
+        print(f'error: --{fusion_window_problem(args.fusion_window)}', file=sys.stderr)
         return 2
     if args.short_consistency:
         from models.backbones import NAMES
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     except (CheckpointError, OSError, RuntimeError, pickle.UnpicklingError, EOFError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    if gate.fusion_window and not gate.consistency:
+    if gate.idle_fusion:
         print(f'warning: fusion_window {gate.fusion_window} acts with the clamp only, and consistency is 0',
               file=sys.stderr)
     if gate.idle_fallback:

@@ -37,8 +37,8 @@ from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
 from models.medium_gate import (BAND_NOISE, DEFAULT_BAND_NOISE, DEFAULT_CHROMA, DEFAULT_CONSISTENCY,  # noqa: E402
-                                DEFAULT_FALLBACK, DEFAULT_FUSION_WINDOW, MediumGate, gated_checkpoint,
-                                medium_noise_map, short_clamp_refusal)
+                                DEFAULT_FALLBACK, DEFAULT_FUSION_WINDOW, MediumGate, fusion_window_problem,
+                                gated_checkpoint, medium_noise_map, short_clamp_refusal)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -237,8 +237,8 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    if args.fusion_window < 0 or (args.fusion_window and args.fusion_window % 2 == 0):
-        print('error: --fusion_window must be 0 or an odd number of pixels', file=sys.stderr)
+    if fusion_window_problem(args.fusion_window):
+        print(f'error: --{fusion_window_problem(args.fusion_window)}', file=sys.stderr)
         return 2
     if args.noisy_copies < 0:
         print('error: --noisy_copies must be 0 or more', file=sys.stderr)
@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     gate.fallback, gate.band_noise = args.consistency_fallback, args.band_noise
     gate.fusion_window = args.fusion_window
-    if gate.fusion_window and not gate.consistency:
+    if gate.idle_fusion:
         logger.warning('--fusion_window %d acts with --consistency only, and it is 0', gate.fusion_window)
     if gate.idle_fallback:
         logger.warning('--consistency_fallback %g is not above --consistency %g, so it does nothing', gate.fallback,

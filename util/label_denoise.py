@@ -200,13 +200,13 @@ def weak_texture_noise_by_level(img: np.ndarray, patch: int = WEAK_TEXTURE_PATCH
 
     bands, known = np.zeros(n_bands, np.float32), np.zeros(n_bands, bool)
     for b in range(n_bands):
-        rows, cols = np.nonzero(whole & (band == b))
-        if rows.size * img.shape[2] < 2 * d:
+        r, c = np.nonzero(whole & (band == b))
+        if r.size * img.shape[2] < 2 * d:
             continue
-        chans = np.repeat(np.arange(img.shape[2]), rows.size)
-        rows, cols = np.tile(rows, img.shape[2]), np.tile(cols, img.shape[2])
-        texture = np.concatenate([e[rows[:rows.size // img.shape[2]], cols[:cols.size // img.shape[2]]]
-                                  for e in energy])
+        # one sample per window and channel, channel by channel
+        texture = np.concatenate([e[r, c] for e in energy])
+        channels = img.shape[2]
+        rows, cols, chans = np.tile(r, channels), np.tile(c, channels), np.repeat(np.arange(channels), r.size)
         sigma = sigma_of(rows, cols, chans)
         for _ in range(iterations):
             weak = texture < threshold_unit * sigma * sigma
@@ -268,7 +268,8 @@ def denoise_colour_label(hdr: np.ndarray, method: str = 'robust', strength: floa
     own value: a strongly coloured pixel is filtered at its channel's level). ``weak_texture``: the same, the noise
     per band from :func:`weak_texture_noise_by_level`, which reads less texture as noise (``percentile`` unused).
     Labels under ``ROBUST_BLOCK + 2`` pixels a side take :func:`noise_by_level`'s per-band means instead.
-    ``strength``: the NL-means filtering parameter h per unit of noise; ``percentile``: the robust estimate's rank of block estimates."""
+    ``strength``: the NL-means filtering parameter h per unit of noise; ``percentile``: the robust estimate's rank of
+    block estimates."""
     from skimage.restoration import denoise_nl_means
 
     if method not in DENOISE_METHODS:
