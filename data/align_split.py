@@ -18,7 +18,7 @@ import numpy as np
 from util.align import AlignConfig, align_frames, make_flow_estimator
 from util.align import colour_label as make_colour_label
 from util.exposures import DATASETS, scene_frames_and_times
-from util.hdr_io import LDR16_SCALE, read_ldr_bits, write_hdr, write_ldr8, write_ldr16
+from util.hdr_io import LDR16_SCALE, atomic_write, read_ldr_bits, write_hdr, write_ldr8, write_ldr16
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ def prepare_split(dataroot, split: str | None = None, dataset: str = 'sig17', fl
         logger.warning('%s: %d scenes kept colour labels made with another rule than the current one (%s); run with '
                        '--overwrite to remake them', dst, len(skipped), label_rule(cfg))
     elif colour_label and dst.is_dir():
-        (dst / LABEL_RULE_FILE).write_text(json.dumps(label_rule(cfg)))
+        # a new file moved into place: a data root copied with hard links keeps its own record untouched
+        rule = json.dumps(label_rule(cfg))
+        atomic_write(dst / LABEL_RULE_FILE, lambda tmp: Path(tmp).write_text(rule))
     return reports + failures
 
 

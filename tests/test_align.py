@@ -1,4 +1,6 @@
 """Tests of util/align.py and tools/prepare_data.py on tiny synthetic scenes."""
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -200,6 +202,25 @@ def test_prepare_test_split_has_no_colour_label_and_cli(tmp_path):
     dst = tmp_path / 'Test_align' / 'scene000'
     assert sorted(p.name for p in dst.iterdir()) == ['a_short.tif', 'b_mid.tif', 'c_long.tif']
     assert main(['--dataroot', str(tmp_path / 'nowhere')]) == 2
+
+
+def test_prepare_data_label_options_relabel_a_hard_linked_copy_without_touching_the_source(tmp_path):
+    import json
+    import shutil
+
+    from tools.prepare_data import main
+    _make_split(tmp_path / 'src', n=1)
+    assert main(['--dataroot', str(tmp_path / 'src'), '--split', 'Training']) == 0
+    shutil.copytree(tmp_path / 'src', tmp_path / 'copy', copy_function=os.link)  # the way a study copies a root
+    assert main(['--dataroot', str(tmp_path / 'copy'), '--split', 'Training', '--overwrite',
+                 '--label_noise', 'weak_texture', '--label_denoise_method', 'weak_texture']) == 0
+    src_rule = json.loads((tmp_path / 'src' / 'Training_align' / '.colour_label.json').read_text())
+    copy_rule = json.loads((tmp_path / 'copy' / 'Training_align' / '.colour_label.json').read_text())
+    assert src_rule['label_noise'] == 'immerkaer' and 'method' not in src_rule['denoise_settings']
+    assert copy_rule['label_noise'] == 'weak_texture' and copy_rule['denoise_settings']['method'] == 'weak_texture'
+    assert 'weak_texture_settings' in copy_rule
+    with pytest.raises(SystemExit):
+        main(['--dataroot', str(tmp_path / 'copy'), '--label_noise', 'mad'])
 
 
 def test_prepare_scene_errors_name_the_scene(tmp_path):

@@ -38,7 +38,8 @@ if str(_ROOT) not in sys.path:
 
 from data.align_split import (COLOUR_NAME, DEFAULT_SPLIT, SceneError, prepare_scene, prepare_split,  # noqa: E402,F401
                               split_dirs)
-from util.align import AlignConfig  # noqa: E402
+from util.align import LABEL_NOISE, AlignConfig  # noqa: E402
+from util.label_denoise import DENOISE_METHODS  # noqa: E402
 from util.exposures import DATASETS  # noqa: E402
 
 
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--device', type=str, default='cpu', help='device for RAFT, e.g. cpu or cuda')
     p.add_argument('--colour_label', type=str, default='auto', choices=['auto', 'yes', 'no'],
                    help='write HDRImg.hdr = Y_color (auto: only for the Training split)')
+    p.add_argument('--label_noise', type=str, default='immerkaer', choices=list(LABEL_NOISE),
+                   help="the noise estimate behind Y_color's medium-first tolerance (immerkaer: the release's "
+                        "estimator, default; weak_texture reads it from texture-free patches, closer on clean frames)")
+    p.add_argument('--label_denoise_method', type=str, default='robust', choices=list(DENOISE_METHODS),
+                   help="the noise estimate the label's denoiser uses (default robust)")
     p.add_argument('--overwrite', action='store_true', help='redo scenes that already exist')
     p.add_argument('--keep_going', action='store_true', help='log failing scenes and continue')
     return p
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     colour = {'auto': None, 'yes': True, 'no': False}[args.colour_label]
     try:
         cfg = AlignConfig(flow=args.flow, raft_weights=args.raft_weights, raft_model=args.raft_model,
-                          device=args.device)
+                          device=args.device, label_noise=args.label_noise,
+                          label_denoise_method=args.label_denoise_method)
         reports = prepare_split(args.dataroot, args.split, args.dataset, colour_label=colour,
                                 overwrite=args.overwrite, keep_going=args.keep_going, cfg=cfg)
     except (SceneError, FileNotFoundError, ValueError) as exc:
