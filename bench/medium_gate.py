@@ -5,7 +5,7 @@
 
 Scores the backbone alone (``--medium_gate off``) and with the gate (models/medium_gate.py), and where the gate
 holds its output to the medium frame's noise band (``consistency`` > 0) the gate without that clamp (nor the fusion
-before it, which needs the band: ``gated_without_clamp``), beside the medium frame
+before it, which needs the band, nor the long frame's clamp: ``gated_without_clamp``), beside the medium frame
 and the colour component, as ``tools/study.py`` scores its methods: PSNR-mu / PSNR-l per split (mean over scenes)
 and PSNR-mu per region (clipped / well exposed / dark in the medium frame, moving), pooled over the split's
 pixels; per validation scene too, by the setting it was rendered with. The gate is chosen on the validation split;
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     held = gate.consistency if gate is not None else 0.0
     if held:  # the same gate without its consistency clamp, to show what the clamp adds
         nets['unheld'] = load_network(args.network, ckpt, 'cpu', 'on')
-        nets['unheld'].gate.consistency = 0.0
+        nets['unheld'].gate.consistency = nets['unheld'].gate.long_consistency = 0.0
     for label, path in also.items():
         nets[label] = load_network(args.network, Path(path), 'cpu', 'on')
     work, aligned_input = Path(args.work), backbone(args.network).aligned_input
@@ -106,6 +106,7 @@ def main(argv=None) -> int:
                'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
     if gate is not None:  # the gate's other settings, so the file says what was scored
         results.update(consistency_chroma=gate.chroma, short_consistency=gate.short_consistency,
+                       long_consistency=gate.long_consistency,
                        consistency_fallback=gate.fallback, band_noise=gate.band_noise,
                        fusion_window=gate.fusion_window)
     for split in args.splits:

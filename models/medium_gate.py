@@ -43,6 +43,15 @@ channels and lies within SHORT_AGREEMENT of the frame in the others), the output
 frame's own noise band (``short_witness_band``), in the same two steps; and where a channel is clipped in both
 frames, the output is at least the short frame's clipped reading (``short_floor``).
 
+The medium frame is the witness of pixels it exposes well, and a noisy one of its shadows. Where the checkpoint sets
+``long_consistency`` = k'' (round 3, sixteenth session; only for backbones that take aligned frames), the aligned
+long frame is a second witness: wherever it says something reliable (not clipped, not within 3 sigma of black), is
+a warp of its own and not the alignment's copy of the medium frame, and agrees with the medium frame within
+LONG_AGREEMENT times the medium frame's noise in every channel (static, aligned), the output is held within k'' of the
+long frame's own noise band (``long_witness_band``), after the medium frame's clamp. A static shadow is then the
+long frame's colour within its (smaller) noise, as the classical merge has it, and a moving one keeps the medium
+frame's clamp alone.
+
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
 (``GATE_KEY``), so the file still loads as a plain backbone in the release's code and in ours. Loaders apply it
@@ -68,8 +77,9 @@ GATE_KEY = 'medium_gate'
 # refuses such a gate instead of running it without them; version-1 entries read as before (both 0)
 # 3 since the fallback to the witness (round 3, fourteenth session)
 # 4 since the bands' noise estimator, 5 since the fusion window (round 3, fifteenth session)
-GATE_VERSION = 5
-GATE_VERSIONS = (1, 2, 3, 4, 5)
+# 6 since the long frame's clamp (round 3, sixteenth session)
+GATE_VERSION = 6
+GATE_VERSIONS = (1, 2, 3, 4, 5, 6)
 GATE_MODES = ('auto', 'on', 'off')
 # How the medium frame's noise band is estimated (entry key 'band_noise'; the CNN's noise map and the short frame's
 # band are always 'robust', the first being what the CNN was trained on). 'robust': Immerkaer's estimate over the
@@ -85,6 +95,13 @@ NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
 SHORT_AGREEMENT = 0.1  # gamma-encoded, at the medium exposure: util.align's clip_tol, the label's own agreement test
 ECHO_TOLERANCE = 1.5 / 255  # a short frame this close to the medium frame brought to its exposure is that frame's copy
+# the long frame witnesses a pixel where, brought to the medium exposure, it lies within this many of the medium
+# frame's noise sigmas in every channel (MediumGate's long_consistency): chosen on the validation split with k'' 1.5
+LONG_AGREEMENT = 3.0
+# and only where the medium frame's band is this many times the long frame's (or the medium frame has none: too dark):
+# where the two are about as clean, the warped long frame's interpolation costs more detail than its noise saves
+# (validation: clean scenes -0.86 dB without the condition, -0.04 with it)
+LONG_NOISE_RATIO = 3.0
 # tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
 DEFAULT_CONSISTENCY = 1.5
 # and its chroma factor (MediumGate.hold_to_band): validation level from 1.0 to 1.2, the shadow-chroma bench decides
@@ -92,11 +109,15 @@ DEFAULT_CHROMA = 1.2
 # and where the output becomes the medium frame (MediumGate._fall_back), in sigmas: on the validation split every
 # value from 2 to 5 gained 0.08-0.10 dB PSNR-mu (the clean scenes); 4 is the one that costs no region a pooled 0.1 dB
 DEFAULT_FALLBACK = 4.0
+# and the long frame's clamp, in its noise sigmas (long_witness_band): chosen on the validation split (README)
+DEFAULT_LONG_CONSISTENCY = 1.5
 # Peak memory the gate adds to an inference forward, per input pixel (its features and the noise map), for --tile
 # auto: 480 bytes measured on a 4-megapixel input (fp32, CPU), 489 with the consistency clamp, 501 with the short
 # frame's clamp and floor as well (round 3, thirteenth session: peak RSS over the inputs, an identity backbone),
-# rounded up; the weak-texture band adds 17-22 bytes (fifteenth session, 768- and 1536-pixel inputs).
-GATE_BYTES_PER_PIXEL = 544
+# rounded up; the weak-texture band adds 17-22 bytes (fifteenth session, 768- and 1536-pixel inputs). With the
+# fusion and the long frame's clamp as well (sixteenth session, same measure): 567-616 bytes without the long clamp,
+# 580-664 with it, the larger figure on the smaller (768-pixel) input.
+GATE_BYTES_PER_PIXEL = 672
 ROBUST_GATE_BYTES_PER_PIXEL = 512  # a gate with the robust band (before the fifteenth session): as it was
 
 
@@ -151,10 +172,11 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
     return _log_noise(*_ldr_noise_and_slope(ldr_mid, hdr_mid)[1:])
 
 
-def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
-                              band_noise: str = 'robust') -> tuple[np.ndarray, np.ndarray]:
+def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust',
+                              with_sigma: bool = False) -> tuple[np.ndarray, ...]:
     """``medium_noise_map`` and ``medium_noise_band``; with ``band_noise`` 'robust' from one noise estimate, with
-    'weak_texture' the band from that estimate and the map, which the gate's CNN was trained on, as before."""
+    'weak_texture' the band from that estimate and the map, which the gate's CNN was trained on, as before.
+    ``with_sigma``: also the band's LDR noise sigma per pixel (H x W x 1, floored), for ``long_witness_band``."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     noise = _log_noise(sigma, slope)
     if band_noise != 'robust':
@@ -166,7 +188,7 @@ def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray,
     unreliable = ((ldr.max(axis=2) >= CLIPPED_LEVEL) | (ldr.min(axis=2) <= 3.0 * sigma[:, :, 0])
                   | (np.asarray(hdr_mid).max(axis=2) >= 1.0))  # mu-law's range ends at 1: the band means nothing
     band[unreliable] = np.inf
-    return noise, band
+    return (noise, band, sigma) if with_sigma else (noise, band)
 
 
 def medium_noise_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust') -> np.ndarray:
@@ -244,16 +266,49 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
     return band
 
 
-def short_clamp_refusal(network: str | None) -> str | None:
-    """Why the short frame's clamp must not run behind backbone ``network`` (None when it may, or when the backbone
-    is unknown): a backbone that takes unaligned frames sees a short frame with its ghosts, which the clamp would
-    copy into the output."""
+def long_witness_band(ldr_long: np.ndarray, hdr_long: np.ndarray, ldr_mid: np.ndarray, hdr_mid: np.ndarray,
+                      sigma_mid: np.ndarray, band_mid: np.ndarray) -> np.ndarray:
+    """The (aligned) long frame's noise band in mu-law (H x W x 3, as medium_noise_band: inf where the long frame
+    is clipped or within 3 sigma of black), finite only where it witnesses the pixel: it is a longer exposure, not
+    the alignment's copy of the medium frame (``util.align`` fills a rejected warp with the medium frame brought to
+    the long exposure: ``ECHO_TOLERANCE``), and, brought to the medium exposure, it lies within LONG_AGREEMENT times
+    ``sigma_mid`` (the medium frame's LDR noise per pixel, H x W x 1) of the medium frame in every channel: the scene
+    is static there and the warp right; and where it is the cleaner witness: ``band_mid`` (the medium frame's band,
+    medium_noise_band's) is inf there or, averaged over the channels, LONG_NOISE_RATIO times the long frame's. The
+    long frame's own band is the robust estimate, as the short frame's."""
+    from util.align import equalise_exposure
+
+    band = medium_noise_band(ldr_long, hdr_long)
+    t_long, t_mid = _exposure_time(ldr_long, hdr_long), _exposure_time(ldr_mid, hdr_mid)
+    if not (math.isfinite(t_long) and math.isfinite(t_mid) and t_long > t_mid):
+        band[...] = np.inf  # no exposure to compare, or not a longer frame: it witnesses nothing
+        return band
+    ldr_long, ldr_mid = np.clip(ldr_long, 0, 1), np.clip(ldr_mid, 0, 1)
+    echo = (np.abs(ldr_long - equalise_exposure(ldr_mid, t_mid, t_long)) <= ECHO_TOLERANCE).all(axis=2)
+    # a NaN anywhere fails the comparison: no witness there
+    tolerance = LONG_AGREEMENT * np.maximum(sigma_mid, QUANTISATION_SIGMA)
+    agree = (np.abs(equalise_exposure(ldr_long, t_long, t_mid) - ldr_mid) <= tolerance).all(axis=2)
+    with np.errstate(invalid='ignore'):  # inf - inf in an open band's mean
+        cleaner = ~np.isfinite(band_mid).all(axis=2) | (band_mid.mean(axis=2) > LONG_NOISE_RATIO * band.mean(axis=2))
+    band[echo | ~agree | ~cleaner] = np.inf
+    return band
+
+
+def witness_clamp_refusal(network: str | None, frame: str = 'short') -> str | None:
+    """Why a clamp to the ``frame`` ('short' or 'long') must not run behind backbone ``network`` (None when it may,
+    or when the backbone is unknown): a backbone that takes unaligned frames sees that frame with its ghosts, which
+    the clamp would copy into the output."""
     from models.backbones import NAMES, backbone
 
     if network in NAMES and not backbone(network).aligned_input:
-        return (f'{network} takes unaligned frames, and holding its output to the short frame would copy that '
-                f'frame\'s ghosts (the short frame\'s clamp is for backbones with aligned inputs)')
+        return (f'{network} takes unaligned frames, and holding its output to the {frame} frame would copy that '
+                f'frame\'s ghosts (the {frame} frame\'s clamp is for backbones with aligned inputs)')
     return None
+
+
+def short_clamp_refusal(network: str | None) -> str | None:
+    """``witness_clamp_refusal`` for the short frame's clamp."""
+    return witness_clamp_refusal(network, 'short')
 
 
 def short_floor(out: torch.Tensor, x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
@@ -272,18 +327,28 @@ def short_bands(x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
                       for (ls, hs), (lm, hm) in zip(_images(x_short), _images(x_mid))], x_mid)
 
 
+def long_bands(x_long: torch.Tensor, x_mid: torch.Tensor, maps: list[tuple[np.ndarray, ...]]) -> torch.Tensor:
+    """``long_witness_band`` for a batch of backbone inputs (N, 6, H, W), with each image's medium-frame maps
+    (``medium_noise_map_and_band(..., with_sigma=True)``: noise map, band, LDR sigma): (N, 3, H, W)."""
+    return _to_batch([long_witness_band(ll, hl, lm, hm, m[2], m[1])
+                      for (ll, hl), (lm, hm), m in zip(_images(x_long), _images(x_mid), maps)], x_mid)
+
+
 class MediumGate(nn.Module):
-    """The gate's CNN and blend. forward(y, x_mid, noise, band=None, x_short=None, short_band=None) -> (out, g); all
+    """The gate's CNN and blend. forward(y, x_mid, noise, band=None, x_short=None, short_band=None, x_long=None,
+    long_band=None) -> (out, g); all
     float32, ``noise`` from noise_maps, ``band`` from noise_bands (needed when ``consistency`` > 0: the clamp's k, 0
     for none), ``x_short`` the (aligned) short frame's backbone input and ``short_band`` from short_bands (needed
     when ``short_consistency`` > 0: the short frame's clamp over the medium frame's clipped pixels). With
     ``fallback`` = m above ``consistency``, the medium frame's clamp hands the frame itself back where the output
     strays m sigmas or more from it (``_fall_back``). With ``fusion_window`` > 0 (and ``consistency`` > 0, whose band
-    it uses), the output is fused with the medium frame before that clamp (``fuse``)."""
+    it uses), the output is fused with the medium frame before that clamp (``fuse``). ``x_long`` the (aligned) long
+    frame's backbone input and ``long_band`` from long_bands (needed when ``long_consistency`` > 0: the long frame's
+    clamp where it witnesses)."""
 
     def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
                  short_consistency: float = 0.0, fallback: float = 0.0, band_noise: str = 'robust',
-                 fusion_window: int = 0):
+                 fusion_window: int = 0, long_consistency: float = 0.0):
         super().__init__()
         if band_noise not in BAND_NOISE:
             raise ValueError(f'MediumGate: band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
@@ -296,6 +361,7 @@ class MediumGate(nn.Module):
         self.chroma = float(chroma)
         self.short_consistency = float(short_consistency)
         self.fallback = float(fallback)
+        self.long_consistency = float(long_consistency)
         self.body = nn.Sequential(
             nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
@@ -305,7 +371,7 @@ class MediumGate(nn.Module):
         nn.init.zeros_(self.body[-1].weight)
         nn.init.constant_(self.body[-1].bias, -2.0)
 
-    def forward(self, y, x_mid, noise, band=None, x_short=None, short_band=None):
+    def forward(self, y, x_mid, noise, band=None, x_short=None, short_band=None, x_long=None, long_band=None):
         hdr_mid, ldr_mid = x_mid[:, 0:3], x_mid[:, 3:6]
         mu_y, mu_mid = mu_law_torch(y.clamp(0, 1)), mu_law_torch(hdr_mid.clamp(0, 1))
         features = torch.cat([mu_y, mu_mid, ldr_mid, (mu_y - mu_mid).abs(), (noise + 3.0) / 2.0], dim=1)
@@ -322,6 +388,12 @@ class MediumGate(nn.Module):
             if self.fusion_window:
                 out = self.fuse(out, mu_mid, band)
             out = self.hold_to_band(out, mu_mid, band, fallback=True)
+        if self.long_consistency > 0:
+            if x_long is None or long_band is None or long_band.shape != out.shape:
+                raise ValueError('MediumGate: long_consistency is set, so forward needs the long frame and its '
+                                 f'witness band of the output\'s shape {tuple(out.shape)} (long_bands), got '
+                                 f'{None if long_band is None else tuple(long_band.shape)}')
+            out = self.hold_to_band(out, mu_law_torch(x_long[:, 0:3].clamp(0, 1)), long_band, self.long_consistency)
         if self.short_consistency > 0:
             if x_short is None or short_band is None or short_band.shape != out.shape:
                 raise ValueError('MediumGate: short_consistency is set, so forward needs the short frame and its '
@@ -423,15 +495,21 @@ class GatedNetwork(nn.Module):
         y = self.backbone(x1, x2, x3)
         with torch.autocast(y.device.type, enabled=False):
             x_mid = x2.float()
-            if self.gate.consistency > 0:
-                noise, band = noise_maps_and_bands(x_mid, self.gate.band_noise)
+            noise = band = x_short = short_band = x_long = long_band = None
+            if self.gate.consistency > 0 or self.gate.long_consistency > 0:
+                maps = [medium_noise_map_and_band(*image, self.gate.band_noise, with_sigma=True)
+                        for image in _images(x_mid)]
+                noise = _to_batch([m[0] for m in maps], x_mid)
+                band = _to_batch([m[1] for m in maps], x_mid) if self.gate.consistency > 0 else None
+                if self.gate.long_consistency > 0:
+                    x_long = x3.float()
+                    long_band = long_bands(x_long, x_mid, maps)
             else:
-                noise, band = noise_maps(x_mid), None
-            x_short = short_band = None
+                noise = noise_maps(x_mid)
             if self.gate.short_consistency > 0:
                 x_short = x1.float()
                 short_band = short_bands(x_short, x_mid)
-            return self.gate(y.float(), x_mid, noise, band, x_short, short_band)[0]
+            return self.gate(y.float(), x_mid, noise, band, x_short, short_band, x_long, long_band)[0]
 
 
 def extra_bytes_per_pixel(net) -> int:
@@ -464,7 +542,8 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     try:  # band_noise and fusion_window absent (an older gate): the estimate it was chosen with, no fusion
         gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
                           setting('short_consistency'), setting('consistency_fallback'),
-                          entry.get('band_noise', 'robust'), entry.get('fusion_window', 0))
+                          entry.get('band_noise', 'robust'), entry.get('fusion_window', 0),
+                          setting('long_consistency'))
     except ValueError as exc:
         raise GateError(f'{path}: the medium gate entry: {exc}') from exc
     try:
@@ -492,11 +571,13 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
         if mode == 'on':
             raise GateError(f'--medium_gate on, but {path} has no medium gate (train one with tools/train_gate.py)')
         return net
-    refusal = short_clamp_refusal(network or gate.network) if gate.short_consistency > 0 else None
-    if refusal:
-        logger.warning('medium gate: %s, so its short_consistency %g in %s is switched off', refusal,
-                       gate.short_consistency, path)
-        gate.short_consistency = 0.0
+    for frame in ('short', 'long'):
+        key = f'{frame}_consistency'
+        refusal = witness_clamp_refusal(network or gate.network, frame) if getattr(gate, key) > 0 else None
+        if refusal:
+            logger.warning('medium gate: %s, so its %s %g in %s is switched off', refusal, key, getattr(gate, key),
+                           path)
+            setattr(gate, key, 0.0)
     held = []
     if gate.consistency:
         held.append(f'to the medium frame within {gate.consistency:g} sigma'
@@ -505,6 +586,8 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
                     + (f' (colour within {gate.chroma:g} times that)' if gate.chroma else '')
                     + (f', the frame itself beyond {gate.fallback:g}' if gate.fallback and not gate.idle_fallback
                        else ''))
+    if gate.long_consistency:
+        held.append(f'to the aligned long frame within {gate.long_consistency:g} sigma where it witnesses')
     if gate.short_consistency:
         held.append(f'its clipped pixels to the aligned short frame within {gate.short_consistency:g} sigma')
     logger.info('medium gate: on (from %s%s; --medium_gate off gives the backbone alone)', path,
@@ -518,7 +601,7 @@ def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
     entry = {'version': GATE_VERSION, 'channels': gate.body[0].out_channels, 'consistency': gate.consistency,
              'consistency_chroma': gate.chroma, 'short_consistency': gate.short_consistency,
              'consistency_fallback': gate.fallback, 'band_noise': gate.band_noise,
-             'fusion_window': gate.fusion_window,
+             'fusion_window': gate.fusion_window, 'long_consistency': gate.long_consistency,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

@@ -283,7 +283,7 @@ def test_band_noise_chooses_the_medium_bands_estimator_and_is_stored_with_the_ga
         y = net(*xs)
         assert torch.allclose(out, gate(y, xs[1], noise_maps(xs[1]), weak_band)[0])
         assert not torch.allclose(out, gate(y, xs[1], noise_maps(xs[1]), robust_band)[0])
-    assert extra_bytes_per_pixel(with_gate(net, path, 'auto')) == 544  # the estimate's patches, for --tile auto
+    assert extra_bytes_per_pixel(with_gate(net, path, 'auto')) == 672  # the estimate's patches, for --tile auto
     del checkpoint[GATE_KEY]['band_noise']  # a gate stored before the entry: the estimate it was chosen with
     torch.save(checkpoint, path)
     assert read_gate(path).band_noise == 'robust'
@@ -706,3 +706,116 @@ def test_short_floor_lifts_only_channels_clipped_in_both_frames():
     assert lifted[0, 1, 0, 0] == 0.2  # a channel the medium frame exposes well stays
     assert torch.equal(lifted[..., 1, 1], out[..., 1, 1])  # the fallback never reaches the clip: no floor
     assert torch.equal(short_floor(torch.full_like(out, 0.95), x_short, x_mid), torch.full_like(out, 0.95))
+
+
+def _bracket_with_a_shadow(seed=0, t_mid=4.0, t_long=16.0):
+    """(mid, long) LDR frames (1, 3, 48, 64) of a static scene with a dark lower half (the medium frame noisy there,
+    the long frame well exposed), except a moving patch in the shadow where the long frame shows something else, and
+    the long frame clipped in the bright upper half."""
+    gen = torch.Generator().manual_seed(seed)
+    radiance = torch.full((1, 3, 48, 64), 0.2) * torch.tensor([1.0, 0.8, 0.6]).view(1, 3, 1, 1)
+    radiance[..., 24:, :] *= 0.02  # the shadow
+    mid = ((radiance * t_mid) ** (1 / 2.2) + 0.01 * torch.randn(radiance.shape, generator=gen)).clamp(0, 1)
+    long = ((radiance * t_long) ** (1 / 2.2) + 0.003 * torch.randn(radiance.shape, generator=gen)).clamp(0, 1)
+    long[..., 36:44, 8:20] = 0.6  # the object moved: the long frame disagrees
+    return mid, long
+
+
+def test_long_witness_band_is_finite_only_where_the_long_frame_agrees_and_is_well_exposed():
+    from models.medium_gate import long_bands, long_witness_band
+    from util.align import equalise_exposure
+
+    mid, long = _bracket_with_a_shadow()
+    x_mid, x_long = _medium_input(mid, 4.0), _medium_input(long, 16.0)
+    maps = [medium_noise_map_and_band(*[x_mid[0, part].permute(1, 2, 0).numpy() for part in
+                                        (slice(3, 6), slice(0, 3))], 'weak_texture', with_sigma=True)]
+    band = long_bands(x_long, x_mid, maps)
+    witnessed = torch.isfinite(band).all(dim=1)[0]
+    assert (long[0].amax(dim=0)[:24] >= 0.95).all() and not witnessed[:24].any()  # clipped in the long frame
+    assert not witnessed[36:44, 8:20].any()  # moved: no witness
+    assert witnessed[24:36].float().mean() > 0.9 and witnessed[44:].float().mean() > 0.9
+    hwc = lambda x: [x[0, part].permute(1, 2, 0).numpy() for part in (slice(3, 6), slice(0, 3))]  # noqa: E731
+    # frames in the wrong order (the "long" one shorter) witness nothing
+    assert not np.isfinite(long_witness_band(*hwc(x_mid), *hwc(x_long), maps[0][2], maps[0][1])).any()
+    # where util.align rejected the warp it wrote the medium frame brought to the long exposure: not a witness
+    ldr_l, ldr_m = hwc(x_long)[0].copy(), hwc(x_mid)[0]
+    ldr_l[24:32] = equalise_exposure(ldr_m[24:32], 4.0, 16.0)
+    no_mid_band = np.full_like(maps[0][1], np.inf)  # the ratio's condition met everywhere: the echo rule alone
+    band = long_witness_band(ldr_l, ldr_l ** 2.2 / 16.0, *hwc(x_mid), maps[0][2], no_mid_band)
+    assert not np.isfinite(band[24:32]).any() and np.isfinite(band[44:]).all(axis=2).mean() > 0.9
+    # a medium frame as clean as the long one: the long frame is no better a witness (its warp costs detail)
+    clean_mid = maps[0][1] / 10
+    assert not np.isfinite(long_witness_band(*hwc(x_long), *hwc(x_mid), maps[0][2], clean_mid)[44:]).any()
+
+
+def test_long_consistency_holds_the_witnessed_pixels_to_the_long_frame_and_nothing_else():
+    from models.medium_gate import long_bands
+
+    mid, long = _bracket_with_a_shadow(1)
+    x_mid, x_long = _medium_input(mid, 4.0), _medium_input(long, 16.0)
+    y = (mid ** 2.2 / 4.0).clone()
+    y[:, 0] *= 1.5  # a backbone with a red cast in the shadow (and everywhere)
+    plain = _trained_looking_gate()
+    held = MediumGate(long_consistency=1.5, chroma=1.2)
+    held.load_state_dict(plain.state_dict())
+    maps = medium_noise_map_and_band(mid[0].permute(1, 2, 0).numpy(), x_mid[0, :3].permute(1, 2, 0).numpy(),
+                                     with_sigma=True)
+    band = long_bands(x_long, x_mid, [maps])
+    with torch.no_grad():
+        out_plain = plain(y, x_mid, noise_maps(x_mid))[0]
+        out = held(y, x_mid, noise_maps(x_mid), None, None, None, x_long, band)[0]
+    witnessed = torch.isfinite(band)
+    mu_long = mu_law_torch(x_long[:, :3].clamp(0, 1))
+    assert ((mu_law_torch(out) - mu_long).abs()[witnessed] <= 1.5 * 1.2 * band[witnessed] + 1e-5).all()
+    assert ((mu_law_torch(out_plain) - mu_long).abs()[witnessed] > 1.5 * 1.2 * band[witnessed]).float().mean() > 0.5
+    assert torch.equal(out[~witnessed], out_plain[~witnessed])
+    with pytest.raises(ValueError, match='long frame'):
+        held(y, x_mid, noise_maps(x_mid))
+
+
+def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network(tmp_path, capsys, caplog):
+    from models.medium_gate import long_bands
+    from models.networks import define_network
+    from tools import set_gate_clamp
+    from tools.train_gate import witness_consistency_of
+
+    torch.manual_seed(0)
+    net, gate = define_network('FSHDR').eval(), _trained_looking_gate()
+    source, path = tmp_path / 'gated.pth', tmp_path / 'long.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate), source)
+    assert torch.load(source, weights_only=True)[GATE_KEY]['long_consistency'] == 0.0
+    entry = torch.load(source, weights_only=True)[GATE_KEY]
+    del entry['long_consistency']  # an entry from before the setting reads as off
+    torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, version=5)}, path)
+    assert read_gate(path).long_consistency == 0.0
+    assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--out', str(path)]) == 2
+    assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'AHDRNet',
+                                '--out', str(path)]) == 2
+    assert 'unaligned' in capsys.readouterr().err
+    assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'FSHDR',
+                                '--out', str(path)]) == 0
+    entry = torch.load(path, weights_only=True)[GATE_KEY]
+    assert entry['version'] == GATE_VERSION == 6 and entry['long_consistency'] == 1.5
+    loaded = read_gate(path)
+    mid, long = _bracket_with_a_shadow(2)
+    xs = [_medium_input(mid.clone(), 1.0), _medium_input(mid, 4.0), _medium_input(long, 16.0)]
+    with torch.no_grad():
+        unheld = gate(net(*xs), xs[1], noise_maps(xs[1]))[0]
+        maps = medium_noise_map_and_band(*[xs[1][0, part].permute(1, 2, 0).numpy()
+                                           for part in (slice(3, 6), slice(0, 3))], with_sigma=True)
+        expected = loaded.hold_to_band(unheld, mu_law_torch(xs[2][:, :3].clamp(0, 1)),
+                                       long_bands(xs[2], xs[1], [maps]), 1.5)
+        assert not torch.allclose(expected, unheld)  # the clamp acts on this bracket
+        assert torch.allclose(with_gate(net, path, 'auto')(*xs), expected)
+        with caplog.at_level('WARNING', logger='models.medium_gate'):  # an unaligned-input backbone: off
+            assert torch.allclose(with_gate(net, path, 'auto', network='AHDRNet')(*xs), unheld)
+        assert 'long_consistency' in caplog.text
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], long_consistency=-1.0)}), path)
+    with pytest.raises(GateError, match='long_consistency'):
+        read_gate(path)
+    # train_gate's default: the chosen value for aligned-input backbones, off for the others
+    assert witness_consistency_of('auto', 'FSHDR', 1.5, 'long') == 1.5
+    assert witness_consistency_of('auto', 'AHDRNet', 1.5, 'long') == 0.0
+    with pytest.raises(ValueError, match='--long_consistency'):
+        witness_consistency_of('2', 'AHDRNet', 1.5, 'long')

@@ -23,9 +23,9 @@ import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
 from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_window_problem, read_gate,  # noqa: E402
-                                short_clamp_refusal)
+                                witness_clamp_refusal)
 
-FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback')
+FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
 SETTINGS = FLAGS + ('band_noise', 'fusion_window')  # every entry this tool may set
 
 
@@ -42,6 +42,10 @@ def main(argv=None) -> int:
     p.add_argument('--consistency_fallback', type=float,
                    help='where the output strays this many sigmas from the medium frame, it becomes that frame; '
                         'linear from the clamp on (0, or not above --consistency: off)')
+    p.add_argument('--long_consistency', type=float,
+                   help='hold the output to the aligned long frame\'s noise band, within this many sigmas, where '
+                        'that frame is well exposed and agrees with the medium frame (0: off); needs --network, and a '
+                        'backbone that takes aligned frames')
     p.add_argument('--band_noise', choices=BAND_NOISE,
                    help='how the medium clamp estimates the frame\'s noise: weak_texture (gates made since round 3\'s '
                         'fifteenth session) or robust (before: reads texture as noise on clean frames); unchanged if '
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
     p.add_argument('--fusion_window', type=int,
                    help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
                         'frame\'s noise explains, over this many pixels a side; odd; 0: off); unchanged if omitted')
-    p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency)')
+    p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency and '
+                                     '--long_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
     args = p.parse_args(argv)
@@ -65,21 +70,22 @@ def main(argv=None) -> int:
     if args.fusion_window is not None and fusion_window_problem(args.fusion_window):
         print(f'error: --{fusion_window_problem(args.fusion_window)}', file=sys.stderr)
         return 2
-    if args.short_consistency:
-        from models.backbones import NAMES
+    for frame in ('short', 'long'):
+        if getattr(args, f'{frame}_consistency'):
+            from models.backbones import NAMES
 
-        if args.network not in NAMES:
-            print(f'error: --short_consistency needs --network (one of {", ".join(NAMES)})', file=sys.stderr)
-            return 2
-        refusal = short_clamp_refusal(args.network)
-        if refusal:
-            print(f'error: --short_consistency: {refusal}', file=sys.stderr)
-            return 2
+            if args.network not in NAMES:
+                print(f'error: --{frame}_consistency needs --network (one of {", ".join(NAMES)})', file=sys.stderr)
+                return 2
+            refusal = witness_clamp_refusal(args.network, frame)
+            if refusal:
+                print(f'error: --{frame}_consistency: {refusal}', file=sys.stderr)
+                return 2
     try:
         checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
         if read_gate(args.checkpoint, checkpoint) is None:
             raise CheckpointError(f'{args.checkpoint}: no medium gate to set (train one with tools/train_gate.py)')
-        if args.network:  # the backbone must be the one named: the short frame's clamp is refused for others
+        if args.network:  # the backbone must be the one named: the witness frames' clamps are refused for others
             from models.base_model import load_backbone_state
             from models.networks import define_network
 
@@ -105,7 +111,8 @@ def main(argv=None) -> int:
         print(f'warning: consistency_fallback {gate.fallback:g} is not above consistency {gate.consistency:g}, so '
               'it does nothing', file=sys.stderr)
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
-          f'short_consistency {gate.short_consistency:g}, consistency_fallback {gate.fallback:g}, '
+          f'short_consistency {gate.short_consistency:g}, long_consistency {gate.long_consistency:g}, '
+          f'consistency_fallback {gate.fallback:g}, '
           f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}')
     return 0
 

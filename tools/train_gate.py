@@ -37,8 +37,8 @@ from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
 from models.medium_gate import (BAND_NOISE, DEFAULT_BAND_NOISE, DEFAULT_CHROMA, DEFAULT_CONSISTENCY,  # noqa: E402
-                                DEFAULT_FALLBACK, DEFAULT_FUSION_WINDOW, MediumGate, fusion_window_problem,
-                                gated_checkpoint, medium_noise_map, short_clamp_refusal)
+                                DEFAULT_FALLBACK, DEFAULT_FUSION_WINDOW, DEFAULT_LONG_CONSISTENCY, MediumGate,
+                                fusion_window_problem, gated_checkpoint, medium_noise_map, witness_clamp_refusal)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -201,24 +201,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="at inference, hold the pixels the medium frame clips to the aligned short frame's noise band, "
                         'within this many sigmas, where the two frames agree (0: off). auto: --consistency for a '
                         'backbone that takes aligned frames, 0 for one that takes them unaligned (their ghosts)')
+    p.add_argument('--long_consistency', default='auto',
+                   help="at inference, hold the output to the aligned long frame's noise band, within this many "
+                        'sigmas, where that frame is well exposed and agrees with the medium frame (0: off). auto: '
+                        f'{DEFAULT_LONG_CONSISTENCY:g} (chosen on the validation split) for a backbone that takes '
+                        'aligned frames, 0 for one that takes them unaligned')
     p.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
     return p
 
 
-def short_consistency_of(value: str, network: str, consistency: float) -> float:
-    """--short_consistency as a number; ValueError for a bad value or one set for an unaligned-input backbone."""
-    refusal = short_clamp_refusal(network)
+def witness_consistency_of(value: str, network: str, auto: float, frame: str = 'short') -> float:
+    """--short_consistency or --long_consistency (``frame``) as a number, ``auto`` for 'auto' where the backbone
+    takes aligned frames (0 where it does not); ValueError for a bad value or one set for an unaligned-input
+    backbone."""
+    refusal = witness_clamp_refusal(network, frame)
     if value == 'auto':
-        return 0.0 if refusal else consistency
+        return 0.0 if refusal else auto
     try:
         number = float(value)
     except ValueError:
-        raise ValueError(f'--short_consistency {value!r}: expected auto or a number >= 0') from None
+        raise ValueError(f'--{frame}_consistency {value!r}: expected auto or a number >= 0') from None
     if not (number >= 0 and math.isfinite(number)):
-        raise ValueError(f'--short_consistency {value!r}: expected auto or a number >= 0')
+        raise ValueError(f'--{frame}_consistency {value!r}: expected auto or a number >= 0')
     if number and refusal:
-        raise ValueError(f'--short_consistency {value}: {refusal}')
+        raise ValueError(f'--{frame}_consistency {value}: {refusal}')
     return number
+
+
+def short_consistency_of(value: str, network: str, consistency: float) -> float:
+    """--short_consistency as a number (auto: --consistency where the backbone takes aligned frames)."""
+    return witness_consistency_of(value, network, consistency, 'short')
 
 
 def main(argv=None) -> int:
@@ -234,6 +246,8 @@ def main(argv=None) -> int:
             return 2
     try:
         short_consistency = short_consistency_of(args.short_consistency, args.network, args.consistency)
+        long_consistency = witness_consistency_of(args.long_consistency, args.network, DEFAULT_LONG_CONSISTENCY,
+                                                  'long')
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
@@ -269,7 +283,7 @@ def main(argv=None) -> int:
         return 1
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     gate.fallback, gate.band_noise = args.consistency_fallback, args.band_noise
-    gate.fusion_window = args.fusion_window
+    gate.fusion_window, gate.long_consistency = args.fusion_window, long_consistency
     if gate.idle_fusion:
         logger.warning('--fusion_window %d acts with --consistency only, and it is 0', gate.fusion_window)
     if gate.idle_fallback:
