@@ -47,8 +47,9 @@ The medium frame is the witness of pixels it exposes well, and a noisy one of it
 ``long_consistency`` = k'' (round 3, sixteenth session; only for backbones that take aligned frames), the aligned
 long frame is a second witness: wherever it says something reliable (not clipped, not within 3 sigma of black), is
 a warp of its own and not the alignment's copy of the medium frame, and agrees with the medium frame within
-LONG_AGREEMENT times the medium frame's noise in every channel (static, aligned), the output is held within k'' of the
-long frame's own noise band (``long_witness_band``), after the medium frame's clamp. A static shadow is then the
+LONG_AGREEMENT times the medium frame's noise in every channel (static, aligned), and is the cleaner witness (the medium
+frame's band over LONG_NOISE_RATIO times its own, or none), the output is held within k'' of the long frame's own
+noise band (``long_witness_band``), after the medium frame's clamp. A static shadow is then the
 long frame's colour within its (smaller) noise, as the classical merge has it, and a moving one keeps the medium
 frame's clamp alone.
 
@@ -183,7 +184,9 @@ def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noi
         sigma = _ldr_sigma(ldr, band_noise)
     # A band whose estimate is exactly 0 (perfectly flat blocks: a synthetic or heavily compressed frame) still has
     # at least 8-bit quantisation noise; without a floor the clamp would pin the output to the frame there.
-    sigma = np.where(sigma > 0, sigma, QUANTISATION_SIGMA)
+    # A NaN estimate (a NaN pixel spreads through the estimator's neighbourhoods) stays NaN, which opens the band
+    # there: flooring it would pin the output to that frame's quantisation.
+    sigma = np.where((sigma > 0) | np.isnan(sigma), sigma, QUANTISATION_SIGMA)
     band = (sigma * slope).astype(np.float32)
     unreliable = ((ldr.max(axis=2) >= CLIPPED_LEVEL) | (ldr.min(axis=2) <= 3.0 * sigma[:, :, 0])
                   | (np.asarray(hdr_mid).max(axis=2) >= 1.0))  # mu-law's range ends at 1: the band means nothing
@@ -288,6 +291,8 @@ def long_witness_band(ldr_long: np.ndarray, hdr_long: np.ndarray, ldr_mid: np.nd
     # a NaN anywhere fails the comparison: no witness there
     tolerance = LONG_AGREEMENT * np.maximum(sigma_mid, QUANTISATION_SIGMA)
     agree = (np.abs(equalise_exposure(ldr_long, t_long, t_mid) - ldr_mid) <= tolerance).all(axis=2)
+    # the long band is the robust estimate, the medium one the gate's (weak-texture in the shipped gate): on clean,
+    # textured frames the robust one reads higher, so the test leans against the long frame there (validated so)
     with np.errstate(invalid='ignore'):  # inf - inf in an open band's mean
         cleaner = ~np.isfinite(band_mid).all(axis=2) | (band_mid.mean(axis=2) > LONG_NOISE_RATIO * band.mean(axis=2))
     band[echo | ~agree | ~cleaner] = np.inf
@@ -519,7 +524,8 @@ def extra_bytes_per_pixel(net) -> int:
     net = unwrap(net)
     if not isinstance(net, GatedNetwork):
         return 0
-    return GATE_BYTES_PER_PIXEL if net.gate.band_noise == 'weak_texture' else ROBUST_GATE_BYTES_PER_PIXEL
+    heavier = net.gate.band_noise == 'weak_texture' or net.gate.long_consistency > 0
+    return GATE_BYTES_PER_PIXEL if heavier else ROBUST_GATE_BYTES_PER_PIXEL
 
 
 def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
@@ -560,8 +566,9 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
               network: str | None = None) -> nn.Module:
     """``net`` (a backbone loaded from ``path``) followed by the checkpoint's medium gate: with mode 'auto' when the
     checkpoint has one, always with 'on' (an error when it has none), never with 'off'. ``checkpoint``: as
-    read_gate's. ``network``: the backbone's name (else the one the gate recorded); the short frame's clamp is
-    switched off, with a warning, for a backbone that takes unaligned frames (it would copy their ghosts)."""
+    read_gate's. ``network``: the backbone's name (else the one the gate recorded); the short and long frames'
+    clamps are switched off, with a warning, for a backbone that takes unaligned frames (they would copy their
+    ghosts)."""
     if mode not in GATE_MODES:
         raise GateError(f"--medium_gate {mode!r}: choose one of {', '.join(GATE_MODES)}")
     if mode == 'off':

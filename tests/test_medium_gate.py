@@ -819,3 +819,47 @@ def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network
     assert witness_consistency_of('auto', 'AHDRNet', 1.5, 'long') == 0.0
     with pytest.raises(ValueError, match='--long_consistency'):
         witness_consistency_of('2', 'AHDRNet', 1.5, 'long')
+
+
+def test_a_nan_in_a_frame_opens_its_band_instead_of_narrowing_it():
+    rng = np.random.default_rng(3)
+    ldr = np.clip(0.3 + 0.05 * rng.standard_normal((128, 128, 3)), 0, 1).astype(np.float32)
+    clean_band = medium_noise_band(ldr, ldr ** 2.2 / 4.0)
+    spoilt = ldr.copy()
+    spoilt[49, 49] = np.nan  # on a block boundary of the estimator: its NaN reaches a whole brightness level
+    band = medium_noise_band(spoilt, spoilt ** 2.2 / 4.0)
+    both = np.isfinite(band) & np.isfinite(clean_band)
+    assert not np.isfinite(band[49, 49]).any()
+    assert (band[both] >= 0.5 * clean_band[both]).all()  # no band collapsed to the quantisation floor
+
+
+def test_long_bands_are_per_image_and_the_shipped_combination_runs_batched():
+    from models.medium_gate import long_bands
+
+    brackets = [_bracket_with_a_shadow(seed) for seed in (4, 5)]
+    x_mid = torch.cat([_medium_input(mid, 4.0) for mid, _ in brackets])
+    x_long = torch.cat([_medium_input(long, 16.0) for _, long in brackets])
+    maps = [medium_noise_map_and_band(*[x_mid[i, part].permute(1, 2, 0).numpy() for part in
+                                        (slice(3, 6), slice(0, 3))], 'weak_texture', with_sigma=True) for i in (0, 1)]
+    batch = long_bands(x_long, x_mid, maps)
+    for i in (0, 1):
+        assert torch.equal(batch[i:i + 1], long_bands(x_long[i:i + 1], x_mid[i:i + 1], maps[i:i + 1]))
+
+    class Scaled(torch.nn.Module):  # a backbone that gets the shadow's colour wrong
+        def forward(self, x1, x2, x3):
+            return (x2[:, :3] * torch.tensor([1.4, 1.0, 0.8]).view(1, 3, 1, 1)).clamp(0, 1)
+
+    gate = MediumGate(consistency=1.5, chroma=1.2, fallback=4.0, band_noise='weak_texture', fusion_window=5,
+                      long_consistency=1.5)
+    gate.load_state_dict(_trained_looking_gate().state_dict())
+    net = GatedNetwork(Scaled(), gate.eval())
+    with torch.no_grad():
+        out = net(x_mid, x_mid, x_long)
+        alone = [net(x_mid[i:i + 1], x_mid[i:i + 1], x_long[i:i + 1]) for i in (0, 1)]
+        gate.long_consistency = 0.0
+        without = net(x_mid, x_mid, x_long)
+    assert torch.allclose(out, torch.cat(alone)) and torch.isfinite(out).all()
+    witnessed = torch.isfinite(batch)
+    mu_long = mu_law_torch(x_long[:, :3])
+    assert ((mu_law_torch(out) - mu_long).abs() <= 1.5 * 1.2 * batch + 1e-5)[witnessed].all()
+    assert not torch.equal(out, without)

@@ -44,8 +44,8 @@ def main(argv=None) -> int:
                         'linear from the clamp on (0, or not above --consistency: off)')
     p.add_argument('--long_consistency', type=float,
                    help='hold the output to the aligned long frame\'s noise band, within this many sigmas, where '
-                        'that frame is well exposed and agrees with the medium frame (0: off); needs --network, and a '
-                        'backbone that takes aligned frames')
+                        'that frame is well exposed, agrees with the medium frame and is 3 times cleaner (0: off); '
+                        'needs --network, and a backbone that takes aligned frames')
     p.add_argument('--band_noise', choices=BAND_NOISE,
                    help='how the medium clamp estimates the frame\'s noise: weak_texture (gates made since round 3\'s '
                         'fifteenth session) or robust (before: reads texture as noise on clean frames); unchanged if '
