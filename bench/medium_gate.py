@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     nets = {mode: load_network(args.network, ckpt, 'cpu', mode) for mode in ('off', 'on')}
     gate = getattr(nets['on'], 'gate', None)
     held = gate.consistency if gate is not None else 0.0
-    if held or (gate is not None and gate.long_consistency):  # the same gate without its consistency clamp, to show what the clamp adds
+    # the same gate without its clamps (the medium and the long frame's), to show what they add
+    if held or (gate is not None and gate.long_consistency):
         nets['unheld'] = load_network(args.network, ckpt, 'cpu', 'on')
         nets['unheld'].gate.consistency = nets['unheld'].gate.long_consistency = 0.0
     for label, path in also.items():

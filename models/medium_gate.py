@@ -226,10 +226,16 @@ def noise_bands(x_mid: torch.Tensor, band_noise: str = 'robust') -> torch.Tensor
     return _to_batch([medium_noise_band(*image, band_noise) for image in _images(x_mid)], x_mid)
 
 
+def medium_maps(x_mid: torch.Tensor, band_noise: str = 'robust') -> list[tuple[np.ndarray, ...]]:
+    """``medium_noise_map_and_band(..., with_sigma=True)`` of each image of a batch of backbone inputs: (noise map,
+    band, LDR sigma) per image, for noise_maps_and_bands and long_bands."""
+    return [medium_noise_map_and_band(*image, band_noise, with_sigma=True) for image in _images(x_mid)]
+
+
 def noise_maps_and_bands(x_mid: torch.Tensor, band_noise: str = 'robust') -> tuple[torch.Tensor, torch.Tensor]:
     """``noise_maps`` and ``noise_bands`` (the band from ``band_noise``'s estimate) per image."""
-    pairs = [medium_noise_map_and_band(*image, band_noise) for image in _images(x_mid)]
-    return _to_batch([p[0] for p in pairs], x_mid), _to_batch([p[1] for p in pairs], x_mid)
+    maps = medium_maps(x_mid, band_noise)
+    return _to_batch([m[0] for m in maps], x_mid), _to_batch([m[1] for m in maps], x_mid)
 
 
 def _exposure_time(ldr: np.ndarray, hdr: np.ndarray) -> float:
@@ -237,6 +243,15 @@ def _exposure_time(ldr: np.ndarray, hdr: np.ndarray) -> float:
     from the clipped code): the median over its pixels above 0.05; nan when it has none."""
     lit = (ldr > 0.05) & (hdr > 0)
     return float(np.median(np.power(ldr[lit], GAMMA) / hdr[lit])) if lit.any() else float('nan')
+
+
+def _medium_echo(ldr_frame: np.ndarray, t_frame: float, ldr_mid: np.ndarray, t_mid: float) -> np.ndarray:
+    """Where a (clipped) aligned frame is the medium frame brought to its exposure (H x W bool): ``util.align`` fills
+    a rejected warp so, and such a copy matches to the rounding of an 8-bit code in every channel
+    (``ECHO_TOLERANCE``); it witnesses nothing the medium frame does not say itself."""
+    from util.align import equalise_exposure
+
+    return (np.abs(ldr_frame - equalise_exposure(ldr_mid, t_mid, t_frame)) <= ECHO_TOLERANCE).all(axis=2)
 
 
 def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np.ndarray,
@@ -249,7 +264,7 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
     frame itself: where ``util.align`` rejects a warp it fills in the medium frame brought to the short exposure, and
     over a clipped pixel that copy knows only the clip's lower bound (``ECHO_TOLERANCE``: such a copy matches the
     medium frame to the rounding of an 8-bit code in every channel)."""
-    from util.align import agrees_with_reference, equalise_exposure
+    from util.align import agrees_with_reference
 
     if not (np.asarray(ldr_mid).max(axis=2) >= CLIPPED_LEVEL).any():  # nothing clipped: nothing to witness
         return np.full(np.shape(ldr_short), np.inf, np.float32)
@@ -262,7 +277,7 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
         band[...] = np.inf  # no exposure to compare, or not a shorter frame: it witnesses nothing
         return band
     ldr_short, ldr_mid = np.clip(ldr_short, 0, 1), np.clip(ldr_mid, 0, 1)
-    echo = (np.abs(ldr_short - equalise_exposure(ldr_mid, t_mid, t_short)) <= ECHO_TOLERANCE).all(axis=2)
+    echo = _medium_echo(ldr_short, t_short, ldr_mid, t_mid)
     witness = ((ldr_mid.max(axis=2) >= CLIPPED_LEVEL) & ~echo
                & agrees_with_reference(ldr_short, ldr_mid, t_short, t_mid, CLIPPED_LEVEL, SHORT_AGREEMENT))
     band[~witness] = np.inf
@@ -287,7 +302,7 @@ def long_witness_band(ldr_long: np.ndarray, hdr_long: np.ndarray, ldr_mid: np.nd
         band[...] = np.inf  # no exposure to compare, or not a longer frame: it witnesses nothing
         return band
     ldr_long, ldr_mid = np.clip(ldr_long, 0, 1), np.clip(ldr_mid, 0, 1)
-    echo = (np.abs(ldr_long - equalise_exposure(ldr_mid, t_mid, t_long)) <= ECHO_TOLERANCE).all(axis=2)
+    echo = _medium_echo(ldr_long, t_long, ldr_mid, t_mid)
     # a NaN anywhere fails the comparison: no witness there
     tolerance = LONG_AGREEMENT * np.maximum(sigma_mid, QUANTISATION_SIGMA)
     agree = (np.abs(equalise_exposure(ldr_long, t_long, t_mid) - ldr_mid) <= tolerance).all(axis=2)
@@ -309,11 +324,6 @@ def witness_clamp_refusal(network: str | None, frame: str = 'short') -> str | No
         return (f'{network} takes unaligned frames, and holding its output to the {frame} frame would copy that '
                 f'frame\'s ghosts (the {frame} frame\'s clamp is for backbones with aligned inputs)')
     return None
-
-
-def short_clamp_refusal(network: str | None) -> str | None:
-    """``witness_clamp_refusal`` for the short frame's clamp."""
-    return witness_clamp_refusal(network, 'short')
 
 
 def short_floor(out: torch.Tensor, x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
@@ -502,8 +512,7 @@ class GatedNetwork(nn.Module):
             x_mid = x2.float()
             noise = band = x_short = short_band = x_long = long_band = None
             if self.gate.consistency > 0 or self.gate.long_consistency > 0:
-                maps = [medium_noise_map_and_band(*image, self.gate.band_noise, with_sigma=True)
-                        for image in _images(x_mid)]
+                maps = medium_maps(x_mid, self.gate.band_noise)
                 noise = _to_batch([m[0] for m in maps], x_mid)
                 band = _to_batch([m[1] for m in maps], x_mid) if self.gate.consistency > 0 else None
                 if self.gate.long_consistency > 0:

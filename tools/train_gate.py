@@ -228,11 +228,6 @@ def witness_consistency_of(value: str, network: str, auto: float, frame: str = '
     return number
 
 
-def short_consistency_of(value: str, network: str, consistency: float) -> float:
-    """--short_consistency as a number (auto: --consistency where the backbone takes aligned frames)."""
-    return witness_consistency_of(value, network, consistency, 'short')
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
     args = build_parser().parse_args(argv)
@@ -245,7 +240,7 @@ def main(argv=None) -> int:
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
     try:
-        short_consistency = short_consistency_of(args.short_consistency, args.network, args.consistency)
+        short_consistency = witness_consistency_of(args.short_consistency, args.network, args.consistency, 'short')
         # auto: off with --consistency 0 too (a gate asked for no clamp gets none), as --short_consistency
         long_consistency = witness_consistency_of(args.long_consistency, args.network,
                                                   DEFAULT_LONG_CONSISTENCY if args.consistency else 0.0, 'long')
