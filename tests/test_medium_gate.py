@@ -795,7 +795,7 @@ def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network
     assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['version'] == GATE_VERSION == 6 and entry['long_consistency'] == 1.5
+    assert entry['version'] == GATE_VERSION == 7 and entry['long_consistency'] == 1.5
     loaded = read_gate(path)
     mid, long = _bracket_with_a_shadow(2)
     xs = [_medium_input(mid.clone(), 1.0), _medium_input(mid, 4.0), _medium_input(long, 16.0)]
@@ -856,10 +856,43 @@ def test_long_bands_are_per_image_and_the_shipped_combination_runs_batched():
     with torch.no_grad():
         out = net(x_mid, x_mid, x_long)
         alone = [net(x_mid[i:i + 1], x_mid[i:i + 1], x_long[i:i + 1]) for i in (0, 1)]
+        gate.long_within_medium = False  # as a version 6 gate runs
+        free = net(x_mid, x_mid, x_long)
         gate.long_consistency = 0.0
         without = net(x_mid, x_mid, x_long)
     assert torch.allclose(out, torch.cat(alone)) and torch.isfinite(out).all()
     witnessed = torch.isfinite(batch)
-    mu_long = mu_law_torch(x_long[:, :3])
-    assert ((mu_law_torch(out) - mu_long).abs() <= 1.5 * 1.2 * batch + 1e-5)[witnessed].all()
-    assert not torch.equal(out, without)
+    mu_long, mu_mid = mu_law_torch(x_long[:, :3]), mu_law_torch(x_mid[:, :3])
+    # version 6: the long clamp has the last word where the long frame witnesses
+    assert ((mu_law_torch(free) - mu_long).abs() <= 1.5 * 1.2 * batch + 1e-5)[witnessed].all()
+    # version 7: the long frame moves the output within the medium band, never out of it
+    band_mid = torch.stack([torch.from_numpy(m[1]).permute(2, 0, 1) for m in maps])
+    held = torch.isfinite(band_mid)
+    assert ((mu_law_torch(free) - mu_mid).abs() > 1.5 * 1.2 * band_mid + 1e-5)[held].any()  # the case arises here
+    assert ((mu_law_torch(out) - mu_mid).abs() <= 1.5 * 1.2 * band_mid + 1e-5)[held].all()
+    assert not torch.equal(out, without) and not torch.equal(out, free)
+
+
+def test_long_within_medium_is_stored_read_and_set_and_a_version_6_gate_runs_without_it(tmp_path, capsys):
+    from models.networks import define_network
+    from tools import set_gate_clamp
+
+    net = define_network('FSHDR').eval()
+    gate = MediumGate(consistency=1.5, long_consistency=1.5)
+    source, path = tmp_path / 'gated.pth', tmp_path / 'set.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate), source)
+    entry = torch.load(source, weights_only=True)[GATE_KEY]
+    assert entry['long_within_medium'] is True and read_gate(source).long_within_medium
+    del entry['long_within_medium']  # a gate made before the setting: the long clamp as it ran then
+    torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, version=6)}, path)
+    assert read_gate(path).long_within_medium is False
+    assert set_gate_clamp.main([str(path), '--long_within_medium', 'on', '--out', str(path)]) == 0
+    assert 'within the medium band: on' in capsys.readouterr().out
+    stored = torch.load(path, weights_only=True)[GATE_KEY]
+    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 7
+    assert set_gate_clamp.main([str(path), '--long_within_medium', 'off', '--out', str(path)]) == 0
+    assert read_gate(path).long_within_medium is False
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], long_within_medium=1)}), path)
+    with pytest.raises(GateError, match='long_within_medium'):
+        read_gate(path)

@@ -26,7 +26,7 @@ from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_windo
                                 witness_clamp_refusal)
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
-SETTINGS = FLAGS + ('band_noise', 'fusion_window')  # every entry this tool may set
+SETTINGS = FLAGS + ('band_noise', 'fusion_window', 'long_within_medium')  # every entry this tool may set
 
 
 def main(argv=None) -> int:
@@ -53,6 +53,10 @@ def main(argv=None) -> int:
     p.add_argument('--fusion_window', type=int,
                    help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
                         'frame\'s noise explains, over this many pixels a side; odd; 0: off); unchanged if omitted')
+    p.add_argument('--long_within_medium', choices=('on', 'off'),
+                   help='on: after the long frame\'s clamp, the medium frame\'s clamp again, so the long frame moves '
+                        'the output within the medium band only (gates made since round 3\'s seventeenth session); '
+                        'off: as gates of version 6 ran; unchanged if omitted (a version 6 gate: off)')
     p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency and '
                                      '--long_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
@@ -93,7 +97,8 @@ def main(argv=None) -> int:
         entry = checkpoint[GATE_KEY]
         for flag in SETTINGS:
             if getattr(args, flag) is not None:
-                entry[flag] = getattr(args, flag)
+                value = getattr(args, flag)
+                entry[flag] = value == 'on' if flag == 'long_within_medium' else value
         entry['version'] = GATE_VERSION  # older code refuses it rather than running it without these settings
         if args.network:
             entry['network'] = args.network
@@ -111,7 +116,8 @@ def main(argv=None) -> int:
         print(f'warning: consistency_fallback {gate.fallback:g} is not above consistency {gate.consistency:g}, so '
               'it does nothing', file=sys.stderr)
     print(f'{args.out}: consistency {gate.consistency:g}, consistency_chroma {gate.chroma:g}, '
-          f'short_consistency {gate.short_consistency:g}, long_consistency {gate.long_consistency:g}, '
+          f'short_consistency {gate.short_consistency:g}, long_consistency {gate.long_consistency:g} '
+          f'(within the medium band: {"on" if gate.long_within_medium else "off"}), '
           f'consistency_fallback {gate.fallback:g}, '
           f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}')
     return 0
