@@ -30,7 +30,9 @@ highlight), and the frame is the better estimate than the edge of its band. Wher
 'weak_texture' (round 3, fifteenth session), the medium frame's sigma is read from the covariance of its
 weak-texture patches (``util.label_denoise.weak_texture_noise_by_level``) instead of Immerkaer's estimate over its
 flattest blocks, which on a nearly noise-free, textured frame takes the texture for noise and widens the band
-several times over. Where it sets ``fusion_window`` = w (same session), the output is first fused with the medium
+several times over; with 'weak_texture_capped' (version 8, seventeenth session) no brightness band's sigma exceeds
+LEVEL_GROWTH times the smallest of the darker bands' (``level_capped``), since noise in this encoding does not grow
+with the level and a band that does is reading texture. Where it sets ``fusion_window`` = w (same session), the output is first fused with the medium
 frame as two estimates of one radiance (``MediumGate.fuse``): its deviation from the frame is kept in the share the
 frame's noise explains, sigma^2 / E[d^2] over a w x w window, so a blur or a bias many times the noise goes most of
 the way back to the frame, and a denoised reading stays.
@@ -81,16 +83,22 @@ GATE_KEY = 'medium_gate'
 # 3 since the fallback to the witness (round 3, fourteenth session)
 # 4 since the bands' noise estimator, 5 since the fusion window (round 3, fifteenth session)
 # 6 since the long frame's clamp (round 3, sixteenth session)
-GATE_VERSION = 7
-GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+GATE_VERSION = 8
+GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 GATE_MODES = ('auto', 'on', 'off')
 # How the medium frame's noise band is estimated (entry key 'band_noise'; the CNN's noise map and the short frame's
 # band are always 'robust', the first being what the CNN was trained on). 'robust': Immerkaer's estimate over the
 # flattest 16-pixel blocks (gates before version 4);
 # 'weak_texture': the smallest eigenvalue of weak-texture patches' covariance (util.label_denoise), which reads far
-# less texture as noise on clean frames (README, "Study and shipped model").
-BAND_NOISE = ('robust', 'weak_texture')
-DEFAULT_BAND_NOISE = 'weak_texture'  # tools/train_gate.py's default: chosen on the study's validation split
+# less texture as noise on clean frames (README, "Study and shipped model"); 'weak_texture_capped' (gates of version
+# 8 on): the same, each brightness band capped at LEVEL_GROWTH times the smallest estimate of the bands below it.
+BAND_NOISE = ('robust', 'weak_texture', 'weak_texture_capped')
+DEFAULT_BAND_NOISE = 'weak_texture_capped'  # tools/train_gate.py's default: chosen on the study's validation split
+# Noise in the backbones' LDR encoding (gamma 2.2 of the linear radiance) does not grow with the level: shot noise goes
+# as x^-0.1, read noise as x^-1.2, 8-bit quantisation is flat. A band that reads several times its darker neighbours
+# reads texture (validation, a `clean` scene: 0.2 codes at levels 0.08 and 0.25, 1.1-2.6 codes at 0.15, 0.38 and
+# 0.52). 1.5 leaves room for a tone curve's inversion; 1.25 and 2 scored the same on validation (37.93 / 37.92).
+LEVEL_GROWTH = 1.5
 # and the fusion's window (MediumGate.fuse), pixels a side: on the validation split 3, 5 and 9 all gained 0.23 dB
 DEFAULT_FUSION_WINDOW = 5
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
@@ -136,14 +144,25 @@ class GateError(CheckpointError):
     """A checkpoint's gate entry that cannot be used, or --medium_gate on for a checkpoint without one."""
 
 
+def level_capped(bands: np.ndarray, growth: float = LEVEL_GROWTH) -> np.ndarray:
+    """Noise per brightness band (darkest first), each capped at ``growth`` times the smallest of the bands up to it
+    (``LEVEL_GROWTH``); a NaN band stays NaN (it opens the band) and leaves the caps of the others as they are."""
+    bands = np.asarray(bands, np.float32)
+    known = np.where(np.isnan(bands), np.inf, bands)
+    return np.where(np.isnan(bands), bands, np.minimum(bands, growth * np.minimum.accumulate(known)))
+
+
 def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust') -> np.ndarray:
     """The LDR noise sigma per pixel (H x W x 1) of a clipped LDR frame. ``estimator``: 'robust' (Immerkaer over the
-    flattest blocks, the noise map the gate's CNN was trained with) or 'weak_texture' (``BAND_NOISE``)."""
+    flattest blocks, the noise map the gate's CNN was trained with), 'weak_texture' or 'weak_texture_capped'
+    (``BAND_NOISE``)."""
     from util.label_denoise import (ROBUST_BLOCK, WEAK_TEXTURE_PATCH, noise_by_level, robust_noise_by_level,
                                     sigma_at_level, weak_texture_noise_by_level)
 
-    if estimator == 'weak_texture' and min(ldr.shape[:2]) >= WEAK_TEXTURE_PATCH:
+    if estimator.startswith('weak_texture') and min(ldr.shape[:2]) >= WEAK_TEXTURE_PATCH:
         bands = weak_texture_noise_by_level(ldr)
+        if estimator == 'weak_texture_capped':
+            bands = level_capped(bands)
     elif min(ldr.shape[:2]) >= ROBUST_BLOCK + 2:
         bands = robust_noise_by_level(ldr)
     else:  # a small tile: the plain estimate, on an edge-padded copy when a side is under its 3 pixels
@@ -543,7 +562,7 @@ def extra_bytes_per_pixel(net) -> int:
     net = unwrap(net)
     if not isinstance(net, GatedNetwork):
         return 0
-    heavier = net.gate.band_noise == 'weak_texture' or net.gate.long_consistency > 0
+    heavier = net.gate.band_noise != 'robust' or net.gate.long_consistency > 0
     return GATE_BYTES_PER_PIXEL if heavier else ROBUST_GATE_BYTES_PER_PIXEL
 
 

@@ -463,7 +463,7 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert gate is not None and torch.load(out, weights_only=True)[GATE_KEY]['scenes'] == 3
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
     assert gate.chroma == 1.2 and gate.short_consistency == 0.0  # AHDRNet sees the short frame unaligned: no witness
-    assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture' and gate.fusion_window == 5
+    assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture_capped' and gate.fusion_window == 5
     assert train_gate.main(argv + ['--consistency_fallback', 'nan']) == 2
     assert train_gate.main(argv + ['--fusion_window', '4']) == 2
     with pytest.raises(SystemExit) as refused:  # argparse's own refusal of an unknown estimator
@@ -795,7 +795,7 @@ def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network
     assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['version'] == GATE_VERSION == 7 and entry['long_consistency'] == 1.5
+    assert entry['version'] == GATE_VERSION == 8 and entry['long_consistency'] == 1.5
     loaded = read_gate(path)
     mid, long = _bracket_with_a_shadow(2)
     xs = [_medium_input(mid.clone(), 1.0), _medium_input(mid, 4.0), _medium_input(long, 16.0)]
@@ -889,10 +889,38 @@ def test_long_within_medium_is_stored_read_and_set_and_a_version_6_gate_runs_wit
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'on', '--out', str(path)]) == 0
     assert 'within the medium band: on' in capsys.readouterr().out
     stored = torch.load(path, weights_only=True)[GATE_KEY]
-    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 7
+    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 8
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'off', '--out', str(path)]) == 0
     assert read_gate(path).long_within_medium is False
     checkpoint = torch.load(path, weights_only=True)
     torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], long_within_medium=1)}), path)
     with pytest.raises(GateError, match='long_within_medium'):
         read_gate(path)
+
+
+def test_level_capped_keeps_a_falling_noise_curve_and_cuts_a_band_that_reads_texture():
+    from models.medium_gate import level_capped
+
+    falling = np.array([3.0, 2.0, 1.5, 1.2, 1.0, 1.0, 0.9, 0.8], np.float32)  # read then shot noise: unchanged
+    assert np.array_equal(level_capped(falling), falling)
+    textured = np.array([0.3, 0.2, 1.07, 0.18, 1.15, 2.55, 0.68, 0.68], np.float32)  # a clean scene's estimate
+    assert np.allclose(level_capped(textured), [0.3, 0.2, 0.3, 0.18, 0.27, 0.27, 0.27, 0.27])
+    assert np.allclose(level_capped(textured, growth=2.0)[2], 0.4)
+    opened = level_capped(np.array([0.2, np.nan, 1.0], np.float32))
+    assert np.isnan(opened[1]) and np.isclose(opened[2], 0.3)  # a NaN band opens, the others keep their caps
+
+
+def test_the_capped_band_is_narrower_only_where_a_brighter_level_reads_texture():
+    from models.medium_gate import _ldr_sigma
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:128, 0:192].astype(np.float32)
+    level = 0.1 + 0.5 * xx / 191  # dark to mid-grey, left to right
+    # fine texture in the brighter part, as a frame's estimate cannot tell from noise: 5 times the noise below it
+    texture = np.where(xx > 110, 0.01 * rng.standard_normal((128, 192)), 0.0)
+    ldr = np.clip(level + texture + 0.002 * rng.standard_normal((128, 192)), 0, 1)[..., None].repeat(3, axis=2)
+    ldr = np.rint(ldr * 255) / 255
+    plain, capped = _ldr_sigma(ldr, 'weak_texture')[..., 0], _ldr_sigma(ldr, 'weak_texture_capped')[..., 0]
+    assert (capped <= plain + 1e-9).all()
+    assert np.allclose(capped[:, :60], plain[:, :60])  # the flat, dark part: as it was
+    assert capped[:, 150:].mean() < plain[:, 150:].mean()  # where the texture was read as noise: narrower

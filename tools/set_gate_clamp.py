@@ -47,8 +47,8 @@ def main(argv=None) -> int:
                         'that frame is well exposed, agrees with the medium frame and is 3 times cleaner (0: off); '
                         'needs --network, and a backbone that takes aligned frames')
     p.add_argument('--band_noise', choices=BAND_NOISE,
-                   help='how the medium clamp estimates the frame\'s noise: weak_texture (gates made since round 3\'s '
-                        'fifteenth session) or robust (before: reads texture as noise on clean frames); unchanged if '
+                   help='how the medium clamp estimates the frame\'s noise: weak_texture_capped (gates made since round '
+                        '3\'s seventeenth session), weak_texture (since the fifteenth) or robust (before: reads texture as noise on clean frames); unchanged if '
                         'omitted')
     p.add_argument('--fusion_window', type=int,
                    help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
