@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                'date': time.strftime('%Y-%m-%d %H:%M'), 'consistency': held, 'splits': {}}
     if gate is not None:  # the gate's other settings, so the file says what was scored
         results.update(consistency_chroma=gate.chroma, short_consistency=gate.short_consistency,
-                       long_consistency=gate.long_consistency,
+                       long_consistency=gate.long_consistency, long_within_medium=gate.long_within_medium,
                        consistency_fallback=gate.fallback, band_noise=gate.band_noise,
                        fusion_window=gate.fusion_window)
     for split in args.splits:

@@ -197,7 +197,7 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
 def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust',
                               with_sigma: bool = False) -> tuple[np.ndarray, ...]:
     """``medium_noise_map`` and ``medium_noise_band``; with ``band_noise`` 'robust' from one noise estimate, with
-    'weak_texture' the band from that estimate and the map, which the gate's CNN was trained on, as before.
+    'weak_texture' or 'weak_texture_capped' the band from that estimate and the map, which the gate's CNN was trained on, as before.
     ``with_sigma``: also the band's LDR noise sigma per pixel (H x W x 1, floored), for ``long_witness_band``."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     noise = _log_noise(sigma, slope)
@@ -433,8 +433,8 @@ class MediumGate(nn.Module):
             out = self.hold_to_band(out, mu_law_torch(x_long[:, 0:3].clamp(0, 1)), long_band, self.long_consistency)
             if self.long_within_medium and self.consistency > 0:
                 # the long frame's clamp moves the output within the medium frame's band, never out of it: where the
-                # two bands overlap the output ends in both; where they do not, the medium frame (the reference the
-                # network is scored against) decides. On nearly noise-free frames the medium band is the narrower,
+                # two bands do not overlap, the medium frame (the reference the network is scored against) decides
+                # (with chroma > 0 the second clamp's brightness step may also move a channel the long clamp held). On nearly noise-free frames the medium band is the narrower,
                 # and a long frame's warp error pushed past it cost `clean` scenes (validation: every scene gains
                 # or holds, 37.67 -> 37.73 dB)
                 out = self.hold_to_band(out, mu_mid, band)

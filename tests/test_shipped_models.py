@@ -51,7 +51,10 @@ def test_the_gated_shipped_model_carries_its_gate():
     assert gate.chroma == 1.2  # brightness to the band, colour within 1.2 times it (round 3, thirteenth session)
     assert gate.short_consistency == 1.5  # clipped pixels held to the aligned short frame (thirteenth session)
     assert gate.fallback == 4.0  # the medium frame itself beyond 4 sigmas (fourteenth session)
-    assert gate.band_noise == 'weak_texture' and gate.fusion_window == 5  # fifteenth session
+    assert gate.fusion_window == 5  # fifteenth session
+    assert gate.long_consistency == 1.5  # the aligned long frame as a second witness (sixteenth session)
+    # the long clamp inside the medium band, the band's noise not growing with the level (seventeenth session)
+    assert gate.long_within_medium is True and gate.band_noise == 'weak_texture_capped'
     net = define_network('FSHDR')
     load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
     assert isinstance(with_gate(net.eval(), folder / 'SelfHDR_model_1.pth'), GatedNetwork)

@@ -1,7 +1,7 @@
 """Set the consistency clamps of a gated checkpoint (models/medium_gate.py) without training the gate again.
 
     python tools/set_gate_clamp.py pretrained_models/fshdr_long_na_gate/SelfHDR_model_1.pth \
-        --consistency 1.5 --consistency_chroma 1.2 --band_noise weak_texture --out /tmp/SelfHDR_model_1.pth
+        --consistency 1.5 --consistency_chroma 1.2 --band_noise weak_texture_capped --out /tmp/SelfHDR_model_1.pth
 
 The clamp acts at inference only (the gate trains without it), so it is a setting of the checkpoint, chosen on a
 validation split (bench/medium_gate.py). The backbone and the gate's weights are copied unchanged; the values set
