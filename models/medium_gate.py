@@ -32,10 +32,10 @@ weak-texture patches (``util.label_denoise.weak_texture_noise_by_level``) instea
 flattest blocks, which on a nearly noise-free, textured frame takes the texture for noise and widens the band
 several times over; with 'weak_texture_capped' (version 8, seventeenth session) no brightness band's sigma exceeds
 LEVEL_GROWTH times the smallest of the darker bands' (``level_capped``), since noise in this encoding does not grow
-with the level and a band that does is reading texture. Where it sets ``fusion_window`` = w (same session), the output is first fused with the medium
-frame as two estimates of one radiance (``MediumGate.fuse``): its deviation from the frame is kept in the share the
-frame's noise explains, sigma^2 / E[d^2] over a w x w window, so a blur or a bias many times the noise goes most of
-the way back to the frame, and a denoised reading stays.
+with the level and a band that does is reading texture. Where it sets ``fusion_window`` = w (fifteenth session), the
+output is first fused with the medium frame as two estimates of one radiance (``MediumGate.fuse``): its deviation
+from the frame is kept in the share the frame's noise explains, sigma^2 / E[d^2] over a w x w window, so a blur or a
+bias many times the noise goes most of the way back to the frame, and a denoised reading stays.
 
 Where the medium frame is clipped it says only "at least this bright", and the gate left the backbone alone there.
 Where the checkpoint sets ``short_consistency`` = k' (round 3, thirteenth session; only for backbones that take
@@ -83,6 +83,7 @@ GATE_KEY = 'medium_gate'
 # 3 since the fallback to the witness (round 3, fourteenth session)
 # 4 since the bands' noise estimator, 5 since the fusion window (round 3, fifteenth session)
 # 6 since the long frame's clamp (round 3, sixteenth session)
+# 7 since long_within_medium, 8 since band_noise 'weak_texture_capped' (round 3, seventeenth session)
 GATE_VERSION = 8
 GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 GATE_MODES = ('auto', 'on', 'off')
@@ -197,7 +198,8 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
 def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust',
                               with_sigma: bool = False) -> tuple[np.ndarray, ...]:
     """``medium_noise_map`` and ``medium_noise_band``; with ``band_noise`` 'robust' from one noise estimate, with
-    'weak_texture' or 'weak_texture_capped' the band from that estimate and the map, which the gate's CNN was trained on, as before.
+    'weak_texture' or 'weak_texture_capped' the band from that estimate and the map, which the gate's CNN was trained
+    on, as before.
     ``with_sigma``: also the band's LDR noise sigma per pixel (H x W x 1, floored), for ``long_witness_band``."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     noise = _log_noise(sigma, slope)
@@ -434,9 +436,9 @@ class MediumGate(nn.Module):
             if self.long_within_medium and self.consistency > 0:
                 # the long frame's clamp moves the output within the medium frame's band, never out of it: where the
                 # two bands do not overlap, the medium frame (the reference the network is scored against) decides
-                # (with chroma > 0 the second clamp's brightness step may also move a channel the long clamp held). On nearly noise-free frames the medium band is the narrower,
-                # and a long frame's warp error pushed past it cost `clean` scenes (validation: every scene gains
-                # or holds, 37.67 -> 37.73 dB)
+                # (with chroma > 0 the second clamp's brightness step may also move a channel the long clamp held).
+                # On nearly noise-free frames the medium band is the narrower, and a long frame's warp error pushed
+                # past it cost `clean` scenes (validation: every scene gains or holds, 37.67 -> 37.73 dB)
                 out = self.hold_to_band(out, mu_mid, band)
         if self.short_consistency > 0:
             if x_short is None or short_band is None or short_band.shape != out.shape:

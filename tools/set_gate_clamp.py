@@ -47,9 +47,9 @@ def main(argv=None) -> int:
                         'that frame is well exposed, agrees with the medium frame and is 3 times cleaner (0: off); '
                         'needs --network, and a backbone that takes aligned frames')
     p.add_argument('--band_noise', choices=BAND_NOISE,
-                   help='how the medium clamp estimates the frame\'s noise: weak_texture_capped (gates made since round '
-                        '3\'s seventeenth session), weak_texture (since the fifteenth) or robust (before: reads texture as noise on clean frames); unchanged if '
-                        'omitted')
+                   help='how the medium clamp estimates the frame\'s noise: weak_texture_capped (gates made since '
+                        'round 3\'s seventeenth session), weak_texture (since the fifteenth) or robust (before: reads '
+                        'texture as noise on clean frames); unchanged if omitted')
     p.add_argument('--fusion_window', type=int,
                    help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
                         'frame\'s noise explains, over this many pixels a side; odd; 0: off); unchanged if omitted')
