@@ -9,7 +9,9 @@ before it, which needs the band, nor the long frame's clamp: ``gated_without_cla
 and the colour component, as ``tools/study.py`` scores its methods: PSNR-mu / PSNR-l per split (mean over scenes)
 and PSNR-mu per region (clipped / well exposed / dark in the medium frame, moving), pooled over the split's
 pixels; per validation scene too, by the setting it was rendered with. The gate is chosen on the validation split;
-the test splits are reported. Writes ``bench/results/medium_gate.json``.
+the test splits are reported. ``--splits validation_clean`` (any split's name after ``validation_``) scores 12
+validation scenes of that split's setting alone, from the training HDRIs, rendered into the work folder when missing
+(``data.study_splits.ensure_setting_validation_split``). Writes ``bench/results/medium_gate.json``.
 """
 from __future__ import annotations
 
@@ -27,9 +29,13 @@ sys.path.insert(0, str(_ROOT))
 import tools.study as study  # noqa: E402
 from models.backbones import backbone  # noqa: E402
 from photo.merge import load_network  # noqa: E402
+from data.study_splits import SETTING_VALIDATION_PREFIX, ensure_setting_validation_split  # noqa: E402
 from util import metrics  # noqa: E402
 from util.hdr_io import read_hdr  # noqa: E402
 
+# validation_<split>: a validation split of that split's setting alone (data.study_splits), as many scenes and as
+# large as the long study's test splits
+SETTING_VALIDATION_SCENES, SETTING_VALIDATION_SIZE = 12, (256, 384)
 KEYS = ('psnr_mu', 'psnr_l', 'psnr_mu_clipped', 'psnr_mu_well_exposed', 'psnr_mu_dark', 'psnr_mu_motion')
 
 
@@ -112,6 +118,11 @@ def main(argv=None) -> int:
                        fusion_window=gate.fusion_window)
     for split in args.splits:
         root, aligned = split_roots(work, split)
+        setting = split[len(SETTING_VALIDATION_PREFIX):] if split.startswith(SETTING_VALIDATION_PREFIX) else None
+        if setting in study.TEST_SPLITS:  # rendered here when missing, at the study's test-split size
+            ensure_setting_validation_split(root, setting, _ROOT / 'datasets' / 'hdri', study.TEST_HDRIS,
+                                            SETTING_VALIDATION_SCENES, SETTING_VALIDATION_SIZE)
+            study.make_aligned_test_copy(root, aligned)
         if not (root / 'Test').is_dir():
             print(f'{split}: no {root / "Test"}, skipped (run tools/study.py --splits first)', file=sys.stderr)
             continue
@@ -131,7 +142,7 @@ def main(argv=None) -> int:
             scored = study.score(out, root, motion=motion)
             row[name] = {k: round(scored[k], 2) for k in KEYS}
             row[name].update(clipped_split(out, truth, motion))
-        if split == 'validation':
+        if split == 'validation' or setting in study.TEST_SPLITS:
             settings = json.loads((root / 'split.json').read_text())['settings']
             for name in [n for n in outputs if n not in ('medium_frame', 'colour_component')]:
                 row[name]['per_scene'] = {

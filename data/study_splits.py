@@ -31,7 +31,8 @@ from util.synthetic import SynthConfig, list_hdr_files, load_sources, synthesize
 
 logger = logging.getLogger(__name__)
 
-__all__ = ['TEST_SPLITS', 'SPLIT_DESCRIPTIONS', 'split_config', 'ensure_test_split', 'ensure_validation_split']
+__all__ = ['TEST_SPLITS', 'SPLIT_DESCRIPTIONS', 'split_config', 'ensure_test_split', 'ensure_validation_split',
+           'ensure_setting_validation_split', 'SETTING_VALIDATION_PREFIX']
 
 # Each split changes the training settings (util.synthetic.SynthConfig defaults) in one way.
 TEST_SPLITS: dict[str, dict] = {
@@ -128,3 +129,26 @@ def ensure_validation_split(root, hdri_dir, holdout: Sequence[str], n: int, size
     logger.info('rendering the validation split: %d scenes from the training HDRIs', n)
     configs = [(names[i % len(names)], split_config(names[i % len(names)], size)) for i in range(n)]
     return _render(root, configs, load_sources(files), seed, len(names), fingerprint)
+
+
+SETTING_VALIDATION_PREFIX = 'validation_'  # + a split's name: n validation scenes of that split's setting alone
+
+
+def ensure_setting_validation_split(root, setting: str, hdri_dir, holdout: Sequence[str], n: int,
+                                    size: tuple[int, int], seed: int = 0) -> Path:
+    """``root/Test``: n scenes from the training HDRIs (not the hold-out ones), all rendered with split ``setting``'s
+    settings: the validation split has two scenes of each setting, too few to choose a rule that acts on one kind of
+    bracket (round 3, eighteenth session: the nearly noise-free one)."""
+    files = [p for p in list_hdr_files(hdri_dir) if p.stem not in set(holdout)]
+    if not files:
+        raise ValueError(f'{hdri_dir}: no HDRI left once {list(holdout)} are held out')
+    cfg = split_config(setting, size)
+    fingerprint = _fingerprint('validation_setting', [setting], n, size, seed, files)
+    root = Path(root)
+    marker = root / 'split.json'
+    if marker.is_file() and json.loads(marker.read_text()).get('fingerprint') == fingerprint:
+        return root
+    logger.info('rendering a validation split of %d %r scenes from the training HDRIs', n, setting)
+    # random streams apart from the test splits' (0..7) and the validation split's (8)
+    return _render(root, [(setting, cfg)] * n, load_sources(files), seed, len(TEST_SPLITS) + 1 + _SPLIT_NUMBER[setting],
+                   fingerprint)

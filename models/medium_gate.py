@@ -32,7 +32,10 @@ weak-texture patches (``util.label_denoise.weak_texture_noise_by_level``) instea
 flattest blocks, which on a nearly noise-free, textured frame takes the texture for noise and widens the band
 several times over; with 'weak_texture_capped' (version 8, seventeenth session) no brightness band's sigma exceeds
 LEVEL_GROWTH times the smallest of the darker bands' (``level_capped``), since noise in this encoding does not grow
-with the level and a band that does is reading texture. Where it sets ``fusion_window`` = w (fifteenth session), the
+with the level and a band that does is reading texture; with 'weak_texture_modelled' (version 9, eighteenth
+session) no band exceeds LEVEL_GROWTH times the largest physical noise curve (a flat floor, read and shot noise) that
+stays under every band's estimate (``model_capped``), which also cuts a band that reads texture above a noisier
+darker one. Where it sets ``fusion_window`` = w (fifteenth session), the
 output is first fused with the medium frame as two estimates of one radiance (``MediumGate.fuse``): its deviation
 from the frame is kept in the share the frame's noise explains, sigma^2 / E[d^2] over a w x w window, so a blur or a
 bias many times the noise goes most of the way back to the frame, and a denoised reading stays.
@@ -84,8 +87,9 @@ GATE_KEY = 'medium_gate'
 # 4 since the bands' noise estimator, 5 since the fusion window (round 3, fifteenth session)
 # 6 since the long frame's clamp (round 3, sixteenth session)
 # 7 since long_within_medium, 8 since band_noise 'weak_texture_capped' (round 3, seventeenth session)
-GATE_VERSION = 8
-GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+# 9 since band_noise 'weak_texture_modelled' (round 3, eighteenth session)
+GATE_VERSION = 9
+GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 GATE_MODES = ('auto', 'on', 'off')
 # How the medium frame's noise band is estimated (entry key 'band_noise'; the CNN's noise map and the short frame's
 # band are always 'robust', the first being what the CNN was trained on). 'robust': Immerkaer's estimate over the
@@ -93,8 +97,10 @@ GATE_MODES = ('auto', 'on', 'off')
 # 'weak_texture': the smallest eigenvalue of weak-texture patches' covariance (util.label_denoise), which reads far
 # less texture as noise on clean frames (README, "Study and shipped model"); 'weak_texture_capped' (gates of version
 # 8 on): the same, each brightness band capped at LEVEL_GROWTH times the smallest estimate of the bands below it.
-BAND_NOISE = ('robust', 'weak_texture', 'weak_texture_capped')
-DEFAULT_BAND_NOISE = 'weak_texture_capped'  # tools/train_gate.py's default: chosen on the study's validation split
+# 'weak_texture_modelled' (version 9, eighteenth session): each band at most LEVEL_GROWTH times the largest physical
+# noise curve (flat + read + shot) under all the bands' estimates (model_capped).
+BAND_NOISE = ('robust', 'weak_texture', 'weak_texture_capped', 'weak_texture_modelled')
+DEFAULT_BAND_NOISE = 'weak_texture_modelled'  # tools/train_gate.py's default: chosen on the study's validation splits
 # Noise in the backbones' LDR encoding (gamma 2.2 of the linear radiance) does not grow with the level: shot noise goes
 # as x^-0.1, read noise as x^-1.2, 8-bit quantisation is flat. A band that reads several times its darker neighbours
 # reads texture (validation, a `clean` scene: 0.2 codes at levels 0.08 and 0.25, 1.1-2.6 codes at 0.15, 0.38 and
@@ -153,17 +159,63 @@ def level_capped(bands: np.ndarray, growth: float = LEVEL_GROWTH) -> np.ndarray:
     return np.where(np.isnan(bands), bands, np.minimum(bands, growth * np.minimum.accumulate(known)))
 
 
+def noise_model_envelope(bands: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """The largest physical noise curve under every band's estimate: per brightness band (darkest first, at
+    ``util.label_denoise.band_centres``), sigma(v) = sqrt(c + r A(v) + s B(v)) in LDR units of a frame v = x^(1/2.2),
+    with c a flat floor (quantisation), r the read noise (A = (dv/dx)^2, falling with the level as v^-2.4) and s the
+    shot noise (B = x A, as v^-0.2), all three >= 0, each band's estimate an upper bound (texture only adds to a
+    weak-texture estimate), and the three chosen to fill the bands' variances as far as those bounds allow (a linear
+    programme: the sum over the bands of model / estimate, in variance). ``known``: the bands estimated from their own
+    pixels (``weak_texture_noise_by_level(..., with_known=True)``; default: all): only those bound the curve, since a
+    band filled in from its neighbours (flat beyond the darkest estimate) says nothing of the read noise there. A
+    band that is NaN or 0 (no estimate, or perfectly flat blocks, which medium_noise_map_and_band floors at 8-bit
+    quantisation) bounds nothing and comes back as it is; with no bound, or no solution, all the bands do."""
+    from scipy.optimize import linprog
+
+    from util.label_denoise import band_centres
+
+    bands = np.asarray(bands, np.float32)
+    usable = np.isfinite(bands) & (bands > 0)
+    bounding = usable & (True if known is None else np.asarray(known, bool))
+    if not bounding.any():
+        return bands
+    level = np.clip(band_centres().astype(np.float64), 1e-3, 1.0)
+    a = (level ** (1.0 - GAMMA) / GAMMA) ** 2
+    b = level ** GAMMA * a
+    terms = np.stack([np.ones_like(a), a / a.max(), b / b.max()], axis=1)  # scaled alike: a well-posed programme
+    # No floor under the bounds: at the 8-bit quantisation sigma it cost a validation `clean` scene 0.13 dB, whose
+    # rounding error reads 0.2 codes, not the 0.29 of uniform rounding
+    bound = bands[bounding].astype(np.float64) ** 2
+    scale = bound.max()  # variances of 1e-6: far under the solver's feasibility tolerance unless scaled to 1
+    solved = linprog(-(terms[bounding] * scale / bound[:, None]).sum(axis=0), A_ub=terms[bounding],
+                     b_ub=bound / scale, bounds=[(0, None)] * 3, method='highs')
+    if not solved.success:
+        return bands
+    return np.where(usable, np.sqrt(np.maximum(terms @ solved.x * scale, 0.0)), bands).astype(np.float32)
+
+
+def model_capped(bands: np.ndarray, known: np.ndarray | None = None, growth: float = LEVEL_GROWTH) -> np.ndarray:
+    """Noise per brightness band, each at most ``growth`` times the physical envelope (``noise_model_envelope``,
+    bounded by the ``known`` bands): a band that reads texture stands far above the curve the other bands allow.
+    With every band known the envelope never rises with the level, so this is at least as tight as
+    ``level_capped``; NaN and 0 bands stay as they are."""
+    bands = np.asarray(bands, np.float32)
+    return np.where(np.isnan(bands), bands, np.minimum(bands, growth * noise_model_envelope(bands, known)))
+
+
 def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust') -> np.ndarray:
     """The LDR noise sigma per pixel (H x W x 1) of a clipped LDR frame. ``estimator``: 'robust' (Immerkaer over the
-    flattest blocks, the noise map the gate's CNN was trained with), 'weak_texture' or 'weak_texture_capped'
-    (``BAND_NOISE``)."""
+    flattest blocks, the noise map the gate's CNN was trained with), 'weak_texture', 'weak_texture_capped' or
+    'weak_texture_modelled' (``BAND_NOISE``)."""
     from util.label_denoise import (ROBUST_BLOCK, WEAK_TEXTURE_PATCH, noise_by_level, robust_noise_by_level,
                                     sigma_at_level, weak_texture_noise_by_level)
 
     if estimator.startswith('weak_texture') and min(ldr.shape[:2]) >= WEAK_TEXTURE_PATCH:
-        bands = weak_texture_noise_by_level(ldr)
+        bands, known = weak_texture_noise_by_level(ldr, with_known=True)
         if estimator == 'weak_texture_capped':
             bands = level_capped(bands)
+        elif estimator == 'weak_texture_modelled':
+            bands = model_capped(bands, known)
     elif min(ldr.shape[:2]) >= ROBUST_BLOCK + 2:
         bands = robust_noise_by_level(ldr)
     else:  # a small tile: the plain estimate, on an edge-padded copy when a side is under its 3 pixels
@@ -198,7 +250,7 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
 def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust',
                               with_sigma: bool = False) -> tuple[np.ndarray, ...]:
     """``medium_noise_map`` and ``medium_noise_band``; with ``band_noise`` 'robust' from one noise estimate, with
-    'weak_texture' or 'weak_texture_capped' the band from that estimate and the map, which the gate's CNN was trained
+    one of the 'weak_texture' estimators the band from that estimate and the map, which the gate's CNN was trained
     on, as before.
     ``with_sigma``: also the band's LDR noise sigma per pixel (H x W x 1, floored), for ``long_witness_band``."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)

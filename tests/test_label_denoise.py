@@ -126,6 +126,12 @@ def test_weak_texture_estimate_reads_less_texture_than_the_block_percentile_and_
     fallback = robust_noise_by_level(mostly_clipped)
     assert fallback.max() > 0
     np.testing.assert_array_equal(weak_texture_noise_by_level(mostly_clipped), fallback)
+    bands, known = weak_texture_noise_by_level(mostly_clipped, with_known=True)
+    np.testing.assert_array_equal(bands, fallback)
+    assert not known.any()
+    bands, known = weak_texture_noise_by_level(noisy_clean, with_known=True)  # the ramp spans levels 0.1 to 0.8 only
+    np.testing.assert_array_equal(bands, weak)
+    assert not known[0] and known[2:6].all() and bands[0] == bands[known][0]  # the darkest: its neighbour's copy
     spoilt = noisy_clean.copy()
     spoilt[5, 5] = np.nan  # one NaN pixel stays local: the other windows read as before
     np.testing.assert_allclose(weak_texture_noise_by_level(spoilt), weak, rtol=0.05)

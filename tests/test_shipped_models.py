@@ -53,8 +53,9 @@ def test_the_gated_shipped_model_carries_its_gate():
     assert gate.fallback == 4.0  # the medium frame itself beyond 4 sigmas (fourteenth session)
     assert gate.fusion_window == 5  # fifteenth session
     assert gate.long_consistency == 1.5  # the aligned long frame as a second witness (sixteenth session)
-    # the long clamp inside the medium band, the band's noise not growing with the level (seventeenth session)
-    assert gate.long_within_medium is True and gate.band_noise == 'weak_texture_capped'
+    # the long clamp inside the medium band (seventeenth session); the band's noise under a physical noise curve
+    # (eighteenth session)
+    assert gate.long_within_medium is True and gate.band_noise == 'weak_texture_modelled'
     net = define_network('FSHDR')
     load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
     assert isinstance(with_gate(net.eval(), folder / 'SelfHDR_model_1.pth'), GatedNetwork)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import cv2
@@ -273,3 +274,25 @@ def test_wide_variety_spans_the_bracket_settings_of_the_study_splits():
     with pytest.raises(ValueError, match='variety'):
         synth_config((24, 32), variety='everything')
     assert set(VARIETIES) == {'standard', 'wide'}
+
+
+def test_a_setting_validation_split_renders_that_setting_alone_from_the_training_sources(src_dir, tmp_path):
+    from data.study_splits import ensure_setting_validation_split, ensure_validation_split
+
+    root = ensure_setting_validation_split(tmp_path / 'clean', 'clean', src_dir, ['red_src'], 2, SIZE)
+    marker = json.loads((root / 'split.json').read_text())
+    assert marker['settings'] == ['clean', 'clean']
+    scenes = sorted((root / 'Test').iterdir())
+    assert len(scenes) == 2
+    for scene in scenes:  # the held-out (red) source never appears
+        gt = read_hdr(scene / GT_NAME)
+        assert gt[..., 2].max() == 0 and gt.max() > 0
+    stamp = (root / 'split.json').stat().st_mtime_ns
+    assert ensure_setting_validation_split(root, 'clean', src_dir, ['red_src'], 2, SIZE) == root
+    assert (root / 'split.json').stat().st_mtime_ns == stamp  # made once, then reused
+    mixed = ensure_validation_split(tmp_path / 'mixed', src_dir, ['red_src'], 2, SIZE)
+    assert _files(mixed / 'Test' / '001') != _files(root / 'Test' / '001')  # its own random streams
+    with pytest.raises(ValueError, match='unknown study split'):
+        ensure_setting_validation_split(tmp_path / 'x', 'sunny', src_dir, ['red_src'], 2, SIZE)
+    with pytest.raises(ValueError, match='held out'):
+        ensure_setting_validation_split(tmp_path / 'y', 'clean', src_dir, list(TINTS), 2, SIZE)

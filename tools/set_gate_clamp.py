@@ -1,7 +1,7 @@
 """Set the consistency clamps of a gated checkpoint (models/medium_gate.py) without training the gate again.
 
     python tools/set_gate_clamp.py pretrained_models/fshdr_long_na_gate/SelfHDR_model_1.pth \
-        --consistency 1.5 --consistency_chroma 1.2 --band_noise weak_texture_capped --out /tmp/SelfHDR_model_1.pth
+        --consistency 1.5 --consistency_chroma 1.2 --band_noise weak_texture_modelled --out /tmp/SelfHDR_model_1.pth
 
 The clamp acts at inference only (the gate trains without it), so it is a setting of the checkpoint, chosen on a
 validation split (bench/medium_gate.py). The backbone and the gate's weights are copied unchanged; the values set
@@ -47,9 +47,10 @@ def main(argv=None) -> int:
                         'that frame is well exposed, agrees with the medium frame and is 3 times cleaner (0: off); '
                         'needs --network, and a backbone that takes aligned frames')
     p.add_argument('--band_noise', choices=BAND_NOISE,
-                   help='how the medium clamp estimates the frame\'s noise: weak_texture_capped (gates made since '
-                        'round 3\'s seventeenth session), weak_texture (since the fifteenth) or robust (before: reads '
-                        'texture as noise on clean frames); unchanged if omitted')
+                   help='how the medium clamp estimates the frame\'s noise: weak_texture_modelled (gates made since '
+                        'round 3\'s eighteenth session: no band above 1.5 times a physical noise curve under all the '
+                        'bands), weak_texture_capped (since the seventeenth), weak_texture (since the fifteenth) or '
+                        'robust (before: reads texture as noise on clean frames); unchanged if omitted')
     p.add_argument('--fusion_window', type=int,
                    help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
                         'frame\'s noise explains, over this many pixels a side; odd; 0: off); unchanged if omitted')

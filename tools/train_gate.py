@@ -190,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --consistency: where the output strays this many sigmas from the medium frame it becomes '
                         'that frame, linearly from the clamp on (0, or not above --consistency: off)')
     p.add_argument('--band_noise', default=DEFAULT_BAND_NOISE, choices=BAND_NOISE,
-                   help="how the clamp estimates the medium frame's noise: weak_texture_capped (weak_texture with no "
-                        "brightness band above 1.5 times the darker bands' smallest: gates since round 3's seventeenth "
-                        "session), weak_texture (patches' covariance; reads "
+                   help="how the clamp estimates the medium frame's noise: weak_texture_modelled (weak_texture with no "
+                        "brightness band above 1.5 times the largest physical noise curve (flat, read and shot noise) "
+                        "under all the bands: gates since round 3's eighteenth session), weak_texture_capped (no band "
+                        "above 1.5 times the darker bands' smallest: the seventeenth), weak_texture (patches' "
+                        "covariance; reads "
                         'little texture as noise on clean frames) or robust (Immerkaer over the flattest blocks, the '
                         'gates made before round 3\'s fifteenth session). Default chosen on the validation split')
     p.add_argument('--fusion_window', type=int, default=DEFAULT_FUSION_WINDOW,

@@ -150,7 +150,8 @@ def _box_sums(a: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def weak_texture_noise_by_level(img: np.ndarray, patch: int = WEAK_TEXTURE_PATCH,
                                 confidence: float = WEAK_TEXTURE_CONFIDENCE,
                                 iterations: int = WEAK_TEXTURE_ITERATIONS,
-                                max_patches: int = WEAK_TEXTURE_MAX_PATCHES, clip_level: float = 0.99) -> np.ndarray:
+                                max_patches: int = WEAK_TEXTURE_MAX_PATCHES, clip_level: float = 0.99,
+                                with_known: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Noise standard deviation per brightness band (as :func:`robust_noise_by_level`) from weak-texture patches, after
     Liu, Tanaka & Okutomi (2013): the smallest eigenvalue of the covariance of ``patch`` x ``patch`` patches is the
     noise variance, since natural texture spreads over few directions of patch space; patches are kept only where
@@ -164,7 +165,8 @@ def weak_texture_noise_by_level(img: np.ndarray, patch: int = WEAK_TEXTURE_PATCH
     clipped or black pixel are left out; the smallest eigenvalue is corrected for its sample-size bias
     ((1 - sqrt((d - 1) / n))^2, Marchenko-Pastur). A band with fewer than 2 d patches is interpolated from its
     neighbours; with none anywhere (a small or mostly clipped image) the result is :func:`robust_noise_by_level`'s,
-    and for an image under its block size, :func:`noise_by_level`'s."""
+    and for an image under its block size, :func:`noise_by_level`'s. ``with_known``: also which bands were estimated
+    from their own patches (bool per band; all False for those fallbacks)."""
     from scipy.special import gammaincinv
 
     if img.ndim != 3 or min(img.shape[:2]) < patch:
@@ -220,11 +222,13 @@ def weak_texture_noise_by_level(img: np.ndarray, patch: int = WEAK_TEXTURE_PATCH
         bands[b], known[b] = sigma, True
     if not known.any():
         if min(img.shape[:2]) >= ROBUST_BLOCK + 2:
-            return robust_noise_by_level(img, clip_level=clip_level)
-        return noise_by_level(img, clip_level=clip_level)
+            bands = robust_noise_by_level(img, clip_level=clip_level)
+        else:
+            bands = noise_by_level(img, clip_level=clip_level)
+        return (bands, known) if with_known else bands
     centres = band_centres()
     bands[~known] = np.interp(centres[~known], centres[known], bands[known])
-    return bands
+    return (bands, known) if with_known else bands
 
 
 def band_centres() -> np.ndarray:
