@@ -87,6 +87,11 @@ def main(argv=None) -> int:
     p.add_argument('--also', nargs='*', default=[], metavar='LABEL=CHECKPOINT',
                    help='more gated checkpoints of the same backbone, scored beside it under LABEL (their gates on)')
     args = p.parse_args(argv)
+    known = {'validation', *study.TEST_SPLITS, *(SETTING_VALIDATION_PREFIX + name for name in study.TEST_SPLITS)}
+    for split in args.splits:
+        if split not in known:
+            p.error(f'--splits {split!r}: not a split of the study (validation, {", ".join(study.TEST_SPLITS)}, or '
+                    f'{SETTING_VALIDATION_PREFIX}<one of those>)')
     also, reserved = {}, {'on', 'off', 'unheld', 'backbone', 'gated', 'gated_without_clamp', 'medium_frame',
                            'colour_component'}
     for item in args.also:

@@ -111,6 +111,10 @@ DEFAULT_FUSION_WINDOW = 5
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
 NOISE_FLOOR = 1e-5    # the noise channel is log10(sigma_mu + NOISE_FLOOR)
 QUANTISATION_SIGMA = 1.0 / (255.0 * math.sqrt(12.0))  # LDR noise of 8-bit rounding: the band's floor
+# a band estimate under this (a quarter of 8-bit rounding's sigma, 0.07 codes) reads flat blocks, not noise, and does
+# not bound the physical noise curve (noise_model_envelope): one such band would pin every band near 0. The
+# validation splits' clean frames read 0.13 codes and up.
+MIN_BOUNDING_SIGMA = QUANTISATION_SIGMA / 4
 SHORT_AGREEMENT = 0.1  # gamma-encoded, at the medium exposure: util.align's clip_tol, the label's own agreement test
 ECHO_TOLERANCE = 1.5 / 255  # a short frame this close to the medium frame brought to its exposure is that frame's copy
 # the long frame witnesses a pixel where, brought to the medium exposure, it lies within this many of the medium
@@ -159,7 +163,7 @@ def level_capped(bands: np.ndarray, growth: float = LEVEL_GROWTH) -> np.ndarray:
     return np.where(np.isnan(bands), bands, np.minimum(bands, growth * np.minimum.accumulate(known)))
 
 
-def noise_model_envelope(bands: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+def noise_model_envelope(bands: np.ndarray, known: np.ndarray | None = None) -> np.ndarray | None:
     """The largest physical noise curve under every band's estimate: per brightness band (darkest first, at
     ``util.label_denoise.band_centres``), sigma(v) = sqrt(c + r A(v) + s B(v)) in LDR units of a frame v = x^(1/2.2),
     with c a flat floor (quantisation), r the read noise (A = (dv/dx)^2, falling with the level as v^-2.4) and s the
@@ -168,17 +172,18 @@ def noise_model_envelope(bands: np.ndarray, known: np.ndarray | None = None) -> 
     programme: the sum over the bands of model / estimate, in variance). ``known``: the bands estimated from their own
     pixels (``weak_texture_noise_by_level(..., with_known=True)``; default: all): only those bound the curve, since a
     band filled in from its neighbours (flat beyond the darkest estimate) says nothing of the read noise there. A
-    band that is NaN or 0 (no estimate, or perfectly flat blocks, which medium_noise_map_and_band floors at 8-bit
-    quantisation) bounds nothing and comes back as it is; with no bound, or no solution, all the bands do."""
+    band that is NaN or not above MIN_BOUNDING_SIGMA (no estimate, or flat blocks: medium_noise_map_and_band floors
+    a 0 at 8-bit quantisation) bounds nothing and comes back as it is; with fewer than 3 bounds (the curve has 3
+    unknowns), or no solution, the result is None."""
     from scipy.optimize import linprog
 
     from util.label_denoise import band_centres
 
     bands = np.asarray(bands, np.float32)
-    usable = np.isfinite(bands) & (bands > 0)
+    usable = np.isfinite(bands) & (bands > MIN_BOUNDING_SIGMA)
     bounding = usable & (True if known is None else np.asarray(known, bool))
-    if not bounding.any():
-        return bands
+    if bounding.sum() < 3:  # fewer bounds than unknowns: many curves fit equally, and the solver's pick is arbitrary
+        return None
     level = np.clip(band_centres().astype(np.float64), 1e-3, 1.0)
     a = (level ** (1.0 - GAMMA) / GAMMA) ** 2
     b = level ** GAMMA * a
@@ -187,20 +192,26 @@ def noise_model_envelope(bands: np.ndarray, known: np.ndarray | None = None) -> 
     # rounding error reads 0.2 codes, not the 0.29 of uniform rounding
     bound = bands[bounding].astype(np.float64) ** 2
     scale = bound.max()  # variances of 1e-6: far under the solver's feasibility tolerance unless scaled to 1
-    solved = linprog(-(terms[bounding] * scale / bound[:, None]).sum(axis=0), A_ub=terms[bounding],
-                     b_ub=bound / scale, bounds=[(0, None)] * 3, method='highs')
+    cost = (terms[bounding] * scale / bound[:, None]).sum(axis=0)
+    solved = linprog(-cost / cost.max(), A_ub=terms[bounding], b_ub=bound / scale, bounds=[(0, None)] * 3,
+                     method='highs')
     if not solved.success:
-        return bands
+        return None
     return np.where(usable, np.sqrt(np.maximum(terms @ solved.x * scale, 0.0)), bands).astype(np.float32)
 
 
 def model_capped(bands: np.ndarray, known: np.ndarray | None = None, growth: float = LEVEL_GROWTH) -> np.ndarray:
     """Noise per brightness band, each at most ``growth`` times the physical envelope (``noise_model_envelope``,
     bounded by the ``known`` bands): a band that reads texture stands far above the curve the other bands allow.
-    With every band known the envelope never rises with the level, so this is at least as tight as
-    ``level_capped``; NaN and 0 bands stay as they are."""
+    The envelope never rises with the level, so this is at least as tight as ``level_capped`` but for bands too
+    small to bound it (which cap nothing here, where level_capped cuts every brighter band to them); without an
+    envelope (fewer than 3 bands known, as a mostly clipped frame has), ``level_capped``'s bands. NaN bands stay
+    NaN, bands of 0 stay 0."""
+    envelope = noise_model_envelope(bands, known)
+    if envelope is None:
+        return level_capped(bands, growth)
     bands = np.asarray(bands, np.float32)
-    return np.where(np.isnan(bands), bands, np.minimum(bands, growth * noise_model_envelope(bands, known)))
+    return np.where(np.isnan(bands), bands, np.minimum(bands, growth * envelope))
 
 
 def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust') -> np.ndarray:

@@ -154,3 +154,12 @@ def test_medium_gate_bench_refuses_an_also_label_that_would_overwrite_a_row(caps
         assert exit_info.value.code == 2 and 'is taken' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         medium_gate.main(['--work', 'nowhere', '--checkpoint', 'none.pth', '--also', 'a=x.pth', 'a=y.pth'])
+
+
+def test_medium_gate_bench_refuses_a_split_the_study_cannot_make(capsys):
+    import medium_gate
+
+    for split in ('validation_foo', 'cleen'):
+        with pytest.raises(SystemExit) as exit_info:
+            medium_gate.main(['--work', 'nowhere', '--checkpoint', 'none.pth', '--splits', 'validation', split])
+        assert exit_info.value.code == 2 and f"'{split}': not a split of the study" in capsys.readouterr().err

@@ -932,13 +932,14 @@ def test_the_noise_envelope_follows_a_physical_curve_and_stays_under_every_estim
     assert (envelope[2:6] * 255 < 0.35).all()  # the mid-tones cannot be: the bright bands bound the curve
     holes = noise_model_envelope(np.array([np.nan, 0.3, 0.0, 0.25, 0.2, 0.2, 0.2, 0.2], np.float32))
     assert np.isnan(holes[0]) and holes[2] == 0.0 and np.isfinite(holes[1:]).all()
+    assert noise_model_envelope(np.array([np.nan] * 6 + [0.2, 0.2], np.float32)) is None  # 2 bounds, 3 unknowns
     # a study frame with nothing at the darkest level: its band is a flat copy of the next one, which no read noise
     # gives; bounding the curve with it would cut the band above it (validation: 3.30 codes read, 2.74 left)
     filled = np.array([3.30, 3.30, 1.91, 1.59, 1.46, 1.42, 1.34, 1.34], np.float32) / 255
     known = np.array([False] + [True] * 7)
     assert noise_model_envelope(filled)[1] < 0.9 * filled[1]
     assert np.isclose(noise_model_envelope(filled, known)[1], filled[1], rtol=0.02)
-    assert np.array_equal(noise_model_envelope(filled, np.zeros(8, bool)), filled)  # nothing known: as it is
+    assert noise_model_envelope(filled, np.zeros(8, bool)) is None  # nothing known: no curve
 
 
 def test_model_capped_is_at_least_as_tight_as_level_capped_and_keeps_physical_noise():
@@ -955,6 +956,15 @@ def test_model_capped_is_at_least_as_tight_as_level_capped_and_keeps_physical_no
         assert (model_capped(wobbly) >= 0.8 * true).all()
     read = np.array([0.3, 0.2, 1.07, 0.18, 1.15, 2.55, 0.68, 0.68], np.float32) / 255  # texture at 0.15, 0.38-0.9
     assert (model_capped(read)[4:] < level_capped(read)[4:]).all()
+    # no curve (a mostly clipped frame: no band known): version 8's cap, as it was
+    assert np.array_equal(model_capped(read, np.zeros(8, bool)), level_capped(read))
+    # a band of flat blocks (0, or far under 8-bit rounding) bounds nothing: the others are not pinned to it
+    for flat in (0.0, 1e-7):
+        spoilt = read.copy()
+        spoilt[2] = flat
+        capped = model_capped(spoilt)
+        assert capped[2] == np.float32(flat) and (capped[[0, 1, 3]] == spoilt[[0, 1, 3]]).all()
+        assert (capped[4:] > 0.1 / 255).all()
 
 
 def test_the_capped_band_is_narrower_only_where_a_brighter_level_reads_texture():

@@ -290,8 +290,9 @@ def test_a_setting_validation_split_renders_that_setting_alone_from_the_training
     stamp = (root / 'split.json').stat().st_mtime_ns
     assert ensure_setting_validation_split(root, 'clean', src_dir, ['red_src'], 2, SIZE) == root
     assert (root / 'split.json').stat().st_mtime_ns == stamp  # made once, then reused
-    mixed = ensure_validation_split(tmp_path / 'mixed', src_dir, ['red_src'], 2, SIZE)
-    assert _files(mixed / 'Test' / '001') != _files(root / 'Test' / '001')  # its own random streams
+    mixed = ensure_validation_split(tmp_path / 'mixed', src_dir, ['red_src'], 3, SIZE)
+    assert json.loads((mixed / 'split.json').read_text())['settings'][2] == 'clean'
+    assert _files(mixed / 'Test' / '003') != _files(root / 'Test' / '001')  # same setting, its own random streams
     with pytest.raises(ValueError, match='unknown study split'):
         ensure_setting_validation_split(tmp_path / 'x', 'sunny', src_dir, ['red_src'], 2, SIZE)
     with pytest.raises(ValueError, match='held out'):
