@@ -76,11 +76,24 @@ def _fingerprint(kind: str, names: Sequence[str], n: int, size, seed: int, sourc
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
+def _is_made(root: Path, fingerprint: str) -> bool:
+    """Whether ``root`` holds a split rendered with ``fingerprint`` (its marker is written last)."""
+    marker = root / 'split.json'
+    return marker.is_file() and json.loads(marker.read_text()).get('fingerprint') == fingerprint
+
+
+def _training_files(hdri_dir, holdout: Sequence[str]) -> list[Path]:
+    """The HDRIs of ``hdri_dir`` outside ``holdout``: the validation splits' sources."""
+    files = [p for p in list_hdr_files(hdri_dir) if p.stem not in set(holdout)]
+    if not files:
+        raise ValueError(f'{hdri_dir}: no HDRI left once {list(holdout)} are held out')
+    return files
+
+
 def _render(root: Path, configs: Sequence[tuple[str, SynthConfig]], sources, seed: int, split_number: int,
             fingerprint: str) -> Path:
     """Render ``configs`` (one per scene) into ``root/Test``, align them, and write the marker last."""
-    marker = root / 'split.json'
-    if marker.is_file() and json.loads(marker.read_text()).get('fingerprint') == fingerprint:
+    if _is_made(root, fingerprint):
         return root
     if root.exists():
         shutil.rmtree(root)
@@ -93,7 +106,7 @@ def _render(root: Path, configs: Sequence[tuple[str, SynthConfig]], sources, see
     prepare_split(root, 'Test', colour_label=False, overwrite=True, progress=False)
     tmp = root / f'.split.json.{os.getpid()}.tmp'
     tmp.write_text(json.dumps({'fingerprint': fingerprint, 'settings': [s for s, _ in configs]}, indent=1))
-    os.replace(tmp, marker)
+    os.replace(tmp, root / 'split.json')
     return root
 
 
@@ -106,8 +119,7 @@ def ensure_test_split(root, name: str, hdri_dir, holdout: Sequence[str], n: int,
     cfg = split_config(name, size)
     fingerprint = _fingerprint('test', [name], n, size, seed, files)
     root = Path(root)
-    marker = root / 'split.json'
-    if marker.is_file() and json.loads(marker.read_text()).get('fingerprint') == fingerprint:
+    if _is_made(root, fingerprint):
         return root
     logger.info('rendering study split %s: %d scenes (%s)', name, n, SPLIT_DESCRIPTIONS[name])
     return _render(root, [(name, cfg)] * n, load_sources(files), seed, _SPLIT_NUMBER[name], fingerprint)
@@ -117,14 +129,11 @@ def ensure_validation_split(root, hdri_dir, holdout: Sequence[str], n: int, size
                             seed: int = 0) -> Path:
     """``root/Test``: n scenes from the training HDRIs (not the hold-out ones), cycling through every split's
     settings, for choosing recipe settings without a test split."""
-    files = [p for p in list_hdr_files(hdri_dir) if p.stem not in set(holdout)]
-    if not files:
-        raise ValueError(f'{hdri_dir}: no HDRI left once {list(holdout)} are held out')
+    files = _training_files(hdri_dir, holdout)
     names = list(TEST_SPLITS)
     fingerprint = _fingerprint('validation', names, n, size, seed, files)
     root = Path(root)
-    marker = root / 'split.json'
-    if marker.is_file() and json.loads(marker.read_text()).get('fingerprint') == fingerprint:
+    if _is_made(root, fingerprint):
         return root
     logger.info('rendering the validation split: %d scenes from the training HDRIs', n)
     configs = [(names[i % len(names)], split_config(names[i % len(names)], size)) for i in range(n)]
@@ -139,14 +148,11 @@ def ensure_setting_validation_split(root, setting: str, hdri_dir, holdout: Seque
     """``root/Test``: n scenes from the training HDRIs (not the hold-out ones), all rendered with split ``setting``'s
     settings: the validation split has two scenes of each setting, too few to choose a rule that acts on one kind of
     bracket (round 3, eighteenth session: the nearly noise-free one)."""
-    files = [p for p in list_hdr_files(hdri_dir) if p.stem not in set(holdout)]
-    if not files:
-        raise ValueError(f'{hdri_dir}: no HDRI left once {list(holdout)} are held out')
+    files = _training_files(hdri_dir, holdout)
     cfg = split_config(setting, size)
     fingerprint = _fingerprint('validation_setting', [setting], n, size, seed, files)
     root = Path(root)
-    marker = root / 'split.json'
-    if marker.is_file() and json.loads(marker.read_text()).get('fingerprint') == fingerprint:
+    if _is_made(root, fingerprint):
         return root
     logger.info('rendering a validation split of %d %r scenes from the training HDRIs', n, setting)
     # random streams apart from the test splits' (0..7) and the validation split's (8)
