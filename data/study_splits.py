@@ -72,7 +72,8 @@ def _fingerprint(kind: str, names: Sequence[str], n: int, size, seed: int, sourc
                            for name in names},
               'sources': sorted(p.name for p in sources),
               'code': {p: hashlib.sha256((code / p).read_bytes()).hexdigest()
-                       for p in ('util/synthetic.py', 'util/align.py', 'data/align_split.py', 'data/study_splits.py')}}
+                       for p in ('util/synthetic.py', 'util/align.py', 'util/clipped_objects.py', 'data/align_split.py',
+                                 'data/study_splits.py')}}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 

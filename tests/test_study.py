@@ -297,3 +297,20 @@ def test_skip_supervised_scores_selfhdr_now_and_a_later_run_adds_the_baseline(ti
         assert study.main(argv) == 0
     results = json.loads((work / 'results' / 'results.json').read_text())
     assert 'supervised' in results['methods'] and 'skipped' not in results
+
+
+def test_the_aligned_test_copy_is_made_again_when_its_source_changes(tmp_path):
+    src = tmp_path / 'split'
+    for sub, name in (('Test', 'exposure.txt'), ('Test_align', '0_short.tif')):
+        (src / sub / '001').mkdir(parents=True)
+        (src / sub / '001' / name).write_bytes(b'first')
+    dst = tmp_path / 'aligned'
+    study.make_aligned_test_copy(src, dst)
+    assert (dst / 'Test' / '001' / '0_short.tif').read_bytes() == b'first'
+    (dst / 'Test' / '001' / 'note').write_text('made by the first copy')
+    study.make_aligned_test_copy(src, dst)  # unchanged source: the copy stays
+    assert (dst / 'Test' / '001' / 'note').is_file()
+    (src / 'Test_align' / '001' / '0_short.tif').write_bytes(b'second, re-aligned')  # the split rendered again
+    study.make_aligned_test_copy(src, dst)
+    assert (dst / 'Test' / '001' / '0_short.tif').read_bytes() == b'second, re-aligned'
+    assert not (dst / 'Test' / '001' / 'note').exists()

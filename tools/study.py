@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -175,12 +176,27 @@ def make_permuted_copy(src_root: Path, dst_root: Path) -> Path:
     return dst_root
 
 
+def _source_stamp(src_root: Path) -> str:
+    """A hash of the test frames' files (name, size, modification time): a split rendered again changes it."""
+    entries = sorted((str(p.relative_to(src_root)), p.stat().st_size, p.stat().st_mtime_ns)
+                     for sub in ('Test', 'Test_align') if (src_root / sub).is_dir()
+                     for p in (src_root / sub).rglob('*') if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
 def make_aligned_test_copy(src_root: Path, dst_root: Path) -> Path:
     """``dst/Test``: the aligned test frames (Test_align) with the exposures and ground truth, so that a stage-1
-    network run on it gives the structure component of the test scenes."""
+    network run on it gives the structure component of the test scenes. Made again when the source's test files
+    changed since (a split rendered again, e.g. after a change to the aligner)."""
     marker = dst_root / 'aligned.json'
+    stamp = _source_stamp(src_root)
     if marker.is_file():
-        return dst_root
+        try:
+            made = json.loads(marker.read_text()).get('stamp')
+        except (OSError, ValueError):
+            made = None
+        if made == stamp:
+            return dst_root
     if dst_root.exists():
         shutil.rmtree(dst_root)
     for scene in sorted(p for p in (src_root / 'Test').iterdir() if p.is_dir()):
@@ -191,7 +207,7 @@ def make_aligned_test_copy(src_root: Path, dst_root: Path) -> Path:
         for path in scene.iterdir():
             if path.suffix.lower() not in ('.tif', '.tiff'):
                 shutil.copy(path, out / path.name)
-    marker.write_text(json.dumps({'source': str(src_root)}))
+    marker.write_text(json.dumps({'source': str(src_root), 'stamp': stamp}))
     return dst_root
 
 

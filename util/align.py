@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
+from util.clipped_objects import refind_clipped_objects
 from util.colour import GAMMA, merge_colour_component
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,10 @@ class AlignConfig:
     noise_tol: float = 5.0
     # False: no fallback at all, the plain flow-aligned frames (the study's anchor ``flow_merge``)
     fallback: bool = True
+    # A shorter frame only: a clipped region of the reference that the warp leaves unexplained (a bright object
+    # that moved: the flow cannot follow flat white) is looked for again in that frame by its shape, one translation
+    # per region (util/clipped_objects.py; round 3, nineteenth session). False: the fallback there, as before.
+    clipped_objects: bool = True
     # The colour label only (``colour_label``; the aligned frames themselves are not changed): medium-first, i.e.
     # where the medium frame is not clipped, an aligned frame enters the label only where it agrees with the
     # medium frame within the frames' noise (noise_tol times the noise estimate, at least label_floor), whatever
@@ -385,6 +390,11 @@ def align_pair(ref: np.ndarray, src: np.ndarray, t_ref: float, t_src: float,
     fallback = equalise_exposure(ref, t_ref, t_src)
     w3 = weight[:, :, None]
     aligned = np.clip(w3 * warped + (1.0 - w3) * fallback, 0.0, 1.0).astype(np.float32)
+    if cfg.clipped_objects and t_src < t_ref:
+        aligned, weight, moved = refind_clipped_objects(aligned, weight, ref, np.clip(src, 0.0, 1.0), t_ref, t_src,
+                                                        cfg.sat_thr, cfg.clip_tol)
+        if moved:
+            logger.debug('align: %d clipped pixels taken from the shorter frame shifted by shape', moved)
     return aligned, weight, flow
 
 
