@@ -278,9 +278,10 @@ def test_clipped_reference_keeps_a_warp_that_agrees_with_the_clip():
     sky = (slice(2, 22), slice(2, 58))  # away from the object, inside the frame
     assert (valid[sky] == 1).all()  # kept, not feathered towards the fallback
     np.testing.assert_allclose(out[sky], 0.8, atol=1e-6)
-    # The release's behaviour: the fallback, the clipped medium frame scaled down, loses the highlight
+    # The release's behaviour: the fallback, the clipped medium frame scaled down, loses the highlight (the search
+    # for clipped objects by their shape would find the sky again at no shift: off, as the release has no such step)
     old, old_valid, _ = align_pair(mid, short, TIMES[1], TIMES[0], estimator=_inconsistent_flow,
-                                   cfg=AlignConfig(clip_aware=False, photometric=False))
+                                   cfg=AlignConfig(clip_aware=False, photometric=False, clipped_objects=False))
     assert (old_valid[sky] == 0).all()
     np.testing.assert_allclose(old[sky], equalise_exposure(mid, TIMES[1], TIMES[0])[sky], atol=1e-6)
     # Below the clip the warp agrees with the reference (same content), so it is kept; with only the clip rule
