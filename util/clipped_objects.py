@@ -48,6 +48,13 @@ def _match(image: np.ndarray, template: np.ndarray, mask: np.ndarray) -> tuple[i
     return int(j), int(i), float(r[j, i]) / max(float(mask.sum()), 1.0)
 
 
+def _reaches(frame: np.ndarray, gain: np.float32, level: np.float32) -> np.ndarray:
+    """Where ``frame`` (H x W x 3), brought to the reference's exposure by ``gain``, reaches the clip ``level`` in
+    some channel; a NaN pixel reaches nothing."""
+    with np.errstate(invalid='ignore'):
+        return np.nan_to_num(frame.max(axis=2)) * gain >= level
+
+
 def _resized(a: np.ndarray, s: float) -> np.ndarray:
     return cv2.resize(a, (max(1, round(a.shape[1] * s)), max(1, round(a.shape[0] * s))), interpolation=cv2.INTER_AREA)
 
@@ -101,9 +108,8 @@ def refind_clipped_objects(aligned: np.ndarray, weight: np.ndarray, ref: np.ndar
         return aligned, weight, 0
     gain = np.float32((float(t_ref) / float(t_src)) ** (1.0 / GAMMA))
     level = np.float32(sat_thr - tol)
-    with np.errstate(invalid='ignore'):  # a NaN pixel reaches nothing
-        reach = np.nan_to_num(src.max(axis=2)) * gain >= level
-        explained = (np.nan_to_num(aligned.max(axis=2)) * gain >= level) & (weight >= 1.0)
+    reach = _reaches(src, gain, level)
+    explained = _reaches(aligned, gain, level) & (weight >= 1.0)
     unexplained = ref_clipped & ~explained
     if not unexplained.any():
         return aligned, weight, 0
@@ -124,8 +130,8 @@ def refind_clipped_objects(aligned: np.ndarray, weight: np.ndarray, ref: np.ndar
             region, box, depth = todo.pop()
             bx0, by0, bx1, by1 = box
             bad = region & ~explained[by0:by1, bx0:bx1]
-            n_bad = int(bad.sum())
-            if n_bad < (least if depth == 0 else MIN_AREA):
+            n_bad = int(bad.sum())  # a region of the first pass has `least` such pixels (``order``)
+            if n_bad < MIN_AREA:
                 continue
             found = best_shift(region, box, ref_clipped, reach, radius)
             if found is None or found[2] > MAX_MISMATCH:
