@@ -105,6 +105,9 @@ class BaseDataset(torch.utils.data.Dataset):
         self.expos: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.other_labels: dict[str, np.ndarray] = {}
+        # scene -> its 3 frames as shot, where the network reads warped (aligned) ones at test time: a medium gate
+        # that reads the whole bracket's noise takes these (models.medium_gate.bracket_noise), read when asked for
+        self.unwarped: dict[str, list[Path]] = {}
         # scene -> {'ldr': [3 paths], 'label': path, 'other_label': path}: what train.py names when a batch
         # gives a non-finite loss
         self.files: dict[str, dict] = {}
@@ -311,6 +314,9 @@ class BaseDataset(torch.utils.data.Dataset):
             sample['other_label'] = _to_chw(arrays[k])
         sample['expo'] = torch.from_numpy(expo.copy())
         sample['fname'] = name
+        if name in self.unwarped:
+            frames = [read_ldr(path, expect_bits=None) for path in self.unwarped[name]]
+            sample['unwarped'] = torch.from_numpy(np.stack(frames))
         return sample
 
 
@@ -335,6 +341,7 @@ def build_unlabelled(ds: BaseDataset, dataset: str, folder: str, reader) -> None
             if fshdr:
                 aligned = list_frames(ds.require_dir(ldr_root / name, 'aligned scene'), dataset)
                 frames = aligned if len(aligned) == 3 else select_frames(aligned, dataset, ldr_root / name)
+                ds.unwarped[name] = select_frames(all_frames, dataset, expo_dir)
             else:
                 frames = select_frames(all_frames, dataset, expo_dir)
         except ExposureFileError as exc:

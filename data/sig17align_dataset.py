@@ -80,6 +80,9 @@ class Sig17AlignDataset(BaseDataset):
             except ExposureFileError as exc:
                 raise DatasetError(str(exc)) from exc
             spec = {'ldr': frames, 'expo': expo}
+            if ldr_dir == 'Test_align':  # the frames as shot, for a gate that reads the bracket's noise
+                raw_dir = expo_root / name
+                self.unwarped[name] = select_frames(list_frames(raw_dir, 'sig17'), 'sig17', raw_dir)
             if label_root is not None:
                 spec['label'] = self._existing(label_root / name / LABEL_NAME, 'label')
             if stru_root is not None:

@@ -67,6 +67,7 @@ with ``medium_gate='auto'`` (when the checkpoint has one), ``'off'`` gives the b
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -88,8 +89,9 @@ GATE_KEY = 'medium_gate'
 # 6 since the long frame's clamp (round 3, sixteenth session)
 # 7 since long_within_medium, 8 since band_noise 'weak_texture_capped' (round 3, seventeenth session)
 # 9 since band_noise 'weak_texture_modelled' (round 3, eighteenth session)
-GATE_VERSION = 9
-GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+# 10 since bracket_noise (round 3, twentieth session)
+GATE_VERSION = 10
+GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 GATE_MODES = ('auto', 'on', 'off')
 # How the medium frame's noise band is estimated (entry key 'band_noise'; the CNN's noise map and the short frame's
 # band are always 'robust', the first being what the CNN was trained on). 'robust': Immerkaer's estimate over the
@@ -106,6 +108,13 @@ DEFAULT_BAND_NOISE = 'weak_texture_modelled'  # tools/train_gate.py's default: c
 # reads texture (validation, a `clean` scene: 0.2 codes at levels 0.08 and 0.25, 1.1-2.6 codes at 0.15, 0.38 and
 # 0.52). 1.5 leaves room for a tone curve's inversion; 1.25 and 2 scored the same on validation (37.93 / 37.92).
 LEVEL_GROWTH = 1.5
+# The other frames' estimates bound the medium frame's noise (bracket_noise_bounds) at this many times their value: the
+# weak-texture estimate can read under the true noise (validation `clean` scene 001: 0.14 codes where its rounding
+# gives 0.20); at 1 the validation high-ISO split lost 0.02 dB, at 1.25 and 1.5 nothing (clean +0.23 and +0.20)
+BRACKET_NOISE_MARGIN = 1.25
+# frames larger than this are sampled for that estimate, in crops of this side (noise_sample)
+NOISE_SAMPLE_PIXELS = 1 << 20
+NOISE_SAMPLE_CROP = 256
 # and the fusion's window (MediumGate.fuse), pixels a side: on the validation split 3, 5 and 9 all gained 0.23 dB
 DEFAULT_FUSION_WINDOW = 5
 CLIPPED_LEVEL = 0.95  # as the stage-2 loss's clipped mask (models/selfhdr2_model.py)
@@ -214,10 +223,53 @@ def model_capped(bands: np.ndarray, known: np.ndarray | None = None, growth: flo
     return np.where(np.isnan(bands), bands, np.minimum(bands, growth * envelope))
 
 
-def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust') -> np.ndarray:
+def noise_sample(frame: np.ndarray, max_pixels: int = NOISE_SAMPLE_PIXELS, crop: int = NOISE_SAMPLE_CROP) -> np.ndarray:
+    """``frame`` itself when it has at most ``max_pixels`` pixels, else a mosaic of ``crop``-pixel squares taken on an
+    even grid over it, about ``max_pixels`` in all, with a row and column of NaN between them (the weak-texture
+    estimate leaves out every patch that touches a NaN, so none spans two crops). The noise curve is the camera's,
+    the same everywhere in the frame: a sample of its content estimates it as the whole frame does, in a fraction of
+    the time (a 1.5-megapixel bracket: 24 s for the three whole frames on 2 busy cores)."""
+    height, width = frame.shape[:2]
+    if height * width <= max_pixels or min(height, width) < crop:
+        return frame
+    per_side = max(1, int(math.sqrt(max_pixels)) // (crop + 1))
+    rows = np.linspace(0, height - crop, per_side).round().astype(int)
+    cols = np.linspace(0, width - crop, per_side).round().astype(int)
+    side = per_side * (crop + 1) - 1
+    mosaic = np.full((side, side) + frame.shape[2:], np.nan, np.float32)
+    for i, top in enumerate(rows):
+        for j, left in enumerate(cols):
+            y, x = i * (crop + 1), j * (crop + 1)
+            mosaic[y:y + crop, x:x + crop] = frame[top:top + crop, left:left + crop]
+    return mosaic
+
+
+def bracket_noise_bounds(frames) -> np.ndarray:
+    """A cap on the medium frame's noise per brightness band from the whole bracket: per band, the least
+    weak-texture estimate over ``frames`` (its frames as the backbone reads them: gamma-encoded LDR, H x W x 3, of
+    any size) among those each frame makes from its own pixels, times BRACKET_NOISE_MARGIN; inf where no frame knows
+    the band. The noise of this encoding is the camera's, a function of the level alone, the same for every frame of
+    an exposure-time bracket at one ISO, and every frame's estimate bounds it from above (texture only adds); each
+    frame puts other content at each level, so where the medium frame's own bands read texture (a clean, textured
+    shadow) another frame's often do not. The frames must be the unwarped ones: a warp's interpolation removes
+    the high frequencies the estimate reads, and aligned frames read a quarter of their noise and less."""
+    from util.label_denoise import NOISE_LEVEL_EDGES, WEAK_TEXTURE_PATCH, weak_texture_noise_by_level
+
+    best = np.full(len(NOISE_LEVEL_EDGES) - 1, np.inf, np.float32)
+    for frame in frames:
+        frame = np.clip(np.asarray(frame, np.float32), 0.0, 1.0)  # a NaN stays NaN: the estimate leaves it out
+        if frame.ndim != 3 or min(frame.shape[:2]) < WEAK_TEXTURE_PATCH:
+            continue
+        bands, known = weak_texture_noise_by_level(noise_sample(frame), with_known=True)
+        best = np.where(known & np.isfinite(bands), np.minimum(best, bands), best)
+    return (best * np.float32(BRACKET_NOISE_MARGIN)).astype(np.float32)
+
+
+def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust', bound: np.ndarray | None = None) -> np.ndarray:
     """The LDR noise sigma per pixel (H x W x 1) of a clipped LDR frame. ``estimator``: 'robust' (Immerkaer over the
     flattest blocks, the noise map the gate's CNN was trained with), 'weak_texture', 'weak_texture_capped' or
-    'weak_texture_modelled' (``BAND_NOISE``)."""
+    'weak_texture_modelled' (``BAND_NOISE``). ``bound``: a cap per brightness band (``bracket_noise_bounds``; inf
+    where it knows nothing); a NaN band stays NaN."""
     from util.label_denoise import (ROBUST_BLOCK, WEAK_TEXTURE_PATCH, noise_by_level, robust_noise_by_level,
                                     sigma_at_level, weak_texture_noise_by_level)
 
@@ -232,6 +284,8 @@ def _ldr_sigma(ldr: np.ndarray, estimator: str = 'robust') -> np.ndarray:
     else:  # a small tile: the plain estimate, on an edge-padded copy when a side is under its 3 pixels
         pad = [(0, max(0, 3 - n)) for n in ldr.shape[:2]] + [(0, 0)]
         bands = noise_by_level(np.pad(ldr, pad, mode='edge'))
+    if bound is not None:
+        bands = np.where(np.isnan(bands), bands, np.minimum(bands, np.asarray(bound, np.float32)))
     return sigma_at_level(ldr.mean(axis=2), bands)[:, :, None]
 
 
@@ -259,15 +313,16 @@ def medium_noise_map(ldr_mid: np.ndarray, hdr_mid: np.ndarray) -> np.ndarray:
 
 
 def medium_noise_map_and_band(ldr_mid: np.ndarray, hdr_mid: np.ndarray, band_noise: str = 'robust',
-                              with_sigma: bool = False) -> tuple[np.ndarray, ...]:
+                              with_sigma: bool = False, bound: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """``medium_noise_map`` and ``medium_noise_band``; with ``band_noise`` 'robust' from one noise estimate, with
     one of the 'weak_texture' estimators the band from that estimate and the map, which the gate's CNN was trained
     on, as before.
-    ``with_sigma``: also the band's LDR noise sigma per pixel (H x W x 1, floored), for ``long_witness_band``."""
+    ``with_sigma``: also the band's LDR noise sigma per pixel (H x W x 1, floored), for ``long_witness_band``.
+    ``bound``: the band's noise capped per brightness band (``bracket_noise_bounds``); the map stays as it was."""
     ldr, sigma, slope = _ldr_noise_and_slope(ldr_mid, hdr_mid)
     noise = _log_noise(sigma, slope)
-    if band_noise != 'robust':
-        sigma = _ldr_sigma(ldr, band_noise)
+    if band_noise != 'robust' or bound is not None:
+        sigma = _ldr_sigma(ldr, band_noise, bound)
     # A band whose estimate is exactly 0 (perfectly flat blocks: a synthetic or heavily compressed frame) still has
     # at least 8-bit quantisation noise; without a floor the clamp would pin the output to the frame there.
     # A NaN estimate (a NaN pixel spreads through the estimator's neighbourhoods) stays NaN, which opens the band
@@ -312,10 +367,12 @@ def noise_bands(x_mid: torch.Tensor, band_noise: str = 'robust') -> torch.Tensor
     return _to_batch([medium_noise_band(*image, band_noise) for image in _images(x_mid)], x_mid)
 
 
-def medium_maps(x_mid: torch.Tensor, band_noise: str = 'robust') -> list[tuple[np.ndarray, ...]]:
+def medium_maps(x_mid: torch.Tensor, band_noise: str = 'robust',
+                bound: np.ndarray | None = None) -> list[tuple[np.ndarray, ...]]:
     """``medium_noise_map_and_band(..., with_sigma=True)`` of each image of a batch of backbone inputs: (noise map,
-    band, LDR sigma) per image, for noise_maps_and_bands and long_bands."""
-    return [medium_noise_map_and_band(*image, band_noise, with_sigma=True) for image in _images(x_mid)]
+    band, LDR sigma) per image, for noise_maps_and_bands and long_bands; ``bound``: as there, for every image (the
+    tiles of one bracket)."""
+    return [medium_noise_map_and_band(*image, band_noise, with_sigma=True, bound=bound) for image in _images(x_mid)]
 
 
 def noise_maps_and_bands(x_mid: torch.Tensor, band_noise: str = 'robust') -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,7 +506,8 @@ class MediumGate(nn.Module):
 
     def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
                  short_consistency: float = 0.0, fallback: float = 0.0, band_noise: str = 'robust',
-                 fusion_window: int = 0, long_consistency: float = 0.0, long_within_medium: bool = True):
+                 fusion_window: int = 0, long_consistency: float = 0.0, long_within_medium: bool = True,
+                 bracket_noise: bool = False):
         super().__init__()
         if band_noise not in BAND_NOISE:
             raise ValueError(f'MediumGate: band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
@@ -464,6 +522,7 @@ class MediumGate(nn.Module):
         self.fallback = float(fallback)
         self.long_consistency = float(long_consistency)
         self.long_within_medium = bool(long_within_medium)
+        self.bracket_noise = bool(bracket_noise)
         self.body = nn.Sequential(
             nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
@@ -599,6 +658,7 @@ class GatedNetwork(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.gate = gate
+        self.bracket_bounds = None  # set by bracket_noise() for the bracket being merged
 
     def forward(self, x1, x2, x3):
         y = self.backbone(x1, x2, x3)
@@ -606,7 +666,8 @@ class GatedNetwork(nn.Module):
             x_mid = x2.float()
             noise = band = x_short = short_band = x_long = long_band = None
             if self.gate.consistency > 0 or self.gate.long_consistency > 0:
-                maps = medium_maps(x_mid, self.gate.band_noise)
+                bound = self.bracket_bounds if self.gate.bracket_noise else None
+                maps = medium_maps(x_mid, self.gate.band_noise, bound)
                 noise = _to_batch([m[0] for m in maps], x_mid)
                 band = _to_batch([m[1] for m in maps], x_mid) if self.gate.consistency > 0 else None
                 if self.gate.long_consistency > 0:
@@ -618,6 +679,36 @@ class GatedNetwork(nn.Module):
                 x_short = x1.float()
                 short_band = short_bands(x_short, x_mid)
             return self.gate(y.float(), x_mid, noise, band, x_short, short_band, x_long, long_band)[0]
+
+
+def reads_bracket_noise(net) -> bool:
+    """Whether ``net`` is a gated network whose gate takes the whole bracket's noise (``bracket_noise``), so that a
+    caller need only gather the unwarped frames for one that does."""
+    from models.networks import unwrap
+
+    gated = unwrap(net)
+    return isinstance(gated, GatedNetwork) and gated.gate.bracket_noise
+
+
+@contextlib.contextmanager
+def bracket_noise(net, frames):
+    """Within the block, ``net``'s medium gate caps the medium frame's noise band with the whole bracket's
+    (``bracket_noise_bounds`` of ``frames``: the bracket's unwarped frames as the backbone reads them, before any
+    alignment) when the gate is one that does (``bracket_noise``, gates of version 10); every tile of the bracket
+    then shares the bound. Any other ``net``, or ``frames`` None: no change (the gate reads the medium frame alone,
+    as gates before version 10 do)."""
+    from models.networks import unwrap
+
+    gated = unwrap(net)
+    if frames is None or not reads_bracket_noise(gated):
+        yield
+        return
+    previous = gated.bracket_bounds
+    gated.bracket_bounds = bracket_noise_bounds(frames)
+    try:
+        yield
+    finally:
+        gated.bracket_bounds = previous
 
 
 def extra_bytes_per_pixel(net) -> int:
@@ -652,11 +743,14 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     long_within_medium = entry.get('long_within_medium', False)
     if not isinstance(long_within_medium, bool):
         raise GateError(f'{path}: the medium gate\'s long_within_medium {long_within_medium!r} is not true or false')
+    bracket = entry.get('bracket_noise', False)  # absent (version 9 or older): the medium frame alone
+    if not isinstance(bracket, bool):
+        raise GateError(f'{path}: the medium gate\'s bracket_noise {bracket!r} is not true or false')
     try:  # band_noise and fusion_window absent (an older gate): the estimate it was chosen with, no fusion
         gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
                           setting('short_consistency'), setting('consistency_fallback'),
                           entry.get('band_noise', 'robust'), entry.get('fusion_window', 0),
-                          setting('long_consistency'), long_within_medium)
+                          setting('long_consistency'), long_within_medium, bracket)
     except ValueError as exc:
         raise GateError(f'{path}: the medium gate entry: {exc}') from exc
     try:
@@ -717,7 +811,7 @@ def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
              'consistency_chroma': gate.chroma, 'short_consistency': gate.short_consistency,
              'consistency_fallback': gate.fallback, 'band_noise': gate.band_noise,
              'fusion_window': gate.fusion_window, 'long_consistency': gate.long_consistency,
-             'long_within_medium': gate.long_within_medium,
+             'long_within_medium': gate.long_within_medium, 'bracket_noise': gate.bracket_noise,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

@@ -114,6 +114,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     from models.base_model import resolve_amp
 
     from models.backbones import BACKBONES
+    from models.medium_gate import bracket_noise, reads_bracket_noise
     from util.tiling import MemoryBudgetError, auto_tile, is_out_of_memory, padded, tiled_forward
 
     if not isinstance(response, Response) and str(response).lower() not in ('estimate', AUTO):
@@ -156,6 +157,9 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
 
     if net is None:
         net = load_network(network, checkpoint, device, medium_gate)
+    # a gate that reads the whole bracket's noise takes the frames as shot: warps (pre-alignment, alignment) smooth
+    # away the noise its estimate reads
+    unwarped = [response.to_training_ldr(f) for f in bracket.frames] if reads_bracket_noise(net) else None
     xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
     multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
     fn = padded(net, multiple=multiple, mode='release') if multiple else net
@@ -175,7 +179,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         except MemoryBudgetError as exc:
             raise MergeError(f'{bracket.paths[1]}: {exc}') from None
     autocast = torch.autocast(torch.device(device).type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, bracket_noise(net, unwarped):
         try:
             out = tiled_forward(fn, xs, tile, tile_overlap)
         except ValueError as exc:  # e.g. a frame too small for the transformers' padding

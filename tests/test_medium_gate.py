@@ -795,7 +795,7 @@ def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network
     assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['version'] == GATE_VERSION == 9 and entry['long_consistency'] == 1.5
+    assert entry['version'] == GATE_VERSION == 10 and entry['long_consistency'] == 1.5
     loaded = read_gate(path)
     mid, long = _bracket_with_a_shadow(2)
     xs = [_medium_input(mid.clone(), 1.0), _medium_input(mid, 4.0), _medium_input(long, 16.0)]
@@ -889,7 +889,7 @@ def test_long_within_medium_is_stored_read_and_set_and_a_version_6_gate_runs_wit
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'on', '--out', str(path)]) == 0
     assert 'within the medium band: on' in capsys.readouterr().out
     stored = torch.load(path, weights_only=True)[GATE_KEY]
-    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 9
+    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 10
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'off', '--out', str(path)]) == 0
     assert read_gate(path).long_within_medium is False
     checkpoint = torch.load(path, weights_only=True)
@@ -983,3 +983,93 @@ def test_the_capped_band_is_narrower_only_where_a_brighter_level_reads_texture()
     assert capped[:, 150:].mean() < plain[:, 150:].mean()  # where the texture was read as noise: narrower
     modelled = _ldr_sigma(ldr, 'weak_texture_modelled')[..., 0]
     assert (modelled <= capped * (1 + 1e-5)).all() and modelled[:, 150:].mean() < plain[:, 150:].mean()
+
+
+def _bracket_frame(level_lo, level_hi, noise, texture, seed, size=(96, 128)):
+    """A frame (H x W x 3) with a left-to-right ramp of levels, ``texture`` (grey, as fine as the pixels: gravel,
+    foliage, which a single frame cannot tell from noise) and Gaussian ``noise``."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    fine = rng.standard_normal((h, w, 1)).astype(np.float32)
+    ramp = np.linspace(level_lo, level_hi, w, dtype=np.float32)[None, :, None]
+    return np.clip(ramp + texture * fine + rng.normal(0, noise, (h, w, 3)), 0.0, 1.0).astype(np.float32)
+
+
+def test_bracket_noise_bounds_take_the_least_estimate_over_the_frames_with_a_margin():
+    """The camera's noise curve is the same in every frame: a frame whose texture reads as noise is bounded by another
+    frame's flat estimate at the same level (times the margin), a band no frame knows stays unbounded."""
+    from models.medium_gate import BRACKET_NOISE_MARGIN, bracket_noise_bounds
+    from util.label_denoise import _band, weak_texture_noise_by_level
+
+    noise = 0.002
+    textured = _bracket_frame(0.25, 0.55, noise, 0.01, seed=1)  # bands 2-4 (levels 0.2..0.6), texture 5x the noise
+    flat = _bracket_frame(0.25, 0.55, noise, 0.0, seed=2)
+    own, known = weak_texture_noise_by_level(textured, with_known=True)
+    bounds = bracket_noise_bounds([textured, flat])
+    levels = np.unique(_band(np.linspace(0.27, 0.53, 50)))
+    assert known[levels].all() and (own[levels] > 2.5 * noise).all()  # the textured frame alone reads texture
+    flat_own = weak_texture_noise_by_level(flat)
+    assert np.allclose(bounds[levels], BRACKET_NOISE_MARGIN * flat_own[levels])  # the flat frame's, with the margin
+    assert (bounds[levels] > 0.8 * noise).all() and (bounds[levels] < 1.4 * noise).all()  # near the true noise
+    assert np.isinf(bounds[0]) and np.isinf(bounds[-1])  # black and near-white: in no frame
+    assert np.array_equal(bracket_noise_bounds([textured]), np.where(known, BRACKET_NOISE_MARGIN * own, np.inf))
+    tiny = np.zeros((4, 4, 3), np.float32)  # a frame under the patch size bounds nothing
+    assert np.isinf(bracket_noise_bounds([tiny])).all()
+
+
+def test_noise_sample_keeps_small_frames_and_separates_the_crops_of_large_ones():
+    from models.medium_gate import noise_sample
+
+    small = np.random.default_rng(0).random((64, 80, 3)).astype(np.float32)
+    assert noise_sample(small, max_pixels=64 * 80) is small
+    big = np.random.default_rng(1).random((300, 500, 3)).astype(np.float32)
+    mosaic = noise_sample(big, max_pixels=130 * 130, crop=64)
+    assert mosaic.shape == (129, 129, 3)  # 2 x 2 crops of 64 with one NaN row and column between
+    assert np.isnan(mosaic[64]).all() and np.isnan(mosaic[:, 64]).all()
+    assert np.array_equal(mosaic[:64, :64], big[:64, :64]) and np.array_equal(mosaic[65:, 65:], big[-64:, -64:])
+
+
+def test_bracket_noise_narrows_the_band_of_a_flagged_gate_only_within_the_block(tmp_path, capsys):
+    """A gate with bracket_noise takes the bracket's unwarped frames in ``bracket_noise`` and its band narrows where
+    the medium frame's texture read as noise; outside the block, or for a gate without the flag, nothing changes.
+    The flag is stored with the gate (version 10), read as off from older gates, and set by set_gate_clamp."""
+    from models.medium_gate import bracket_noise, medium_maps, reads_bracket_noise
+    from tools import set_gate_clamp
+
+    noise = 0.002
+    frames = [_bracket_frame(0.25, 0.55, noise, t, seed=s) for s, t in ((3, 0.0), (4, 0.01), (5, 0.0))]
+    xs = [_medium_input(torch.from_numpy(f).permute(2, 0, 1)[None], t) for f, t in zip(frames, (1.0, 4.0, 16.0))]
+    net = tiny_ahdr().eval()
+    gate = _trained_looking_gate()
+    gate.consistency, gate.band_noise, gate.bracket_noise = 1.5, 'weak_texture_modelled', True
+    path = tmp_path / 'bracket.pth'
+    torch.save(gated_checkpoint(net.state_dict(), gate), path)
+    entry = torch.load(path, weights_only=True)[GATE_KEY]
+    assert entry['bracket_noise'] is True and entry['version'] == GATE_VERSION == 10
+    gated = with_gate(net, path, 'auto')
+    assert reads_bracket_noise(gated) and not reads_bracket_noise(net)
+    own = medium_maps(xs[1], 'weak_texture_modelled')[0][1]
+    with torch.no_grad():
+        plain = gated(*xs)
+        with bracket_noise(gated, frames):
+            bounds = gated.bracket_bounds
+            bounded = gated(*xs)
+        assert gated.bracket_bounds is None and torch.equal(gated(*xs), plain)  # restored after the block
+    narrowed = medium_maps(xs[1], 'weak_texture_modelled', bounds)[0][1]
+    finite = np.isfinite(own)
+    assert (narrowed[finite] <= own[finite] + 1e-9).all() and np.median(narrowed[finite]) < 0.6 * np.median(own[finite])
+    assert not torch.equal(bounded, plain)
+    # the same gate without the flag: the block changes nothing, and no estimate is made
+    entry['bracket_noise'] = False
+    torch.save({'state_dict': net.state_dict(), GATE_KEY: entry}, path)
+    unflagged = with_gate(net, path, 'auto')
+    with torch.no_grad(), bracket_noise(unflagged, frames):
+        assert unflagged.bracket_bounds is None and torch.equal(unflagged(*xs), plain)
+    del entry['bracket_noise']  # a gate made before the setting (version 9): the medium frame alone
+    torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, version=9)}, path)
+    assert read_gate(path).bracket_noise is False
+    assert set_gate_clamp.main([str(path), '--bracket_noise', 'on', '--out', str(path)]) == 0
+    assert 'bracket_noise on' in capsys.readouterr().out and read_gate(path).bracket_noise is True
+    torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, bracket_noise='yes')}, path)
+    with pytest.raises(GateError, match='bracket_noise'):
+        read_gate(path)

@@ -461,6 +461,27 @@ def test_prealign_moves_shaken_frames_onto_the_medium(bracket, handheld, caplog)
     np.testing.assert_array_equal(off.inputs[0], raw_short)
 
 
+def test_a_gate_that_reads_the_bracket_noise_gets_the_frames_as_shot(bracket, handheld, tmp_path, monkeypatch):
+    """Pre-alignment warps the short and long frames, and a warp smooths away the noise the estimate reads: the gate's
+    bound comes from the frames as read, and only for a gate that takes it."""
+    import models.medium_gate as medium_gate
+
+    seen = []
+    real = medium_gate.bracket_noise_bounds
+    monkeypatch.setattr(medium_gate, 'bracket_noise_bounds', lambda frames: seen.append(frames) or real(frames))
+    state = torch.load(bracket['ckpt'], weights_only=True)['state_dict']
+    for flag in (True, False):
+        gate = medium_gate.MediumGate(consistency=1.5, band_noise='weak_texture_modelled', bracket_noise=flag)
+        path = tmp_path / f'bracket_noise_{flag}.pth'
+        torch.save(medium_gate.gated_checkpoint(state, gate), path)
+        res = merge(handheld, 'AHDRNet', path, response='gamma2.2')
+        assert np.isfinite(res.hdr).all()
+    assert len(seen) == 1  # the flagged gate only
+    for got, path, warped in zip(seen[0], handheld, res.inputs):
+        np.testing.assert_array_equal(got, read_ldr(path))
+    assert not np.array_equal(seen[0][0], res.inputs[0])  # what the network saw was pre-aligned
+
+
 def test_frame_that_cannot_be_aligned_is_a_warning(bracket, handheld, tmp_path, capsys, caplog):
     flat = tmp_path / 'flat.jpg'
     _save_jpeg(flat, np.full((96, 128, 3), 0.9, np.float32), EXIF_TIMES[2])

@@ -26,7 +26,8 @@ from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_windo
                                 witness_clamp_refusal)
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
-SETTINGS = FLAGS + ('band_noise', 'fusion_window', 'long_within_medium')  # every entry this tool may set
+# every entry this tool may set
+SETTINGS = FLAGS + ('band_noise', 'fusion_window', 'long_within_medium', 'bracket_noise')
 
 
 def main(argv=None) -> int:
@@ -58,6 +59,10 @@ def main(argv=None) -> int:
                    help='on: after the long frame\'s clamp, the medium frame\'s clamp again, so the long frame moves '
                         'the output within the medium band only (gates made since round 3\'s seventeenth session); '
                         'off: as gates of version 6 ran; unchanged if omitted (a version 6 gate: off)')
+    p.add_argument('--bracket_noise', choices=('on', 'off'),
+                   help='on: the medium band\'s noise is also capped by the estimates of the bracket\'s other frames '
+                        '(models.medium_gate.bracket_noise_bounds; gates made since round 3\'s twentieth session); '
+                        'unchanged if omitted (older gates: off)')
     p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency and '
                                      '--long_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
@@ -99,7 +104,7 @@ def main(argv=None) -> int:
         for flag in SETTINGS:
             if getattr(args, flag) is not None:
                 value = getattr(args, flag)
-                entry[flag] = value == 'on' if flag == 'long_within_medium' else value
+                entry[flag] = value == 'on' if flag in ('long_within_medium', 'bracket_noise') else value
         entry['version'] = GATE_VERSION  # older code refuses it rather than running it without these settings
         if args.network:
             entry['network'] = args.network
@@ -120,7 +125,8 @@ def main(argv=None) -> int:
           f'short_consistency {gate.short_consistency:g}, long_consistency {gate.long_consistency:g} '
           f'(within the medium band: {"on" if gate.long_within_medium else "off"}), '
           f'consistency_fallback {gate.fallback:g}, '
-          f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}')
+          f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}, '
+          f'bracket_noise {"on" if gate.bracket_noise else "off"}')
     return 0
 
 

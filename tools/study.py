@@ -348,22 +348,34 @@ def load_network(ckpt: Path, name: str, epoch: int, network: str, medium_gate: s
     return with_gate(net.eval(), path, medium_gate, contents, network)
 
 
-def network_outputs(net, network: str, split_root: Path) -> dict[str, np.ndarray]:
-    """Run a backbone on every scene of ``split_root`` (sig17 layout, unaligned or aligned frames)."""
+def network_outputs(net, network: str, split_root: Path, raw_root: Path | None = None) -> dict[str, np.ndarray]:
+    """Run a backbone on every scene of ``split_root`` (sig17 layout, unaligned or aligned frames). ``raw_root``:
+    the same scenes' unaligned frames, which a medium gate that reads the whole bracket's noise takes
+    (``models.medium_gate.bracket_noise``); by default ``split_root``'s own frames where the backbone takes
+    unaligned ones, and none for one that takes aligned frames."""
+    from models.medium_gate import bracket_noise
     from util.tiling import padded
 
     multiple = backbone(network).pad_multiple
     fn = padded(net, multiple=multiple, mode='release') if multiple else net
+    if raw_root is None and not backbone(network).aligned_input:
+        raw_root = split_root
     outputs = {}
     for scene in sorted(p for p in split_root.iterdir() if p.is_dir()):
         frames, times = scene_frames_and_times(scene, 'sig17')
-        xs = []
+        xs, ldrs = [], []
         for path, t in zip(frames, times):
             ldr = read_ldr(path)
+            ldrs.append(ldr)
             x = np.concatenate([ldr_to_hdr(ldr, t), ldr], axis=2).transpose(2, 0, 1)
             xs.append(torch.from_numpy(np.ascontiguousarray(x))[None])
+        raw = None
+        if raw_root is not None:
+            raw = ldrs if raw_root == split_root else \
+                [read_ldr(p) for p in scene_frames_and_times(raw_root / scene.name, 'sig17')[0]]
         dtype = PRECISION['dtype']
-        with torch.inference_mode(), torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.inference_mode(), torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
+                bracket_noise(net, raw):
             out = fn(*xs)
         outputs[scene.name] = out[0].float().permute(1, 2, 0).numpy()
     return outputs
@@ -513,7 +525,7 @@ def score_split(split: str, split_root: Path, aligned_root: Path, trained: dict,
     that takes them), the structure component (stage 1 on aligned frames) and the anchors. Returns the split's
     record (description, settings, methods) and the outputs (method -> scene -> linear BGR)."""
     test_dir = aligned_root / 'Test' if backbone(network).aligned_input else split_root / 'Test'
-    outputs = {name: network_outputs(model, network, test_dir) for name, model in trained.items()}
+    outputs = {name: network_outputs(model, network, test_dir, split_root / 'Test') for name, model in trained.items()}
     outputs['structure_component'] = network_outputs(stage1_net, network, aligned_root / 'Test')
     anchors = anchor_outputs(split_root)
     outputs.update(anchors)
@@ -804,7 +816,7 @@ def run_study(args) -> dict:
         for name, row in list(methods.items()) + list(ablations.items()):
             # The anchors are per-pixel, channel-independent formulas: their permuted score is their own score on
             # the permuted scenes, computed by permuting their output.
-            perm = network_outputs(trained[name], net, perm_dir) if name in trained \
+            perm = network_outputs(trained[name], net, perm_dir, permuted_root / 'Test') if name in trained \
                 else permute_outputs(outputs[name])
             row['psnr_mu_permuted'] = score(perm, permuted_root)['psnr_mu']
     for rows in [methods] + [s['methods'] for s in splits.values()]:

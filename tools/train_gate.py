@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "covariance; reads "
                         'little texture as noise on clean frames) or robust (Immerkaer over the flattest blocks, the '
                         'gates made before round 3\'s fifteenth session). Default chosen on the validation split')
+    p.add_argument('--bracket_noise', default='on', choices=('on', 'off'),
+                   help='on: the band\'s noise is also capped by the estimates of the bracket\'s other (unwarped) '
+                        'frames, where the tools have them (models.medium_gate.bracket_noise_bounds). Default '
+                        'chosen on the validation splits')
     p.add_argument('--fusion_window', type=int, default=DEFAULT_FUSION_WINDOW,
                    help='with --consistency: first fuse the output with the medium frame, keeping the share of its '
                         "deviation the frame's noise explains over this many pixels a side (odd; 0: off). Default "
@@ -284,6 +288,7 @@ def main(argv=None) -> int:
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     gate.fallback, gate.band_noise = args.consistency_fallback, args.band_noise
     gate.fusion_window, gate.long_consistency = args.fusion_window, long_consistency
+    gate.bracket_noise = args.bracket_noise == 'on'
     if gate.idle_fusion:
         logger.warning('--fusion_window %d acts with --consistency only, and it is 0', gate.fusion_window)
     if gate.idle_fallback:
