@@ -60,6 +60,14 @@ it (a version 6 gate runs as it was made, without). A static shadow is then the
 long frame's colour within its (smaller) noise, as the classical merge has it, and a moving one keeps the medium
 frame's clamp alone.
 
+Where the checkpoint sets ``bracket_noise`` (round 3, twentieth session, version 10), the medium band's noise is also
+capped, per brightness band, by the other frames of the bracket (``bracket_noise_bounds``): the noise of the LDR
+encoding is the camera's, the same function of the level in every frame of an exposure-time bracket, and a frame that
+puts a flat sky at a level bounds it where the medium frame's foliage at that level reads as noise. The bound needs the
+frames as shot (a warp's interpolation removes the noise the estimate reads), so the callers that have them pass them
+in (``bracket_noise``: the study and its benches, ``photo.merge``, ``test.py``); without them the gate runs as a
+version 9 gate.
+
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
 (``GATE_KEY``), so the file still loads as a plain backbone in the release's code and in ours. Loaders apply it
@@ -693,8 +701,8 @@ def reads_bracket_noise(net) -> bool:
 @contextlib.contextmanager
 def bracket_noise(net, frames):
     """Within the block, ``net``'s medium gate caps the medium frame's noise band with the whole bracket's
-    (``bracket_noise_bounds`` of ``frames``: the bracket's unwarped frames as the backbone reads them, before any
-    alignment) when the gate is one that does (``bracket_noise``, gates of version 10); every tile of the bracket
+    (``bracket_noise_bounds`` of the first and last of ``frames``: the bracket's unwarped frames as the backbone reads
+    them, short to long, before any alignment) when the gate is one that does (``bracket_noise``, gates of version 10); every tile of the bracket
     then shares the bound. Any other ``net``, or ``frames`` None: no change (the gate reads the medium frame alone,
     as gates before version 10 do)."""
     from models.networks import unwrap
@@ -704,7 +712,8 @@ def bracket_noise(net, frames):
         yield
         return
     previous = gated.bracket_bounds
-    gated.bracket_bounds = bracket_noise_bounds(frames)
+    # the short and the long frame: the gate makes the medium frame's own estimate, and it bounds itself
+    gated.bracket_bounds = bracket_noise_bounds([frames[0], frames[-1]])
     try:
         yield
     finally:
@@ -793,7 +802,8 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
                        if gate.fusion_window else '')
                     + (f' (colour within {gate.chroma:g} times that)' if gate.chroma else '')
                     + (f', the frame itself beyond {gate.fallback:g}' if gate.fallback and not gate.idle_fallback
-                       else ''))
+                       else '')
+                    + (', its noise read from the whole bracket' if gate.bracket_noise else ''))
     if gate.long_consistency:
         held.append(f'to the aligned long frame within {gate.long_consistency:g} sigma where it witnesses'
                     + (' (inside the medium frame\'s band)' if gate.long_within_medium and gate.consistency else ''))

@@ -56,6 +56,7 @@ def test_the_gated_shipped_model_carries_its_gate():
     # the long clamp inside the medium band (seventeenth session); the band's noise under a physical noise curve
     # (eighteenth session)
     assert gate.long_within_medium is True and gate.band_noise == 'weak_texture_modelled'
+    assert gate.bracket_noise is True  # the band's noise capped by the whole bracket's (twentieth session)
     net = define_network('FSHDR')
     load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
     assert isinstance(with_gate(net.eval(), folder / 'SelfHDR_model_1.pth'), GatedNetwork)
