@@ -90,7 +90,8 @@ def main(argv=None) -> int:
         test_dir = aligned / 'Test' if aligned_input else root / 'Test'
         truth = {d.name: scene_parts(d) for d in sorted(p for p in (root / 'Test').iterdir() if p.is_dir())}
         anchors = study.anchor_outputs(root)
-        outputs = {name: study.network_outputs(net, args.network, test_dir) for name, net in nets.items()}
+        outputs = {name: study.network_outputs(net, args.network, test_dir, root / 'Test')
+                   for name, net in nets.items()}
         outputs.update({k: anchors[k] for k in ('medium_frame', 'flow_merge', 'colour_component')})
         outputs['inputs_bound'] = {s: t[2] for s, t in truth.items()}
         row = {name: pooled(out, truth) for name, out in outputs.items()}

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     results = {'settings': dict(zip(scenes, settings)), 'runs': {}, 'machine': study.describe_machine(study.machine_info())}
     for label, work, run in runs:
         net = study.load_network(work / 'ckpt', run, args.epoch, args.network)
-        outs = study.network_outputs(net, args.network, test_dir)
+        outs = study.network_outputs(net, args.network, test_dir, val / 'Test')
         scores = {s: metrics.psnr_mu(np.clip(outs[s], 0, 1), gts[s]) for s in scenes}
         results['runs'][label] = {'work': str(work), 'run': run, 'psnr_mu': scores,
                                   'mean': float(np.mean(list(scores.values()))),
