@@ -105,8 +105,8 @@ class BaseDataset(torch.utils.data.Dataset):
         self.expos: dict[str, np.ndarray] = {}
         self.labels: dict[str, np.ndarray] = {}
         self.other_labels: dict[str, np.ndarray] = {}
-        # scene -> its 3 frames as shot, where the network reads warped (aligned) ones at test time: a medium gate
-        # that reads the whole bracket's noise takes these (models.medium_gate.bracket_noise), read when asked for
+        # scene -> its short and long frames as shot, where the network reads warped (aligned) ones at test time: a
+        # medium gate that reads the whole bracket's noise takes these (models.medium_gate.bracket_noise)
         self.unwarped: dict[str, list[Path]] = {}
         # scene -> {'ldr': [3 paths], 'label': path, 'other_label': path}: what train.py names when a batch
         # gives a non-finite loss
@@ -320,6 +320,18 @@ class BaseDataset(torch.utils.data.Dataset):
         return sample
 
 
+def frames_as_shot(raw_dir: Path, dataset: str, frames: Sequence[Path] | None = None) -> list[Path] | None:
+    """The short and long frame of a scene as shot (``frames``: the folder's frames, listed when None), for a medium
+    gate that reads the whole bracket's noise beside aligned inputs; None, with a warning, when the folder does not
+    hold them: the test still runs, and the gate reads the medium frame's noise alone there."""
+    try:
+        chosen = select_frames(list(frames) if frames is not None else list_frames(raw_dir, dataset), dataset, raw_dir)
+    except ExposureFileError as exc:
+        logger.warning('%s: %s; the medium gate reads the medium frame\'s noise alone for this scene', raw_dir, exc)
+        return None
+    return [chosen[0], chosen[-1]]
+
+
 def build_unlabelled(ds: BaseDataset, dataset: str, folder: str, reader) -> None:
     """Scenes of ``<dataroot>/<folder>`` (``<folder>_align`` for FSHDR), three frames each, no label."""
     if ds.split != 'test':
@@ -341,7 +353,9 @@ def build_unlabelled(ds: BaseDataset, dataset: str, folder: str, reader) -> None
             if fshdr:
                 aligned = list_frames(ds.require_dir(ldr_root / name, 'aligned scene'), dataset)
                 frames = aligned if len(aligned) == 3 else select_frames(aligned, dataset, ldr_root / name)
-                ds.unwarped[name] = select_frames(all_frames, dataset, expo_dir)
+                shot = frames_as_shot(expo_dir, dataset, all_frames)
+                if shot is not None:
+                    ds.unwarped[name] = shot
             else:
                 frames = select_frames(all_frames, dataset, expo_dir)
         except ExposureFileError as exc:

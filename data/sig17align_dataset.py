@@ -27,7 +27,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from data.base_dataset import BaseDataset, DatasetError
+from data.base_dataset import BaseDataset, DatasetError, frames_as_shot
 from util.exposures import ExposureFileError, list_frames, read_sig17_exposures, select_frames
 from util.hdr_io import read_hdr, read_ldr
 
@@ -81,8 +81,9 @@ class Sig17AlignDataset(BaseDataset):
                 raise DatasetError(str(exc)) from exc
             spec = {'ldr': frames, 'expo': expo}
             if ldr_dir == 'Test_align':  # the frames as shot, for a gate that reads the bracket's noise
-                raw_dir = expo_root / name
-                self.unwarped[name] = select_frames(list_frames(raw_dir, 'sig17'), 'sig17', raw_dir)
+                shot = frames_as_shot(expo_root / name, 'sig17')
+                if shot is not None:
+                    self.unwarped[name] = shot
             if label_root is not None:
                 spec['label'] = self._existing(label_root / name / LABEL_NAME, 'label')
             if stru_root is not None:

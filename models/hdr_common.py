@@ -96,7 +96,7 @@ class HDRBackboneModel(BaseModel):
         self.label = self.to_device(input['label']) if 'label' in input else None
         self.other_label = self.to_device(input['other_label']) if 'other_label' in input else None
         self.fname = input.get('fname')
-        self.unwarped = input.get('unwarped')  # (N, 3, H, W, 3) frames as shot, where the inputs are aligned ones
+        self.unwarped = input.get('unwarped')  # (N, 2, H, W, 3) short and long as shot, where the inputs are aligned
 
     def output_problem(self):
         """The network must give a finite output on the last training batch (clean medium frame, eval mode, no
@@ -160,9 +160,9 @@ class HDRBackboneModel(BaseModel):
                 self.data_out = self.run_network(net, *inputs)
 
     def unwarped_frames(self, net):
-        """The bracket's frames as shot (H x W x 3 arrays) for a medium gate that reads their noise, for a batch of
-        one: those the data set gave beside aligned inputs, or the inputs themselves for a backbone that takes
-        unaligned frames; else None (the gate reads the medium frame alone)."""
+        """The bracket's short and long frames as shot (H x W x 3 arrays) for a medium gate that reads their noise, for
+        a batch of one: those the data set gave beside aligned inputs, or the inputs themselves for a backbone that
+        takes unaligned frames; else None (the gate reads the medium frame alone)."""
         from .backbones import backbone
         from .medium_gate import reads_bracket_noise
 
@@ -173,7 +173,7 @@ class HDRBackboneModel(BaseModel):
             return [f.numpy() for f in frames[0]]
         if backbone(self.opt.network).aligned_input:
             return None
-        return [x[0, 3:6].float().permute(1, 2, 0).cpu().numpy() for x in (self.input0, self.input1, self.input2)]
+        return [x[0, 3:6].float().permute(1, 2, 0).cpu().numpy() for x in (self.input0, self.input2)]
 
     def compute_losses(self):
         """Set every `loss_<name>` and return the total to back-propagate."""

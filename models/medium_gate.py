@@ -233,14 +233,14 @@ def model_capped(bands: np.ndarray, known: np.ndarray | None = None, growth: flo
 
 def noise_sample(frame: np.ndarray, max_pixels: int = NOISE_SAMPLE_PIXELS, crop: int = NOISE_SAMPLE_CROP) -> np.ndarray:
     """``frame`` itself when it has at most ``max_pixels`` pixels, else a mosaic of ``crop``-pixel squares taken on an
-    even grid over it, about ``max_pixels`` in all, with a row and column of NaN between them (the weak-texture
-    estimate leaves out every patch that touches a NaN, so none spans two crops). The noise curve is the camera's,
-    the same everywhere in the frame: a sample of its content estimates it as the whole frame does, in a fraction of
-    the time (a 1.5-megapixel bracket: 24 s for the three whole frames on 2 busy cores)."""
+    even grid over it, about ``max_pixels`` in all (16 squares at the defaults), with a row and column of NaN between
+    them (the weak-texture estimate leaves out every patch that touches a NaN, so none spans two crops). The noise
+    curve is the camera's, the same everywhere in the frame: a sample of its content estimates it as the whole frame
+    does, in a fraction of the time."""
     height, width = frame.shape[:2]
     if height * width <= max_pixels or min(height, width) < crop:
         return frame
-    per_side = max(1, int(math.sqrt(max_pixels)) // (crop + 1))
+    per_side = max(1, round(math.sqrt(max_pixels) / crop))
     rows = np.linspace(0, height - crop, per_side).round().astype(int)
     cols = np.linspace(0, width - crop, per_side).round().astype(int)
     side = per_side * (crop + 1) - 1
@@ -702,9 +702,9 @@ def reads_bracket_noise(net) -> bool:
 def bracket_noise(net, frames):
     """Within the block, ``net``'s medium gate caps the medium frame's noise band with the whole bracket's
     (``bracket_noise_bounds`` of the first and last of ``frames``: the bracket's unwarped frames as the backbone reads
-    them, short to long, before any alignment) when the gate is one that does (``bracket_noise``, gates of version 10); every tile of the bracket
-    then shares the bound. Any other ``net``, or ``frames`` None: no change (the gate reads the medium frame alone,
-    as gates before version 10 do)."""
+    them, short to long, or its short and long frames alone, before any alignment) when the gate is one that does
+    (``bracket_noise``, gates of version 10); every tile of the bracket then shares the bound. Any other ``net``, or
+    ``frames`` None: no change (the gate reads the medium frame alone, as gates before version 10 do)."""
     from models.networks import unwrap
 
     gated = unwrap(net)

@@ -353,6 +353,7 @@ def score(net, network: str, items, device: str = 'cpu', tile: int | str = 0, ti
     import torch
 
     from models.backbones import BACKBONES
+    from models.medium_gate import bracket_noise
     from photo.merge import _build_inputs
     from util.tiling import auto_tile, padded, tiled_forward
 
@@ -367,7 +368,7 @@ def score(net, network: str, items, device: str = 'cpu', tile: int | str = 0, ti
             per_pixel = BACKBONES[network].infer_bytes_per_pixel[0] if network in BACKBONES else 16384
             size = auto_tile(*xs[0].shape[-2:], per_pixel, overlap=tile_overlap, multiple=multiple, device=device,
                              log=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), bracket_noise(net, item['frames']):  # merge_brackets passes the frames as shot
             out = tiled_forward(fn, xs, size, tile_overlap)
         pred = out[0].float().permute(1, 2, 0).cpu().numpy()
         values.append(masked_psnr_mu(pred, item['label'], item['mask']))

@@ -159,7 +159,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         net = load_network(network, checkpoint, device, medium_gate)
     # a gate that reads the whole bracket's noise takes the frames as shot: warps (pre-alignment, alignment) smooth
     # away the noise its estimate reads
-    unwarped = [response.to_training_ldr(f) for f in bracket.frames] if reads_bracket_noise(net) else None
+    unwarped = [response.to_training_ldr(bracket.frames[i]) for i in (0, -1)] if reads_bracket_noise(net) else None
     xs = [x.to(device) for x in _build_inputs(frames, bracket.times)]
     multiple = BACKBONES[network].pad_multiple if network in BACKBONES else 0
     fn = padded(net, multiple=multiple, mode='release') if multiple else net

@@ -302,11 +302,26 @@ def test_fshdr_test_reads_test_align(sig17_root):
         assert (decode_ldr(s[f'input{i}'][3:])[2] == V_ALIGN + i).all()
     assert (decode_label(s['label'])[2] == K_TEST_GT).all()
     np.testing.assert_allclose(s['expo'].numpy(), [1.0, 8.0, 64.0])  # exposures from Test/
-    # and the frames as shot (Test/), for a medium gate that reads the bracket's noise
-    assert s['unwarped'].shape == (3, H, W, 3)
-    for i in range(3):
-        assert (decode_ldr(s['unwarped'][i].permute(2, 0, 1))[2] == V_TRAIN + i).all()
+    # and the short and long frames as shot (Test/), for a medium gate that reads the bracket's noise
+    assert s['unwarped'].shape == (2, H, W, 3)
+    for k, i in enumerate((0, 2)):
+        assert (decode_ldr(s['unwarped'][k].permute(2, 0, 1))[2] == V_TRAIN + i).all()
     assert 'unwarped' not in data.create_dataset('sig17align', 'test', make_opt(sig17_root))[1]  # unaligned inputs
+
+
+def test_fshdr_test_without_the_frames_as_shot_still_runs(sig17_root, tmp_path, caplog):
+    """Test/<s> holding only the exposures (its frames removed): the aligned frames still load, with a warning that the
+    gate reads the medium frame's noise alone there."""
+    import logging
+
+    root = copy_tree(sig17_root, tmp_path)
+    scene = root / 'Test' / SCENES[0]
+    for frame in scene.glob('*.tif'):
+        frame.unlink()
+    with caplog.at_level(logging.WARNING):
+        ds = data.create_dataset('sig17align', 'test', make_opt(root, network='FSHDR'))
+    assert 'unwarped' not in ds[0] and 'unwarped' in ds[1]
+    assert str(scene) in caplog.text and 'medium frame' in caplog.text
 
 
 def test_stage0_inference_reads_training_align_without_label(sig17_root):
@@ -438,8 +453,8 @@ def test_tursun_frames_5_7_9(sen_tursun_root):
     fs = data.create_dataset('tursun', 'test', make_opt(sen_tursun_root, network='FSHDR'))[0]
     for i in range(3):
         assert (decode_ldr(fs[f'input{i}'][3:], w=32)[2] == V_ALIGN + i).all()
-    for i, frame in enumerate((5, 7, 9)):  # the frames as shot are the same three of the unaligned folder
-        assert (decode_ldr(fs['unwarped'][i].permute(2, 0, 1), w=32)[2] == (frame - 1) % 8).all()
+    for k, frame in enumerate((5, 9)):  # the short and long as shot: those of the unaligned choice
+        assert (decode_ldr(fs['unwarped'][k].permute(2, 0, 1), w=32)[2] == (frame - 1) % 8).all()
     with pytest.raises(DatasetError, match="only the 'test' split"):
         data.create_dataset('tursun', 'train', make_opt(sen_tursun_root))
 
