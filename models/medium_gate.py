@@ -748,13 +748,15 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
             raise GateError(f'{path}: the medium gate\'s {key} {value!r} is not a number >= 0')
         return float(value)
 
-    # absent (a gate of version 6 or older): the long frame's clamp as it ran then, free to leave the medium band
-    long_within_medium = entry.get('long_within_medium', False)
-    if not isinstance(long_within_medium, bool):
-        raise GateError(f'{path}: the medium gate\'s long_within_medium {long_within_medium!r} is not true or false')
-    bracket = entry.get('bracket_noise', False)  # absent (version 9 or older): the medium frame alone
-    if not isinstance(bracket, bool):
-        raise GateError(f'{path}: the medium gate\'s bracket_noise {bracket!r} is not true or false')
+    def switch(key: str) -> bool:  # absent (an older gate): off
+        value = entry.get(key, False)
+        if not isinstance(value, bool):
+            raise GateError(f'{path}: the medium gate\'s {key} {value!r} is not true or false')
+        return value
+
+    # absent from a gate of version 6 or older: the long frame's clamp as it ran then, free to leave the medium band;
+    # bracket_noise absent (version 9 or older): the medium frame's noise alone
+    long_within_medium, bracket = switch('long_within_medium'), switch('bracket_noise')
     try:  # band_noise and fusion_window absent (an older gate): the estimate it was chosen with, no fusion
         gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
                           setting('short_consistency'), setting('consistency_fallback'),

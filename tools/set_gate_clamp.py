@@ -26,8 +26,8 @@ from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_windo
                                 witness_clamp_refusal)
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
-# every entry this tool may set
-SETTINGS = FLAGS + ('band_noise', 'fusion_window', 'long_within_medium', 'bracket_noise')
+SWITCHES = ('long_within_medium', 'bracket_noise')  # on / off on the command line, true / false in the entry
+SETTINGS = FLAGS + ('band_noise', 'fusion_window') + SWITCHES  # every entry this tool may set
 
 
 def main(argv=None) -> int:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         for flag in SETTINGS:
             if getattr(args, flag) is not None:
                 value = getattr(args, flag)
-                entry[flag] = value == 'on' if flag in ('long_within_medium', 'bracket_noise') else value
+                entry[flag] = value == 'on' if flag in SWITCHES else value
         entry['version'] = GATE_VERSION  # older code refuses it rather than running it without these settings
         if args.network:
             entry['network'] = args.network

@@ -353,13 +353,15 @@ def network_outputs(net, network: str, split_root: Path, raw_root: Path | None =
     the same scenes' unaligned frames, which a medium gate that reads the whole bracket's noise takes
     (``models.medium_gate.bracket_noise``); by default ``split_root``'s own frames where the backbone takes
     unaligned ones, and none for one that takes aligned frames."""
-    from models.medium_gate import bracket_noise
+    from models.medium_gate import bracket_noise, reads_bracket_noise
     from util.tiling import padded
 
     multiple = backbone(network).pad_multiple
     fn = padded(net, multiple=multiple, mode='release') if multiple else net
     if raw_root is None and not backbone(network).aligned_input:
         raw_root = split_root
+    if not reads_bracket_noise(net):  # the frames as shot are read only for a gate that takes them
+        raw_root = None
     outputs = {}
     for scene in sorted(p for p in split_root.iterdir() if p.is_dir()):
         frames, times = scene_frames_and_times(scene, 'sig17')
@@ -369,10 +371,10 @@ def network_outputs(net, network: str, split_root: Path, raw_root: Path | None =
             ldrs.append(ldr)
             x = np.concatenate([ldr_to_hdr(ldr, t), ldr], axis=2).transpose(2, 0, 1)
             xs.append(torch.from_numpy(np.ascontiguousarray(x))[None])
-        raw = None
+        raw = None  # the short and long frames as shot
         if raw_root is not None:
-            raw = ldrs if raw_root == split_root else \
-                [read_ldr(p) for p in scene_frames_and_times(raw_root / scene.name, 'sig17')[0]]
+            raw = [ldrs[0], ldrs[-1]] if raw_root == split_root else \
+                [read_ldr(p) for p in scene_frames_and_times(raw_root / scene.name, 'sig17')[0][::2]]
         dtype = PRECISION['dtype']
         with torch.inference_mode(), torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None), \
                 bracket_noise(net, raw):
