@@ -32,6 +32,7 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from models.medium_gate import bracket_noise  # noqa: E402
 from photo.merge import _build_inputs, load_network  # noqa: E402
 from tools.study import describe_machine, machine_info  # noqa: E402
 from photo.response import encode, gamma_table  # noqa: E402
@@ -77,7 +78,7 @@ def main():
     for i, b in enumerate(brackets):
         frames = [(np.rint(encode(lin, g22) * 255) / 255).astype(np.float32) for lin in b['linear']]
         times = np.asarray(b['times'], np.float64)
-        with torch.inference_mode():
+        with torch.inference_mode(), bracket_noise(net, frames):  # the frames as shot: a tripod bracket
             out = net(*_build_inputs(frames, times))
         hdr = out[0].permute(1, 2, 0).numpy().astype(np.float32)
         if args.save_dir:
