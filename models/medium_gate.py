@@ -98,9 +98,8 @@ GATE_KEY = 'medium_gate'
 # 7 since long_within_medium, 8 since band_noise 'weak_texture_capped' (round 3, seventeenth session)
 # 9 since band_noise 'weak_texture_modelled' (round 3, eighteenth session)
 # 10 since bracket_noise (round 3, twentieth session)
-# 11 since long_noise, long_fusion and long_noise_ratio (round 3, twenty-first session)
-GATE_VERSION = 11
-GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
+GATE_VERSION = 10
+GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 GATE_MODES = ('auto', 'on', 'off')
 # How the medium frame's noise band is estimated (entry key 'band_noise'; the CNN's noise map and the short frame's
 # band are always 'robust', the first being what the CNN was trained on). 'robust': Immerkaer's estimate over the
@@ -140,13 +139,8 @@ ECHO_TOLERANCE = 1.5 / 255  # a short frame this close to the medium frame broug
 LONG_AGREEMENT = 3.0
 # and only where the medium frame's band is this many times the long frame's (or the medium frame has none: too dark):
 # where the two are about as clean, the warped long frame's interpolation costs more detail than its noise saves
-# (validation: clean scenes -0.86 dB without the condition, -0.04 with it); a gate entry's long_noise_ratio (version
-# 11) replaces it
+# (validation: clean scenes -0.86 dB without the condition, -0.04 with it)
 LONG_NOISE_RATIO = 3.0
-# How the long frame's noise band is read (entry key 'long_noise', version 11): 'robust', Immerkaer's estimate of the
-# (aligned) frame itself, as before; 'bracket', the camera's noise curve of the unwarped bracket
-# (bracket_noise_bounds, without its margin) at the long frame's levels, robust where the bracket knows no level
-LONG_NOISE = ('robust', 'bracket')
 # tools/train_gate.py's default clamp, in noise sigmas: chosen on the study's validation split (README)
 DEFAULT_CONSISTENCY = 1.5
 # and its chroma factor (MediumGate.hold_to_band): validation level from 1.0 to 1.2, the shadow-chroma bench decides
@@ -441,43 +435,19 @@ def short_witness_band(ldr_short: np.ndarray, hdr_short: np.ndarray, ldr_mid: np
     return band
 
 
-def long_frame_band(ldr_long: np.ndarray, hdr_long: np.ndarray, bound: np.ndarray | None = None) -> np.ndarray:
-    """The long frame's noise band in mu-law (H x W x 3, inf where it says nothing reliable, as medium_noise_band).
-    ``bound`` None: the robust estimate of the frame itself. ``bound`` (``bracket_noise_bounds``): the bracket's noise
-    curve, the least estimate of the unwarped frames per brightness band, at the long frame's levels; the robust
-    estimate where the bracket knows no band. The aligned long frame is a warp, whose interpolation hides the noise
-    its own estimate reads, and on a clean, textured frame the robust estimate reads texture: the curve of the frames
-    as shot is the same camera's noise, read the way the medium frame's band is (``long_noise`` 'bracket')."""
-    if bound is None:
-        return medium_noise_band(ldr_long, hdr_long)
-    from util.label_denoise import sigma_at_level
-
-    ldr, robust, slope = _ldr_noise_and_slope(ldr_long, hdr_long)
-    curve = np.asarray(bound, np.float32) / np.float32(BRACKET_NOISE_MARGIN)
-    sigma = sigma_at_level(ldr.mean(axis=2), curve)[:, :, None]
-    sigma = np.where(np.isfinite(sigma), sigma, robust)  # inf: no frame knows the level; a NaN band stays NaN
-    sigma = np.where((sigma > 0) | np.isnan(sigma), sigma, QUANTISATION_SIGMA)
-    band = (sigma * slope).astype(np.float32)
-    band[(ldr.max(axis=2) >= CLIPPED_LEVEL) | (ldr.min(axis=2) <= 3.0 * sigma[:, :, 0])
-         | (np.asarray(hdr_long).max(axis=2) >= 1.0)] = np.inf
-    return band
-
-
 def long_witness_band(ldr_long: np.ndarray, hdr_long: np.ndarray, ldr_mid: np.ndarray, hdr_mid: np.ndarray,
-                      sigma_mid: np.ndarray, band_mid: np.ndarray, bound: np.ndarray | None = None,
-                      ratio: float = LONG_NOISE_RATIO) -> np.ndarray:
+                      sigma_mid: np.ndarray, band_mid: np.ndarray) -> np.ndarray:
     """The (aligned) long frame's noise band in mu-law (H x W x 3, as medium_noise_band: inf where the long frame
     is clipped or within 3 sigma of black), finite only where it witnesses the pixel: it is a longer exposure, not
     the alignment's copy of the medium frame (``util.align`` fills a rejected warp with the medium frame brought to
     the long exposure: ``ECHO_TOLERANCE``), and, brought to the medium exposure, it lies within LONG_AGREEMENT times
     ``sigma_mid`` (the medium frame's LDR noise per pixel, H x W x 1) of the medium frame in every channel: the scene
     is static there and the warp right; and where it is the cleaner witness: ``band_mid`` (the medium frame's band,
-    medium_noise_band's) is inf there or, averaged over the channels, ``ratio`` times the long frame's. The long
-    frame's own band is ``long_frame_band``'s: the robust estimate, as the short frame's, or with ``bound`` the
-    bracket's noise curve."""
+    medium_noise_band's) is inf there or, averaged over the channels, LONG_NOISE_RATIO times the long frame's. The
+    long frame's own band is the robust estimate, as the short frame's."""
     from util.align import equalise_exposure
 
-    band = long_frame_band(ldr_long, hdr_long, bound)
+    band = medium_noise_band(ldr_long, hdr_long)
     t_long, t_mid = _exposure_time(ldr_long, hdr_long), _exposure_time(ldr_mid, hdr_mid)
     if not (math.isfinite(t_long) and math.isfinite(t_mid) and t_long > t_mid):
         band[...] = np.inf  # no exposure to compare, or not a longer frame: it witnesses nothing
@@ -490,7 +460,7 @@ def long_witness_band(ldr_long: np.ndarray, hdr_long: np.ndarray, ldr_mid: np.nd
     # the long band is the robust estimate, the medium one the gate's (weak-texture in the shipped gate): on clean,
     # textured frames the robust one reads higher, so the test leans against the long frame there (validated so)
     with np.errstate(invalid='ignore'):  # inf - inf in an open band's mean
-        cleaner = ~np.isfinite(band_mid).all(axis=2) | (band_mid.mean(axis=2) > ratio * band.mean(axis=2))
+        cleaner = ~np.isfinite(band_mid).all(axis=2) | (band_mid.mean(axis=2) > LONG_NOISE_RATIO * band.mean(axis=2))
     band[echo | ~agree | ~cleaner] = np.inf
     return band
 
@@ -523,12 +493,10 @@ def short_bands(x_short: torch.Tensor, x_mid: torch.Tensor) -> torch.Tensor:
                       for (ls, hs), (lm, hm) in zip(_images(x_short), _images(x_mid))], x_mid)
 
 
-def long_bands(x_long: torch.Tensor, x_mid: torch.Tensor, maps: list[tuple[np.ndarray, ...]],
-               bound: np.ndarray | None = None, ratio: float = LONG_NOISE_RATIO) -> torch.Tensor:
+def long_bands(x_long: torch.Tensor, x_mid: torch.Tensor, maps: list[tuple[np.ndarray, ...]]) -> torch.Tensor:
     """``long_witness_band`` for a batch of backbone inputs (N, 6, H, W), with each image's medium-frame maps
-    (``medium_noise_map_and_band(..., with_sigma=True)``: noise map, band, LDR sigma): (N, 3, H, W). ``bound`` and
-    ``ratio``: as there, for every image (the tiles of one bracket)."""
-    return _to_batch([long_witness_band(ll, hl, lm, hm, m[2], m[1], bound, ratio)
+    (``medium_noise_map_and_band(..., with_sigma=True)``: noise map, band, LDR sigma): (N, 3, H, W)."""
+    return _to_batch([long_witness_band(ll, hl, lm, hm, m[2], m[1])
                       for (ll, hl), (lm, hm), m in zip(_images(x_long), _images(x_mid), maps)], x_mid)
 
 
@@ -547,13 +515,10 @@ class MediumGate(nn.Module):
     def __init__(self, channels: int = 32, consistency: float = 0.0, chroma: float = 0.0,
                  short_consistency: float = 0.0, fallback: float = 0.0, band_noise: str = 'robust',
                  fusion_window: int = 0, long_consistency: float = 0.0, long_within_medium: bool = True,
-                 bracket_noise: bool = False, long_noise: str = 'robust', long_fusion: bool = False,
-                 long_noise_ratio: float = LONG_NOISE_RATIO):
+                 bracket_noise: bool = False):
         super().__init__()
         if band_noise not in BAND_NOISE:
             raise ValueError(f'MediumGate: band_noise {band_noise!r} is not one of {", ".join(BAND_NOISE)}')
-        if long_noise not in LONG_NOISE:
-            raise ValueError(f'MediumGate: long_noise {long_noise!r} is not one of {", ".join(LONG_NOISE)}')
         if fusion_window_problem(fusion_window):
             raise ValueError(f'MediumGate: {fusion_window_problem(fusion_window)}')
         c = channels
@@ -566,9 +531,6 @@ class MediumGate(nn.Module):
         self.long_consistency = float(long_consistency)
         self.long_within_medium = bool(long_within_medium)
         self.bracket_noise = bool(bracket_noise)
-        self.long_noise = long_noise
-        self.long_fusion = bool(long_fusion)
-        self.long_noise_ratio = float(long_noise_ratio)
         self.body = nn.Sequential(
             nn.Conv2d(13, c, 3, padding=1), nn.LeakyReLU(0.2),
             nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
@@ -600,12 +562,7 @@ class MediumGate(nn.Module):
                 raise ValueError('MediumGate: long_consistency is set, so forward needs the long frame and its '
                                  f'witness band of the output\'s shape {tuple(out.shape)} (long_bands), got '
                                  f'{None if long_band is None else tuple(long_band.shape)}')
-            mu_long = mu_law_torch(x_long[:, 0:3].clamp(0, 1))
-            if self.long_fusion and self.fusion_window:
-                # the long frame is a second estimate of the same radiance where it witnesses: an output that strays
-                # from it by more than its noise explains goes towards it, as the medium frame's fusion does
-                out = self.fuse(out, mu_long, long_band)
-            out = self.hold_to_band(out, mu_long, long_band, self.long_consistency)
+            out = self.hold_to_band(out, mu_law_torch(x_long[:, 0:3].clamp(0, 1)), long_band, self.long_consistency)
             if self.long_within_medium and self.consistency > 0:
                 # the long frame's clamp moves the output within the medium frame's band, never out of it: where the
                 # two bands do not overlap, the medium frame (the reference the network is scored against) decides
@@ -624,11 +581,6 @@ class MediumGate(nn.Module):
                                     self.short_consistency)
             out = short_floor(out, x_short, x_mid)
         return out, g
-
-    @property
-    def reads_bracket(self) -> bool:
-        """Whether the gate takes the bracket's noise curve (``bracket_noise``, or the long band read from it)."""
-        return self.bracket_noise or (self.long_noise == 'bracket' and self.long_consistency > 0)
 
     @property
     def idle_fusion(self) -> bool:
@@ -724,12 +676,11 @@ class GatedNetwork(nn.Module):
             if self.gate.consistency > 0 or self.gate.long_consistency > 0:
                 bound = self.bracket_bounds if self.gate.bracket_noise else None
                 maps = medium_maps(x_mid, self.gate.band_noise, bound)
-                long_bound = self.bracket_bounds if self.gate.long_noise == 'bracket' else None
                 noise = _to_batch([m[0] for m in maps], x_mid)
                 band = _to_batch([m[1] for m in maps], x_mid) if self.gate.consistency > 0 else None
                 if self.gate.long_consistency > 0:
                     x_long = x3.float()
-                    long_band = long_bands(x_long, x_mid, maps, long_bound, self.gate.long_noise_ratio)
+                    long_band = long_bands(x_long, x_mid, maps)
             else:
                 noise = noise_maps(x_mid)
             if self.gate.short_consistency > 0:
@@ -744,7 +695,7 @@ def reads_bracket_noise(net) -> bool:
     from models.networks import unwrap
 
     gated = unwrap(net)
-    return isinstance(gated, GatedNetwork) and gated.gate.reads_bracket
+    return isinstance(gated, GatedNetwork) and gated.gate.bracket_noise
 
 
 @contextlib.contextmanager
@@ -752,8 +703,7 @@ def bracket_noise(net, frames):
     """Within the block, ``net``'s medium gate caps the medium frame's noise band with the whole bracket's
     (``bracket_noise_bounds`` of the first and last of ``frames``: the bracket's unwarped frames as the backbone reads
     them, short to long, or its short and long frames alone, before any alignment) when the gate is one that does
-    (``bracket_noise``, gates of version 10), or reads the long frame's band from it (``long_noise`` 'bracket',
-    version 11); every tile of the bracket then shares the bound. Any other ``net``, or
+    (``bracket_noise``, gates of version 10); every tile of the bracket then shares the bound. Any other ``net``, or
     ``frames`` None: no change (the gate reads the medium frame alone, as gates before version 10 do)."""
     from models.networks import unwrap
 
@@ -807,16 +757,11 @@ def read_gate(path, checkpoint: dict | None = None) -> MediumGate | None:
     # absent from a gate of version 6 or older: the long frame's clamp as it ran then, free to leave the medium band;
     # bracket_noise absent (version 9 or older): the medium frame's noise alone
     long_within_medium, bracket = switch('long_within_medium'), switch('bracket_noise')
-    # absent (version 10 or older): the long frame's own robust band, no fusion with it, the ratio it ran with
-    ratio = entry.get('long_noise_ratio', LONG_NOISE_RATIO)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 0:
-        raise GateError(f'{path}: the medium gate\'s long_noise_ratio {ratio!r} is not a number >= 0')
     try:  # band_noise and fusion_window absent (an older gate): the estimate it was chosen with, no fusion
         gate = MediumGate(int(entry.get('channels', 32)), setting('consistency'), setting('consistency_chroma'),
                           setting('short_consistency'), setting('consistency_fallback'),
                           entry.get('band_noise', 'robust'), entry.get('fusion_window', 0),
-                          setting('long_consistency'), long_within_medium, bracket,
-                          entry.get('long_noise', 'robust'), switch('long_fusion'), float(ratio))
+                          setting('long_consistency'), long_within_medium, bracket)
     except ValueError as exc:
         raise GateError(f'{path}: the medium gate entry: {exc}') from exc
     try:
@@ -863,9 +808,7 @@ def with_gate(net: nn.Module, path, mode: str = 'auto', checkpoint: dict | None 
                     + (', its noise read from the whole bracket' if gate.bracket_noise else ''))
     if gate.long_consistency:
         held.append(f'to the aligned long frame within {gate.long_consistency:g} sigma where it witnesses'
-                    + (' (fused with it first)' if gate.long_fusion and gate.fusion_window else '')
-                    + (' (inside the medium frame\'s band)' if gate.long_within_medium and gate.consistency else '')
-                    + (', its noise read from the whole bracket' if gate.long_noise == 'bracket' else ''))
+                    + (' (inside the medium frame\'s band)' if gate.long_within_medium and gate.consistency else ''))
     if gate.short_consistency:
         held.append(f'its clipped pixels to the aligned short frame within {gate.short_consistency:g} sigma')
     logger.info('medium gate: on (from %s%s; --medium_gate off gives the backbone alone)', path,
@@ -881,7 +824,6 @@ def gated_checkpoint(backbone_state: dict, gate: MediumGate, **info) -> dict:
              'consistency_fallback': gate.fallback, 'band_noise': gate.band_noise,
              'fusion_window': gate.fusion_window, 'long_consistency': gate.long_consistency,
              'long_within_medium': gate.long_within_medium, 'bracket_noise': gate.bracket_noise,
-             'long_noise': gate.long_noise, 'long_fusion': gate.long_fusion, 'long_noise_ratio': gate.long_noise_ratio,
              'state_dict': {k: v.detach().cpu() for k, v in gate.state_dict().items()}}
     entry.update(info)
     return {'state_dict': backbone_state, GATE_KEY: entry}

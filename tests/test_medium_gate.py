@@ -795,7 +795,7 @@ def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network
     assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['version'] == GATE_VERSION == 11 and entry['long_consistency'] == 1.5
+    assert entry['version'] == GATE_VERSION == 10 and entry['long_consistency'] == 1.5
     loaded = read_gate(path)
     mid, long = _bracket_with_a_shadow(2)
     xs = [_medium_input(mid.clone(), 1.0), _medium_input(mid, 4.0), _medium_input(long, 16.0)]
@@ -889,7 +889,7 @@ def test_long_within_medium_is_stored_read_and_set_and_a_version_6_gate_runs_wit
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'on', '--out', str(path)]) == 0
     assert 'within the medium band: on' in capsys.readouterr().out
     stored = torch.load(path, weights_only=True)[GATE_KEY]
-    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 11
+    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 10
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'off', '--out', str(path)]) == 0
     assert read_gate(path).long_within_medium is False
     checkpoint = torch.load(path, weights_only=True)
@@ -1045,7 +1045,7 @@ def test_bracket_noise_narrows_the_band_of_a_flagged_gate_only_within_the_block(
     path = tmp_path / 'bracket.pth'
     torch.save(gated_checkpoint(net.state_dict(), gate), path)
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['bracket_noise'] is True and entry['version'] == GATE_VERSION == 11
+    assert entry['bracket_noise'] is True and entry['version'] == GATE_VERSION == 10
     gated = with_gate(net, path, 'auto')
     assert reads_bracket_noise(gated) and not reads_bracket_noise(net)
     own = medium_maps(xs[1], 'weak_texture_modelled')[0][1]
@@ -1073,73 +1073,3 @@ def test_bracket_noise_narrows_the_band_of_a_flagged_gate_only_within_the_block(
     torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, bracket_noise='yes')}, path)
     with pytest.raises(GateError, match='bracket_noise'):
         read_gate(path)
-
-
-def test_the_long_band_from_the_bracket_curve_and_the_fusion_with_the_long_frame(tmp_path, capsys):
-    """``long_noise`` 'bracket' reads the long frame's band from the unwarped bracket's noise curve (its robust
-    estimate where the curve knows no level): on a clean, textured long frame the robust estimate reads the texture,
-    the curve does not, so the long frame witnesses where the medium frame is the noisier by the gate's
-    ``long_noise_ratio``; ``long_fusion`` then fuses a biased output towards the long frame before its clamp. The
-    settings are stored with the gate (version 11), read as before from older gates, and set by set_gate_clamp."""
-    from models.medium_gate import (BRACKET_NOISE_MARGIN, bracket_noise, bracket_noise_bounds, long_bands,
-                                    long_frame_band, medium_maps, reads_bracket_noise)
-    from models.networks import define_network
-    from tools import set_gate_clamp
-
-    short = _bracket_frame(0.02, 0.3, 0.004, 0.0, seed=6)
-    mid = _bracket_frame(0.05, 0.45, 0.004, 0.0, seed=7)
-    long = _bracket_frame(0.12, 0.7, 0.002, 0.02, seed=8)  # clean but textured: the robust estimate reads the texture
-    bound = bracket_noise_bounds([short, long])
-    robust = long_frame_band(long, long ** 2.2 / 16.0)
-    curve = long_frame_band(long, long ** 2.2 / 16.0, bound)
-    finite = np.isfinite(robust) & np.isfinite(curve)
-    assert np.median(curve[finite]) < 0.7 * np.median(robust[finite])
-    unknown = np.full_like(bound, np.inf)  # a bracket that knows no level: the robust band, unchanged
-    assert np.array_equal(long_frame_band(long, long ** 2.2 / 16.0, unknown), robust)
-    assert BRACKET_NOISE_MARGIN > 1  # the curve is the estimate itself, the margin is the medium band's
-    xs = [_medium_input(torch.from_numpy(f).permute(2, 0, 1)[None], t)
-          for f, t in zip((short, mid, long), (1.0, 4.0, 16.0))]
-    maps = medium_maps(xs[1], 'weak_texture_modelled', bound)
-    witnessed = {key: torch.isfinite(long_bands(xs[2], xs[1], maps, b, r)).all(dim=1).float().mean().item()
-                 for key, b, r in (('robust', None, 3.0), ('curve', bound, 3.0), ('curve_1', bound, 1.0))}
-    assert witnessed['robust'] <= witnessed['curve'] < witnessed['curve_1']
-
-    net = define_network('FSHDR').eval()
-    gate = _trained_looking_gate()
-    gate.consistency, gate.fusion_window, gate.long_consistency = 1.5, 5, 1.5
-    source, path = tmp_path / 'gated.pth', tmp_path / 'set.pth'
-    torch.save(gated_checkpoint(net.state_dict(), gate), source)
-    entry = torch.load(source, weights_only=True)[GATE_KEY]
-    assert (entry['long_noise'], entry['long_fusion'], entry['long_noise_ratio']) == ('robust', False, 3.0)
-    for key in ('long_noise', 'long_fusion', 'long_noise_ratio'):
-        del entry[key]  # a gate made before the settings (version 10): as it ran
-    torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, version=10)}, path)
-    old = read_gate(path)
-    assert (old.long_noise, old.long_fusion, old.long_noise_ratio) == ('robust', False, 3.0)
-    assert not reads_bracket_noise(with_gate(net, path))
-    assert set_gate_clamp.main([str(path), '--long_noise', 'bracket', '--long_fusion', 'on', '--long_noise_ratio', '1',
-                                '--out', str(path)]) == 0
-    assert 'long_noise bracket, long_fusion on, long_noise_ratio 1' in capsys.readouterr().out
-    new = with_gate(net, path)
-    assert torch.load(path, weights_only=True)[GATE_KEY]['version'] == GATE_VERSION == 11
-    assert reads_bracket_noise(new)  # the long band needs the bracket, even with the medium band's own noise
-
-    class Biased(torch.nn.Module):  # a backbone with a colour cast everywhere
-        def forward(self, x1, x2, x3):
-            return (x2[:, :3] * torch.tensor([1.15, 1.0, 0.9]).view(1, 3, 1, 1)).clamp(0, 1)
-
-    outputs = {}
-    for fusion in (False, True):
-        new.gate.long_fusion = fusion
-        gated = GatedNetwork(Biased(), new.gate)
-        with torch.no_grad(), bracket_noise(gated, [short, mid, long]):
-            outputs[fusion] = gated(*xs)
-    band = long_bands(xs[2], xs[1], medium_maps(xs[1], 'weak_texture_modelled'), bound, 1.0)
-    seen = torch.isfinite(band)
-    mu_long = mu_law_torch(xs[2][:, :3].clamp(0, 1))
-    error = {f: (mu_law_torch(o) - mu_long).abs()[seen].mean().item() for f, o in outputs.items()}
-    assert error[True] < 0.9 * error[False]  # fused towards the long frame where it witnesses
-    for key, value in (('long_noise', 'gaussian'), ('long_fusion', 1), ('long_noise_ratio', -1.0)):
-        torch.save({'state_dict': net.state_dict(), GATE_KEY: dict(entry, **{key: value})}, path)
-        with pytest.raises(GateError, match=key):
-            read_gate(path)

@@ -22,13 +22,12 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
-from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, LONG_NOISE, fusion_window_problem,  # noqa: E402
-                                read_gate, witness_clamp_refusal)
+from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_window_problem, read_gate,  # noqa: E402
+                                witness_clamp_refusal)
 
-FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency',
-         'long_noise_ratio')
-SWITCHES = ('long_within_medium', 'bracket_noise', 'long_fusion')  # on / off on the command line, true / false in the entry
-SETTINGS = FLAGS + ('band_noise', 'fusion_window', 'long_noise') + SWITCHES  # every entry this tool may set
+FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
+SWITCHES = ('long_within_medium', 'bracket_noise')  # on / off on the command line, true / false in the entry
+SETTINGS = FLAGS + ('band_noise', 'fusion_window') + SWITCHES  # every entry this tool may set
 
 
 def main(argv=None) -> int:
@@ -46,18 +45,8 @@ def main(argv=None) -> int:
                         'linear from the clamp on (0, or not above --consistency: off)')
     p.add_argument('--long_consistency', type=float,
                    help='hold the output to the aligned long frame\'s noise band, within this many sigmas, where '
-                        'that frame is well exposed, agrees with the medium frame and is --long_noise_ratio times '
-                        'cleaner (0: off); needs --network, and a backbone that takes aligned frames')
-    p.add_argument('--long_noise_ratio', type=float,
-                   help='the long frame witnesses only where the medium frame\'s band is this many times its own '
-                        '(3 in gates before round 3\'s twenty-first session); unchanged if omitted')
-    p.add_argument('--long_noise', choices=LONG_NOISE,
-                   help='how the long frame\'s band is read: robust (its own estimate, as before) or bracket (the '
-                        'noise curve of the unwarped bracket, robust where it knows no level; gates made since round '
-                        '3\'s twenty-first session); unchanged if omitted')
-    p.add_argument('--long_fusion', choices=('on', 'off'),
-                   help='on: before the long frame\'s clamp, fuse the output with it as with the medium frame '
-                        '(--fusion_window pixels a side); unchanged if omitted (older gates: off)')
+                        'that frame is well exposed, agrees with the medium frame and is 3 times cleaner (0: off); '
+                        'needs --network, and a backbone that takes aligned frames')
     p.add_argument('--band_noise', choices=BAND_NOISE,
                    help='how the medium clamp estimates the frame\'s noise: weak_texture_modelled (gates made since '
                         'round 3\'s eighteenth session: no band above 1.5 times a physical noise curve under all the '
@@ -137,8 +126,7 @@ def main(argv=None) -> int:
           f'(within the medium band: {"on" if gate.long_within_medium else "off"}), '
           f'consistency_fallback {gate.fallback:g}, '
           f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}, '
-          f'bracket_noise {"on" if gate.bracket_noise else "off"}, long_noise {gate.long_noise}, '
-          f'long_fusion {"on" if gate.long_fusion else "off"}, long_noise_ratio {gate.long_noise_ratio:g}')
+          f'bracket_noise {"on" if gate.bracket_noise else "off"}')
     return 0
 
 
