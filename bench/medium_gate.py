@@ -132,13 +132,9 @@ def main(argv=None) -> int:
             print(f'{split}: no {root / "Test"}, skipped (run tools/study.py --splits first)', file=sys.stderr)
             continue
         test_dir = aligned / 'Test' if aligned_input else root / 'Test'
-        outputs = {'backbone': study.network_outputs(nets['off'], args.network, test_dir, root / 'Test'),
-                   'gated': study.network_outputs(nets['on'], args.network, test_dir, root / 'Test')}
-        if 'unheld' in nets:
-            outputs['gated_without_clamp'] = study.network_outputs(nets['unheld'], args.network, test_dir,
-                                                                   root / 'Test')
-        for label in also:
-            outputs[label] = study.network_outputs(nets[label], args.network, test_dir, root / 'Test')
+        runs = {'backbone': 'off', 'gated': 'on', 'gated_without_clamp': 'unheld', **{label: label for label in also}}
+        outputs = {name: study.network_outputs(nets[key], args.network, test_dir, root / 'Test')
+                   for name, key in runs.items() if key in nets}
         anchors = study.anchor_outputs(root)
         outputs['medium_frame'], outputs['colour_component'] = anchors['medium_frame'], anchors['colour_component']
         motion = study.motion_regions(anchors)
