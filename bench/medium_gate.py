@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         results.update(consistency_chroma=gate.chroma, short_consistency=gate.short_consistency,
                        long_consistency=gate.long_consistency, long_within_medium=gate.long_within_medium,
                        consistency_fallback=gate.fallback, band_noise=gate.band_noise,
-                       fusion_window=gate.fusion_window)
+                       fusion_window=gate.fusion_window, fusion_prior=gate.fusion_prior)
     for split in args.splits:
         root, aligned = split_roots(work, split)
         setting = split[len(SETTING_VALIDATION_PREFIX):] if split.startswith(SETTING_VALIDATION_PREFIX) else None

@@ -368,6 +368,67 @@ def test_fusion_window_is_stored_read_and_set(tmp_path, capsys):
     assert set_gate_clamp.main([str(path), '--fusion_window', '6', '--out', str(out)]) == 2
 
 
+def test_fusion_prior_weighs_the_images_mean_error_into_each_pixels_share():
+    """fusion_prior p: the share kept is 1 / (1 + (1 - p) r + p mean(r)), r the local excess E[d^2] / sigma^2 - 1
+    (at least 0), its mean per image and channel over the pixels with a band. A patch whose deviation is within noise
+    keeps it whole alone (p = 0) but not in an image where the output is far off elsewhere; p = 0 is the weight as
+    before, exactly; an image that is within noise everywhere is untouched; images of a batch do not share the mean."""
+    gen = torch.Generator().manual_seed(1)
+    mu_ref = 0.3 + 0.4 * torch.rand(1, 3, 32, 32, generator=gen)
+    band = torch.full_like(mu_ref, 0.01)
+    band[:, :, :, :4] = float('inf')  # open: neither moved nor counted in the mean
+    d = torch.full_like(mu_ref, 0.08)  # 8 sigmas: r = 63 ...
+    d[:, :, 8:24, 12:28] = 0.005  # ... but within noise in a 16 x 16 patch: r = 0 at its centre
+    out = inverse_mu_law_torch(mu_ref + d)
+    local, prior = MediumGate(consistency=1.5, fusion_window=5), MediumGate(consistency=1.5, fusion_window=5,
+                                                                           fusion_prior=0.5)
+    kept_alone = mu_law_torch(local.fuse(out, mu_ref, band)) - mu_ref
+    kept_prior = mu_law_torch(prior.fuse(out, mu_ref, band)) - mu_ref
+    assert torch.allclose(kept_alone[..., 14:18, 18:22], d[..., 14:18, 18:22], atol=1e-6)  # kept whole
+    noise = band.square()
+    spread = torch.nn.functional.avg_pool2d(torch.where(torch.isfinite(band), d, 0.0).square(), 5, stride=1,
+                                            padding=2, count_include_pad=False)
+    excess = ((spread / noise - 1).clamp_min(0))[..., 4:]
+    mean_excess = excess.mean(dim=(2, 3), keepdim=True)
+    expected = d[..., 4:] / (1 + 0.5 * excess + 0.5 * mean_excess)
+    assert torch.allclose(kept_prior[..., 4:], expected, atol=1e-5)
+    assert (kept_prior[..., 14:18, 18:22] < 0.5 * d[..., 14:18, 18:22]).all()  # the patch now shrinks too
+    assert torch.equal(prior.fuse(out, mu_ref, band)[..., :4], out[..., :4])
+    zero = MediumGate(consistency=1.5, fusion_window=5, fusion_prior=0.0)
+    assert torch.equal(zero.fuse(out, mu_ref, band), local.fuse(out, mu_ref, band))
+    within = inverse_mu_law_torch(mu_ref + 0.005)
+    assert torch.equal(prior.fuse(within, mu_ref, band), within)
+    both = prior.fuse(torch.cat([out, within]), torch.cat([mu_ref, mu_ref]), torch.cat([band, band]))
+    assert torch.equal(both[1:], within) and torch.allclose(both[:1], prior.fuse(out, mu_ref, band))
+    for bad in (-0.1, 1.5, float('nan'), True):
+        with pytest.raises(ValueError, match='fusion_prior'):
+            MediumGate(fusion_prior=bad)
+
+
+def test_fusion_prior_is_stored_read_and_set(tmp_path, capsys):
+    from tools import set_gate_clamp
+
+    gate = _trained_looking_gate()
+    gate.consistency, gate.fusion_window, gate.fusion_prior = 1.5, 5, 0.5
+    path = tmp_path / 'prior.pth'
+    checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), gate)
+    torch.save(checkpoint, path)
+    assert read_gate(path).fusion_prior == 0.5 and checkpoint[GATE_KEY]['version'] == GATE_VERSION == 11
+    del checkpoint[GATE_KEY]['fusion_prior']  # a gate stored before the entry: the local estimate alone
+    torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], version=10)}), path)
+    assert read_gate(path).fusion_prior == 0.0
+    for bad in (1.5, -1, float('nan'), 'half'):
+        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], fusion_prior=bad)}), path)
+        with pytest.raises(GateError, match='fusion_prior'):
+            read_gate(path)
+    torch.save(checkpoint, path)
+    out = tmp_path / 'set.pth'
+    assert set_gate_clamp.main([str(path), '--fusion_prior', '0.25', '--out', str(out)]) == 0
+    assert read_gate(out).fusion_prior == 0.25 and 'fusion_prior 0.25' in capsys.readouterr().out
+    assert torch.load(out, weights_only=True)[GATE_KEY]['version'] == GATE_VERSION
+    assert set_gate_clamp.main([str(path), '--fusion_prior', '2', '--out', str(out)]) == 2
+
+
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):
     net, gate = tiny_ahdr().eval(), _trained_looking_gate()
     gate.consistency = 2.0
@@ -466,6 +527,8 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture_modelled' and gate.fusion_window == 5
     assert train_gate.main(argv + ['--consistency_fallback', 'nan']) == 2
     assert train_gate.main(argv + ['--fusion_window', '4']) == 2
+    assert gate.fusion_prior == 0.5  # the default weight of the image's mean error (twenty-second session)
+    assert train_gate.main(argv + ['--fusion_prior', '1.5']) == 2
     with pytest.raises(SystemExit) as refused:  # argparse's own refusal of an unknown estimator
         train_gate.main(argv + ['--band_noise', 'median'])
     assert refused.value.code == 2
@@ -795,7 +858,7 @@ def test_long_consistency_is_stored_set_trained_and_applied_by_the_gated_network
     assert set_gate_clamp.main([str(source), '--long_consistency', '1.5', '--network', 'FSHDR',
                                 '--out', str(path)]) == 0
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['version'] == GATE_VERSION == 10 and entry['long_consistency'] == 1.5
+    assert entry['version'] == GATE_VERSION and entry['long_consistency'] == 1.5
     loaded = read_gate(path)
     mid, long = _bracket_with_a_shadow(2)
     xs = [_medium_input(mid.clone(), 1.0), _medium_input(mid, 4.0), _medium_input(long, 16.0)]
@@ -889,7 +952,7 @@ def test_long_within_medium_is_stored_read_and_set_and_a_version_6_gate_runs_wit
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'on', '--out', str(path)]) == 0
     assert 'within the medium band: on' in capsys.readouterr().out
     stored = torch.load(path, weights_only=True)[GATE_KEY]
-    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION == 10
+    assert stored['long_within_medium'] is True and stored['version'] == GATE_VERSION
     assert set_gate_clamp.main([str(path), '--long_within_medium', 'off', '--out', str(path)]) == 0
     assert read_gate(path).long_within_medium is False
     checkpoint = torch.load(path, weights_only=True)
@@ -1045,7 +1108,7 @@ def test_bracket_noise_narrows_the_band_of_a_flagged_gate_only_within_the_block(
     path = tmp_path / 'bracket.pth'
     torch.save(gated_checkpoint(net.state_dict(), gate), path)
     entry = torch.load(path, weights_only=True)[GATE_KEY]
-    assert entry['bracket_noise'] is True and entry['version'] == GATE_VERSION == 10
+    assert entry['bracket_noise'] is True and entry['version'] == GATE_VERSION
     gated = with_gate(net, path, 'auto')
     assert reads_bracket_noise(gated) and not reads_bracket_noise(net)
     own = medium_maps(xs[1], 'weak_texture_modelled')[0][1]

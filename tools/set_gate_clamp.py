@@ -22,12 +22,13 @@ if str(_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
-from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_window_problem, read_gate,  # noqa: E402
+from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_prior_problem,  # noqa: E402
+                                fusion_window_problem, read_gate,
                                 witness_clamp_refusal)
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
 SWITCHES = ('long_within_medium', 'bracket_noise')  # on / off on the command line, true / false in the entry
-SETTINGS = FLAGS + ('band_noise', 'fusion_window') + SWITCHES  # every entry this tool may set
+SETTINGS = FLAGS + ('band_noise', 'fusion_window', 'fusion_prior') + SWITCHES  # every entry this tool may set
 
 
 def main(argv=None) -> int:
@@ -55,6 +56,10 @@ def main(argv=None) -> int:
     p.add_argument('--fusion_window', type=int,
                    help='before the clamp, fuse the output with the medium frame (the share of its deviation the '
                         'frame\'s noise explains, over this many pixels a side; odd; 0: off); unchanged if omitted')
+    p.add_argument('--fusion_prior', type=float,
+                   help='the weight (0 to 1) of the image\'s mean in the fusion\'s estimate of the output\'s own error '
+                        '(gates made since round 3\'s twenty-second session: 0.5; 0: the local estimate alone, as '
+                        'older gates); unchanged if omitted')
     p.add_argument('--long_within_medium', choices=('on', 'off'),
                    help='on: after the long frame\'s clamp, the medium frame\'s clamp again, so the long frame moves '
                         'the output within the medium band only (gates made since round 3\'s seventeenth session); '
@@ -79,6 +84,9 @@ def main(argv=None) -> int:
             return 2
     if args.fusion_window is not None and fusion_window_problem(args.fusion_window):
         print(f'error: --{fusion_window_problem(args.fusion_window)}', file=sys.stderr)
+        return 2
+    if args.fusion_prior is not None and fusion_prior_problem(args.fusion_prior):
+        print(f'error: --{fusion_prior_problem(args.fusion_prior)}', file=sys.stderr)
         return 2
     for frame in ('short', 'long'):
         if getattr(args, f'{frame}_consistency'):
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
           f'short_consistency {gate.short_consistency:g}, long_consistency {gate.long_consistency:g} '
           f'(within the medium band: {"on" if gate.long_within_medium else "off"}), '
           f'consistency_fallback {gate.fallback:g}, '
-          f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}, '
+          f'band_noise {gate.band_noise}, fusion_window {gate.fusion_window}, fusion_prior {gate.fusion_prior:g}, '
           f'bracket_noise {"on" if gate.bracket_noise else "off"}')
     return 0
 

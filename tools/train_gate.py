@@ -37,8 +37,9 @@ from data.base_dataset import add_sensor_noise, log_uniform  # noqa: E402
 from models.backbones import NAMES, backbone  # noqa: E402
 from models.base_model import CheckpointError, atomic_torch_save, load_backbone_state, resolve_amp  # noqa: E402
 from models.medium_gate import (BAND_NOISE, DEFAULT_BAND_NOISE, DEFAULT_CHROMA, DEFAULT_CONSISTENCY,  # noqa: E402
-                                DEFAULT_FALLBACK, DEFAULT_FUSION_WINDOW, DEFAULT_LONG_CONSISTENCY, MediumGate,
-                                fusion_window_problem, gated_checkpoint, medium_noise_map, witness_clamp_refusal)
+                                DEFAULT_FALLBACK, DEFAULT_FUSION_PRIOR, DEFAULT_FUSION_WINDOW,
+                                DEFAULT_LONG_CONSISTENCY, MediumGate, fusion_prior_problem, fusion_window_problem,
+                                gated_checkpoint, medium_noise_map, witness_clamp_refusal)
 from models import networks  # noqa: E402
 from photo.merge import _build_inputs  # noqa: E402
 from util.exposures import list_frames, scene_frames_and_times  # noqa: E402
@@ -205,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='with --consistency: first fuse the output with the medium frame, keeping the share of its '
                         "deviation the frame's noise explains over this many pixels a side (odd; 0: off). Default "
                         'chosen on the validation split')
+    p.add_argument('--fusion_prior', type=float, default=DEFAULT_FUSION_PRIOR,
+                   help="the fusion's estimate of the output's own error at a pixel weighs the image's mean by this "
+                        '(0 to 1; 0: the local estimate alone). Default chosen on the validation splits')
     p.add_argument('--short_consistency', default='auto',
                    help="at inference, hold the pixels the medium frame clips to the aligned short frame's noise band, "
                         'within this many sigmas, where the two frames agree (0: off). auto: --consistency for a '
@@ -255,9 +259,10 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    if fusion_window_problem(args.fusion_window):
-        print(f'error: --{fusion_window_problem(args.fusion_window)}', file=sys.stderr)
-        return 2
+    for problem in (fusion_window_problem(args.fusion_window), fusion_prior_problem(args.fusion_prior)):
+        if problem:
+            print(f'error: --{problem}', file=sys.stderr)
+            return 2
     if args.noisy_copies < 0:
         print('error: --noisy_copies must be 0 or more', file=sys.stderr)
         return 2
@@ -288,6 +293,7 @@ def main(argv=None) -> int:
     gate.consistency, gate.chroma, gate.short_consistency = args.consistency, args.consistency_chroma, short_consistency
     gate.fallback, gate.band_noise = args.consistency_fallback, args.band_noise
     gate.fusion_window, gate.long_consistency = args.fusion_window, long_consistency
+    gate.fusion_prior = args.fusion_prior
     gate.bracket_noise = args.bracket_noise == 'on'
     if gate.idle_fusion:
         logger.warning('--fusion_window %d acts with --consistency only, and it is 0', gate.fusion_window)
