@@ -57,6 +57,7 @@ def test_the_gated_shipped_model_carries_its_gate():
     # (eighteenth session)
     assert gate.long_within_medium is True and gate.band_noise == 'weak_texture_modelled'
     assert gate.bracket_noise is True  # the band's noise capped by the whole bracket's (twentieth session)
+    assert gate.fusion_prior == 0.5  # the fusion weighs the image's mean error (twenty-second session)
     net = define_network('FSHDR')
     load_backbone_state(net, str(folder / 'SelfHDR_model_1.pth'))
     assert isinstance(with_gate(net.eval(), folder / 'SelfHDR_model_1.pth'), GatedNetwork)
