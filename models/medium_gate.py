@@ -70,9 +70,9 @@ version 9 gate.
 
 Where the checkpoint sets ``fusion_prior`` p > 0 (round 3, twenty-second session, version 11), the fusion's estimate
 of the network's own error at a pixel is (1 - p) times its local estimate plus p times the image's mean (per channel,
-in units of the band's variance): over a few pixels the local estimate often falls to the noise by chance and the
-fusion then keeps a deviation whole, which on nearly noise-free frames, where the network's error is many times the
-noise, is a wrong reading.
+in units of the band's variance; the tile's mean when a photo is merged in tiles): over a few pixels the local estimate
+often falls to the noise by chance and the fusion then keeps a deviation whole, which on nearly noise-free frames, where
+the network's error is many times the noise, is a wrong reading.
 
 The backbone is frozen; the gate trains against the colour component (``tools/train_gate.py``, a few minutes on a
 CPU) and is stored inside the backbone's checkpoint, under its own key beside the release's ``state_dict``
@@ -84,6 +84,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -104,7 +105,8 @@ GATE_KEY = 'medium_gate'
 # 7 since long_within_medium, 8 since band_noise 'weak_texture_capped' (round 3, seventeenth session)
 # 9 since band_noise 'weak_texture_modelled' (round 3, eighteenth session)
 # 10 since bracket_noise (round 3, twentieth session)
-# 11 since fusion_prior (round 3, twenty-second session)
+# 11 since fusion_prior (round 3, twenty-second session; the twenty-first session's reverted prototype, commit bcf861a,
+# also wrote 11 with other keys, none of them shipped)
 GATE_VERSION = 11
 GATE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 GATE_MODES = ('auto', 'on', 'off')
@@ -174,7 +176,7 @@ ROBUST_GATE_BYTES_PER_PIXEL = 512  # a gate with the robust band (before the fif
 
 def fusion_prior_problem(prior) -> str | None:
     """Why ``prior`` is not a fusion prior weight (a number from 0 to 1), or None when it is one."""
-    if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 0 <= prior <= 1:
+    if isinstance(prior, bool) or not isinstance(prior, numbers.Real) or not 0 <= prior <= 1:
         return f'fusion_prior {prior!r} is not a number from 0 to 1'
     return None
 
@@ -627,7 +629,7 @@ class MediumGate(nn.Module):
 
         With ``fusion_prior`` p > 0 the share is 1 / (1 + r) where r, the output's own error in units of sigma^2, is
         (1 - p) max(E[d^2] / sigma^2 - 1, 0) plus p times that excess's mean over the image's pixels with a band (per
-        image and channel): the weight above is this with p = 0."""
+        image and channel; per tile under tiled inference): the weight above is this with p = 0."""
         import torch.nn.functional as F
 
         mu_out = mu_law_torch(out.clamp(0, 1))
@@ -644,7 +646,7 @@ class MediumGate(nn.Module):
             keep = 1 / (1 + (1 - self.fusion_prior) * excess + self.fusion_prior * mean_excess)
         else:
             keep = noise / torch.maximum(spread, noise).clamp_min(1e-20)
-        moved = ~open_ & (keep < 1)  # a deviation within noise stays exactly as it is
+        moved = ~open_ & (keep < 1)  # keep 1 (no excess here, nor in the mean) leaves the pixel exactly as it is
         fused = torch.where(moved, mu_ref + keep * d, mu_out)
         return torch.where(moved, inverse_mu_law_torch(fused.clamp(0, 1)), out)
 

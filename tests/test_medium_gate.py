@@ -398,6 +398,13 @@ def test_fusion_prior_weighs_the_images_mean_error_into_each_pixels_share():
     assert torch.equal(zero.fuse(out, mu_ref, band), local.fuse(out, mu_ref, band))
     within = inverse_mu_law_torch(mu_ref + 0.005)
     assert torch.equal(prior.fuse(within, mu_ref, band), within)
+    poisoned = out.clone()
+    poisoned[0, 1, 16, 16] = float('nan')  # under a finite band: stays NaN, moves nothing else, and is not counted
+    fused = prior.fuse(poisoned, mu_ref, band)
+    assert torch.isnan(fused).sum() == 1 and torch.isnan(fused[0, 1, 16, 16])
+    assert torch.equal(fused[:, ::2], prior.fuse(out, mu_ref, band)[:, ::2])  # the other channels' means unchanged
+    shut = torch.full_like(band, float('inf'))  # no band anywhere: nothing moves and the empty mean is no NaN
+    assert torch.equal(prior.fuse(out, mu_ref, shut), out)
     both = prior.fuse(torch.cat([out, within]), torch.cat([mu_ref, mu_ref]), torch.cat([band, band]))
     assert torch.equal(both[1:], within) and torch.allclose(both[:1], prior.fuse(out, mu_ref, band))
     for bad in (-0.1, 1.5, float('nan'), True):
@@ -525,9 +532,9 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     assert gate.consistency == 1.5  # the default clamp, chosen on the study's validation split
     assert gate.chroma == 1.2 and gate.short_consistency == 0.0  # AHDRNet sees the short frame unaligned: no witness
     assert gate.fallback == 4.0 and gate.band_noise == 'weak_texture_modelled' and gate.fusion_window == 5
+    assert gate.fusion_prior == 0.5  # the default weight of the image's mean error (twenty-second session)
     assert train_gate.main(argv + ['--consistency_fallback', 'nan']) == 2
     assert train_gate.main(argv + ['--fusion_window', '4']) == 2
-    assert gate.fusion_prior == 0.5  # the default weight of the image's mean error (twenty-second session)
     assert train_gate.main(argv + ['--fusion_prior', '1.5']) == 2
     with pytest.raises(SystemExit) as refused:  # argparse's own refusal of an unknown estimator
         train_gate.main(argv + ['--band_noise', 'median'])

@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'chosen on the validation split')
     p.add_argument('--fusion_prior', type=float, default=DEFAULT_FUSION_PRIOR,
                    help="the fusion's estimate of the output's own error at a pixel weighs the image's mean by this "
-                        '(0 to 1; 0: the local estimate alone). Default chosen on the validation splits')
+                        '(0 to 1; 0: the local estimate alone; acts with --fusion_window only). Default chosen on '
+                        'the validation splits')
     p.add_argument('--short_consistency', default='auto',
                    help="at inference, hold the pixels the medium frame clips to the aligned short frame's noise band, "
                         'within this many sigmas, where the two frames agree (0: off). auto: --consistency for a '
