@@ -23,8 +23,7 @@ import torch  # noqa: E402
 
 from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
 from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_prior_problem,  # noqa: E402
-                                fusion_window_problem, read_gate,
-                                witness_clamp_refusal)
+                                fusion_window_problem, read_gate, witness_clamp_refusal)
 
 FLAGS = ('consistency', 'consistency_chroma', 'short_consistency', 'consistency_fallback', 'long_consistency')
 SWITCHES = ('long_within_medium', 'bracket_noise')  # on / off on the command line, true / false in the entry
@@ -82,12 +81,11 @@ def main(argv=None) -> int:
         if value is not None and not (value >= 0 and math.isfinite(value)):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
             return 2
-    if args.fusion_window is not None and fusion_window_problem(args.fusion_window):
-        print(f'error: --{fusion_window_problem(args.fusion_window)}', file=sys.stderr)
-        return 2
-    if args.fusion_prior is not None and fusion_prior_problem(args.fusion_prior):
-        print(f'error: --{fusion_prior_problem(args.fusion_prior)}', file=sys.stderr)
-        return 2
+    for value, problem_of in ((args.fusion_window, fusion_window_problem), (args.fusion_prior, fusion_prior_problem)):
+        problem = None if value is None else problem_of(value)
+        if problem:
+            print(f'error: --{problem}', file=sys.stderr)
+            return 2
     for frame in ('short', 'long'):
         if getattr(args, f'{frame}_consistency'):
             from models.backbones import NAMES
