@@ -8,7 +8,7 @@ It runs ``bench/speed.py`` twice on the machine at hand, each configuration in a
 formulation (``--impl literal``) in fp32 with glibc's malloc defaults, as the release runs; and ours, as
 ``train.py``/``test.py`` run (tuned malloc), in fp32 with its FLOPs counted against the CPU's nominal fp32 peak, and
 where the CPU has native bf16 (``--amp auto`` picks it) also in bf16 and, with a C++ compiler for
-``torch.compile``, bf16 + compile. Modes: the stage-1 training step (batch 4 of 128x128) and 512x512 inference. The
+``torch.compile``, bf16 + compile, both in the layout ``--channels_last auto`` picks (channels_last on AMX). Modes: the stage-1 training step (batch 4 of 128x128) and 512x512 inference. The
 table names the CPU (model, family/model, flags that matter) and the thread count; the file name carries the CPU kind,
 so tables of different machines sit side by side in bench/results/.
 """
@@ -134,14 +134,18 @@ def main(argv=None) -> int:
         print(text)
         return 0
 
-    from models.base_model import has_cpp_compiler
+    import torch
+
+    from models.base_model import has_cpp_compiler, resolve_channels_last
     from speed import cpu_description
     cpu = cpu_description()
     precisions = ['fp32']
     if cpu.get('native_bf16'):
-        precisions.append('bf16')
+        # bf16 in the layout train.py/test.py pick for it (--channels_last auto: NHWC on AMX)
+        layout = '+channels_last' if resolve_channels_last('auto', torch.bfloat16, torch.device('cpu')) else ''
+        precisions.append('bf16' + layout)
         if has_cpp_compiler():
-            precisions.append('bf16+compile')
+            precisions.append('bf16+compile' + layout)
     stem = os.path.join(args.results, f'speed_table_{cpu_key(cpu)}')
     os.makedirs(args.results, exist_ok=True)
     start = time.time()
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
                      stem + '_ours.json', precisions)
     table = {'cpu': cpu, 'cpu_text': cpu_text(cpu, args.threads), 'threads': args.threads,
              'networks': list(args.networks), 'runs': args.runs, 'warmup': args.warmup,
-             'auto_precision': 'bf16' if 'bf16' in precisions else 'fp32',
+             'auto_precision': precisions[1] if len(precisions) > 1 else 'fp32',
              'date': time.strftime('%Y-%m-%d', time.gmtime()), 'wall_seconds': round(time.time() - start, 1),
              'release': release, 'ours': ours}
     write_atomic(stem + '.json', json.dumps(table, indent=1) + '\n')

@@ -114,7 +114,9 @@ class BaseOptions:
         parser.add_argument('--amp', type=str, default='none', choices=('none', 'bf16', 'fp16', 'auto'),
                             help='autocast precision on CUDA or CPU (fp16: CUDA only, with gradient scaling); auto: '
                                  'bf16 where the hardware has it, else fp32; losses and metrics stay fp32')
-        parser.add_argument('--channels_last', type=str2bool, default=False, help='channels_last memory format')
+        parser.add_argument('--channels_last', type=str, default='auto',
+                            help='channels_last memory format: true, false, or auto (on for bf16 on a CPU with AMX, '
+                                 'where it runs the convolutions up to 2x faster; off elsewhere)')
         parser.add_argument('--compile', type=str2bool, nargs='?', const=True, default=False,
                             help='torch.compile the networks (uncompiled, with a warning, where compiling fails); '
                                  'checkpoints stay in the bare release format')

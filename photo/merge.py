@@ -111,7 +111,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     """
     import torch
 
-    from models.base_model import resolve_amp
+    from models.base_model import resolve_amp, resolve_channels_last
 
     from models.backbones import BACKBONES
     from models.medium_gate import bracket_noise, reads_bracket_noise
@@ -168,6 +168,9 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         amp_dtype = resolve_amp(amp, torch.device(device))
     except ValueError as exc:
         raise MergeError(str(exc)) from None
+    if resolve_channels_last('auto', amp_dtype, torch.device(device)):
+        net = net.to(memory_format=torch.channels_last)
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     if tile == 'auto':
         from models.medium_gate import extra_bytes_per_pixel
 

@@ -85,3 +85,42 @@ def test_fp16_on_cpu_is_refused(tiny_dataroot, tmp_path, capsys):
     with pytest.raises(SystemExit):
         tiny_opt(tiny_dataroot, tmp_path, 'x', amp='fp16')
     assert '--amp fp16 is CUDA-only' in capsys.readouterr().err
+
+
+AMX = {'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16'}
+ZEN4 = {'avx512f', 'avx512_bf16'}
+
+
+@pytest.mark.parametrize('flag, amp, device, flags, expected', [
+    ('auto', torch.bfloat16, 'cpu', AMX, True),  # the measured case: AMX takes NHWC directly
+    ('auto', None, 'cpu', AMX, False),  # fp32 keeps the release's layout
+    ('auto', torch.bfloat16, 'cpu', ZEN4, False),  # avx512_bf16 without AMX: not measured, unchanged
+    ('auto', torch.bfloat16, 'cuda', AMX, False),
+    ('true', None, 'cpu', set(), True),
+    (True, None, 'cpu', set(), True),
+    ('False', torch.bfloat16, 'cpu', AMX, False),
+])
+def test_channels_last_auto_is_on_for_bf16_on_amx_only(flag, amp, device, flags, expected):
+    assert base_model.resolve_channels_last(flag, amp, torch.device(device), cpu_flags=flags) is expected
+
+
+def test_channels_last_auto_reaches_the_training_model(tiny_dataroot, tmp_path, monkeypatch):
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
+    _, model = _step_loss(tiny_dataroot, tmp_path, 'AHDRNet', 'bf16')
+    assert model.memory_format == torch.channels_last
+    assert model.netSelfHDR.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    _, model = _step_loss(tiny_dataroot, tmp_path, 'AHDRNet', 'none')
+    assert model.memory_format == torch.contiguous_format
+
+
+@pytest.mark.parametrize('network', BACKBONES)
+def test_channels_last_changes_no_result_beyond_rounding(network):
+    """The layout is a speed choice only: fp32 outputs of one network in both layouts agree to float32 rounding."""
+    torch.manual_seed(0)
+    net = models.networks.define_network(network).eval()
+    x = [t[:, :, :32, :32] for t in (_batch()[f'input{i}'] for i in range(3))]
+    with torch.inference_mode():
+        plain = net(*x)
+        net = net.to(memory_format=torch.channels_last)
+        nhwc = net(*[t.contiguous(memory_format=torch.channels_last) for t in x])
+    torch.testing.assert_close(nhwc.contiguous(), plain, rtol=1e-5, atol=1e-5)
