@@ -39,18 +39,19 @@ def infer(net, inputs, amp):
         net(*inputs)
 
 
-def profile_network(name, amp, batch, top, mode='train', size=512):
+def profile_network(name, amp, batch, top, mode='train', size=512, channels_last=False):
     torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     if mode == 'train':
-        net = networks.define_network(name).train()
+        net = networks.define_network(name).train().to(memory_format=fmt)
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-        inputs = make_inputs(batch, 128, 128, torch.device('cpu'))
+        inputs = [x.contiguous(memory_format=fmt) for x in make_inputs(batch, 128, 128, torch.device('cpu'))]
 
         def run():
             step(net, optimizer, inputs, amp)
     else:
-        net = networks.define_network(name).eval()
-        inputs = make_inputs(1, size, size, torch.device('cpu'))
+        net = networks.define_network(name).eval().to(memory_format=fmt)
+        inputs = [x.contiguous(memory_format=fmt) for x in make_inputs(1, size, size, torch.device('cpu'))]
 
         def run():
             infer(net, inputs, amp)
@@ -83,17 +84,20 @@ def main():
     p.add_argument('--mode', default='train', choices=('train', 'infer'),
                    help='train: one stage-1 step at --batch x 128^2; infer: one --size^2 forward')
     p.add_argument('--size', type=int, default=512, help='image side for --mode infer')
+    p.add_argument('--channels_last', action='store_true', help='network and inputs in channels_last (NHWC)')
     p.add_argument('--output', default=None)
     args = p.parse_args()
     tune_malloc('tuned')
     torch.set_num_threads(args.threads)
     amp = torch.bfloat16 if args.precision == 'bf16' else None
     report = {'cpu': cpu_description(), 'threads': args.threads, 'precision': args.precision, 'mode': args.mode,
+              'channels_last': args.channels_last,
               'batch': args.batch if args.mode == 'train' else 1, 'torch': torch.__version__, 'networks': {}}
     if args.mode == 'infer':
         report['size'] = args.size
     for name in args.networks:
-        report['networks'][name] = result = profile_network(name, amp, args.batch, args.top, args.mode, args.size)
+        report['networks'][name] = result = profile_network(name, amp, args.batch, args.top, args.mode, args.size,
+                                                                       args.channels_last)
         print(f"{name}: {result['seconds_unprofiled']:.2f} s, {result['gflop_per_step']:.0f} GFLOP", flush=True)
         for row in result['top_ops']:
             print(f"  {row['op']:<45} {row['self_seconds']:7.3f} s {row['calls']:6d} calls {100 * row['share']:5.1f} %")
