@@ -499,7 +499,8 @@ class BaseModel(ABC):
         states = {}
         for name in self.model_names:
             net = networks.unwrap(getattr(self, 'net' + name))
-            state = OrderedDict((k, v.detach().cpu()) for k, v in net.state_dict().items())
+            # contiguous: a channels_last run (--channels_last auto on AMX) saves the same bytes as any other
+            state = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in net.state_dict().items())
             broken = non_finite_entries(state)
             if broken:
                 # A step can produce a finite loss and still leave NaN weights (an overflowing update): never

@@ -124,3 +124,14 @@ def test_channels_last_changes_no_result_beyond_rounding(network):
         net = net.to(memory_format=torch.channels_last)
         nhwc = net(*[t.contiguous(memory_format=torch.channels_last) for t in x])
     torch.testing.assert_close(nhwc.contiguous(), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_a_channels_last_run_saves_contiguous_weights(tiny_dataroot, tmp_path, monkeypatch):
+    """Checkpoints stay in the bare release format whatever layout the run trained in."""
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
+    _, model = _step_loss(tiny_dataroot, tmp_path, 'AHDRNet', 'bf16')
+    assert model.netSelfHDR.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model.netSelfHDR.conv2.weight.is_contiguous()
+    model.save_networks(1)
+    state = torch.load(model.network_path('SelfHDR', 1), weights_only=True)['state_dict']
+    assert all(v.is_contiguous() for v in state.values())
