@@ -46,8 +46,9 @@ class HDRBackboneModel(BaseModel):
         self.other_label = None
         self.fname = None
         net = networks.define_network(opt.network)
-        net = net.to(memory_format=self.memory_format)
+        # the layout after the initialisation: nn.init fills tensors in memory order (orthogonal_ needs NCHW views)
         net = networks.init_net(net, opt.init_type, opt.init_gain, self.gpu_ids)
+        net = net.to(memory_format=self.memory_format)
         if getattr(opt, 'distributed', False):
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
             keep_grad_layout(net)

@@ -98,7 +98,7 @@ def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> l
                            exposures_in='stops', response=response_flag(args), device=args.device,
                            tile=args.tile, tile_overlap=args.tile_overlap, align=args.align,
                            trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net,
-                           amp=args.amp,
+                           amp=args.amp, channels_last=getattr(args, 'channels_last', 'auto'),
                            max_memory=getattr(args, 'max_memory', 0))
             paths = write_outputs(result, args.output_dir, job.name, args.tonemap, args.preview_exposure,
                                   args.formats, args.exr_type, args.compare, args.preview_shadows)

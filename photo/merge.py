@@ -98,7 +98,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
           exposures_in: str = 'seconds', response: str | Response = AUTO, device: str = 'cpu',
           tile: int | str = 'auto', tile_overlap: int = 32, align: bool | str = 'auto', strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
-          net=None, amp: str = 'none', max_memory: float = 0, medium_gate: str = 'auto') -> MergeResult:
+          net=None, amp: str = 'none', max_memory: float = 0, medium_gate: str = 'auto',
+          channels_last: str | bool = 'auto') -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See ``tools/merge_brackets.py`` for the behaviour.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
@@ -108,6 +109,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     0 for the whole image, or 'auto' (the whole image when it fits ``max_memory`` GB, 0: most of the available
     memory, and on a CPU has at most 768x768 pixels; else the largest tiles that fit; ``util.tiling.auto_tile``).
     ``medium_gate``: auto | on | off, the checkpoint's medium gate (models/medium_gate.py) when it has one, always, or never.
+    ``channels_last``: auto | true | false (as train.py/test.py ``--channels_last``): auto = channels_last for bf16 on a
+    CPU with AMX; it converts ``net`` in place.
     """
     import torch
 
@@ -168,7 +171,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
         amp_dtype = resolve_amp(amp, torch.device(device))
     except ValueError as exc:
         raise MergeError(str(exc)) from None
-    if resolve_channels_last('auto', amp_dtype, torch.device(device)):
+    if resolve_channels_last(channels_last, amp_dtype, torch.device(device)):
         net = net.to(memory_format=torch.channels_last)
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     if tile == 'auto':

@@ -104,13 +104,32 @@ def test_channels_last_auto_is_on_for_bf16_on_amx_only(flag, amp, device, flags,
     assert base_model.resolve_channels_last(flag, amp, torch.device(device), cpu_flags=flags) is expected
 
 
-def test_channels_last_auto_reaches_the_training_model(tiny_dataroot, tmp_path, monkeypatch):
+@pytest.mark.parametrize('network', BACKBONES)
+def test_channels_last_auto_reaches_the_training_model(tiny_dataroot, tmp_path, monkeypatch, network):
     monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
-    _, model = _step_loss(tiny_dataroot, tmp_path, 'AHDRNet', 'bf16')
+    _, model = _step_loss(tiny_dataroot, tmp_path, network, 'bf16')
     assert model.memory_format == torch.channels_last
-    assert model.netSelfHDR.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    _, model = _step_loss(tiny_dataroot, tmp_path, 'AHDRNet', 'none')
+    convs = [p for p in model.netSelfHDR.parameters() if p.dim() == 4 and p.shape[-1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert model.input0.is_contiguous(memory_format=torch.channels_last) and not model.input0.is_contiguous()
+    _, model = _step_loss(tiny_dataroot, tmp_path, network, 'none')
     assert model.memory_format == torch.contiguous_format
+
+
+@pytest.mark.parametrize('init_type', ['normal', 'orthogonal'])
+def test_channels_last_starts_from_the_same_initial_weights(tiny_dataroot, tmp_path, monkeypatch, init_type):
+    """nn.init fills tensors in memory order (orthogonal_ even needs NCHW views): the layout comes after it."""
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
+    states = []
+    for layout in ('auto', 'False'):
+        torch.manual_seed(0)
+        opt = tiny_opt(tiny_dataroot, tmp_path, f'init_{layout}', 'supervised', network='AHDRNet', amp='bf16',
+                       init_type=init_type, channels_last=layout)
+        model = models.create_model(opt)
+        assert (model.memory_format == torch.channels_last) == (layout == 'auto')
+        states.append({k: v.detach().clone() for k, v in model.netSelfHDR.state_dict().items()})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
 
 
 @pytest.mark.parametrize('network', BACKBONES)

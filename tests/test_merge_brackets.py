@@ -977,3 +977,17 @@ def test_medium_gate_flag(bracket, jpeg_result, tmp_path, capsys):
     rc, cap = _run(capsys, ['--inputs', *bracket['jpg'], '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
                             '--output_dir', tmp_path, '--medium_gate', 'on'])
     assert rc != 0 and 'has no medium gate' in cap.err
+
+
+def test_channels_last_follows_auto_and_can_be_switched_off(bracket, monkeypatch):
+    """bf16 on an AMX CPU merges in channels_last (faster there); 'false' keeps the default layout; same result."""
+    from models import base_model
+    from photo.merge import load_network
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': {'avx512_bf16', 'amx_bf16'})
+    results = {}
+    for flag in ('auto', 'false'):
+        net = load_network('AHDRNet', bracket['ckpt'], 'cpu')
+        results[flag] = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2', amp='bf16', net=net,
+                              channels_last=flag).hdr
+        assert net.conv2.weight.is_contiguous(memory_format=torch.channels_last) == (flag == 'auto')
+    assert metrics.psnr_mu(results['auto'], results['false']) > 45

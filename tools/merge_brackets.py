@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--amp', default='auto', choices=('none', 'bf16', 'fp16', 'auto'),
                    help='mixed precision of the network forward: auto = bf16 where the hardware has it (CUDA, or a '
                         'CPU with avx512_bf16/AMX), fp32 elsewhere; none = fp32 throughout; fp16 only on CUDA')
+    p.add_argument('--channels_last', default='auto', choices=('auto', 'true', 'false'),
+                   help='memory layout of the network forward: auto = channels_last for bf16 on a CPU with AMX (up to '
+                        '2x faster there), the default layout elsewhere')
     p.add_argument('--medium_gate', default='auto', choices=('auto', 'on', 'off'),
                    help="the checkpoint's medium gate (models/medium_gate.py: the medium frame where it is clean and "
                         "not clipped): auto = when the checkpoint has one, off = the backbone alone")
@@ -204,7 +207,7 @@ def main(argv=None) -> int:
                        tile_overlap=args.tile_overlap, align=args.align, strict_order=args.strict_order,
                        trust_exposures=args.trust_exposures, prealign=not args.no_prealign,
                        reference=args.reference, amp=args.amp, max_memory=args.max_memory,
-                       medium_gate=args.medium_gate)
+                       medium_gate=args.medium_gate, channels_last=args.channels_last)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
                               args.exr_type, args.compare, args.preview_shadows)
