@@ -10,15 +10,16 @@ Speed notes (results equal the plain formulation up to float32 rounding):
 * the dilation-2 convolutions of the three DRDBs (about half of all FLOPs) run as plain 3x3
   convolutions on the four 2x2 polyphase components stacked along the batch axis, because oneDNN's
   backward pass for dilated convolutions is markedly slower on CPU. `GFF_1x1` is pointwise, so the
-  whole RDB1..GFF_1x1 stretch stays in that layout. Odd H or W, and non-CPU devices, use the dilated
-  convolutions directly (zero rows added to make sizes even would stop being zero after the first layer);
+  whole RDB1..GFF_1x1 stretch stays in that layout. Odd H or W, non-CPU devices and channels_last tensors (whose
+  dilated kernels are fast) use the dilated convolutions directly (zero rows added to make sizes even would stop
+  being zero after the first layer);
 * activations run in place on fresh convolution outputs, which their backward never reads.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.polyphase import from_phases, to_phases
+from models.polyphase import from_phases, is_channels_last, to_phases
 
 
 class make_dilation_dense(nn.Module):
@@ -105,8 +106,9 @@ class AHDR(nn.Module):
         a3 = torch.sigmoid_(self.att32(self._lrelu_(self.att31(torch.cat((f3, f2), 1)))))
         f0 = self.conv2(torch.cat((f1 * a1, f2, f3 * a3), 1))  # (N, F, H, W), no activation
 
-        # the polyphase layout was only measured on CPU (oneDNN); other devices keep the dilated convs
-        phased = x1.device.type == 'cpu' and h % 2 == 0 and w % 2 == 0
+        # the polyphase layout was only measured on CPU (oneDNN), where it pays for NCHW tensors only; other devices
+        # and channels_last runs keep the dilated convs
+        phased = x1.device.type == 'cpu' and h % 2 == 0 and w % 2 == 0 and not is_channels_last(f0)
         z = to_phases(f0) if phased else f0
         r1 = self.RDB1(z, phased=phased)
         r2 = self.RDB2(r1, phased=phased)

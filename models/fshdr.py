@@ -7,9 +7,9 @@ Range Imaging with Multi-Exposure Images in Dynamic Scenes", ICLR 2024) as the b
 matches the release key for key.
 
 Speed notes (results equal the plain formulation up to float32 rounding):
-* on CPU and for even H, W, the dilation-2 SDC convolutions run as plain 3x3 convolutions on the
-  2x2 polyphase components stacked along the batch axis (oneDNN's backward pass for dilated
-  convolutions is slower);
+* on CPU and for even H, W in NCHW, the dilation-2 SDC convolutions run as plain 3x3 convolutions on
+  the 2x2 polyphase components stacked along the batch axis (oneDNN's backward pass for dilated
+  convolutions is slower there; in channels_last it is not);
 * activations run in place on fresh convolution outputs, which their backward never reads;
 * feature maps are released at their last use (inference memory).
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.polyphase import from_phases, to_phases
+from models.polyphase import from_phases, is_channels_last, to_phases
 
 
 def dilated_conv_by_phases(x, conv):
@@ -25,7 +25,7 @@ def dilated_conv_by_phases(x, conv):
     even-sized x runs as a plain 3x3 conv on the 2x2 polyphase components (same sums)."""
     h, w = x.shape[-2:]
     # measured on CPU (oneDNN) only: a gain for dilation 2; none for dilation 3, whose phases need padding
-    if conv.dilation[0] != 2 or x.device.type != 'cpu' or h % 2 or w % 2:
+    if conv.dilation[0] != 2 or x.device.type != 'cpu' or h % 2 or w % 2 or is_channels_last(x):
         return conv(x)
     y = F.conv2d(to_phases(x, 2), conv.weight, conv.bias, padding=1)  # (4N, F, H/2, W/2)
     return from_phases(y, x.shape[0], 2)  # (N, F, H, W)

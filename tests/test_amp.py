@@ -154,3 +154,23 @@ def test_a_channels_last_run_saves_contiguous_weights(tiny_dataroot, tmp_path, m
     model.save_networks(1)
     state = torch.load(model.network_path('SelfHDR', 1), weights_only=True)['state_dict']
     assert all(v.is_contiguous() for v in state.values())
+
+
+@pytest.mark.parametrize('network, module', [('AHDRNet', 'models.ahdrnet'), ('FSHDR', 'models.fshdr')])
+def test_polyphase_layout_is_for_nchw_only(network, module, monkeypatch):
+    """In channels_last the dilated convolutions run as they are (fast there); NCHW on the CPU still splits phases."""
+    import importlib
+    mod = importlib.import_module(module)
+    calls = []
+    real = mod.to_phases
+    monkeypatch.setattr(mod, 'to_phases', lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    net = models.networks.define_network(network).eval()
+    x = [_batch()[f'input{i}'][:, :, :16, :16] for i in range(3)]
+    with torch.inference_mode():
+        net(*x)
+        assert calls, 'NCHW on the CPU should use the polyphase layout'
+        calls.clear()
+        net = net.to(memory_format=torch.channels_last)
+        net(*[t.contiguous(memory_format=torch.channels_last) for t in x])
+    assert not calls
