@@ -20,9 +20,9 @@ class Backbone:
     aligned_input: bool  # the network takes flow-aligned frames, at test time too (FSHDR)
     # Peak memory of one inference forward per input pixel in bytes, (fp32, bf16 autocast): what --tile auto budgets
     # with (util.tiling.choose_tile). Measured by bench/infer_memory.py (bench/results/infer_memory.json); the bf16
-    # figure covers channels_last too (--channels_last auto on AMX; infer_memory_channels_last_amx_f6_m167.json), the
-    # larger of the two layouts where channels_last needs more (FSHDR: 5593 against 5496 bytes); a row
-    # without a measurement gets a cautious figure.
+    # figure covers channels_last too (--channels_last auto on AMX; measured within these figures: AHDRNet 2658, FSHDR
+    # 4356 bytes in infer_memory_channels_last_no_phases_amx_f6_m167.json, the transformers in
+    # infer_memory_channels_last_amx_f6_m167.json); a row without a measurement gets a cautious figure.
     infer_bytes_per_pixel: tuple[int, int] = (16384, 16384)
 
 
@@ -30,7 +30,7 @@ BACKBONES = {b.name: b for b in (
     Backbone('AHDRNet', 'models.ahdrnet', 'AHDR', pad_multiple=0, crop_multiple=1, aligned_input=False,
              infer_bytes_per_pixel=(5701, 3720)),
     Backbone('FSHDR', 'models.fshdr', 'FSHDR', pad_multiple=0, crop_multiple=1, aligned_input=True,
-             infer_bytes_per_pixel=(10331, 5593)),
+             infer_bytes_per_pixel=(10331, 5496)),
     Backbone('HDR-Transformer', 'models.hdr_transformer', 'HDRTransformer', pad_multiple=8, crop_multiple=8,
              aligned_input=False, infer_bytes_per_pixel=(6443, 6387)),
     Backbone('SCTNet', 'models.sctnet', 'SCTNet', pad_multiple=8, crop_multiple=8, aligned_input=False,
