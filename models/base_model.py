@@ -103,8 +103,8 @@ def resolve_channels_last(flag, amp_dtype, device, cpu_flags=None):
 
     auto: on for bf16 autocast on a CPU with AMX, whose oneDNN kernels take NHWC tensors as they are and reorder
     NCHW ones at every convolution (measured on a 2-vCPU Xeon, family 6 model 167: AHDRNet's bf16 training step
-    1.06 -> 0.54 s, FSHDR's 1.55 -> 1.24 s, 512x512 inference 1.33-2x faster; bench/results/
-    channels_last_amx_f6_m167.json); off elsewhere, so fp32 (the faithful path) and CPUs without AMX (not measured)
+    1.06 -> 0.50 s, FSHDR's 1.55 -> 0.64 s with their polyphase split skipped in NHWC, the transformers' 2-15 %
+    faster; bench/results/channels_last*_amx_f6_m167.json); off elsewhere, so fp32 (the faithful path) and CPUs without AMX (not measured)
     keep the release's layout. The layout changes no result beyond float rounding."""
     if isinstance(flag, bool):
         return flag
