@@ -88,6 +88,16 @@ def test_study_compiles_the_long_budgets_only(study, budget, flag, expected):
     assert study.precision_settings('none', flag, budget)['compile'] is expected
 
 
+@pytest.mark.parametrize('amp, flag, expected', [('auto', 'auto', False), ('auto', 'True', True),
+                                                 ('none', 'auto', True)])
+def test_study_does_not_compile_bf16_channels_last_runs_on_amx(study, monkeypatch, amp, flag, expected):
+    """On an AMX CPU, bf16 runs in channels_last, where eager is faster than compiled; fp32 still compiles."""
+    from models import base_model
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': {'avx512_bf16', 'amx_bf16'})
+    monkeypatch.setattr(study.torch.cuda, 'is_available', lambda: False)
+    assert study.precision_settings(amp, flag, 'short')['compile'] is expected
+
+
 def test_study_auto_follows_the_cpu(study, monkeypatch):
     import torch
 
@@ -109,6 +119,8 @@ def test_study_passes_its_precision_to_train_and_test(study, monkeypatch, tmp_pa
         return 0
 
     monkeypatch.setattr(train, 'main', fake_main)
+    from models import base_model
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': {'avx512f', 'avx512_bf16'})
     study.PRECISION.update(study.precision_settings('auto', 'auto', 'short'))
     study.train_run('stage1', 'selfhdr1', tmp_path / 'data', tmp_path / 'ckpt', 'AHDRNet', study.BUDGETS['short'])
     (argv,) = seen
