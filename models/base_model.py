@@ -12,6 +12,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from util.flags import str2bool
 from util.fs import is_write_failure, write_failure
 from util.tiling import auto_tile, padded, tiled_forward
 from . import networks
@@ -106,11 +107,8 @@ def resolve_channels_last(flag, amp_dtype, device, cpu_flags=None):
     1.06 -> 0.50 s, FSHDR's 1.55 -> 0.64 s with their polyphase split skipped in NHWC, the transformers' 2-15 %
     faster; bench/results/channels_last*_amx_f6_m167.json); off elsewhere, so fp32 (the faithful path) and CPUs without AMX (not measured)
     keep the release's layout. The layout changes no result beyond float rounding."""
-    if isinstance(flag, bool):
-        return flag
-    text = str(flag).strip().lower()
-    if text != 'auto':
-        return text in ('yes', 'y', 'true', 't', '1')
+    if str(flag).strip().lower() != 'auto':
+        return str2bool(flag)  # the options' own lenient boolean
     flags = read_cpu_flags() if cpu_flags is None else cpu_flags
     chosen = device.type == 'cpu' and amp_dtype == torch.bfloat16 and 'amx_bf16' in flags
     if chosen:

@@ -91,6 +91,12 @@ AMX = {'avx512f', 'avx512_bf16', 'amx_tile', 'amx_bf16'}
 ZEN4 = {'avx512f', 'avx512_bf16'}
 
 
+@pytest.fixture
+def amx_cpu(monkeypatch):
+    """/proc/cpuinfo as an AMX CPU shows it, whatever this machine is."""
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
+
+
 @pytest.mark.parametrize('flag, amp, device, flags, expected', [
     ('auto', torch.bfloat16, 'cpu', AMX, True),  # the measured case: AMX takes NHWC directly
     ('auto', None, 'cpu', AMX, False),  # fp32 keeps the release's layout
@@ -105,8 +111,7 @@ def test_channels_last_auto_is_on_for_bf16_on_amx_only(flag, amp, device, flags,
 
 
 @pytest.mark.parametrize('network', BACKBONES)
-def test_channels_last_auto_reaches_the_training_model(tiny_dataroot, tmp_path, monkeypatch, network):
-    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
+def test_channels_last_auto_reaches_the_training_model(tiny_dataroot, tmp_path, amx_cpu, network):
     _, model = _step_loss(tiny_dataroot, tmp_path, network, 'bf16')
     assert model.memory_format == torch.channels_last
     convs = [p for p in model.netSelfHDR.parameters() if p.dim() == 4 and p.shape[-1] > 1]
@@ -117,9 +122,8 @@ def test_channels_last_auto_reaches_the_training_model(tiny_dataroot, tmp_path, 
 
 
 @pytest.mark.parametrize('init_type', ['normal', 'orthogonal'])
-def test_channels_last_starts_from_the_same_initial_weights(tiny_dataroot, tmp_path, monkeypatch, init_type):
+def test_channels_last_starts_from_the_same_initial_weights(tiny_dataroot, tmp_path, amx_cpu, init_type):
     """nn.init fills tensors in memory order (orthogonal_ even needs NCHW views): the layout comes after it."""
-    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
     states = []
     for layout in ('auto', 'False'):
         torch.manual_seed(0)
@@ -145,9 +149,8 @@ def test_channels_last_changes_no_result_beyond_rounding(network):
     torch.testing.assert_close(nhwc.contiguous(), plain, rtol=1e-5, atol=1e-5)
 
 
-def test_a_channels_last_run_saves_contiguous_weights(tiny_dataroot, tmp_path, monkeypatch):
+def test_a_channels_last_run_saves_contiguous_weights(tiny_dataroot, tmp_path, amx_cpu):
     """Checkpoints stay in the bare release format whatever layout the run trained in."""
-    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(AMX))
     _, model = _step_loss(tiny_dataroot, tmp_path, 'AHDRNet', 'bf16')
     assert model.netSelfHDR.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.netSelfHDR.conv2.weight.is_contiguous()

@@ -345,27 +345,40 @@ def test_fusion_keeps_a_deviation_within_noise_and_shrinks_a_bias_towards_the_fr
         assert not torch.allclose(out, plain_gate(y, x_mid, noise, band)[0])
 
 
-def test_fusion_window_is_stored_read_and_set(tmp_path, capsys):
+def _check_entry_stored_read_and_set(tmp_path, capsys, name, settings, absent, bads, new, refused,
+                                     absent_version=None):
+    """Gate entry `name`: stored with the gate (`settings` set on it) and read back; read as `absent` from a gate
+    stored before the entry existed (with `absent_version` as its version, where given); a bad stored value is a
+    GateError naming it; tools/set_gate_clamp sets `new` and refuses `refused` (exit code 2). Returns the set file."""
     from tools import set_gate_clamp
 
     gate = _trained_looking_gate()
-    gate.consistency, gate.fusion_window = 1.5, 5
-    path = tmp_path / 'fused.pth'
+    for key, value in settings.items():
+        setattr(gate, key, value)
+    path = tmp_path / f'{name}.pth'
     checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), gate)
     torch.save(checkpoint, path)
-    assert read_gate(path).fusion_window == 5 and checkpoint[GATE_KEY]['version'] == GATE_VERSION
-    del checkpoint[GATE_KEY]['fusion_window']  # a gate stored before the entry: no fusion
-    torch.save(checkpoint, path)
-    assert read_gate(path).fusion_window == 0
-    for bad in (4, -1, 2.5, True):
-        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], fusion_window=bad)}), path)
-        with pytest.raises(GateError, match='fusion_window'):
+    assert getattr(read_gate(path), name) == settings[name] and checkpoint[GATE_KEY]['version'] == GATE_VERSION
+    del checkpoint[GATE_KEY][name]  # a gate stored before the entry
+    torch.save(checkpoint if absent_version is None
+               else dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], version=absent_version)}), path)
+    assert getattr(read_gate(path), name) == absent
+    for bad in bads:
+        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], **{name: bad})}), path)
+        with pytest.raises(GateError, match=name):
             read_gate(path)
     torch.save(checkpoint, path)
     out = tmp_path / 'set.pth'
-    assert set_gate_clamp.main([str(path), '--fusion_window', '7', '--out', str(out)]) == 0
-    assert read_gate(out).fusion_window == 7 and 'fusion_window 7' in capsys.readouterr().out
-    assert set_gate_clamp.main([str(path), '--fusion_window', '6', '--out', str(out)]) == 2
+    assert set_gate_clamp.main([str(path), f'--{name}', new, '--out', str(out)]) == 0
+    assert getattr(read_gate(out), name) == float(new) and f'{name} {new}' in capsys.readouterr().out
+    assert set_gate_clamp.main([str(path), f'--{name}', refused, '--out', str(out)]) == 2
+    return out
+
+
+def test_fusion_window_is_stored_read_and_set(tmp_path, capsys):
+    # before the entry: no fusion
+    _check_entry_stored_read_and_set(tmp_path, capsys, 'fusion_window', {'consistency': 1.5, 'fusion_window': 5},
+                                     absent=0, bads=(4, -1, 2.5, True), new='7', refused='6')
 
 
 def test_fusion_prior_weighs_the_images_mean_error_into_each_pixels_share():
@@ -413,27 +426,12 @@ def test_fusion_prior_weighs_the_images_mean_error_into_each_pixels_share():
 
 
 def test_fusion_prior_is_stored_read_and_set(tmp_path, capsys):
-    from tools import set_gate_clamp
-
-    gate = _trained_looking_gate()
-    gate.consistency, gate.fusion_window, gate.fusion_prior = 1.5, 5, 0.5
-    path = tmp_path / 'prior.pth'
-    checkpoint = gated_checkpoint(tiny_ahdr().state_dict(), gate)
-    torch.save(checkpoint, path)
-    assert read_gate(path).fusion_prior == 0.5 and checkpoint[GATE_KEY]['version'] == GATE_VERSION == 11
-    del checkpoint[GATE_KEY]['fusion_prior']  # a gate stored before the entry: the local estimate alone
-    torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], version=10)}), path)
-    assert read_gate(path).fusion_prior == 0.0
-    for bad in (1.5, -1, float('nan'), 'half'):
-        torch.save(dict(checkpoint, **{GATE_KEY: dict(checkpoint[GATE_KEY], fusion_prior=bad)}), path)
-        with pytest.raises(GateError, match='fusion_prior'):
-            read_gate(path)
-    torch.save(checkpoint, path)
-    out = tmp_path / 'set.pth'
-    assert set_gate_clamp.main([str(path), '--fusion_prior', '0.25', '--out', str(out)]) == 0
-    assert read_gate(out).fusion_prior == 0.25 and 'fusion_prior 0.25' in capsys.readouterr().out
+    # before the entry (version 10): the local estimate alone
+    assert GATE_VERSION == 11
+    out = _check_entry_stored_read_and_set(
+        tmp_path, capsys, 'fusion_prior', {'consistency': 1.5, 'fusion_window': 5, 'fusion_prior': 0.5}, absent=0.0,
+        bads=(1.5, -1, float('nan'), 'half'), new='0.25', refused='2', absent_version=10)
     assert torch.load(out, weights_only=True)[GATE_KEY]['version'] == GATE_VERSION
-    assert set_gate_clamp.main([str(path), '--fusion_prior', '2', '--out', str(out)]) == 2
 
 
 def test_consistency_is_stored_with_the_gate_and_applied_by_the_gated_network(tmp_path):

@@ -250,7 +250,7 @@ def precision_settings(amp: str, compile_: str, budget_name: str) -> dict:
 
     dtype = resolve_amp(amp, torch.device('cpu'))  # the scoring forwards run on the CPU
     trains_on = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    nhwc = trains_on.type == 'cpu' and resolve_channels_last('auto', dtype, trains_on)
+    nhwc = resolve_channels_last('auto', dtype, trains_on)  # never on for CUDA
     on = compile_ == 'True' or (compile_ == 'auto' and budget_name != 'tiny' and not nhwc)
     logger.info('precision: --amp %s (scoring forwards in %s), --compile %s for the trainings', amp,
                 'bf16' if dtype is not None else 'fp32', on)
