@@ -10,7 +10,7 @@ set -e
 budget=${budget:-demo}                 # demo: ~10 min, proves the pipeline; short: the study's recipe (~2 h on 2 cores)
 case "$budget" in
     demo)  d_root=./datasets/demo;        d_train=32; d_test=8;  d_niter=2;  d_iters=60;  d_every=1; d_lr=0.0002; d_lr2=0.0002; d_thr=30; d_compile=False; d_variety=standard ;;
-    short) d_root=./datasets/study_short; d_train=192; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=60; d_compile=True; d_variety=wide ;;
+    short) d_root=./datasets/study_short; d_train=192; d_test=12; d_niter=20; d_iters=100; d_every=2; d_lr=0.001;  d_lr2=0.0002; d_thr=60; d_compile=auto; d_variety=wide ;;
     *) echo "train.sh: unknown budget '$budget' (demo, short)" >&2; exit 2 ;;
 esac
 dataroot=${dataroot:-$d_root}          # SIGGRAPH17 layout: Training/ Training_align/ Test/ [Test_align/]
@@ -35,8 +35,9 @@ colour_threshold=${colour_threshold:-$d_thr}  # stage 2 keeps L_color where the 
                                        # agree within this many 1/255; the paper: 10 (README, "Study")
 amp=${amp:-auto}                       # auto: bf16 where the hardware has it (CUDA with bf16, a CPU with
                                        # avx512_bf16/AMX), fp32 elsewhere; none: the release's fp32 (README, "Speed")
-compile=${compile:-$d_compile}         # torch.compile the training network: pays over the short budget's 4000
-                                       # iterations; the demo's 240 barely repay its warm-up (README, "Speed")
+compile=${compile:-$d_compile}         # torch.compile the training network; auto (short budget): on where it pays
+                                       # over 4000 iterations, off in channels_last on AMX, where eager is as fast;
+                                       # the demo's 240 iterations do not repay its warm-up (README, "Speed")
 
 if [ "$dataroot" = "$d_root" ]; then
     python tools/make_demo_data.py --root "$dataroot" --train $d_train --test $d_test --variety $d_variety

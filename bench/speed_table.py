@@ -75,9 +75,10 @@ def render(table: dict) -> str:
     """The Markdown table of one machine's ``table`` (what main writes as JSON)."""
     release, ours = entries(table['release']), entries(table['ours'])
     precisions = table['ours']['precisions']
+    fp32 = precisions[0]  # ours in fp32, in the layout --channels_last auto picks for it ('fp32+channels_last' on AMX)
     peak = table['ours'].get('nominal_fp32_peak_gflops')
-    head = ['backbone', 'mode', 'release-equivalent fp32', 'ours fp32', 'fp32 GFLOP/s (share of nominal peak)']
-    head += [f'ours {p}' for p in precisions if p != 'fp32'] + ['`--amp auto` vs release']
+    head = ['backbone', 'mode', 'release-equivalent fp32', f'ours {fp32}', 'fp32 GFLOP/s (share of nominal peak)']
+    head += [f'ours {p}' for p in precisions if p != fp32] + ['`--amp auto` vs release']
     lines = [f"**{table['cpu_text']}**, {table['date']} (`python bench/speed_table.py`; medians of "
              f"{table['runs']} runs after {table['warmup']} warm-up, each configuration in a fresh process; "
              f"nominal fp32 peak {peak:.0f} GFLOP/s)" if peak else
@@ -88,7 +89,7 @@ def render(table: dict) -> str:
         for mode in MODES:
             base = release.get((net, mode, 'fp32'))
             row = [net, MODE_NAMES[mode], f"{base['seconds_median']:.2f} s" if base else '-']
-            ref = ours.get((net, mode, 'fp32'))
+            ref = ours.get((net, mode, fp32))
             row.append(f"{ref['seconds_median']:.2f} s" if ref else '-')
             if ref and 'gflops_per_second' in ref:
                 share = ref.get('share_of_nominal_fp32_peak')
@@ -96,7 +97,7 @@ def render(table: dict) -> str:
             else:
                 row.append('-')
             for p in precisions:
-                if p == 'fp32':
+                if p == fp32:
                     continue
                 e = ours.get((net, mode, p))
                 row.append(f"{e['seconds_median']:.2f} s ({ref['seconds_median'] / e['seconds_median']:.2f}x fp32)"
@@ -139,9 +140,10 @@ def main(argv=None) -> int:
     from models.base_model import has_cpp_compiler, resolve_channels_last
     from speed import cpu_description
     cpu = cpu_description()
-    precisions = ['fp32']
+    # each precision in the layout train.py/test.py pick for it (--channels_last auto: NHWC on AMX)
+    layout = '+channels_last' if resolve_channels_last('auto', None, torch.device('cpu')) else ''
+    precisions = ['fp32' + layout]
     if cpu.get('native_bf16'):
-        # bf16 in the layout train.py/test.py pick for it (--channels_last auto: NHWC on AMX)
         layout = '+channels_last' if resolve_channels_last('auto', torch.bfloat16, torch.device('cpu')) else ''
         precisions.append('bf16' + layout)
         if has_cpp_compiler():

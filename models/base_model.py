@@ -102,18 +102,39 @@ def resolve_amp(amp, device, cpu_flags=None):
 def resolve_channels_last(flag, amp_dtype, device, cpu_flags=None):
     """--channels_last auto|True|False -> whether networks and 4-D inputs run in channels_last, saying why in the log.
 
-    auto: on for bf16 autocast on a CPU with AMX, whose oneDNN kernels take NHWC tensors as they are and reorder
-    NCHW ones at every convolution (measured on a 2-vCPU Xeon, family 6 model 167: AHDRNet's bf16 training step
-    1.06 -> 0.50 s, FSHDR's 1.55 -> 0.64 s with their polyphase split skipped in NHWC, the transformers' 2-15 %
-    faster; bench/results/channels_last*_amx_f6_m167.json); off elsewhere, so fp32 (the faithful path) and CPUs without AMX (not measured)
-    keep the release's layout. The layout changes no result beyond float rounding."""
+    auto: on for a CPU with AMX, whose oneDNN kernels take NHWC tensors as they are and reorder NCHW ones at every
+    convolution: measured on a 2-vCPU Xeon (family 6 model 167), AHDRNet's bf16 training step 1.06 -> 0.50 s,
+    FSHDR's 1.55 -> 0.64 s with their polyphase split skipped in NHWC, the transformers' 2-15 % faster
+    (bench/results/channels_last*_amx_f6_m167.json), and in fp32 every backbone's step 2-6 % faster
+    (bench/results/fp32_channels_last_all_amx_f6_m167.json). Off elsewhere (CUDA, CPUs without AMX: not measured),
+    which keep the release's layout. The layout changes no result beyond float rounding."""
     if str(flag).strip().lower() != 'auto':
         return str2bool(flag)  # the options' own lenient boolean
     flags = read_cpu_flags() if cpu_flags is None else cpu_flags
-    chosen = device.type == 'cpu' and amp_dtype == torch.bfloat16 and 'amx_bf16' in flags
+    chosen = device.type == 'cpu' and amp_dtype in (None, torch.bfloat16) and 'amx_bf16' in flags
     if chosen:
-        logger.info('--channels_last auto: on (bf16 on a CPU with AMX: its kernels take NHWC directly)')
+        logger.info('--channels_last auto: on (a CPU with AMX: its kernels take NHWC directly)')
     return chosen
+
+
+def resolve_compile(flag, is_train, channels_last):
+    """--compile auto|True|False -> whether the networks run through torch.compile, saying why in the log.
+
+    auto: on for training, whose thousands of iterations repay the 20-90 s warm-up (AHDRNet's bf16 step 1.9x ->
+    3.3x its fp32 on a Xeon with AMX in NCHW, README "Speed"), except where the networks run in channels_last
+    (`resolve_channels_last`: a CPU with AMX), where eager bf16 is faster for the CNNs (AHDRNet 0.51 against
+    0.63 s, FSHDR 0.66 against 0.79 s) and equal for the transformers; off for testing (one pass over the scenes
+    does not repay the warm-up)."""
+    if str(flag).strip().lower() != 'auto':
+        return str2bool(flag)
+    if not is_train:
+        logger.info('--compile auto: off (testing: one pass does not repay the compile warm-up)')
+        return False
+    if channels_last:
+        logger.info('--compile auto: off (channels_last on a CPU with AMX: eager is as fast or faster there)')
+        return False
+    logger.info('--compile auto: on (training repays the compile warm-up)')
+    return True
 
 
 def saved_model_epochs(save_dir, model_names=('SelfHDR',)):
@@ -369,7 +390,8 @@ class BaseModel(ABC):
                 if manifest:
                     self.restore_training_state(manifest)
         self._check_names()
-        if getattr(opt, 'compile', False):
+        if resolve_compile(getattr(opt, 'compile', False), self.isTrain,
+                           self.memory_format == torch.channels_last):
             self.compile_networks()
         if getattr(opt, 'verbose', False) and self.is_main_process:
             self.print_networks()

@@ -6,7 +6,7 @@ import os
 import torch
 
 from models import backbones
-from util.flags import LR_RANGE, NumberRangeError, checked_number, str2bool  # noqa: F401  (str2bool re-exported)
+from util.flags import LR_RANGE, NumberRangeError, bool_or_auto, checked_number, str2bool  # noqa: F401 (re-export)
 from util.tiling import tile_flag
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,11 @@ class BaseOptions:
         parser.add_argument('--channels_last', type=str, default='auto',
                             help='channels_last memory format: true, false, or auto (on for bf16 on a CPU with AMX, '
                                  'where it runs the convolutions up to 2x faster; off elsewhere)')
-        parser.add_argument('--compile', type=str2bool, nargs='?', const=True, default=False,
-                            help='torch.compile the networks (uncompiled, with a warning, where compiling fails); '
-                                 'checkpoints stay in the bare release format')
+        parser.add_argument('--compile', type=bool_or_auto, nargs='?', const=True, default=False,
+                            help='torch.compile the networks (uncompiled, with a warning, where compiling fails): '
+                                 'true, false, or auto (on for training, except in channels_last on a CPU with AMX, '
+                                 'where eager is as fast; off for testing); checkpoints stay in the bare release '
+                                 'format')
         parser.add_argument('--vgg_weights', type=str, default='imagenet', choices=('imagenet', 'auto', 'random'),
                             help="VGG19 for the structure loss: 'imagenet' needs the weights (torchvision cache or "
                                  "--vgg_path); 'auto' falls back to random weights with a warning; 'random' is explicit")

@@ -144,6 +144,17 @@ def test_speed_table_names_the_cpu_and_compares_with_the_release(tmp_path):
     assert infer.endswith('| 3.00 s | 2.50 s | - | - | - |')  # a failed bf16 run is a gap, not a number
     assert speed_table.cpu_key(table['cpu']) == 'test_cpu_f25_m17'
 
+    # on an AMX CPU ours runs fp32 in channels_last too: that entry is the fp32 reference
+    for r in table['ours']['results']:
+        r['precision'] = r['precision'].replace('fp32', 'fp32+channels_last')
+    table['ours']['precisions'] = ['fp32+channels_last', 'bf16']
+    path.write_text(json.dumps(table))
+    assert speed_table.main(['--render', str(path)]) == 0
+    text = (tmp_path / 'speed_table_test.md').read_text()
+    assert '| ours fp32+channels_last |' in text and '| ours bf16 |' in text
+    train = next(line for line in text.splitlines() if line.startswith('| AHDRNet | training step'))
+    assert train == '| AHDRNet | training step | 4.00 s | 2.00 s | 180 (90%) | 1.00 s (2.00x fp32) | 4.00x |'
+
 
 def test_medium_gate_bench_refuses_an_also_label_that_would_overwrite_a_row(capsys):
     import medium_gate

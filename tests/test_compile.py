@@ -74,6 +74,31 @@ def test_flag_parses(tiny_dataroot, tmp_path):
     from options.train_options import TrainOptions
     bare = TrainOptions().parse(train_args(tiny_dataroot, tmp_path, 'c') + ['--compile'])
     assert bare.compile is True
+    auto = TrainOptions().parse(train_args(tiny_dataroot, tmp_path, 'd') + ['--compile', 'AUTO'])
+    assert auto.compile == 'auto'
+
+
+@pytest.mark.parametrize('flag, is_train, channels_last, expected', [
+    ('auto', True, False, True),  # training repays the warm-up
+    ('auto', True, True, False),  # bf16 channels_last on AMX: eager is as fast
+    ('auto', False, False, False),  # testing: one pass
+    (True, False, True, True),  # an explicit choice is kept
+    ('False', True, False, False),
+])
+def test_compile_auto_resolves_by_stage_and_layout(flag, is_train, channels_last, expected):
+    from models.base_model import resolve_compile
+    assert resolve_compile(flag, is_train, channels_last) is expected
+
+
+@pytest.mark.parametrize('cpu_flags, compiled', [({'avx2', 'fma'}, True), ({'avx512_bf16', 'amx_bf16'}, False)])
+def test_compile_auto_follows_the_cpu_in_a_training_model(tiny, tiny_dataroot, tmp_path, eager_compile, monkeypatch,
+                                                          cpu_flags, compiled):
+    """Compiled where the run keeps NCHW; eager where --channels_last auto picks NHWC (a CPU with AMX)."""
+    from models import base_model
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': set(cpu_flags))
+    model = _model(tiny_dataroot, tmp_path, 'auto', compile='auto')
+    assert isinstance(model.netSelfHDR, CompiledOrEager) is compiled and len(eager_compile) == int(compiled)
+    assert (model.memory_format == torch.channels_last) is not compiled
 
 
 def test_default_is_uncompiled(tiny, tiny_dataroot, tmp_path, eager_compile):

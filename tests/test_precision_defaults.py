@@ -35,7 +35,7 @@ def _flag(argv, name):
     return argv[argv.index(name) + 1]
 
 
-@pytest.mark.parametrize('budget, compiled', [('demo', 'False'), ('short', 'True')])
+@pytest.mark.parametrize('budget, compiled', [('demo', 'False'), ('short', 'auto')])
 def test_train_sh_passes_amp_auto_and_compiles_the_long_budget(tmp_path, budget, compiled):
     calls, stdout = _run_script('train.sh', tmp_path, budget=budget)
     trainings = [c for c in calls if c[0] == 'train.py']
@@ -84,14 +84,17 @@ def test_study_defaults_are_amp_auto_and_compile_auto(study):
 @pytest.mark.parametrize('budget, flag, expected', [('short', 'auto', True), ('long', 'auto', True),
                                                     ('tiny', 'auto', False), ('tiny', 'True', True),
                                                     ('short', 'False', False)])
-def test_study_compiles_the_long_budgets_only(study, budget, flag, expected):
+def test_study_compiles_the_long_budgets_only(study, monkeypatch, budget, flag, expected):
+    from models import base_model
+    monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': {'avx2', 'fma'})  # NCHW
+    monkeypatch.setattr(study.torch.cuda, 'is_available', lambda: False)
     assert study.precision_settings('none', flag, budget)['compile'] is expected
 
 
 @pytest.mark.parametrize('amp, flag, expected', [('auto', 'auto', False), ('auto', 'True', True),
-                                                 ('none', 'auto', True)])
-def test_study_does_not_compile_bf16_channels_last_runs_on_amx(study, monkeypatch, amp, flag, expected):
-    """On an AMX CPU, bf16 runs in channels_last, where eager is faster than compiled; fp32 still compiles."""
+                                                 ('none', 'auto', False)])
+def test_study_does_not_compile_channels_last_runs_on_amx(study, monkeypatch, amp, flag, expected):
+    """On an AMX CPU the networks run in channels_last (bf16 and fp32), where eager is as fast as compiled."""
     from models import base_model
     monkeypatch.setattr(base_model, 'read_cpu_flags', lambda path='/proc/cpuinfo': {'avx512_bf16', 'amx_bf16'})
     monkeypatch.setattr(study.torch.cuda, 'is_available', lambda: False)

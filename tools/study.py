@@ -243,15 +243,16 @@ PRECISION = {'amp': 'none', 'compile': False, 'dtype': None}
 
 def precision_settings(amp: str, compile_: str, budget_name: str) -> dict:
     """--amp as given (auto: bf16 where the hardware has it); --compile auto: on for the short and long budgets,
-    whose thousands of iterations repay the compile warm-up, off for tiny (seconds), and off where the trainings run
-    bf16 in channels_last (a CPU with AMX): there eager is faster for the CNNs (AHDRNet's step 0.51 s against 0.63 s
-    compiled) and equal for the transformers (README, "Speed")."""
-    from models.base_model import resolve_amp, resolve_channels_last
+    whose thousands of iterations repay the compile warm-up, off for tiny (seconds), and otherwise as train.py's
+    `--compile auto` decides (`resolve_compile`): off where the trainings run in channels_last (a CPU with AMX), where
+    eager bf16 is faster for the CNNs (AHDRNet's step 0.51 s against 0.63 s compiled) and equal for the transformers
+    (README, "Speed")."""
+    from models.base_model import resolve_amp, resolve_channels_last, resolve_compile
 
     dtype = resolve_amp(amp, torch.device('cpu'))  # the scoring forwards run on the CPU
     trains_on = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     nhwc = resolve_channels_last('auto', dtype, trains_on)  # never on for CUDA
-    on = compile_ == 'True' or (compile_ == 'auto' and budget_name != 'tiny' and not nhwc)
+    on = False if compile_ == 'auto' and budget_name == 'tiny' else resolve_compile(compile_, True, nhwc)
     logger.info('precision: --amp %s (scoring forwards in %s), --compile %s for the trainings', amp,
                 'bf16' if dtype is not None else 'fp32', on)
     return {'amp': amp, 'compile': on, 'dtype': dtype}

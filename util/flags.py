@@ -86,3 +86,10 @@ def str2bool(value):
     if isinstance(value, bool):
         return value
     return str(value).strip().lower() in ('yes', 'y', 'true', 't', '1')
+
+
+def bool_or_auto(value):
+    """'auto' (any case) as it is, anything else through `str2bool`: the options that choose by the machine."""
+    if isinstance(value, str) and value.strip().lower() == 'auto':
+        return 'auto'
+    return str2bool(value)
