@@ -5,7 +5,8 @@ convolutions (`models.transformer_layers.TokenLinear`) on the CPU at hand:
 
 Per backbone (HDR-Transformer, SCTNet), both forms alternating in one process (order swapped every run, medians of
 3 after one warm-up each): 512x512 inference in fp32 and under bf16 autocast, with the largest output difference
-between the forms, and a float32 training step (batch 4 of 128x128, L1 of the output, Adam). 2 threads.
+between the forms, and a training step (batch 4 of 128x128, L1 of the output, Adam) in fp32 and under bf16 autocast.
+2 threads.
 """
 import json
 import os
@@ -55,14 +56,17 @@ def measure(name):
     opt = torch.optim.Adam(net.parameters(), 1e-4)
     xs = make_inputs(4, 128, 128, torch.device('cpu'))
 
-    def step(form):
-        use(form)
-        opt.zero_grad(set_to_none=True)
-        net(*xs).abs().mean().backward()
-        opt.step()
-    times, _ = alternate(FORMS, step, RUNS)
-    row['train_fp32'] = {k: statistics.median(v) for k, v in times.items()}
-    print(name, 'train fp32', row['train_fp32'], flush=True)
+    for prec in ['fp32', 'bf16']:
+        def step(form):
+            use(form)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=prec == 'bf16'):
+                out = net(*xs)
+            out.float().abs().mean().backward()
+            opt.step()
+        times, _ = alternate(FORMS, step, RUNS)
+        row[f'train_{prec}'] = {k: statistics.median(v) for k, v in times.items()}
+        print(name, 'train', prec, row[f'train_{prec}'], flush=True)
     return row
 
 

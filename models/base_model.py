@@ -131,7 +131,7 @@ def resolve_compile(flag, is_train, channels_last):
         logger.info('--compile auto: off (testing: one pass does not repay the compile warm-up)')
         return False
     if channels_last:
-        logger.info('--compile auto: off (channels_last on a CPU with AMX: eager is as fast or faster there)')
+        logger.info('--compile auto: off (the networks run in channels_last, where eager was as fast or faster on AMX)')
         return False
     logger.info('--compile auto: on (training repays the compile warm-up)')
     return True
