@@ -71,14 +71,19 @@ def measure(name):
 
 
 def main():
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--networks', nargs='+', default=['HDR-Transformer', 'SCTNet'])
+    p.add_argument('--output', default=None, help='default: bench/results/token_linear_path_<cpu>.json')
+    args = p.parse_args()
     tune_malloc('tuned')
     torch.set_num_threads(2)
     try:
-        res = {name: measure(name) for name in ['HDR-Transformer', 'SCTNet']}
+        res = {name: measure(name) for name in args.networks}
     finally:
         use('conv1x1')
     cpu = cpu_description()
-    out = os.path.join(ROOT, 'bench', 'results', f'token_linear_path_{cpu_key(cpu)}.json')
+    out = args.output or os.path.join(ROOT, 'bench', 'results', f'token_linear_path_{cpu_key(cpu)}.json')
     write_atomic(out, json.dumps({'cpu': cpu, 'threads': 2, 'torch': torch.__version__, 'networks': res}, indent=1))
     print('wrote', out)
 

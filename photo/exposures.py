@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,34 @@ logger = logging.getLogger(__name__)
 
 EXIF_IFD = 0x8769        # pointer to the Exif sub-IFD
 EXPOSURE_TIME = 0x829A   # ExposureTime, seconds, RATIONAL
+F_NUMBER = 0x829D        # FNumber, RATIONAL
+ISO_SPEED = 0x8827       # ISOSpeedRatings (PhotographicSensitivity), SHORT, one or more values
+
+
+@dataclass
+class ExifExposure:
+    """What a frame's EXIF says about its exposure: the shutter time in seconds, the ISO speed and the f-number (0
+    where the file has none or an unusable one). The same fields as a RAW frame's, so `photo.raw.relative_exposure`
+    turns either into relative exposures by one rule."""
+
+    shutter_s: float
+    iso: float = 0.0
+    aperture: float = 0.0
+
+
+def _exif_number(value) -> float:
+    """A secondary EXIF value (ISO, f-number) as a float; 0 where it is missing or not a finite number: these only
+    refine the exposure, so an odd one is left out rather than refused."""
+    if isinstance(value, (tuple, list)):
+        if len(value) == 2 and all(isinstance(v, int) for v in value):
+            value = value[0] / value[1] if value[1] else 0.0
+        else:
+            value = value[0] if value else 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return 0.0
+    return number if math.isfinite(number) and number > 0 else 0.0
 
 
 def _exif_value_to_seconds(value, path: Path) -> float:
@@ -50,29 +79,39 @@ def _exif_value_to_seconds(value, path: Path) -> float:
 def read_exposure_time(path) -> float | None:
     """Exposure time in seconds from the file's EXIF ``ExposureTime``; None when the file has none.
 
-    Looks in the Exif sub-IFD (JPEG, camera TIFFs) and then IFD0 (some TIFF writers put it there).
-    Raises :class:`MergeError` when the tag exists but holds no valid time.
+    Raises :class:`MergeError` when the tag exists but holds no valid time."""
+    exposure = read_exif_exposure(path)
+    return None if exposure is None else exposure.shutter_s
+
+
+def read_exif_exposure(path) -> ExifExposure | None:
+    """The file's EXIF exposure (:class:`ExifExposure`); None when it has no ``ExposureTime``.
+
+    Looks in the Exif sub-IFD (JPEG, camera TIFFs) and then IFD0 (some TIFF writers put the tags there).
+    Raises :class:`MergeError` when the time tag exists but holds no valid time.
     """
     from PIL import Image, UnidentifiedImageError  # lazy: only EXIF reading needs Pillow
 
     path = Path(path)
+
+    def lookup(exif, tag):
+        value = exif.get_ifd(EXIF_IFD).get(tag)
+        return exif.get(tag) if value is None else value
+
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-            value = exif.get_ifd(EXIF_IFD).get(EXPOSURE_TIME)
-            if value is None:
-                value = exif.get(EXPOSURE_TIME)
-            if value is None and img.format == 'PNG':
+            if lookup(exif, EXPOSURE_TIME) is None and img.format == 'PNG':
                 img.load()  # a PNG's eXIf chunk may follow the image data
                 exif = img.getexif()
-                value = exif.get_ifd(EXIF_IFD).get(EXPOSURE_TIME, exif.get(EXPOSURE_TIME))
+            value, iso, f_number = (lookup(exif, tag) for tag in (EXPOSURE_TIME, ISO_SPEED, F_NUMBER))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # OpenCV may still read frames Pillow cannot parse; they just have no usable EXIF.
         logger.debug('%s: no EXIF read (%s)', path, exc)
         return None
     if value is None:
         return None
-    return _exif_value_to_seconds(value, path)
+    return ExifExposure(_exif_value_to_seconds(value, path), _exif_number(iso), _exif_number(f_number))
 
 
 def parse_exposures(values: Sequence, unit: str = 'seconds', source: str = '--exposures') -> list[float]:

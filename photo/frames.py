@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from photo.errors import MergeError
-from photo.exposures import parse_exposures, read_exposure_time, select_frames
+from photo.exposures import parse_exposures, read_exif_exposure, select_frames
 from photo.raw import is_raw, read_raw, relative_exposure
 from util.flags import NumberRangeError, checked_number
 from util.hdr_io import read_ldr
@@ -29,7 +29,7 @@ class BracketFrames:
     paths: list[Path]               # sorted order
     frames: list[np.ndarray]        # H x W x 3 BGR float32 in [0, 1], sorted order
     times: np.ndarray               # float64 (3,), normalised by the shortest
-    times_source: str               # 'exif', 'seconds' or 'stops'
+    times_source: str               # 'exif' ('exif (shutter time x ISO)' ...), 'seconds', 'stops', 'raw metadata (...)'
     order: list[int]                # order[k] = index in the given inputs of the k-th sorted frame
     raw_times: list[float] = field(default_factory=list)  # as read/given, in the given input order
     kind: str = 'ldr'               # 'ldr' (camera-encoded codes) or 'raw' (linear radiance from rawpy)
@@ -102,12 +102,14 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
                              '--exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
         source = f'raw metadata ({what})'
     else:
-        raw = [read_exposure_time(p) for p in paths]
-        missing = [str(p) for p, t in zip(paths, raw) if t is None]
+        exif = [read_exif_exposure(p) for p in paths]
+        missing = [str(p) for p, e in zip(paths, exif) if e is None]
         if missing:
             raise MergeError(f'{", ".join(missing)}: no EXIF ExposureTime; give the times with --exposures '
                              '(seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
-        source = 'exif'
+        # the ISO speed and f-number count where every frame has one and they differ, as for RAW frames
+        raw, what = relative_exposure(exif)
+        source = 'exif' if what == 'shutter time' else f'exif ({what})'
 
     n = len(paths)
     for i in range(n):

@@ -90,9 +90,10 @@ def _plausible(value, bounds) -> bool:
     return True
 
 
-def relative_exposure(frames: list[RawFrame]) -> tuple[list[float | None], str]:
-    """Exposure of each frame from its metadata: shutter time, times ISO (when every frame has one) and divided by
-    the f-number squared (when every frame has one). A frame without a shutter time gives None.
+def relative_exposure(frames) -> tuple[list[float | None], str]:
+    """Exposure of each frame from its metadata (`RawFrame`s, or `photo.exposures.ExifExposure`s of JPEG/TIFF
+    frames: anything with shutter_s, iso and aperture): shutter time, times ISO (when every frame has one and they
+    differ) and divided by the f-number squared (likewise). A frame without a shutter time gives None.
 
     Returns the exposures and a description of what entered them."""
     # Metadata checked at the door: a value that is not finite or not plausible counts as missing.

@@ -34,11 +34,15 @@ def _ldr(radiance, t):
     return np.clip((radiance * t) ** (1 / 2.2), 0, 1).astype(np.float32)
 
 
-def _save_jpeg(path, ldr_bgr, exposure=None):
+def _save_jpeg(path, ldr_bgr, exposure=None, iso=None, f_number=None):
     rgb = np.clip(np.rint(ldr_bgr[:, :, ::-1] * 255), 0, 255).astype(np.uint8)
     exif = Image.Exif()
     if exposure is not None:
         exif.get_ifd(0x8769)[0x829A] = TiffImagePlugin.IFDRational(*exposure)  # Exif sub-IFD, as cameras write
+    if iso is not None:
+        exif.get_ifd(0x8769)[0x8827] = iso
+    if f_number is not None:
+        exif.get_ifd(0x8769)[0x829D] = TiffImagePlugin.IFDRational(*f_number)
     Image.fromarray(rgb).save(path, quality=95, exif=exif)
 
 
@@ -90,6 +94,29 @@ def test_exif_in_tiff_ifd0(tmp_path):
     tags[0x829A] = TiffImagePlugin.IFDRational(1, 60)
     Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(path, tiffinfo=tags)
     assert read_exposure_time(path) == pytest.approx(1 / 60, rel=1e-12)
+
+
+@pytest.mark.parametrize('times, isos, f_numbers, expected, what', [
+    # shutter times 1/400, 1/100, 1/25 at one ISO: the times alone
+    (((1, 400), (1, 100), (1, 25)), (100, 100, 100), None, (1, 4, 16), 'exif'),
+    # the long frame at twice the ISO (a camera's auto-ISO bracket): 2x more exposure, as the RAW path counts it
+    (((1, 400), (1, 100), (1, 50)), (100, 100, 200), None, (1, 4, 16), 'exif (shutter time x ISO)'),
+    # one shutter time, three ISO speeds
+    (((1, 100), (1, 100), (1, 100)), (100, 400, 1600), None, (1, 4, 16), 'exif (shutter time x ISO)'),
+    # an aperture bracket: f/8, f/4, f/2 at 1/100 s
+    (((1, 100), (1, 100), (1, 100)), None, ((8, 1), (4, 1), (2, 1)), (1, 4, 16), 'exif (shutter time / f-number^2)'),
+])
+def test_exif_iso_and_aperture_enter_the_exposure(tmp_path, times, isos, f_numbers, expected, what):
+    """A JPEG bracket's exposure is time x ISO / f-number^2 where the frames differ in them, as for RAW frames."""
+    rad = _radiance()
+    paths = []
+    for k, t in enumerate(times):
+        paths.append(tmp_path / f'f{k}.jpg')
+        _save_jpeg(paths[-1], _ldr(rad, expected[k]), t, iso=isos[k] if isos else None,
+                   f_number=f_numbers[k] if f_numbers else None)
+    frames = load_bracket(paths)
+    assert frames.times == pytest.approx(expected, rel=1e-9)
+    assert frames.times_source == what
 
 
 def test_no_exif_gives_none(tmp_path):
