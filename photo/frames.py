@@ -53,6 +53,40 @@ def _check_distinct_files(paths: Sequence[Path]) -> None:
 
 
 
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8: the mirrorings and quarter turns a viewer applies to show it upright
+
+
+def exif_orientation(path: Path) -> int:
+    """The file's EXIF Orientation (1..8); 1 where it has none or an unusable one (PNG, TIFF without it, ...)."""
+    from PIL import Image, UnidentifiedImageError  # lazy: only EXIF reading needs Pillow
+
+    try:
+        with Image.open(path) as img:
+            value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: np.ndarray, orientation: int) -> np.ndarray:
+    """`image` (H x W x C) turned as a viewer shows a frame with this EXIF Orientation (OpenCV's unchanged read
+    does not apply it): 2 mirror, 3 half turn, 4 flip, 5 transpose, 6 quarter turn clockwise, 7 transverse,
+    8 quarter turn anticlockwise."""
+    turned = {1: image, 2: image[:, ::-1], 3: image[::-1, ::-1], 4: image[::-1], 5: image.transpose(1, 0, 2),
+              6: np.rot90(image, -1), 7: image[::-1, ::-1].transpose(1, 0, 2), 8: np.rot90(image, 1)}[orientation]
+    return np.ascontiguousarray(turned)
+
+
+def read_upright(path: Path) -> np.ndarray:
+    """An 8/16-bit frame as `read_ldr` reads it, turned upright by its EXIF Orientation (saying so in the log)."""
+    image = read_ldr(path)
+    orientation = exif_orientation(path)
+    if orientation != 1:
+        logger.info('%s: EXIF orientation %d, turned upright as a viewer shows it', path, orientation)
+        image = upright(image, orientation)
+    return image
+
+
 # The networks were trained with 2 or 3 stops between neighbouring frames.
 MAX_GAP_STOPS = 4.0
 
@@ -76,7 +110,7 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
                          f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if r)}; others: '
                          f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if not r)}')
     raws = [read_raw(p) for p in paths] if kind == 'raw' else []  # RawReadError names the file
-    frames = [r.linear for r in raws] if kind == 'raw' else [read_ldr(p) for p in paths]  # ImageReadError too
+    frames = [r.linear for r in raws] if kind == 'raw' else [read_upright(p) for p in paths]  # ImageReadError too
     for p, f in zip(paths, frames):  # sizes are numbers from the files: checked at the door too
         try:
             checked_number(min(f.shape[:2]), f'frame size {f.shape[1]}x{f.shape[0]} pixels: its shorter side',

@@ -119,6 +119,43 @@ def test_exif_iso_and_aperture_enter_the_exposure(tmp_path, times, isos, f_numbe
     assert frames.times_source == what
 
 
+@pytest.mark.parametrize('orientation', range(1, 9))
+def test_upright_turns_a_frame_as_a_viewer_shows_it(orientation):
+    """Each EXIF Orientation turned as Pillow's exif_transpose (what viewers do) turns it."""
+    import io
+
+    from PIL import ImageOps
+
+    from photo.frames import upright
+    img = np.random.default_rng(orientation).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    pil = Image.fromarray(img)
+    exif = pil.getexif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    pil.save(buffer, format='PNG', exif=exif)
+    buffer.seek(0)
+    assert np.array_equal(upright(img, orientation), np.asarray(ImageOps.exif_transpose(Image.open(buffer))))
+
+
+def test_a_portrait_bracket_is_merged_upright(tmp_path, caplog):
+    """JPEGs shot in portrait carry landscape pixels and Orientation 6: the bracket is read (and merged) upright."""
+    rad = _radiance()
+    paths = []
+    for k, t in enumerate(EXIF_TIMES):
+        paths.append(tmp_path / f'p{k}.jpg')
+        rgb = np.clip(np.rint(_ldr(rad, 100.0 * t[0] / t[1])[:, :, ::-1] * 255), 0, 255).astype(np.uint8)
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x829A] = TiffImagePlugin.IFDRational(*t)
+        exif[0x0112] = 6  # the camera turned a quarter clockwise
+        Image.fromarray(rgb).save(paths[-1], quality=95, exif=exif)
+    with caplog.at_level(logging.INFO, logger='photo.frames'):
+        frames = load_bracket(paths)
+    assert all(f.shape[:2] == (W, H) for f in frames.frames)
+    expected = np.rot90(read_ldr(paths[1]), -1)
+    np.testing.assert_array_equal(frames.frames[1], expected)
+    assert 'EXIF orientation 6' in caplog.text
+
+
 def test_no_exif_gives_none(tmp_path):
     path = tmp_path / 'plain.jpg'
     cv2.imwrite(str(path), np.full((8, 8, 3), 100, np.uint8))
