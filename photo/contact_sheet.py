@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import os
+from urllib.parse import quote
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -80,11 +81,12 @@ def write_index(outcomes: Sequence, output_dir) -> Path:
             continue
         cells = []
         for panel, src in o.thumbs.items():
-            img = f'<img src="{html.escape(src)}" alt="{html.escape(panel)}">'
+            # links are URLs: a '#', '?' or '%' in a bracket's name would otherwise end or change the path
+            img = f'<img src="{html.escape(quote(src))}" alt="{html.escape(panel)}">'
             png = o.outputs.get('png')
             if panel == 'preview' and png is not None:
                 href = os.path.relpath(png, output_dir).replace(os.sep, '/')
-                img = f'<a href="{html.escape(href)}">{img}</a>'
+                img = f'<a href="{html.escape(quote(href))}">{img}</a>'
             cells.append(f'<td><figure>{img}<figcaption>{html.escape(panel)}</figcaption></figure></td>')
         rows.append(f'<tr><th>{name}</th>{"".join(cells)}<td class="log">{log}</td></tr>')
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>HDR batch</title>'
