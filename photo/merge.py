@@ -200,8 +200,18 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     hdr = out[0].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) BGR
     if not np.isfinite(hdr).all():
         raise MergeError(f'{checkpoint}: the network produced NaN/Inf values (broken checkpoint?)')
+    if all(is_grey(f) for f in bracket.frames):
+        # a grey bracket (replicated to 3 channels when read) has no colour: whatever hue the network gives it is
+        # its own error, so the output is made neutral (each pixel's channel mean)
+        hdr = np.repeat(hdr.mean(axis=2, keepdims=True), 3, axis=2)
+        logger.info('grey frames: the merged HDR is made grey too (the mean of the network\'s three channels)')
     return MergeResult(hdr=np.ascontiguousarray(hdr, dtype=np.float32), bracket=bracket, network=network,
                        response=response, aligned=align, inputs=frames)
+
+
+def is_grey(frame: np.ndarray) -> bool:
+    """Whether an H x W x 3 frame has three equal channels (a grey image as read, replicated)."""
+    return bool(np.array_equal(frame[..., 0], frame[..., 1]) and np.array_equal(frame[..., 1], frame[..., 2]))
 
 
 def prealign_bracket(bracket: BracketFrames, response: Response | None):

@@ -156,6 +156,26 @@ def test_a_portrait_bracket_is_merged_upright(tmp_path, caplog):
     assert 'EXIF orientation 6' in caplog.text
 
 
+def test_a_grey_bracket_gives_a_grey_hdr(bracket, tmp_path, caplog):
+    """Grey JPEGs (read as three equal channels) have no colour to keep: the merged HDR is neutral, not the
+    network's own tint."""
+    rad = _radiance().mean(axis=2, keepdims=True)
+    paths = []
+    for k, (num, den) in enumerate(EXIF_TIMES):
+        paths.append(tmp_path / f'g{k}.jpg')
+        grey = np.clip(np.rint(_ldr(rad, 100.0 * num / den)[:, :, 0] * 255), 0, 255).astype(np.uint8)
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x829A] = TiffImagePlugin.IFDRational(num, den)
+        Image.fromarray(grey, mode='L').save(paths[-1], quality=95, exif=exif)
+    with caplog.at_level(logging.INFO, logger='photo.merge'):
+        result = merge(paths, 'AHDRNet', bracket['ckpt'], response='gamma2.2')
+    hdr = result.hdr
+    assert np.array_equal(hdr[..., 0], hdr[..., 1]) and np.array_equal(hdr[..., 1], hdr[..., 2])
+    assert 'grey frames' in caplog.text
+    colour = merge(bracket['jpg'], 'AHDRNet', bracket['ckpt'], response='gamma2.2')  # a colour bracket keeps its hue
+    assert not np.array_equal(colour.hdr[..., 0], colour.hdr[..., 2])
+
+
 def test_no_exif_gives_none(tmp_path):
     path = tmp_path / 'plain.jpg'
     cv2.imwrite(str(path), np.full((8, 8, 3), 100, np.uint8))
