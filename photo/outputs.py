@@ -165,6 +165,22 @@ def preview(result: MergeResult, operator: str = 'display', exposure: float = 0.
     return result.previews[key]
 
 
+def ensure_output_folder(output_dir) -> Path:
+    """Create `output_dir` if needed and prove it takes a file (one written and removed), so that a folder the
+    merge cannot write to is an error before the network runs, not after it. Returns the folder."""
+    import tempfile
+
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix='.write_test_'):
+            pass
+    except OSError as exc:
+        raise MergeError(f'{output_dir}: the output folder cannot be written to ({exc.strerror or exc}); '
+                         'choose another --output_dir') from exc
+    return output_dir
+
+
 def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'display',
                   preview_exposure: float = 0.0, formats: Sequence[str] = DEFAULT_FORMATS,
                   exr_type: str = 'float', compare: bool = False, preview_shadows: str = 'merge') -> dict[str, Path]:

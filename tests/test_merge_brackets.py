@@ -176,6 +176,42 @@ def test_a_grey_bracket_gives_a_grey_hdr(bracket, tmp_path, caplog):
     assert not np.array_equal(colour.hdr[..., 0], colour.hdr[..., 2])
 
 
+@pytest.mark.parametrize('batch', [False, True])
+def test_an_unwritable_output_folder_is_refused_before_the_merge(bracket, tmp_path, capsys, monkeypatch, batch):
+    """A read-only output folder is an error naming it before the network runs (it failed after the merge, naming
+    a temporary file)."""
+    import errno
+    import tempfile
+
+    import tools.merge_brackets as cli
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, 'Read-only file system')
+    monkeypatch.setattr(tempfile, 'NamedTemporaryFile', read_only)
+    monkeypatch.setattr(cli, 'merge', lambda *a, **k: pytest.fail('merged into a folder it cannot write'))
+    monkeypatch.setattr(cli, 'run_batch', lambda *a, **k: pytest.fail('merged into a folder it cannot write'))
+    out = tmp_path / 'out'
+    if batch:
+        (tmp_path / 'in' / 'a').mkdir(parents=True)
+        for f in bracket['jpg']:
+            (tmp_path / 'in' / 'a' / f.name).write_bytes(f.read_bytes())
+        args = ['--input_dir', tmp_path / 'in', '--network', 'AHDRNet', '--checkpoint', bracket['ckpt']]
+    else:
+        args = _args(bracket, bracket['jpg'])
+    rc, cap = _run(capsys, args + ['--output_dir', out])
+    assert rc == 2 and f'{out}: the output folder cannot be written to (Read-only file system)' in cap.err
+
+
+def test_a_file_as_output_folder_is_refused_before_the_merge(bracket, tmp_path, capsys, monkeypatch):
+    import tools.merge_brackets as cli
+
+    monkeypatch.setattr(cli, 'merge', lambda *a, **k: pytest.fail('merged into a folder it cannot write'))
+    not_a_folder = tmp_path / 'notes.txt'
+    not_a_folder.write_text('x')
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg']) + ['--output_dir', not_a_folder / 'out'])
+    assert rc == 2 and 'the output folder cannot be written to' in cap.err and 'notes.txt' in cap.err
+
+
 def test_no_exif_gives_none(tmp_path):
     path = tmp_path / 'plain.jpg'
     cv2.imwrite(str(path), np.full((8, 8, 3), 100, np.uint8))

@@ -71,7 +71,8 @@ from photo.errors import MergeError  # noqa: E402
 from photo.exposures import _exif_value_to_seconds, parse_exposures, read_exposure_time  # noqa: E402,F401
 from photo.frames import BracketFrames, load_bracket  # noqa: E402,F401
 from photo.merge import MergeResult, load_network, merge  # noqa: E402,F401
-from photo.outputs import DEFAULT_FORMATS, OUTPUT_FORMATS, PREVIEW_SHADOWS, write_outputs  # noqa: E402
+from photo.outputs import (DEFAULT_FORMATS, OUTPUT_FORMATS, PREVIEW_SHADOWS, ensure_output_folder,  # noqa: E402
+                           write_outputs)
 from photo.response_choice import response_flag  # noqa: E402
 from util.flags import NumberRangeError, check_number_flags, checked_number  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
@@ -201,6 +202,7 @@ def main(argv=None) -> int:
     if args.input_dir is not None:
         return _main_batch(args)
     try:
+        ensure_output_folder(args.output_dir)
         result = merge(args.inputs, args.network, args.checkpoint, exposures=args.exposures,
                        exposures_in=args.exposures_in, response=response_flag(args), device=args.device,
                        tile=args.tile, save_response_to=args.save_response,
@@ -233,6 +235,7 @@ def _main_batch(args) -> int:
                              f'put exposures in its {EXPOSURE_FILE})')
         response_flag(args)
         jobs = find_brackets(args.input_dir)
+        ensure_output_folder(args.output_dir)
         import torch
 
         if args.device.startswith('cuda') and not torch.cuda.is_available():
