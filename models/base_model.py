@@ -202,6 +202,22 @@ def checkpoint_problem(path):
     return f'{path} holds NaN/Inf weights ({", ".join(broken[:4])})' if broken else None
 
 
+def checkpoint_read_error(path, exc):
+    """What a failed torch.load of `path` means, in a line (torch's own message for a foreign file is a page about
+    weights_only that suggests loading it unsafely)."""
+    import pickle
+
+    with open(path, 'rb') as handle:
+        head = handle.read(2)
+    if head != b'PK' and head[:1] != b'\x80':  # torch.save writes a zip archive (before torch 1.6: a bare pickle)
+        return f'{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)'
+    if isinstance(exc, pickle.UnpicklingError) and 'weights only' in str(exc).lower():
+        return (f'{path} holds Python objects besides tensors and numbers, which are not unpickled from a file '
+                'that could run code when loaded; save its state_dict alone (torch.save({"state_dict": ...}))')
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ''
+    return f'cannot read checkpoint {path}: truncated or corrupt ({type(exc).__name__}{": " + first if first else ""})'
+
+
 def load_backbone_state(net, path, device='cpu'):
     """Strictly load a release-format checkpoint into `net`, naming missing, unexpected or mis-shaped keys."""
     if not os.path.isfile(path):
@@ -209,7 +225,7 @@ def load_backbone_state(net, path, device='cpu'):
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f'cannot read checkpoint {path}: {exc}') from exc
+        raise CheckpointError(checkpoint_read_error(path, exc)) from exc
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path} is not a model checkpoint (expected {{'state_dict': {{name: tensor}}}})")

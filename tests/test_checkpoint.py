@@ -74,6 +74,26 @@ def test_truncated_missing_and_foreign_files(saved, tmp_path):
         load_backbone_state(AHDR(), foreign)
 
 
+def test_unreadable_checkpoints_say_what_they_are_in_a_line(saved, tmp_path):
+    """A photo passed as the checkpoint, or a checkpoint holding pickled objects: one line saying what is wrong,
+    not torch's page suggesting to load the file unsafely."""
+    import argparse
+
+    photo = tmp_path / 'photo.jpg'
+    photo.write_bytes(b'\xff\xd8\xff\xe0' + bytes(200))
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_state(AHDR(), photo)
+    assert str(err.value) == (f'{photo} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is '
+                              'not one)')
+    pickled = tmp_path / 'with_options.pth'
+    torch.save({'state_dict': AHDR().state_dict(), 'opt': argparse.Namespace(lr=1e-4)}, pickled)
+    with pytest.raises(CheckpointError) as err:
+        load_backbone_state(AHDR(), pickled)
+    message = str(err.value)
+    assert 'with_options.pth holds Python objects besides tensors' in message
+    assert 'weights_only' not in message and '\n' not in message
+
+
 def test_atomic_save_leaves_old_file_when_writing_fails(saved, monkeypatch):
     _, path = saved
     before = path.read_bytes()
