@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from photo.batch import EXPOSURE_FILE
 from photo.errors import MergeError
 from photo.merge import load_network, merge
 from photo.outputs import compare_sheet, write_png8
@@ -154,6 +155,7 @@ def prepare_bracket(job, args, net, work: Work) -> str:
     from util.align import AlignConfig
 
     result = merge(job.inputs, args.network, args.checkpoint, exposures=job.exposures, exposures_in='stops',
+                   exposures_from=str(job.folder / EXPOSURE_FILE),
                    response=response_flag(args), device=args.device, tile=args.tile, tile_overlap=args.tile_overlap,
                    trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net,
                    amp=getattr(args, 'amp', 'none'), max_memory=getattr(args, 'max_memory', 0))

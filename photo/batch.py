@@ -11,7 +11,6 @@ from typing import Sequence
 
 from photo.contact_sheet import write_thumbnails
 from photo.errors import MergeError
-from photo.exposures import parse_exposures
 from photo.merge import MergeResult, merge
 from photo.outputs import write_outputs
 from photo.raw import RAW_EXTS
@@ -92,9 +91,8 @@ def run_batch(jobs: Sequence[BracketJob], args, net, progress: bool = True) -> l
     for job in bar:
         bar.set_postfix_str(job.name)
         try:
-            if job.exposures is not None:  # checked here, so an error names the bracket's file, not a flag
-                parse_exposures(job.exposures, 'stops', source=str(job.folder / EXPOSURE_FILE))
             result = merge(job.inputs, args.network, args.checkpoint, exposures=job.exposures,
+                           exposures_from=str(job.folder / EXPOSURE_FILE),  # errors name the file, not a flag
                            exposures_in='stops', response=response_flag(args), device=args.device,
                            tile=args.tile, tile_overlap=args.tile_overlap, align=args.align,
                            trust_exposures=args.trust_exposures, prealign=not args.no_prealign, net=net,

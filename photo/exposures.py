@@ -172,12 +172,14 @@ def measured_exposure_ratio(xa: np.ndarray, xb: np.ndarray, response: Response, 
 
 def check_exposures_match_frames(paths: Sequence[Path], frames: Sequence[np.ndarray], times: np.ndarray,
                                  response: Response | None = None,
-                                 tolerance_stops: float = EXPOSURE_TOLERANCE_STOPS) -> None:
+                                 tolerance_stops: float = EXPOSURE_TOLERANCE_STOPS,
+                                 times_from: str = '--exposures (or the EXIF)') -> None:
     """Raise when the exposure times contradict the frames' brightness (sorted by exposure).
 
     The ratio between neighbouring frames is measured from their brightness distributions
     (:func:`measured_exposure_ratio`, through the response ``f``, gamma 2.2 by default) and must agree with
-    ``t_b / t_a`` within ``tolerance_stops``; frames that share too little well-exposed range are not judged."""
+    ``t_b / t_a`` within ``tolerance_stops``; frames that share too little well-exposed range are not judged.
+    ``times_from``: where the times came from, named in the error."""
     response = response if response is not None else resolve_response(f'gamma{GAMMA:g}')
     for a in range(len(frames) - 1):
         b = a + 1
@@ -189,7 +191,7 @@ def check_exposures_match_frames(paths: Sequence[Path], frames: Sequence[np.ndar
         if abs(stops - math.log2(expected)) > tolerance_stops:
             raise MergeError(f'exposure times contradict the images: {paths[b]} is {stops:.1f} stops '
                              f'brighter than {paths[a]}, but the times say {math.log2(expected):.1f} stops; check '
-                             '--exposures (or the EXIF), or pass --trust_exposures to use them anyway')
+                             f'{times_from}, or pass --trust_exposures to use them anyway')
 
 
 def select_frames(times: Sequence[float], reference: int | None = None) -> tuple[int, int, int]:

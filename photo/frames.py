@@ -34,6 +34,7 @@ class BracketFrames:
     raw_times: list[float] = field(default_factory=list)  # as read/given, in the given input order
     kind: str = 'ldr'               # 'ldr' (camera-encoded codes) or 'raw' (linear radiance from rawpy)
     unused: list[Path] = field(default_factory=list)  # frames of a longer bracket that were not selected
+    times_from: str = '--exposures'  # where the times came from, as an error tells the user to check it
 
     @property
     def reordered(self) -> bool:
@@ -92,9 +93,10 @@ MAX_GAP_STOPS = 4.0
 
 
 def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_in: str = 'seconds',
-                 strict_order: bool = False, reference=None) -> BracketFrames:
+                 strict_order: bool = False, reference=None, exposures_from: str = '--exposures') -> BracketFrames:
     """Read three or more frames and their exposure times, check them, sort them by exposure time and pick
-    short, medium (reference) and long (:func:`select_frames`; ``reference``: the medium frame's path)."""
+    short, medium (reference) and long (:func:`select_frames`; ``reference``: the medium frame's path).
+    ``exposures_from``: where ``exposures`` came from (a flag, or a batch folder's exposure file), for messages."""
     paths = [Path(p) for p in inputs]
     if len(paths) < N_FRAMES:
         raise MergeError(f'a bracket needs at least {N_FRAMES} frames (short, medium, long exposure), '
@@ -125,9 +127,15 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
 
     if exposures is not None:
         if len(exposures) != len(paths):
-            raise MergeError(f'--exposures: expected {len(paths)} values, one per input, got {len(exposures)}')
-        raw = parse_exposures(exposures, exposures_in)
+            raise MergeError(f'{exposures_from}: expected {len(paths)} values, one per input, got {len(exposures)}'
+                             + ('' if exposures_from == '--exposures' else
+                                f' (one per frame, in file-name order: {", ".join(p.name for p in paths)})'))
+        raw = parse_exposures(exposures, exposures_in, source=exposures_from)
         source = exposures_in
+        times_from = exposures_from
+        if exposures_from != '--exposures':
+            logger.info('exposures from %s (%s); any EXIF times of the frames are not used', exposures_from,
+                        exposures_in)
     elif kind == 'raw':
         raw, what = relative_exposure(raws)
         missing = [str(p) for p, t in zip(paths, raw) if t is None]
@@ -135,6 +143,7 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
             raise MergeError(f'{", ".join(missing)}: no exposure time in the RAW metadata; give the times with '
                              '--exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
         source = f'raw metadata ({what})'
+        times_from = 'the RAW metadata, or give --exposures'
     else:
         exif = [read_exif_exposure(p) for p in paths]
         missing = [str(p) for p, e in zip(paths, exif) if e is None]
@@ -144,6 +153,7 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
         # the ISO speed and f-number count where every frame has one and they differ, as for RAW frames
         raw, what = relative_exposure(exif)
         source = 'exif' if what == 'shutter time' else f'exif ({what})'
+        times_from = 'the EXIF, or give --exposures'
 
     n = len(paths)
     for i in range(n):
@@ -183,5 +193,6 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
         logger.warning('%.1f stops between %s and %s; the networks were trained with 2-3 stops between frames',
                        gaps.max(), *(paths[chosen[k]] for k in (int(gaps.argmax()), int(gaps.argmax()) + 1)))
     return BracketFrames(paths=[paths[k] for k in chosen], frames=[frames[k] for k in chosen], times=times,
-                         times_source=source, order=chosen, raw_times=list(raw), kind=kind, unused=unused)
+                         times_source=source, order=chosen, raw_times=list(raw), kind=kind, unused=unused,
+                         times_from=times_from)
 

@@ -99,7 +99,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
           tile: int | str = 'auto', tile_overlap: int = 32, align: bool | str = 'auto', strict_order: bool = False,
           trust_exposures: bool = False, save_response_to=None, prealign: bool = True, reference=None,
           net=None, amp: str = 'none', max_memory: float = 0, medium_gate: str = 'auto',
-          channels_last: str | bool = 'auto') -> MergeResult:
+          channels_last: str | bool = 'auto', exposures_from: str = '--exposures') -> MergeResult:
     """Merge three exposures into HDR radiance with a trained backbone. See ``tools/merge_brackets.py`` for the behaviour.
 
     Raises :class:`MergeError` or :class:`util.hdr_io.ImageReadError` for bad inputs and
@@ -109,8 +109,9 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     0 for the whole image, or 'auto' (the whole image when it fits ``max_memory`` GB, 0: most of the available
     memory, and on a CPU has at most 768x768 pixels; else the largest tiles that fit; ``util.tiling.auto_tile``).
     ``medium_gate``: auto | on | off, the checkpoint's medium gate (models/medium_gate.py) when it has one, always, or never.
-    ``channels_last``: auto | true | false (as train.py/test.py ``--channels_last``): auto = channels_last for bf16 on a
-    CPU with AMX; it converts ``net`` in place.
+    ``channels_last``: auto | true | false (as train.py/test.py ``--channels_last``): auto = channels_last on a CPU
+    with AMX; it converts ``net`` in place. ``exposures_from``: where ``exposures`` came from, for messages (a batch
+    folder's exposure file).
     """
     import torch
 
@@ -130,7 +131,7 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     if network in BACKBONES and BACKBONES[network].aligned_input and not align:
         logger.warning('%s was trained on aligned frames; --align off gives it unaligned ones', network)
 
-    bracket = load_bracket(inputs, exposures, exposures_in, strict_order, reference)
+    bracket = load_bracket(inputs, exposures, exposures_in, strict_order, reference, exposures_from)
     if bracket.kind == 'raw':
         given = response.name if isinstance(response, Response) else str(response)
         if given not in (f'gamma{GAMMA:g}', AUTO):
@@ -148,7 +149,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     if save_response_to is not None:
         save_response_to_file(save_response_to, response)
     if not trust_exposures:
-        check_exposures_match_frames(bracket.paths, bracket.frames, bracket.times, response)
+        check_exposures_match_frames(bracket.paths, bracket.frames, bracket.times, response,
+                                     times_from=bracket.times_from)
     logger.info('frames (short, medium, long): %s; relative exposure times %s (from %s); response %s',
                 ', '.join(map(str, bracket.paths)), ', '.join(f'{t:g}' for t in bracket.times),
                 bracket.times_source, response.name)

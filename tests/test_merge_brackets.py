@@ -673,6 +673,27 @@ def _write_batch(root, bracket):
     (root / 'empty').mkdir()
 
 
+@pytest.mark.parametrize('stops, expected', [
+    ('2\n0\n', 'exposure.txt: expected 3 values, one per input, got 2 (one per frame, in file-name order: '
+                'long.jpg, medium.jpg, short.jpg)'),
+    ('0\n2\n4\n', 'check {file}, or pass --trust_exposures'),  # the reverse of the truth: long.jpg is brightest
+])
+def test_batch_exposure_file_errors_name_the_file(bracket, tmp_path, capsys, stops, expected):
+    """An exposure.txt that does not fit its bracket is named in the error (they named --exposures, a flag the
+    user never gave)."""
+    import shutil
+
+    src = tmp_path / 'in'
+    (src / 'a').mkdir(parents=True)
+    for f in bracket['jpg']:
+        shutil.copy(f, src / 'a' / f.name)
+    (src / 'a' / 'exposure.txt').write_text(stops)
+    rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', tmp_path / 'out', '-q'])
+    assert rc == 2 and expected.format(file=src / 'a' / 'exposure.txt') in cap.err
+    assert '--exposures' not in cap.err.replace('--exposures_in', '')
+
+
 def test_batch_skips_failing_brackets_and_reports_them(bracket, tmp_path, capsys):
     src, out = tmp_path / 'in', tmp_path / 'out'
     _write_batch(src, bracket)

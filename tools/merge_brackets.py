@@ -231,8 +231,9 @@ def _main_batch(args) -> int:
         flags.append('--strict_order')
     try:
         if flags:
-            raise MergeError(f'{", ".join(flags)}: not with --input_dir (each sub-folder is its own bracket; '
-                             f'put exposures in its {EXPOSURE_FILE})')
+            raise MergeError(f'{", ".join(flags)}: not with --input_dir (each sub-folder is its own bracket'
+                             + (f'; put its exposures in its {EXPOSURE_FILE}, one value in stops per frame)'
+                                if args.exposures is not None else ')'))
         response_flag(args)
         jobs = find_brackets(args.input_dir)
         ensure_output_folder(args.output_dir)
