@@ -13,6 +13,7 @@ import numpy as np
 from photo.errors import MergeError
 from photo.exposures import parse_exposures, read_exif_exposure, select_frames
 from photo.raw import is_raw, read_raw, relative_exposure
+from photo.response_choice import is_8bit
 from util.flags import NumberRangeError, checked_number
 from util.hdr_io import read_ldr
 
@@ -120,6 +121,12 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
         except NumberRangeError as exc:
             raise MergeError(f'{exc}; a bracket to merge needs frames of at least {MIN_SIDE}x{MIN_SIDE} pixels '
                              '(the alignment and the networks work on windows of 8 and more)') from None
+    if kind == 'ldr':
+        eight = [is_8bit([f]) for f in frames]
+        if any(eight) and not all(eight):  # one response cannot linearise both: the JPEG curve is not 16-bit's
+            raise MergeError('a bracket must be all 8-bit (JPEG, 8-bit PNG/TIFF) or all 16-bit; 8-bit: '
+                             f'{", ".join(str(p) for p, e in zip(paths, eight) if e)}; 16-bit: '
+                             f'{", ".join(str(p) for p, e in zip(paths, eight) if not e)}')
     shapes = {tuple(f.shape[:2]) for f in frames}
     if len(shapes) != 1:
         sizes = ', '.join(f'{p} is {f.shape[1]}x{f.shape[0]}' for p, f in zip(paths, frames))

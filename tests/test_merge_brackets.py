@@ -442,6 +442,13 @@ def test_error_equal_exposures(bracket, tmp_path, capsys):
     assert rc == 2 and 'same exposure' in cap.err and 'medium.tif' in cap.err and 'long.tif' in cap.err
 
 
+def test_error_mixed_bit_depths(bracket, tmp_path):
+    """8-bit JPEGs with a 16-bit TIFF: one response cannot linearise both, so the bracket is refused, naming each."""
+    with pytest.raises(MergeError, match=r'all 8-bit .* or all 16-bit; 8-bit: .*short\.jpg.*medium\.jpg; '
+                                         r'16-bit: .*long\.tif'):
+        load_bracket([bracket['jpg'][0], bracket['jpg'][1], bracket['tif'][2]], exposures=['1/100', '1/25', '4/25'])
+
+
 def test_error_equal_exif_exposures(bracket, tmp_path):
     twin = tmp_path / 'twin.jpg'
     _save_jpeg(twin, _ldr(_radiance(), 4.0), EXIF_TIMES[1])
