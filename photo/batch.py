@@ -55,6 +55,7 @@ def find_brackets(input_dir) -> list[BracketJob]:
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
         files = _image_files(sub)
         if not files:
+            logger.warning('%s: no image files (JPEG/PNG/TIFF/RAW) in this folder; skipped', sub)
             continue
         exposures = None
         exp_file = sub / EXPOSURE_FILE
@@ -64,8 +65,11 @@ def find_brackets(input_dir) -> list[BracketJob]:
             except (OSError, UnicodeDecodeError) as exc:
                 raise MergeError(f'{exp_file}: cannot read exposure file ({exc})') from None
         jobs.append(BracketJob(name=sub.name, folder=sub, inputs=files, exposures=exposures))
+    loose = _image_files(root)
+    if jobs and loose:
+        logger.warning('%s: %d image files sit directly in the batch folder (%s); not merged: each bracket goes in '
+                       'its own sub-folder', root, len(loose), ', '.join(p.name for p in loose[:4]))
     if not jobs:
-        loose = _image_files(root)
         hint = (f' ({len(loose)} image files sit directly in it: put each bracket in its own sub-folder)'
                 if loose else '')
         raise MergeError(f'--input_dir {root}: no sub-folder with image files (JPEG/PNG/TIFF/RAW){hint}')

@@ -181,6 +181,10 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
     if reference is not None:
         ref_path = Path(reference)
         matches = [k for k, p in enumerate(order) if paths[p] == ref_path or paths[p].resolve() == ref_path.resolve()]
+        if not matches and ref_path.name == str(reference):  # a bare file name: the input of that name, if one
+            matches = [k for k, p in enumerate(order) if paths[p].name == ref_path.name]
+            if len(matches) > 1:
+                raise MergeError(f'--reference {reference}: several inputs have that name; give its path')
         if not matches:
             raise MergeError(f'--reference {reference}: not one of the inputs')
         ref_k = matches[0]

@@ -449,6 +449,35 @@ def test_error_mixed_bit_depths(bracket, tmp_path):
         load_bracket([bracket['jpg'][0], bracket['jpg'][1], bracket['tif'][2]], exposures=['1/100', '1/25', '4/25'])
 
 
+def test_reference_by_bare_file_name(bracket):
+    """--reference medium.jpg picks the input of that name, given with a folder on the command line."""
+    frames = load_bracket(bracket['jpg'], reference='medium.jpg')
+    assert frames.paths[1] == bracket['jpg'][1]
+
+
+def test_name_with_an_output_extension_is_not_doubled(bracket, tmp_path, capsys):
+    rc, cap = _run(capsys, _args(bracket, bracket['jpg'], '--output_dir', tmp_path, '--name', 'garden.png', '-q'))
+    assert rc == 0, cap.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['garden.exr', 'garden.hdr', 'garden.png']
+
+
+def test_batch_warns_about_images_it_does_not_merge(bracket, tmp_path, capsys, caplog):
+    """Image files directly in the batch folder and sub-folders without images are said to be skipped."""
+    import shutil
+
+    src = tmp_path / 'in'
+    (src / 'a').mkdir(parents=True)
+    (src / 'notes').mkdir()
+    for f in bracket['jpg']:
+        shutil.copy(f, src / 'a' / f.name)
+    shutil.copy(bracket['jpg'][0], src / 'stray.jpg')
+    with caplog.at_level(logging.WARNING):
+        rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                                '--output_dir', tmp_path / 'out', '-q'])
+    assert rc == 0, cap.err
+    assert 'stray.jpg); not merged' in caplog.text and f'{src / "notes"}: no image files' in caplog.text
+
+
 def test_error_equal_exif_exposures(bracket, tmp_path):
     twin = tmp_path / 'twin.jpg'
     _save_jpeg(twin, _ldr(_radiance(), 4.0), EXIF_TIMES[1])

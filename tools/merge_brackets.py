@@ -184,6 +184,9 @@ def check_numbers(args) -> None:
         checked_number(args.tile, '--tile', 0, 1 << 16, integer=True)
 
 
+OUTPUT_SUFFIXES = ('.hdr', '.exr', '.tif', '.tiff', '.png')
+
+
 def main(argv=None) -> int:
     from models.base_model import CheckpointError
 
@@ -198,6 +201,9 @@ def main(argv=None) -> int:
         print(f'error: {exc}', file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format='%(levelname)s %(message)s')
+    import cv2
+    # errors only: libtiff's warnings about camera tags it does not know (ExposureTime, ...) are noise here
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     tune_malloc(args.malloc)
     if args.input_dir is not None:
         return _main_batch(args)
@@ -211,6 +217,9 @@ def main(argv=None) -> int:
                        reference=args.reference, amp=args.amp, max_memory=args.max_memory,
                        medium_gate=args.medium_gate, channels_last=args.channels_last)
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
+        if Path(name).suffix.lower() in OUTPUT_SUFFIXES:  # --name x.png meant x, not x.png.png
+            logger.info('--name %s: its extension dropped (each format adds its own)', name)
+            name = Path(name).stem
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
                               args.exr_type, args.compare, args.preview_shadows)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
