@@ -123,8 +123,9 @@ def resolve_compile(flag, is_train, channels_last):
     auto: on for training, whose thousands of iterations repay the 20-90 s warm-up (AHDRNet's bf16 step 1.9x ->
     3.3x its fp32 on a Xeon with AMX in NCHW, README "Speed"), except where the networks run in channels_last
     (`resolve_channels_last`: a CPU with AMX), where eager bf16 is faster for the CNNs (AHDRNet 0.51 against
-    0.63 s, FSHDR 0.66 against 0.79 s) and equal for the transformers; off for testing (one pass over the scenes
-    does not repay the warm-up)."""
+    0.63 s, FSHDR 0.66 against 0.79 s) and equal for the transformers (fp32 in channels_last, the layout of
+    `--amp none` on AMX, was not measured compiled: it stays eager there too); off for testing (one pass over the
+    scenes does not repay the warm-up)."""
     if str(flag).strip().lower() != 'auto':
         return str2bool(flag)
     if not is_train:
@@ -207,8 +208,13 @@ def checkpoint_read_error(path, exc):
     weights_only that suggests loading it unsafely)."""
     import pickle
 
-    with open(path, 'rb') as handle:
-        head = handle.read(2)
+    try:
+        with open(path, 'rb') as handle:
+            head = handle.read(2)
+    except OSError as read_exc:  # unreadable (permissions) or gone since the caller looked
+        return f'cannot read checkpoint {path}: {read_exc.strerror or read_exc}'
+    if not head:
+        return f'{path} is empty (an interrupted copy or save?)'
     if head != b'PK' and head[:1] != b'\x80':  # torch.save writes a zip archive (before torch 1.6: a bare pickle)
         return f'{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)'
     if isinstance(exc, pickle.UnpicklingError) and 'weights only' in str(exc).lower():

@@ -115,7 +115,7 @@ class BaseOptions:
                             help='autocast precision on CUDA or CPU (fp16: CUDA only, with gradient scaling); auto: '
                                  'bf16 where the hardware has it, else fp32; losses and metrics stay fp32')
         parser.add_argument('--channels_last', type=str, default='auto',
-                            help='channels_last memory format: true, false, or auto (on for bf16 on a CPU with AMX, '
+                            help='channels_last memory format: true, false, or auto (on for a CPU with AMX, fp32 and bf16, '
                                  'where it runs the convolutions up to 2x faster; off elsewhere)')
         parser.add_argument('--compile', type=bool_or_auto, nargs='?', const=True, default=False,
                             help='torch.compile the networks (uncompiled, with a warning, where compiling fails): '

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import html
 import os
-from urllib.parse import quote
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
+from urllib.parse import quote
 
 import cv2
 import numpy as np

@@ -38,11 +38,8 @@ class ExifExposure:
 def _exif_number(value) -> float:
     """A secondary EXIF value (ISO, f-number) as a float; 0 where it is missing or not a finite number: these only
     refine the exposure, so an odd one is left out rather than refused."""
-    if isinstance(value, (tuple, list)):
-        if len(value) == 2 and all(isinstance(v, int) for v in value):
-            value = value[0] / value[1] if value[1] else 0.0
-        else:
-            value = value[0] if value else 0.0
+    if isinstance(value, (tuple, list)):  # several values (ISOSpeedRatings may hold two): the first is the frame's;
+        value = value[0] if value else 0.0  # Pillow gives rationals as IFDRational, never as an int pair
     try:
         number = float(value)
     except (TypeError, ValueError, ZeroDivisionError, OverflowError):
@@ -84,15 +81,11 @@ def read_exposure_time(path) -> float | None:
     return None if exposure is None else exposure.shutter_s
 
 
-def read_exif_exposure(path) -> ExifExposure | None:
-    """The file's EXIF exposure (:class:`ExifExposure`); None when it has no ``ExposureTime``.
-
-    Looks in the Exif sub-IFD (JPEG, camera TIFFs) and then IFD0 (some TIFF writers put the tags there).
-    Raises :class:`MergeError` when the time tag exists but holds no valid time.
-    """
+def read_exif_tags(path, tags: Sequence[int]) -> list:
+    """The values of EXIF ``tags`` in the file (None for each one it lacks, all None where Pillow cannot parse it:
+    OpenCV may still read such a frame, it just has no usable EXIF). Looks in the Exif sub-IFD (JPEG, camera
+    TIFFs), then IFD0 (some TIFF writers put the tags there; Orientation lives there)."""
     from PIL import Image, UnidentifiedImageError  # lazy: only EXIF reading needs Pillow
-
-    path = Path(path)
 
     def lookup(exif, tag):
         value = exif.get_ifd(EXIF_IFD).get(tag)
@@ -101,14 +94,22 @@ def read_exif_exposure(path) -> ExifExposure | None:
     try:
         with Image.open(path) as img:
             exif = img.getexif()
-            if lookup(exif, EXPOSURE_TIME) is None and img.format == 'PNG':
+            if not exif and img.format == 'PNG':
                 img.load()  # a PNG's eXIf chunk may follow the image data
                 exif = img.getexif()
-            value, iso, f_number = (lookup(exif, tag) for tag in (EXPOSURE_TIME, ISO_SPEED, F_NUMBER))
+            return [lookup(exif, tag) for tag in tags]
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        # OpenCV may still read frames Pillow cannot parse; they just have no usable EXIF.
         logger.debug('%s: no EXIF read (%s)', path, exc)
-        return None
+        return [None] * len(tags)
+
+
+def read_exif_exposure(path) -> ExifExposure | None:
+    """The file's EXIF exposure (:class:`ExifExposure`); None when it has no ``ExposureTime``.
+
+    Raises :class:`MergeError` when the time tag exists but holds no valid time.
+    """
+    path = Path(path)
+    value, iso, f_number = read_exif_tags(path, (EXPOSURE_TIME, ISO_SPEED, F_NUMBER))
     if value is None:
         return None
     return ExifExposure(_exif_value_to_seconds(value, path), _exif_number(iso), _exif_number(f_number))

@@ -11,11 +11,10 @@ from typing import Sequence
 import numpy as np
 
 from photo.errors import MergeError
-from photo.exposures import parse_exposures, read_exif_exposure, select_frames
+from photo.exposures import parse_exposures, read_exif_exposure, read_exif_tags, select_frames
 from photo.raw import is_raw, read_raw, relative_exposure
-from photo.response_choice import is_8bit
 from util.flags import NumberRangeError, checked_number
-from util.hdr_io import read_ldr
+from util.hdr_io import read_ldr_bits
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +35,7 @@ class BracketFrames:
     kind: str = 'ldr'               # 'ldr' (camera-encoded codes) or 'raw' (linear radiance from rawpy)
     unused: list[Path] = field(default_factory=list)  # frames of a longer bracket that were not selected
     times_from: str = '--exposures'  # where the times came from, as an error tells the user to check it
+    bits: int = 0                   # the files' bit depth, 8 or 16 ('ldr'); 0 for RAW
 
     @property
     def reordered(self) -> bool:
@@ -59,14 +59,8 @@ EXIF_ORIENTATION = 0x0112  # 1 = upright; 2-8: the mirrorings and quarter turns 
 
 
 def exif_orientation(path: Path) -> int:
-    """The file's EXIF Orientation (1..8); 1 where it has none or an unusable one (PNG, TIFF without it, ...)."""
-    from PIL import Image, UnidentifiedImageError  # lazy: only EXIF reading needs Pillow
-
-    try:
-        with Image.open(path) as img:
-            value = img.getexif().get(EXIF_ORIENTATION, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        return 1
+    """The file's EXIF Orientation (1..8); 1 where it has none or an unusable one."""
+    (value,) = read_exif_tags(path, (EXIF_ORIENTATION,))
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
@@ -79,14 +73,17 @@ def upright(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turned)
 
 
-def read_upright(path: Path) -> np.ndarray:
-    """An 8/16-bit frame as `read_ldr` reads it, turned upright by its EXIF Orientation (saying so in the log)."""
-    image = read_ldr(path)
-    orientation = exif_orientation(path)
-    if orientation != 1:
-        logger.info('%s: EXIF orientation %d, turned upright as a viewer shows it', path, orientation)
-        image = upright(image, orientation)
-    return image
+def bracket_orientation(paths: Sequence[Path]) -> int:
+    """The EXIF Orientation the bracket is turned by: one for all frames, since their pixels were taken in the
+    sensor's order and line up as stored; where the camera's tilt sensor changed its mind within the bracket (a
+    tripod pointing up or down), the most common value (the medium frame's on a tie), with a warning."""
+    values = [exif_orientation(p) for p in paths]
+    if len(set(values)) > 1:
+        chosen = max(values, key=lambda v: (values.count(v), v == values[len(values) // 2]))
+        logger.warning('the frames carry different EXIF orientations (%s); all are turned by %d, as their pixels '
+                       'line up as stored', ', '.join(f'{p.name}: {v}' for p, v in zip(paths, values)), chosen)
+        return chosen
+    return values[0]
 
 
 # The networks were trained with 2 or 3 stops between neighbouring frames.
@@ -113,7 +110,15 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
                          f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if r)}; others: '
                          f'{", ".join(str(p) for p, r in zip(paths, raw_flags) if not r)}')
     raws = [read_raw(p) for p in paths] if kind == 'raw' else []  # RawReadError names the file
-    frames = [r.linear for r in raws] if kind == 'raw' else [read_upright(p) for p in paths]  # ImageReadError too
+    bits = []
+    if kind == 'raw':
+        frames = [r.linear for r in raws]
+    else:
+        frames, bits = map(list, zip(*(read_ldr_bits(p) for p in paths)))  # ImageReadError names the file
+        orientation = bracket_orientation(paths)
+        if orientation != 1:
+            logger.info('EXIF orientation %d: frames turned upright as a viewer shows them', orientation)
+            frames = [upright(f, orientation) for f in frames]
     for p, f in zip(paths, frames):  # sizes are numbers from the files: checked at the door too
         try:
             checked_number(min(f.shape[:2]), f'frame size {f.shape[1]}x{f.shape[0]} pixels: its shorter side',
@@ -122,7 +127,7 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
             raise MergeError(f'{exc}; a bracket to merge needs frames of at least {MIN_SIDE}x{MIN_SIDE} pixels '
                              '(the alignment and the networks work on windows of 8 and more)') from None
     if kind == 'ldr':
-        eight = [is_8bit([f]) for f in frames]
+        eight = [b == 8 for b in bits]
         if any(eight) and not all(eight):  # one response cannot linearise both: the JPEG curve is not 16-bit's
             raise MergeError('a bracket must be all 8-bit (JPEG, 8-bit PNG/TIFF) or all 16-bit; 8-bit: '
                              f'{", ".join(str(p) for p, e in zip(paths, eight) if e)}; 16-bit: '
@@ -205,5 +210,5 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
                        gaps.max(), *(paths[chosen[k]] for k in (int(gaps.argmax()), int(gaps.argmax()) + 1)))
     return BracketFrames(paths=[paths[k] for k in chosen], frames=[frames[k] for k in chosen], times=times,
                          times_source=source, order=chosen, raw_times=list(raw), kind=kind, unused=unused,
-                         times_from=times_from)
+                         times_from=times_from, bits=bits[0] if bits else 0)
 

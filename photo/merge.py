@@ -144,7 +144,8 @@ def merge(inputs: Sequence, network: str, checkpoint, exposures: Sequence | None
     if prealign:
         frames, valid = prealign_bracket(bracket, response if isinstance(response, Response) else None)
     if not isinstance(response, Response):  # 'auto'/'estimate': from this bracket (pre-aligned, inside every frame)
-        response = choose_response(response, frames, bracket.times, bracket.paths, valid, is_8bit(bracket.frames))
+        response = choose_response(response, frames, bracket.times, bracket.paths, valid,
+                                   bracket.bits == 8 if bracket.bits else is_8bit(bracket.frames))
         logger.info('camera response: %s (%s)', response.name, response.why)
     if save_response_to is not None:
         save_response_to_file(save_response_to, response)

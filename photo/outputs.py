@@ -137,6 +137,7 @@ def compare_sheet(panels: Sequence[tuple[str, np.ndarray]], max_height: int = 36
 
 
 OUTPUT_FORMATS = ('hdr', 'exr', 'tiff', 'png')
+FORMAT_SUFFIX = {'hdr': '.hdr', 'exr': '.exr', 'tiff': '.tif', 'png': '.png'}  # the file each format writes
 DEFAULT_FORMATS = ('hdr', 'exr', 'png')
 
 
@@ -204,8 +205,7 @@ def write_outputs(result: MergeResult, output_dir, name: str, operator: str = 'd
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MergeError(f'{output_dir}: cannot create the output folder ({exc})') from exc
-    ext = {'hdr': 'hdr', 'exr': 'exr', 'tiff': 'tif', 'png': 'png'}
-    paths = {f: output_dir / f'{name}.{ext[f]}' for f in OUTPUT_FORMATS if f in formats}
+    paths = {f: output_dir / f'{name}{FORMAT_SUFFIX[f]}' for f in OUTPUT_FORMATS if f in formats}
     if 'hdr' in paths:
         write_hdr(paths['hdr'], result.hdr)
     if 'exr' in paths:

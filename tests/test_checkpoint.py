@@ -92,6 +92,17 @@ def test_unreadable_checkpoints_say_what_they_are_in_a_line(saved, tmp_path):
     message = str(err.value)
     assert 'with_options.pth holds Python objects besides tensors' in message
     assert 'weights_only' not in message and '\n' not in message
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(CheckpointError, match='empty.pth is empty'):
+        load_backbone_state(AHDR(), empty)
+
+
+def test_checkpoint_read_error_does_not_raise_itself(tmp_path):
+    """The message for a file that cannot even be opened (permissions, removed meanwhile) is still a message."""
+    from models.base_model import checkpoint_read_error
+    gone = tmp_path / 'gone.pth'
+    assert checkpoint_read_error(gone, OSError('x')).startswith(f'cannot read checkpoint {gone}: ')
 
 
 def test_atomic_save_leaves_old_file_when_writing_fails(saved, monkeypatch):

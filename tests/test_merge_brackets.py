@@ -105,6 +105,9 @@ def test_exif_in_tiff_ifd0(tmp_path):
     (((1, 100), (1, 100), (1, 100)), (100, 400, 1600), None, (1, 4, 16), 'exif (shutter time x ISO)'),
     # an aperture bracket: f/8, f/4, f/2 at 1/100 s
     (((1, 100), (1, 100), (1, 100)), None, ((8, 1), (4, 1), (2, 1)), (1, 4, 16), 'exif (shutter time / f-number^2)'),
+    # ISOSpeedRatings with two values per frame (some cameras): the first is the frame's
+    (((1, 100), (1, 100), (1, 100)), ((100, 100), (400, 400), (1600, 1600)), None, (1, 4, 16),
+     'exif (shutter time x ISO)'),
 ])
 def test_exif_iso_and_aperture_enter_the_exposure(tmp_path, times, isos, f_numbers, expected, what):
     """A JPEG bracket's exposure is time x ISO / f-number^2 where the frames differ in them, as for RAW frames."""
@@ -135,6 +138,38 @@ def test_upright_turns_a_frame_as_a_viewer_shows_it(orientation):
     pil.save(buffer, format='PNG', exif=exif)
     buffer.seek(0)
     assert np.array_equal(upright(img, orientation), np.asarray(ImageOps.exif_transpose(Image.open(buffer))))
+
+
+def test_frames_with_different_orientations_are_turned_alike(tmp_path, caplog):
+    """A tilt sensor that changed its mind within a tripod bracket: the pixels line up as stored, so every frame is
+    turned by the most common orientation, with a warning naming each frame's."""
+    rad = _radiance()
+    paths = []
+    for k, (t, orientation) in enumerate(zip(EXIF_TIMES, (6, 6, 1))):
+        paths.append(tmp_path / f'p{k}.jpg')
+        rgb = np.clip(np.rint(_ldr(rad, 100.0 * t[0] / t[1])[:, :, ::-1] * 255), 0, 255).astype(np.uint8)
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0x829A] = TiffImagePlugin.IFDRational(*t)
+        exif[0x0112] = orientation
+        Image.fromarray(rgb).save(paths[-1], quality=95, exif=exif)
+    with caplog.at_level(logging.WARNING, logger='photo.frames'):
+        frames = load_bracket(paths)
+    assert all(f.shape[:2] == (W, H) for f in frames.frames)
+    assert 'different EXIF orientations (p0.jpg: 6, p1.jpg: 6, p2.jpg: 1); all are turned by 6' in caplog.text
+
+
+def test_sixteen_bit_frames_of_eight_bit_values_are_sixteen_bit(bracket, tmp_path):
+    """The bit depth is the file's, not a guess from the values: 16-bit TIFFs converted from 8-bit codes (v * 257)
+    are a 16-bit bracket, and mixed with 8-bit JPEGs they are refused as such."""
+    tifs = []
+    for k, f in enumerate(bracket['jpg']):
+        tifs.append(tmp_path / f'{k}.tif')
+        codes = read_ldr(f)
+        write_ldr16(tifs[-1], codes * 257 * 255 / 65536)
+    frames = load_bracket(tifs, exposures=['1/100', '1/25', '4/25'])
+    assert frames.bits == 16
+    with pytest.raises(MergeError, match=r'16-bit: .*0\.tif'):
+        load_bracket([tifs[0], bracket['jpg'][1], bracket['jpg'][2]], exposures=['1/100', '1/25', '4/25'])
 
 
 def test_a_portrait_bracket_is_merged_upright(tmp_path, caplog):
@@ -190,6 +225,7 @@ def test_an_unwritable_output_folder_is_refused_before_the_merge(bracket, tmp_pa
     monkeypatch.setattr(tempfile, 'NamedTemporaryFile', read_only)
     monkeypatch.setattr(cli, 'merge', lambda *a, **k: pytest.fail('merged into a folder it cannot write'))
     monkeypatch.setattr(cli, 'run_batch', lambda *a, **k: pytest.fail('merged into a folder it cannot write'))
+    monkeypatch.setattr(cli, 'load_network', lambda *a, **k: pytest.fail('loaded the network first'))
     out = tmp_path / 'out'
     if batch:
         (tmp_path / 'in' / 'a').mkdir(parents=True)

@@ -73,9 +73,13 @@ def device_flags(args) -> list[str]:
     return ['--gpu_ids', '0' if args.device == 'cuda' else '-1', '-j', '0', '--verbose', 'False', '--amp', args.amp]
 
 
-def compiles(args) -> bool:
-    """--compile auto: on when the fine-tuning is long enough to repay torch.compile's warm-up."""
-    return args.compile == 'True' or (args.compile == 'auto' and args.iters >= COMPILE_MIN_ITERS)
+def compile_flag(args) -> str:
+    """train.py's --compile: auto (train.py then compiles unless the networks run in channels_last on an AMX CPU,
+    where eager is as fast) when the fine-tuning is long enough to repay torch.compile's warm-up, else False;
+    an explicit True/False as given."""
+    if args.compile == 'auto':
+        return 'auto' if args.iters >= COMPILE_MIN_ITERS else 'False'
+    return args.compile
 
 
 def structure_labels(args, work: Work, structure_ckpt: str) -> None:
@@ -102,7 +106,7 @@ def train_argv(args, work: Work, epochs: int, per_epoch: int, resume: bool) -> l
             '--patch_size', str(args.patch_size), '--niter', str(epochs), '--iters_per_epoch', str(per_epoch),
             '--lr', str(args.lr), '--lr_policy', args.lr_policy, '--vgg_weights', args.vgg_weights,
             '--calc_metrics', 'False', '--print_freq', str(max(1, min(per_epoch, 25))), '--seed', str(args.seed),
-            '--save_epoch_freq', '1', '--compile', str(compiles(args)),
+            '--save_epoch_freq', '1', '--compile', compile_flag(args),
             # where the medium frame clips, the label is the short frame alone, the bracket's noisiest: fitting it
             # fooled the decision (validation domain: +2.2 dB on the trusted pixels, -0.18 dB against the truth)
             '--colour_skip_clipped', 'True'] + device_flags(args)
@@ -127,7 +131,8 @@ def fine_tune(args, work: Work) -> Path:
                     epochs * per_epoch)
     logger.info('fine-tuning %s: %d iterations of batch %d x %dx%d crops, lr %g (%s), --amp %s, %s%s', args.network,
                 epochs * per_epoch, args.batch_size, args.patch_size, args.patch_size, args.lr, args.lr_policy,
-                args.amp, 'compiled' if compiles(args) else 'not compiled',
+                args.amp, {'True': 'compiled', 'False': 'not compiled'}.get(compile_flag(args),
+                                                                          '--compile auto (train.py logs its choice)'),
                 f'; resuming after epoch {done[-1]}' if done else '')
     status = train.main(train_argv(args, work, epochs, per_epoch, resume=bool(done)))
     setup_logging(str(work.root / 'adapt.log'))

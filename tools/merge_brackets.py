@@ -71,8 +71,8 @@ from photo.errors import MergeError  # noqa: E402
 from photo.exposures import _exif_value_to_seconds, parse_exposures, read_exposure_time  # noqa: E402,F401
 from photo.frames import BracketFrames, load_bracket  # noqa: E402,F401
 from photo.merge import MergeResult, load_network, merge  # noqa: E402,F401
-from photo.outputs import (DEFAULT_FORMATS, OUTPUT_FORMATS, PREVIEW_SHADOWS, ensure_output_folder,  # noqa: E402
-                           write_outputs)
+from photo.outputs import (DEFAULT_FORMATS, FORMAT_SUFFIX, OUTPUT_FORMATS, PREVIEW_SHADOWS,  # noqa: E402
+                           ensure_output_folder, write_outputs)
 from photo.response_choice import response_flag  # noqa: E402
 from util.flags import NumberRangeError, check_number_flags, checked_number  # noqa: E402
 from util.malloc import tune_malloc  # noqa: E402
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='mixed precision of the network forward: auto = bf16 where the hardware has it (CUDA, or a '
                         'CPU with avx512_bf16/AMX), fp32 elsewhere; none = fp32 throughout; fp16 only on CUDA')
     p.add_argument('--channels_last', default='auto', choices=('auto', 'true', 'false'),
-                   help='memory layout of the network forward: auto = channels_last for bf16 on a CPU with AMX (up to '
-                        '2x faster there), the default layout elsewhere')
+                   help='memory layout of the network forward: auto = channels_last on a CPU with AMX (bf16 up to 2x '
+                        'faster there, fp32 a few percent), the default layout elsewhere')
     p.add_argument('--medium_gate', default='auto', choices=('auto', 'on', 'off'),
                    help="the checkpoint's medium gate (models/medium_gate.py: the medium frame where it is clean and "
                         "not clipped): auto = when the checkpoint has one, off = the backbone alone")
@@ -184,7 +184,7 @@ def check_numbers(args) -> None:
         checked_number(args.tile, '--tile', 0, 1 << 16, integer=True)
 
 
-OUTPUT_SUFFIXES = ('.hdr', '.exr', '.tif', '.tiff', '.png')
+OUTPUT_SUFFIXES = (*FORMAT_SUFFIX.values(), '.tiff')  # a --name ending in one of these has it dropped
 
 
 def main(argv=None) -> int:
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
         name = args.name if args.name is not None else f'{result.bracket.paths[1].stem}_hdr'
         if Path(name).suffix.lower() in OUTPUT_SUFFIXES:  # --name x.png meant x, not x.png.png
             logger.info('--name %s: its extension dropped (each format adds its own)', name)
-            name = Path(name).stem
+            name = str(Path(name).with_suffix(''))
         paths = write_outputs(result, args.output_dir, name, args.tonemap, args.preview_exposure, args.formats,
                               args.exr_type, args.compare, args.preview_shadows)
     except (MergeError, CheckpointError, OSError) as exc:  # OSError: ImageReadError/ImageWriteError, disk
