@@ -210,6 +210,10 @@ def train(opt):
     visualizer = Visualizer(opt, enabled=opt.rank == 0)
     total_epochs = opt.niter + opt.niter_decay
     iters = len(train_loader)
+    if model.start_epoch >= total_epochs and opt.rank == 0:
+        logger.warning('nothing to train: the run is at epoch %d and --niter%s asks for %d epochs in all; raise '
+                       '--niter to train further', model.start_epoch, ' + --niter_decay' if opt.niter_decay else '',
+                       total_epochs)
     for epoch in range(model.start_epoch + 1, total_epochs + 1):
         set_epoch_seed(opt, epoch)
         if sampler is not None:

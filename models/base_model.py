@@ -400,11 +400,17 @@ class BaseModel(ABC):
             if self.is_main_process:
                 remove_stale_temporaries(self.save_dir)
         load_iter = opt.load_iter[0] if isinstance(opt.load_iter, (list, tuple)) else opt.load_iter
-        if self.isTrain and getattr(opt, 'continue_train', False) and load_iter <= 0 and not opt.load_path:
-            load_iter, with_optimizers = self.latest_complete_epoch()
+        from_run = False  # resuming this run's own checkpoints, whatever --load_path started it from
+        if self.isTrain and getattr(opt, 'continue_train', False) and load_iter <= 0:
+            # train.sh's stage 2 starts from --load_path (stage 1's weights); resuming it with the same command plus
+            # --continue_train must take the run's newest epoch, not start over from those weights
+            load_iter, with_optimizers = self.latest_complete_epoch(start=opt.load_path)
             opt.load_optimizers = with_optimizers
+            from_run = load_iter > 0
+        elif self.isTrain and load_iter <= 0 and self.is_main_process:
+            self.warn_if_the_run_exists()
         if load_iter > 0 or opt.load_path:
-            self.load_networks(load_iter)
+            self.load_networks(load_iter, from_run=from_run)
             if self.isTrain:
                 self.start_epoch = load_iter
                 manifest = self.load_optimizers(load_iter) if opt.load_optimizers else None
@@ -580,17 +586,30 @@ class BaseModel(ABC):
                     'or --continue_train True')
         return f'no complete epoch is saved in {self.save_dir}: start without --load_iter'
 
-    def load_networks(self, epoch):
+    def load_networks(self, epoch, from_run=False):
+        """Load every network: from --load_path when given (unless `from_run`: a resumed run's own epoch), else
+        this run's checkpoint of `epoch`."""
+        load_path = '' if from_run else self.opt.load_path
         for name in self.model_names:
-            path = self.opt.load_path or self.network_path(name, epoch)
-            if not self.opt.load_path and self.isTrain and not os.path.isfile(path):
+            path = load_path or self.network_path(name, epoch)
+            if not load_path and self.isTrain and not os.path.isfile(path):
                 raise CheckpointError(f'checkpoint not found: {path}; {self.resume_hint(epoch)}')
             net = networks.unwrap(getattr(self, 'net' + name))
             load_backbone_state(net, path, device='cpu')
             logger.info('loaded %s from %s', name, path)
 
-    def latest_complete_epoch(self):
-        """(epoch, optimizer state usable) of the newest checkpoint to resume from, for --continue_train.
+    def warn_if_the_run_exists(self):
+        """A fresh training under a --name that already holds checkpoints overwrites them epoch by epoch, and the old
+        run's later epochs stay beside the new ones: say so (a warning, not a refusal: train.sh reruns its demo)."""
+        epochs = saved_model_epochs(self.save_dir, self.model_names)
+        if epochs:
+            logger.warning('%s already holds checkpoints of epochs %s from an earlier run; this run starts afresh and '
+                           'overwrites them as it goes (resume that run with --continue_train True, or choose '
+                           'another --name)', self.save_dir, ', '.join(map(str, epochs)))
+
+    def latest_complete_epoch(self, start=''):
+        """(epoch, optimizer state usable) of the newest checkpoint to resume from, for --continue_train; `start`:
+        the --load_path a run without checkpoints starts from (for the log).
 
         Checkpoints are written model files first, then the optimizer file (which carries its epoch), each
         atomically. So the newest complete unit is the optimizer file's epoch when that epoch's model files exist;
@@ -598,8 +617,12 @@ class BaseModel(ABC):
         log says so. Epoch 0 (nothing saved yet) starts from scratch."""
         epochs = saved_model_epochs(self.save_dir, self.model_names)
         if not epochs:
-            logger.info('--continue_train: no checkpoint in %s yet; starting from scratch', self.save_dir)
+            logger.info('--continue_train: no checkpoint in %s yet; starting from %s', self.save_dir,
+                        f'--load_path {start}' if start else 'scratch')
             return 0, False
+        if start:
+            logger.info('--continue_train: the run has checkpoints, so --load_path %s (its starting weights) is not '
+                        'loaded again', start)
         optimizer_epochs = {self._optimizer_epoch(name) for name in self.optimizer_names}
         if len(optimizer_epochs) == 1 and next(iter(optimizer_epochs)) in epochs:
             epoch = next(iter(optimizer_epochs))

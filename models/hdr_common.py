@@ -64,14 +64,14 @@ class HDRBackboneModel(BaseModel):
     def optimizer(self):
         return self.optimizers[0]
 
-    def load_networks(self, epoch):
+    def load_networks(self, epoch, from_run=False):
         """As BaseModel's; when testing, the backbone is followed by the checkpoint's medium gate if it has one
         (--medium_gate auto; models/medium_gate.py). Training loads and trains the backbone alone."""
         from .medium_gate import GatedNetwork, with_gate
 
         if isinstance(self.netSelfHDR, GatedNetwork):  # test.py loads each --load_iter epoch in turn: the last one's
             self.netSelfHDR = self.netSelfHDR.backbone  # gate goes (its backbone keeps its compile wrapper)
-        super().load_networks(epoch)
+        super().load_networks(epoch, from_run)
         if not self.isTrain:
             path = self.opt.load_path or self.network_path('SelfHDR', epoch)
             self.netSelfHDR = with_gate(self.netSelfHDR, path, getattr(self.opt, 'medium_gate', 'auto'),

@@ -248,12 +248,22 @@ class BaseOptions:
                               f'so the crop must be a multiple of {multiple} (e.g. 64 or 128)')
 
     def save(self, opt, phase):
-        """Write the options to `<checkpoints_dir>/<name>/opt_<phase>.txt` (called by the entry points)."""
+        """Write the options to `<checkpoints_dir>/<name>/opt_<phase>.txt` (called by the entry points). A training
+        resumed with --continue_train appends its options under a dated header, so the record of how the saved
+        epochs were trained survives a resume (and one that fails)."""
+        import time
+
         folder = os.path.join(opt.checkpoints_dir, opt.name)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f'opt_{phase}.txt')
+        text = self.format_options(opt) + '\n'
+        if phase == 'train' and getattr(opt, 'continue_train', False) and os.path.isfile(path):
+            with open(path) as handle:
+                earlier = handle.read()
+            text = (f'{earlier}\n# --continue_train True, {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}: '
+                    f'the options of the resumed run\n{text}')
         tmp = path + '.tmp'
         with open(tmp, 'w') as handle:
-            handle.write(self.format_options(opt) + '\n')
+            handle.write(text)
         os.replace(tmp, path)
         return path

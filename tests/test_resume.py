@@ -65,6 +65,40 @@ def test_continue_train_with_nothing_saved_starts_from_scratch(tiny, tiny_dataro
     assert 'starting from scratch' in (tmp_path / 'new' / 'train.log').read_text()
 
 
+def test_continue_train_with_load_path_resumes_the_run(tiny, tiny_dataroot, tmp_path):
+    """train.sh's stage 2 starts from --load_path; the same command plus --continue_train resumes the run's newest
+    epoch (it silently started over from --load_path's weights, overwriting the saved epochs)."""
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'base', niter=1)) == 0
+    start = str(tmp_path / 'base' / 'SelfHDR_model_1.pth')
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=2, load_path=start)) == 0
+    run = tmp_path / 'run'
+    epoch2 = (run / 'SelfHDR_model_2.pth').read_bytes()
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=3, load_path=start,
+                                 continue_train=True)) == 0
+    log = (run / 'train.log').read_text()
+    assert 'resuming after epoch 2 (networks and optimizer state)' in log and 'is not loaded again' in log
+    assert (run / 'SelfHDR_model_2.pth').read_bytes() == epoch2 and _optimizer_epoch(run) == 3
+    # the same without checkpoints in the run: it starts from --load_path
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'fresh', niter=1, load_path=start,
+                                 continue_train=True)) == 0
+    assert f'starting from --load_path {start}' in (tmp_path / 'fresh' / 'train.log').read_text()
+
+
+def test_a_fresh_run_over_an_old_one_warns_and_nothing_to_do_is_said(tiny, tiny_dataroot, tmp_path):
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=2)) == 0
+    run = tmp_path / 'run'
+    first_options = (run / 'opt_train.txt').read_text()
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=1)) == 0
+    assert 'already holds checkpoints of epochs 1, 2 from an earlier run' in (run / 'train.log').read_text()
+    # a resume asking for no more epochs than are done (the new run's 1) says so; the options record keeps the
+    # earlier run's options above the resumed one's
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=1, continue_train=True)) == 0
+    assert 'nothing to train: the run is at epoch 1' in (run / 'train.log').read_text()
+    record = (run / 'opt_train.txt').read_text()
+    assert record.count('# --continue_train True') == 1 and record.split('\n# --continue_train')[0].strip()
+    assert first_options.splitlines()[0] in record
+
+
 def test_stale_temporary_files_are_removed_at_start(tiny, tiny_dataroot, tmp_path):
     run = tmp_path / 'run'
     run.mkdir()
