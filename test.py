@@ -163,6 +163,10 @@ def main(argv=None):
         target = exc.filename or os.path.join(opt.checkpoints_dir, opt.name)
         print(f'error: cannot write to {target}: {write_failure_cause(exc, target)}', file=sys.stderr)
         return 1
+    unavailable = [why for why in map(metrics.metric_unavailable, opt.extra_metrics) if why]
+    if unavailable:
+        logger.error('%s', '; '.join(unavailable))
+        return 2
     if not opt.load_path and not any(e > 0 for e in opt.load_iter):
         logger.error('no checkpoint: give --load_iter N (loads SelfHDR_model_N.pth from %s) or --load_path FILE',
                      os.path.join(opt.checkpoints_dir, opt.name))

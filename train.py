@@ -22,6 +22,7 @@ import models
 from models.base_model import (CheckpointError, NonFiniteLossError, checkpoint_problem, remove_stale_temporaries,
                                saved_model_epochs)
 from data.base_dataset import DatasetError
+from models.losses import VGGNotAvailableError
 from options.train_options import TrainOptions
 from util import metrics
 from util.fs import OutputWriteError, write_failure_cause
@@ -262,8 +263,8 @@ def main(argv=None):
     except (NonFiniteLossError, CheckpointError, OutputWriteError, ImageWriteError) as exc:
         logger.error('%s', exc)
         return 1
-    except (DatasetError, ImageReadError) as exc:  # the user's data: the message names the file or folder
-        logger.error('%s', exc)
+    except (DatasetError, ImageReadError, VGGNotAvailableError) as exc:  # the user's data or set-up: the message
+        logger.error('%s', exc)                                            # names the file, folder or flag
         return 2
     except KeyboardInterrupt as exc:
         # The atomic writers remove their temporary file on the way out, so every checkpoint on disk is complete.

@@ -15,11 +15,13 @@ val (top-left 512 crop)        ``Test/<s>``              ``Test/<s>``          `
 test                           ``Test/<s>``              ``Test/<s>``          ``Test/<s>/HDRImg.hdr``
 test, ``--network FSHDR``      ``Test_align/<s>``        ``Test/<s>``          ``Test/<s>/HDRImg.hdr``
 test, ``--stage0_inference``   ``Training_align/<s>``    ``Training/<s>``      none (``has_label`` False)
+test, ``--calc_metrics False`` as test                   as test               none (``has_label`` False)
 =============================  =======================  ====================  ==========================
 
 In training, ``other_label`` (the structure component Y_stru) is ``<opt.stru_lable_path>/<s>.hdr``
 when ``opt.stru_lable_path`` is set (stage 2), otherwise the key is absent (stage 1).
-Scenes are the sorted sub-folders of the folder the LDR frames come from.
+Scenes are the sorted sub-folders of the folder the LDR frames come from; where that is an aligned folder, every
+scene of the folder as shot must be in it (``--lenient_data``: skipped with a warning).
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ class Sig17AlignDataset(BaseDataset):
             ldr_dir, expo_dir, label_dir = 'Training_align', 'Training', None
         else:
             ldr_dir = 'Test_align' if getattr(opt, 'aligned_input', False) else 'Test'
-            expo_dir, label_dir = 'Test', 'Test'
+            # --calc_metrics False: brackets without ground truth (a user's own) are run without asking for it
+            expo_dir, label_dir = 'Test', ('Test' if getattr(opt, 'calc_metrics', True) else None)
         self.has_label = label_dir is not None
         self.folders = {'ldr': ldr_dir, 'expo': expo_dir, 'label': label_dir}
 
@@ -71,6 +74,8 @@ class Sig17AlignDataset(BaseDataset):
             stru_root = self.require_dir(Path(stru_path), 'structure label (--stru_lable_path)')
 
         self.scenes = self.list_scenes(ldr_root)
+        if ldr_dir != expo_dir:
+            self.check_aligned_scenes(ldr_root, expo_root)
         specs = {}
         for name in self.scenes:
             scene_dir = self.require_dir(ldr_root / name, 'scene')
@@ -91,6 +96,22 @@ class Sig17AlignDataset(BaseDataset):
             specs[name] = spec
         self.cache_scenes(specs, partial(read_ldr, expect_bits=16), read_hdr)
         logger.info('%s %s: %d scenes from %s', dataset_name, split, len(self.scenes), ldr_root)
+
+    def check_aligned_scenes(self, aligned_root: Path, shot_root: Path) -> None:
+        """Every scene of `shot_root` (Test, Training) must have its aligned copy in `aligned_root`: scoring or
+        labelling a subset of the split as if it were all of it is a silent substitute. --lenient_data skips the
+        missing ones with a warning."""
+        shot = {p.name for p in shot_root.iterdir() if p.is_dir() and not p.name.startswith('.')}
+        missing = sorted(shot - {p.name for p in aligned_root.iterdir() if p.is_dir()})
+        if not missing:
+            return
+        listed = ', '.join(missing[:5]) + (f' ... ({len(missing)} in all)' if len(missing) > 5 else '')
+        if not self.lenient:
+            raise DatasetError(f'{self.dataset_name} ({self.split}): {aligned_root} lacks the aligned copies of '
+                               f'{listed} (in {shot_root}); align them (python tools/prepare_data.py --dataroot '
+                               f'{self.root} --split {shot_root.name}), or pass --lenient_data True to skip them')
+        logger.warning('%s (%s): %d scenes of %s have no aligned copy in %s and are skipped: %s', self.dataset_name,
+                       self.split, len(missing), shot_root, aligned_root, listed)
 
     @staticmethod
     def _existing(path: Path, what: str) -> Path:

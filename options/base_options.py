@@ -139,7 +139,11 @@ class BaseOptions:
         # Let the model and the data sets add their flags (import here: models import options only lazily).
         import models
         import data
-        parser = models.get_option_setter(opt.model)(parser, self.isTrain)
+        try:
+            setter = models.get_option_setter(opt.model)
+        except ValueError as exc:  # an unknown --model: a usage error, said as argparse says its own
+            parser.error(str(exc))
+        parser = setter(parser, self.isTrain)
         opt, _ = parser.parse_known_args(args)
         for name in opt.dataset_name:
             try:
@@ -172,15 +176,19 @@ class BaseOptions:
                                   f'(e.g. {{network}}_{{batch_size}})')
         opt.load_iter = list(opt.load_iter)
         requested = opt.gpu_ids
-        opt.gpu_ids = parse_gpu_ids(requested)
+        try:
+            opt.gpu_ids = parse_gpu_ids(requested)
+        except ValueError as exc:
+            self.parser.error(str(exc))
         if opt.gpu_ids and not torch.cuda.is_available():
-            raise ValueError(f"--gpu_ids {requested} asks for CUDA, but no CUDA device is available; "
-                             "use --gpu_ids -1 for the CPU")
+            self.parser.error(f"--gpu_ids {requested} asks for CUDA, but no CUDA device is available; "
+                              "use --gpu_ids -1 for the CPU")
         count = torch.cuda.device_count() if opt.gpu_ids else 0
         absent = [i for i in opt.gpu_ids if i >= count]
         if absent:
-            raise ValueError(f"--gpu_ids {requested}: no GPU {','.join(map(str, absent))}; this machine shows {count} "
-                             f"CUDA device(s), ids 0 to {count - 1} (CUDA_VISIBLE_DEVICES renumbers them from 0)")
+            self.parser.error(f"--gpu_ids {requested}: no GPU {','.join(map(str, absent))}; this machine shows "
+                              f"{count} CUDA device(s), ids 0 to {count - 1} (CUDA_VISIBLE_DEVICES renumbers them "
+                              "from 0)")
         if opt.amp == 'fp16' and not opt.gpu_ids:
             self.parser.error('--amp fp16 is CUDA-only (the CPU has no fast fp16 kernels); use --amp bf16 or auto')
         # What the backbone needs, from its row of the table: test-time padding (the release's `chop`) and
@@ -230,6 +238,10 @@ class BaseOptions:
                 checked_number(value, f'--{flag}', lo, hi, lo_open=lo_open, integer=isinstance(lo, int))
             except NumberRangeError as exc:
                 self.parser.error(str(exc))
+        tile, overlap = getattr(opt, 'tile', 0), getattr(opt, 'tile_overlap', 0)
+        if isinstance(tile, int) and tile > 0 and not 0 <= overlap < tile:  # said now, not after the model loads
+            self.parser.error(f'--tile_overlap {overlap} must be in [0, --tile {tile}) (tiles overlap by less than '
+                              'their side)')
         for flag in ('max_dataset_size', 'max_test_images'):  # counts whose default, inf, means 'all'
             cap = getattr(opt, flag, None)
             if cap is not None and cap != float('inf'):
@@ -239,6 +251,10 @@ class BaseOptions:
                     self.parser.error(f'{exc} (or inf for all)')
         if not self.isTrain:
             return
+        if opt.model == 'selfhdr2' and not opt.stru_lable_path:  # said before the data are read, not at step 1
+            self.parser.error('--model selfhdr2 trains on two labels: give the structure labels (stage 1 run on the '
+                              'aligned training frames, test.py --stage0_inference) with --stru_lable_path; train.sh '
+                              'shows the three steps')
         if opt.niter < 0 or opt.niter_decay < 0 or opt.niter + opt.niter_decay < 1:
             self.parser.error(f'--niter {opt.niter} and --niter_decay {opt.niter_decay}: nothing to train '
                               '(need at least one epoch, neither negative)')

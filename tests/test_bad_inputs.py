@@ -145,3 +145,13 @@ def test_metrics_refuse_values_they_cannot_score(pred, gt, message):
 def test_psnr_of_overflowing_error_is_a_clear_error():
     with pytest.raises(ValueError, match='mean squared error is inf'):
         metrics.psnr(np.full((4, 4), 1e200), np.zeros((4, 4)))
+
+
+def test_a_write_failure_with_a_cause_is_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    """--checkpoints_dir /proc/x fails with ENOENT; /proc shows 0 bytes free, which was reported as a full disk."""
+    import errno
+
+    monkeypatch.setattr(fs, 'free_bytes', lambda path: 0)
+    cause = fs.write_failure_cause(OSError(errno.ENOENT, 'No such file or directory'), tmp_path / 'x' / 'opt.txt')
+    assert cause == 'a folder on the path does not exist and cannot be made there'
+    assert 'no space' in fs.write_failure_cause(RuntimeError('unexpected pos 64 vs 10'), tmp_path / 'm.pth')

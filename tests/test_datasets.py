@@ -382,6 +382,26 @@ def test_missing_label_files(sig17_root, tmp_path):
         data.create_dataset('sig17align', 'train', make_opt(root, stru_lable_path=str(root / 'stru')))
     # Without --stru_lable_path (stage 1) the structure labels are not needed.
     assert len(data.create_dataset('sig17align', 'train', make_opt(root)).scenes) == 3
+    # test.py --calc_metrics False (brackets without ground truth) does not ask for the test labels
+    ds = data.create_dataset('sig17align', 'test', make_opt(root, calc_metrics=False))
+    assert ds.has_label is False and len(ds) == 3 and 'label' not in ds[0]
+
+
+@pytest.mark.parametrize('network, stage0, shot, aligned', [('FSHDR', False, 'Test', 'Test_align'),
+                                                            ('AHDRNet', True, 'Training', 'Training_align')])
+def test_a_scene_without_its_aligned_copy_is_named(sig17_root, tmp_path, caplog, network, stage0, shot, aligned):
+    """A scene of Test (Training) missing from Test_align (Training_align) was silently left out of the scores (the
+    structure labels): now an error naming it, or with --lenient_data a warning."""
+    import logging
+
+    root = copy_tree(sig17_root, tmp_path)
+    shutil.rmtree(root / aligned / SCENES[1])
+    with pytest.raises(DatasetError, match=rf'{aligned} lacks the aligned copies of {SCENES[1]} .*prepare_data\.py'):
+        data.create_dataset('sig17align', 'test', make_opt(root, network=network, stage0_inference=stage0))
+    with caplog.at_level(logging.WARNING):
+        ds = data.create_dataset('sig17align', 'test', make_opt(root, network=network, stage0_inference=stage0,
+                                                                lenient_data=True))
+    assert len(ds) == len(SCENES) - 1 and f'skipped: {SCENES[1]}' in caplog.text
 
 
 def test_size_mismatch(sig17_root, tmp_path):

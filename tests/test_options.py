@@ -42,13 +42,15 @@ def test_name_lowercased_suffix_and_chop_for_transformers():
 
 @pytest.mark.parametrize('text,expected', [('yes', True), ('Y', True), ('TRUE', True), ('t', True), ('1', True),
                                            ('no', False), ('0', False), ('false', False), ('anything', False)])
-def test_lenient_booleans(text, expected):
+def test_lenient_booleans(text, expected, caplog):
     assert str2bool(text) is expected
     opt = TrainOptions().parse(REQUIRED + ['--shuffle', text])
     assert opt.shuffle is expected
+    # the release's reading is kept; a word that is neither yes nor no (a typo: 'Ture') is said
+    assert ("'anything' is not a yes/no value; taken as False" in caplog.text) == (text == 'anything')
 
 
-def test_gpu_ids():
+def test_gpu_ids(capsys):
     assert parse_gpu_ids('-1') == []
     assert parse_gpu_ids('auto') == ([0] if torch.cuda.is_available() else [])
     assert parse_gpu_ids('2,3') == [2, 3]
@@ -56,16 +58,36 @@ def test_gpu_ids():
         parse_gpu_ids('a')
     default = TrainOptions().parse(REQUIRED)
     assert default.gpu_ids == ([0] if torch.cuda.is_available() else [])
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match='no CUDA'):
+    if not torch.cuda.is_available():  # a usage error, said as argparse says its own: no traceback
+        with pytest.raises(SystemExit):
             TrainOptions().parse(REQUIRED + ['--gpu_ids', '0'])
+        assert 'asks for CUDA, but no CUDA device is available' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        TrainOptions().parse(REQUIRED + ['--gpu_ids', '5,a'])
+    assert "--gpu_ids: 'a' is not an integer" in capsys.readouterr().err
 
 
-def test_unknown_model_and_network_are_errors():
-    with pytest.raises(ValueError, match='available: .*selfhdr1'):
+def test_unknown_model_and_network_are_errors(capsys):
+    with pytest.raises(SystemExit):
         TrainOptions().parse(['--name', 'x', '--model', 'nope', '--network', 'AHDRNet'])
+    assert "Unknown --model 'nope'; available: " in capsys.readouterr().err
     with pytest.raises(SystemExit):
         TrainOptions().parse(['--name', 'x', '--model', 'selfhdr1', '--network', 'UNet'])
+
+
+def test_a_tile_smaller_than_its_overlap_is_refused_at_start(capsys):
+    from options.test_options import TestOptions
+    with pytest.raises(SystemExit):
+        TestOptions().parse(['--name', 'x', '--model', 'selfhdr2', '--network', 'AHDRNet', '--tile', '20'])
+    assert '--tile_overlap 32 must be in [0, --tile 20)' in capsys.readouterr().err
+    assert TestOptions().parse(['--name', 'x', '--model', 'selfhdr2', '--network', 'AHDRNet', '--tile', '20',
+                                '--tile_overlap', '8']).tile == 20
+
+
+def test_stage2_training_without_structure_labels_is_refused_at_start(capsys):
+    with pytest.raises(SystemExit):
+        TrainOptions().parse(['--name', 'x', '--model', 'selfhdr2', '--network', 'AHDRNet'])
+    assert '--model selfhdr2 trains on two labels' in capsys.readouterr().err
 
 
 def test_save_writes_options_file(tmp_path):

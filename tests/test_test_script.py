@@ -141,6 +141,17 @@ def test_missing_checkpoint_fails_with_a_clear_message(tiny_dataroot, checkpoint
     assert 'nothing_here' in (ckpt / 'nothing_here' / 'test.log').read_text()
 
 
+def test_an_unavailable_extra_metric_is_said_before_the_run(tiny_dataroot, checkpoints, monkeypatch):
+    """--extra_metrics lpips without its package or weights: exit 2 at once, saying what is missing (it failed with a
+    traceback after the first scene's inference)."""
+    ckpt, _ = checkpoints
+    monkeypatch.setattr(metrics, 'metric_unavailable', lambda name: f'--extra_metrics {name} needs what is missing')
+    monkeypatch.setattr(test_script.models, 'create_model', lambda opt: pytest.fail('ran before the check'))
+    rc = test_script.main(eval_args(tiny_dataroot, ckpt, 'release', load_iter=1, extra_metrics=['lpips']))
+    assert rc == 2
+    assert '--extra_metrics lpips needs what is missing' in (ckpt / 'release' / 'test.log').read_text()
+
+
 def test_tiled_inference(tiny_dataroot, checkpoints, expected_outputs, tmp_path, monkeypatch):
     ckpt, _ = checkpoints
     outputs, _ = expected_outputs

@@ -258,3 +258,17 @@ def test_stage0_inference_feeds_stage2(tiny, tiny_dataroot, two_epoch_runs, tmp_
     assert (stage2 / 'SelfHDR_model_1.pth').is_file()
     log = (stage2 / 'loss_log.txt').read_text()
     assert 'Color:' in log and 'Stru:' in log
+
+
+def test_stage2_without_vgg_weights_offline_is_a_one_line_error(tiny, tiny_dataroot, stru_dir, tmp_path, monkeypatch):
+    """--vgg_weights imagenet with no weights at hand (offline, no --vgg_path): exit 2 with the loss's message naming
+    what to do, not a traceback."""
+    from models import losses, networks
+
+    def offline(*args, **kwargs):
+        raise losses.VGGNotAvailableError('VGG19 ImageNet weights are not available offline; give --vgg_path')
+    monkeypatch.setattr(networks, 'build_vgg19_features', offline)
+    rc = train.main(train_args(tiny_dataroot, tmp_path, 'stage2', 'selfhdr2', stru_lable_path=stru_dir,
+                               vgg_weights='imagenet'))
+    assert rc == 2 and 'ERROR train: VGG19 ImageNet weights are not available offline; give --vgg_path' in \
+        (tmp_path / 'stage2' / 'train.log').read_text()

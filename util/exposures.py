@@ -164,7 +164,8 @@ def select_frames(frames: list[Path], dataset: str, scene_dir=None) -> list[Path
     n = len(frames)
     if dataset == 'sig17':
         if n != 3:
-            raise ExposureFileError(f'{where}: expected 3 frames for sig17, found {n}')
+            raise ExposureFileError(f'{where}: expected 3 frames for sig17, found {n} '
+                                    f'({" or ".join(FRAME_EXTS[dataset])} files; other images are not read)')
         return list(frames)
     if dataset == 'sen':
         if n < 3:

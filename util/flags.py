@@ -8,6 +8,7 @@ is a Python ``float`` (or ``int``) that stays finite in float32 arithmetic downs
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 
@@ -81,11 +82,21 @@ def check_number_flags(args, ranges: dict) -> None:
             checked_number(value, f'--{flag}', lo, hi, integer=integer, lo_open=lo_open)
 
 
+TRUE_WORDS = ('yes', 'y', 'true', 't', '1')
+FALSE_WORDS = ('no', 'n', 'false', 'f', '0', '')
+
+
 def str2bool(value):
-    """The release's lenient boolean: 'yes', 'y', 'true', 't', '1' (any case) are true, anything else false."""
+    """The release's lenient boolean: 'yes', 'y', 'true', 't', '1' (any case) are true, anything else false; a
+    value that is neither a true nor a false word (a typo such as 'Ture') is still false, as in the release, but
+    said in a warning."""
     if isinstance(value, bool):
         return value
-    return str(value).strip().lower() in ('yes', 'y', 'true', 't', '1')
+    word = str(value).strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        logging.getLogger(__name__).warning('%r is not a yes/no value; taken as False (the release\'s reading: '
+                                            'anything but yes, y, true, t, 1)', value)
+    return word in TRUE_WORDS
 
 
 def bool_or_auto(value):

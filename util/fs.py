@@ -17,6 +17,8 @@ _CAUSES = {
     errno.EROFS: 'read-only file system',
     errno.EACCES: 'permission denied',
     errno.EPERM: 'operation not permitted',
+    errno.ENOENT: 'a folder on the path does not exist and cannot be made there',
+    errno.ENOTDIR: 'a part of the path is a file, not a folder',
 }
 
 
@@ -43,7 +45,7 @@ def write_failure_cause(exc: BaseException | None, path) -> str:
     code = getattr(exc, 'errno', None)
     if code in _CAUSES:
         return _CAUSES[code]
-    free = free_bytes(path)
+    free = free_bytes(path) if code is None else None  # an error without errno (torch's writer) may be a full disk
     if free is not None and free < LOW_SPACE_BYTES:
         return f'no space left on the device ({free // 1024} KiB free)'
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))

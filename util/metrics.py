@@ -278,6 +278,24 @@ def _lpips_backbone_file(net: str):
     return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(url)), url
 
 
+def metric_unavailable(name: str) -> str | None:
+    """Why the optional metric `name` ('pu21', 'cvvdp', 'lpips') cannot run here, or None: asked before a test run
+    starts, so a missing package or weight file is said at once rather than after the first scene."""
+    import importlib.util
+    import os
+
+    if name == 'cvvdp' and importlib.util.find_spec('pycvvdp') is None:
+        return '--extra_metrics cvvdp needs ColorVideoVDP: pip install cvvdp'
+    if name == 'lpips':
+        if importlib.util.find_spec('lpips') is None:
+            return '--extra_metrics lpips needs the lpips package: pip install lpips'
+        path, url = _lpips_backbone_file('alex')
+        if not os.path.isfile(path):
+            return (f'--extra_metrics lpips needs its backbone weights at {path} (from {url}); nothing is downloaded '
+                    'at run time')
+    return None
+
+
 def lpips_score(pred, gt, net: str = 'alex', device: str = 'cpu') -> float:
     """LPIPS distance (lower is better) between the mu-law tone-mapped images.
 
