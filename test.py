@@ -176,8 +176,8 @@ def main(argv=None):
     try:
         model.setup(opt)
         model.eval()
-        for epoch in opt.load_iter:
-            if epoch > 0 or opt.load_path:
+        for i, epoch in enumerate(opt.load_iter):
+            if i > 0 and (epoch > 0 or opt.load_path):  # setup() loaded the first one
                 model.load_networks(epoch)
             for dataset_name in opt.dataset_name:
                 summaries.append(evaluate(model, opt, dataset_name, epoch))

@@ -125,6 +125,16 @@ def test_outputs_logs_and_metrics_for_several_epochs(tiny_dataroot, checkpoints,
     assert (run / 'opt_test.txt').is_file()
 
 
+def test_each_epoch_is_loaded_once(tiny_dataroot, checkpoints):
+    ckpt, _ = checkpoints
+    log_path = ckpt / 'release' / 'test.log'
+    before = log_path.read_text() if log_path.exists() else ''  # other tests of the module log here too
+    assert test_script.main(eval_args(tiny_dataroot, ckpt, 'release', load_iter=[1, 2])) == 0
+    lines = log_path.read_text()[len(before):].splitlines()
+    for epoch in (1, 2):
+        assert sum('loaded SelfHDR from' in ln and f'SelfHDR_model_{epoch}.pth' in ln for ln in lines) == 1
+
+
 def test_missing_checkpoint_fails_with_a_clear_message(tiny_dataroot, checkpoints):
     ckpt, _ = checkpoints
     rc = test_script.main(eval_args(tiny_dataroot, ckpt, 'release', load_iter=[1, 7]))
