@@ -168,6 +168,32 @@ def test_cli_tonemap(tmp_path):
     assert main([str(tmp_path / 'missing.hdr'), '-o', str(tmp_path / 'm.png')]) == 1
 
 
+@pytest.mark.parametrize('flag, value', [('--exposure', '1e10'), ('--exposure', 'nan'), ('--gamma', 'inf')])
+def test_cli_tonemap_checks_its_numbers(tmp_path, capsys, flag, value):
+    """Out-of-range or non-finite --exposure/--gamma: exit 2 naming the flag (1e10 raised an OverflowError, nan wrote
+    a black PNG)."""
+    from util import hdr_io
+    from tools.tonemap import main
+
+    src = tmp_path / 'in.hdr'
+    hdr_io.write_hdr(src, _random_hdr(12, 16, seed=5, scale=1.0))
+    assert main([str(src), '-o', str(tmp_path / 'o.png'), flag, value]) == 2
+    assert flag in capsys.readouterr().err and not (tmp_path / 'o.png').exists()
+
+
+@pytest.mark.parametrize('operator', sorted(OPERATORS))
+def test_a_radiance_near_the_float32_ceiling_is_white(operator):
+    """A few pixels at 3e38 (finite, absurd): the display operator hung on its noise bands and Reinhard's turned them
+    black; now they are white and the rest is as it was."""
+    x = _random_hdr(40, 50, seed=3, scale=1.0)
+    y0 = tonemap(x, operator)
+    x[:5, :5] = 3e38
+    y = tonemap(x, operator)
+    assert np.isfinite(y).all() and (y[:5, :5] > 0.99).all()
+    if operator == 'mu':  # per-pixel: the others renormalise by the image's statistics, which the bright patch moves
+        np.testing.assert_array_equal(y[5:, 5:], y0[5:, 5:])
+
+
 def test_display_clean_shadows_removes_chroma_noise_in_the_dark_only():
     """A green shadow with chroma noise beside a bright sky: with clean shadows the shadow's colour is close to its
     true green (MATLAB's operator keeps the noise, lifted by CLAHE), the sky is untouched, the edge stays sharp."""

@@ -27,13 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help='output PNG (default: the input path with .png)')
     parser.add_argument('--operator', type=str, default='mu', choices=sorted(OPERATORS),
                         help='mu: mu-law of the losses; reinhard: Reinhard 2002 global; display: MATLAB-like tonemap')
-    parser.add_argument('--exposure', type=float, default=0.0, help='exposure adjustment in stops')
-    parser.add_argument('--gamma', type=float, default=None, help="display gamma (default: the operator's own)")
+    parser.add_argument('--exposure', type=float, default=0.0,
+                        help='exposure adjustment in stops, -32..32 (reinhard normalises by the log-average '
+                             'luminance, so it changes little there; use --gamma or the key)')
+    parser.add_argument('--gamma', type=float, default=None,
+                        help="display gamma, 0.1..10 (default: the operator's own)")
     return parser
+
+
+# The numeric flags and their ranges, checked before anything is read (util.flags.checked_number).
+NUMBER_FLAGS = {'exposure': (-32.0, 32.0, False), 'gamma': (0.1, 10.0, False)}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from util.flags import NumberRangeError, check_number_flags
+    try:
+        check_number_flags(args, NUMBER_FLAGS)
+    except NumberRangeError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     from util.hdr_io import ImageReadError, read_radiance
 

@@ -58,6 +58,12 @@ def inverse_mu_law_torch(m):
     return torch.expm1(m * _LOG_1P_MU) / MU
 
 
+# Radiance above this is taken as this: float32 luminance sums and scalings of values near its 3.4e38 ceiling
+# overflow to Inf (a 3e38 pixel hung the display operator's noise bands and came out black from Reinhard's). Far
+# above any exposure a display shows, so no tone-mapped pixel changes.
+MAX_RADIANCE = 1e18
+
+
 def _check_image(x: np.ndarray, name: str = 'image') -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[2] != 3:
@@ -66,7 +72,8 @@ def _check_image(x: np.ndarray, name: str = 'image') -> np.ndarray:
         raise ValueError(f'{name}: empty image (shape {x.shape})')
     if not np.isfinite(x).all():
         raise ValueError(f'{name}: contains NaN or Inf')
-    return x.astype(np.float32, copy=False)
+    x = x.astype(np.float32, copy=False)
+    return np.minimum(x, np.float32(MAX_RADIANCE)) if (x > MAX_RADIANCE).any() else x
 
 
 def _expose(x: np.ndarray, exposure: float) -> np.ndarray:
