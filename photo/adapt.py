@@ -228,6 +228,14 @@ def write_checkpoint(src: Path, out: Path, gate_from=None) -> None:
     atomic_torch_save(checkpoint, str(out))
 
 
+def after_label(state: dict, iters: int) -> str:
+    """The "after" panel's label: what the written model is (the decision may have kept the original)."""
+    kept = state.get('decision', {}).get('kept')
+    if kept == 'original':
+        return 'after: the original kept (fine-tuning did not help)'
+    return f'after: adapted ({kept})' if kept else f'after: adapted, {iters} iterations'
+
+
 def write_comparisons(jobs, args, state: dict, work: Work, out: Path, compare_dir: Path, progress: bool) -> list:
     """One labelled sheet per prepared bracket: medium input, before, after (merge_brackets with the new weights)."""
     from tqdm import tqdm
@@ -244,7 +252,7 @@ def write_comparisons(jobs, args, state: dict, work: Work, out: Path, compare_di
         before = read_hdr(work.before / f'{job.name}.hdr')
         panels = [(f'input (medium): {result.bracket.paths[1].name}', np.clip(result.inputs[1], 0, 1)),
                   (f'before: {Path(args.checkpoint).name}', tonemap(np.maximum(before, 0), args.tonemap)),
-                  (f'after: adapted, {args.iters} iterations', tonemap(np.maximum(result.hdr, 0), args.tonemap))]
+                  (after_label(state, args.iters), tonemap(np.maximum(result.hdr, 0), args.tonemap))]
         written.append(write_png8(compare_dir / f'{job.name}.png', compare_sheet(panels)))
     return written
 

@@ -44,13 +44,13 @@ def _image_files(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith('.') and p.suffix.lower() in LDR_EXTS + RAW_EXTS)
 
 
-def find_brackets(input_dir) -> list[BracketJob]:
+def find_brackets(input_dir, flag: str = '--input_dir') -> list[BracketJob]:
     """One job per sub-folder of ``input_dir`` that holds image files (sorted by name). A sub-folder's
     ``exposure.txt`` (one value in stops per frame, in sorted file-name order, as in the SIGGRAPH17 data) gives
     the exposures; otherwise they come from EXIF or RAW metadata."""
     root = Path(input_dir)
     if not root.is_dir():
-        raise MergeError(f'--input_dir {root}: not a folder' if root.exists() else f'--input_dir {root}: does not exist')
+        raise MergeError(f'{flag} {root}: not a folder' if root.exists() else f'{flag} {root}: does not exist')
     jobs = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
         files = _image_files(sub)
@@ -72,7 +72,7 @@ def find_brackets(input_dir) -> list[BracketJob]:
     if not jobs:
         hint = (f' ({len(loose)} image files sit directly in it: put each bracket in its own sub-folder)'
                 if loose else '')
-        raise MergeError(f'--input_dir {root}: no sub-folder with image files (JPEG/PNG/TIFF/RAW){hint}')
+        raise MergeError(f'{flag} {root}: no sub-folder with image files (JPEG/PNG/TIFF/RAW){hint}')
     return jobs
 
 

@@ -86,6 +86,13 @@ def bracket_orientation(paths: Sequence[Path]) -> int:
     return values[0]
 
 
+def _how_to_give_times(exposures_from: str) -> str:
+    """Where a bracket without exposure metadata takes its times: the flag, or a batch folder's exposure file."""
+    if exposures_from == '--exposures':
+        return 'give the times with --exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)'
+    return f'write them to {exposures_from}: one value in stops per frame, in file-name order (e.g. 0, 2, 4)'
+
+
 # The networks were trained with 2 or 3 stops between neighbouring frames.
 MAX_GAP_STOPS = 4.0
 
@@ -152,16 +159,15 @@ def load_bracket(inputs: Sequence, exposures: Sequence | None = None, exposures_
         raw, what = relative_exposure(raws)
         missing = [str(p) for p, t in zip(paths, raw) if t is None]
         if missing:
-            raise MergeError(f'{", ".join(missing)}: no exposure time in the RAW metadata; give the times with '
-                             '--exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
+            raise MergeError(f'{", ".join(missing)}: no exposure time in the RAW metadata; '
+                             f'{_how_to_give_times(exposures_from)}')
         source = f'raw metadata ({what})'
         times_from = 'the RAW metadata, or give --exposures'
     else:
         exif = [read_exif_exposure(p) for p in paths]
         missing = [str(p) for p, e in zip(paths, exif) if e is None]
         if missing:
-            raise MergeError(f'{", ".join(missing)}: no EXIF ExposureTime; give the times with --exposures '
-                             '(seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)')
+            raise MergeError(f'{", ".join(missing)}: no EXIF ExposureTime; {_how_to_give_times(exposures_from)}')
         # the ISO speed and f-number count where every frame has one and they differ, as for RAW frames
         raw, what = relative_exposure(exif)
         source = 'exif' if what == 'shutter time' else f'exif ({what})'

@@ -203,7 +203,10 @@ def test_exit_2_cases_name_the_file(inputs, module_monkeypatch, tmp_path, capsys
     empty = tmp_path / 'empty'
     empty.mkdir()
     rc, err = _error(capsys, _argv({**inputs, 'brackets': empty}, out))
-    assert rc == 2 and str(empty) in err
+    assert rc == 2 and f'--brackets {empty}' in err and '--input_dir' not in err  # adapt's flag, not merge's
+    # --out naming the checkpoint it starts from would overwrite it
+    rc, err = _error(capsys, _argv(inputs, inputs['ckpt']))
+    assert rc == 2 and 'is the --checkpoint file' in err
     # only broken brackets: each is reported, then exit 2 naming DIR
     only_bad = tmp_path / 'only_bad'
     (only_bad / 'bad').mkdir(parents=True)
@@ -322,6 +325,11 @@ def test_decision_keeps_the_original_when_fine_tuning_does_not_help(inputs, modu
     assert all(torch.equal(written[k], original[k]) for k in original)
     printed = capsys.readouterr().out
     assert 'decision: kept the original' in printed and 'original weights are kept' in printed
+    # the before/after sheets say which model the "after" panel shows
+    from photo.adapt import after_label
+    assert after_label({'decision': {'kept': 'original'}}, 300) == 'after: the original kept (fine-tuning did not help)'
+    assert after_label({'decision': {'kept': 'epoch 2'}}, 300) == 'after: adapted (epoch 2)'
+    assert after_label({}, 300) == 'after: adapted, 300 iterations'  # --decide off
 
 
 @pytest.mark.parametrize('flag, value', [('--lr', 'inf'), ('--lr', '0'), ('--iters', '0'), ('--seed', '-1'),

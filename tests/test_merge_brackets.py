@@ -766,6 +766,20 @@ def test_batch_exposure_file_errors_name_the_file(bracket, tmp_path, capsys, sto
     assert '--exposures' not in cap.err.replace('--exposures_in', '')
 
 
+def test_batch_bracket_without_exif_points_to_its_exposure_file(bracket, tmp_path, capsys):
+    """--exposures is not allowed with --input_dir: a batch bracket without EXIF times is told to use its folder's
+    exposure.txt."""
+    import shutil
+
+    src = tmp_path / 'in'
+    (src / 'a').mkdir(parents=True)
+    for f in bracket['tif']:
+        shutil.copy(f, src / 'a' / f.name)
+    rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
+                            '--output_dir', tmp_path / 'out', '-q'])
+    assert rc == 2 and f'no EXIF ExposureTime; write them to {src / "a" / "exposure.txt"}' in cap.err
+
+
 def test_batch_skips_failing_brackets_and_reports_them(bracket, tmp_path, capsys):
     src, out = tmp_path / 'in', tmp_path / 'out'
     _write_batch(src, bracket)

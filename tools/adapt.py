@@ -243,6 +243,10 @@ def _check_args(args) -> None:
     out = Path(args.out)
     if out.suffix.lower() != '.pth' or out.is_dir():
         raise AdaptError(f'--out {out}: expected a .pth file name')
+    for flag in ('checkpoint', 'stage1'):  # the adapted model would overwrite the one it starts from
+        given = getattr(args, flag, None)
+        if given and Path(given).resolve() == out.resolve():
+            raise AdaptError(f'--out {out} is the --{flag} file; the adapted model needs a file of its own')
     if args.amp == 'fp16' and args.device != 'cuda':
         raise AdaptError('--amp fp16 is CUDA-only (the CPU has no fast fp16 kernels); use --amp bf16 or auto')
     if args.device == 'cuda':
@@ -260,7 +264,7 @@ def run(args) -> int:
     try:
         _check_args(args)
         response_flag(args)
-        jobs = find_brackets(args.brackets)  # MergeError names DIR when nothing usable is in it
+        jobs = find_brackets(args.brackets, flag='--brackets')  # MergeError names DIR when nothing usable is in it
         net = load_network(args.network, args.checkpoint, args.device)  # CheckpointError names the file
         structure_ckpt = args.stage1 or args.checkpoint
         if args.stage1:
