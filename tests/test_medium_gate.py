@@ -298,6 +298,12 @@ def test_band_noise_chooses_the_medium_bands_estimator_and_is_stored_with_the_ga
     assert set_gate_clamp.main([str(path), '--band_noise', 'weak_texture', '--out', str(out_path)]) == 0
     assert read_gate(out_path).band_noise == 'weak_texture' and read_gate(out_path).consistency == 1.5
     assert 'band_noise weak_texture' in capsys.readouterr().out
+    # a file that is not a checkpoint: one line naming it (torch's weights_only page before)
+    not_a_checkpoint = tmp_path / 'image.hdr'
+    not_a_checkpoint.write_bytes(b'#?RADIANCE\n' + bytes(64))
+    assert set_gate_clamp.main([str(not_a_checkpoint), '--band_noise', 'weak_texture', '--out', str(out_path)]) == 1
+    err = capsys.readouterr().err
+    assert f'{not_a_checkpoint} is not a PyTorch checkpoint' in err and 'weights_only' not in err
     assert torch.load(out_path, weights_only=True)[GATE_KEY]['version'] == GATE_VERSION
 
 
@@ -546,6 +552,8 @@ def test_train_gate_tool_writes_a_gated_checkpoint_that_test_py_applies(tiny_dat
     # --out over its own input is refused; a crop larger than the images is a clear error
     assert train_gate.main(argv[:6] + ['--out', str(source)]) == 2
     assert train_gate.main(argv[:-6] + ['--crop', '999']) == 1
+    for flag in ('--max_scenes', '--threads', '--seed'):  # --max_scenes -1 silently dropped a scene
+        assert train_gate.main(argv + [flag, '-1']) == 2
 
     def run_test_py(load_path, **flags):
         return test_script.main(eval_args(tiny_dataroot, tmp_path / 'results', 'gated', load_path=str(load_path),

@@ -21,7 +21,8 @@ if str(_ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from models.base_model import CheckpointError, atomic_torch_save  # noqa: E402
+from models.backbones import NAMES  # noqa: E402
+from models.base_model import CheckpointError, atomic_torch_save, checkpoint_read_error  # noqa: E402
 from models.medium_gate import (BAND_NOISE, GATE_KEY, GATE_VERSION, fusion_prior_problem,  # noqa: E402
                                 fusion_window_problem, read_gate, witness_clamp_refusal)
 
@@ -67,8 +68,8 @@ def main(argv=None) -> int:
                    help='on: the medium band\'s noise is also capped by the estimates of the bracket\'s other frames '
                         '(models.medium_gate.bracket_noise_bounds; gates made since round 3\'s twentieth session); '
                         'unchanged if omitted (older gates: off)')
-    p.add_argument('--network', help='the checkpoint\'s backbone (checked with --short_consistency and '
-                                     '--long_consistency)')
+    p.add_argument('--network', choices=NAMES, help='the checkpoint\'s backbone (checked with --short_consistency '
+                                                    'and --long_consistency)')
     p.add_argument('--why', default='', help='recorded in the gate entry as clamp_chosen_on')
     p.add_argument('--out', required=True, help='where to write the result (may be the input)')
     args = p.parse_args(argv)
@@ -88,8 +89,6 @@ def main(argv=None) -> int:
             return 2
     for frame in ('short', 'long'):
         if getattr(args, f'{frame}_consistency'):
-            from models.backbones import NAMES
-
             if args.network not in NAMES:
                 print(f'error: --{frame}_consistency needs --network (one of {", ".join(NAMES)})', file=sys.stderr)
                 return 2
@@ -98,7 +97,10 @@ def main(argv=None) -> int:
                 print(f'error: --{frame}_consistency: {refusal}', file=sys.stderr)
                 return 2
     try:
-        checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
+        try:
+            checkpoint = torch.load(args.checkpoint, map_location='cpu', weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # a foreign or broken file: one line
+            raise CheckpointError(checkpoint_read_error(args.checkpoint, exc)) from None
         if read_gate(args.checkpoint, checkpoint) is None:
             raise CheckpointError(f'{args.checkpoint}: no medium gate to set (train one with tools/train_gate.py)')
         if args.network:  # the backbone must be the one named: the witness frames' clamps are refused for others

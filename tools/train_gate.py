@@ -248,6 +248,10 @@ def main(argv=None) -> int:
         if getattr(args, flag) < 1:
             print(f'error: --{flag} must be at least 1', file=sys.stderr)
             return 2
+    for flag in ('max_scenes', 'threads', 'seed'):  # 0 means all / torch's default; a negative value is a mistake
+        if getattr(args, flag) < 0:                   # (--max_scenes -1 sliced one scene off, silently)
+            print(f'error: --{flag} must be 0 or more', file=sys.stderr)
+            return 2
     for flag in ('consistency', 'consistency_chroma', 'consistency_fallback'):
         if not (getattr(args, flag) >= 0 and math.isfinite(getattr(args, flag))):
             print(f'error: --{flag} must be a number >= 0', file=sys.stderr)
