@@ -134,6 +134,19 @@ def test_rerun_skips_finished_and_resumes_interrupted(tiny_study):
     assert f'loaded SelfHDR from {ckpt / "stage2" / f"SelfHDR_model_{last - 1}.pth"}' in log
 
 
+def test_a_rerun_with_other_settings_is_refused(tiny_study):
+    """--n_train or --iters changed on an existing --work: the finished networks would be reused and the new settings
+    reported (they were), so the study stops naming what differs."""
+    settings = json.loads((tiny_study / study.SETTINGS_FILE).read_text())
+    assert settings['iters'] == study.BUDGETS['tiny'].iters and settings['network'] == 'AHDRNet'
+    before = sorted(p.name for p in (tiny_study / 'ckpt').iterdir())
+    args = study.build_parser().parse_args(['--budget', 'tiny', '--work', str(tiny_study), '--n_train', '5'])
+    with pytest.raises(ValueError, match=rf"n_train {settings['n_train']!r} -> 5\); .*give another --work"):
+        study.run_study(args)  # main() logs it and exits 1
+    assert sorted(p.name for p in (tiny_study / 'ckpt').iterdir()) == before
+    assert json.loads((tiny_study / study.SETTINGS_FILE).read_text()) == settings
+
+
 def test_stage0_labels_written_for_every_training_scene(tiny_study):
     out = tiny_study / 'ckpt' / 'stage1' / f"output_{study.BUDGETS['tiny'].epochs}"
     assert len(list(out.glob('*.hdr'))) == study.BUDGETS['tiny'].n_train

@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SceneError, FileNotFoundError, ValueError) as exc:
         print(f'prepare_data: error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # each scene is written whole (a temporary folder renamed), so none is half there
+        print('prepare_data: interrupted; the scenes finished so far are kept and skipped when the same command runs '
+              'again', file=sys.stderr)
+        return 130
     counts = {s: sum(r['status'] == s for r in reports) for s in ('done', 'skipped', 'failed')}
     src, dst = split_dirs(args.dataroot, args.split, args.dataset)
     print(f'prepare_data: {counts["done"]} done, {counts["skipped"]} skipped, {counts["failed"]} failed -> {dst}')

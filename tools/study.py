@@ -687,6 +687,27 @@ def atomic_json(path: Path, obj) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ main
+SETTINGS_FILE = 'settings.json'
+
+
+def check_work_settings(work: Path, settings: dict) -> None:
+    """The settings that decide what a --work folder's networks are (the budget as overridden, the network) are
+    recorded there at the first run; a later run with others would reuse networks trained under the first ones and
+    report the new ones, so it is refused, naming what differs."""
+    settings = json.loads(json.dumps(settings))  # as they read back (tuples become lists)
+    path = work / SETTINGS_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+        if changed:
+            listed = ', '.join(f'{k} {old!r} -> {new!r}' for k, (old, new) in sorted(changed.items()))
+            raise ValueError(f'{work} holds a study made with other settings ({listed}); its networks would be '
+                             'reused under the new ones: give another --work, or remove that folder')
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_json(path, settings)
+
+
 def run_study(args) -> dict:
     budget = BUDGETS[args.budget]
     if args.iters:
@@ -696,6 +717,7 @@ def run_study(args) -> dict:
     if args.n_train:
         budget = dataclasses.replace(budget, n_train=args.n_train)
     work = Path(args.work or _ROOT / 'study' / f'{args.budget}_{args.network.lower()}')
+    check_work_settings(work, dict(dataclasses.asdict(budget), network=args.network))
     out = Path(args.out or work / 'results')
     ckpt = work / 'ckpt'
     out.mkdir(parents=True, exist_ok=True)
@@ -868,10 +890,11 @@ def run_study(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description='SelfHDR vs supervised training vs classical anchors, at one budget.')
     p.add_argument('--budget', choices=sorted(BUDGETS), default='short', help='training budget (see BUDGETS)')
-    p.add_argument('--iters', type=int, default=0, help='override the budget: iterations per network')
+    p.add_argument('--iters', type=int, default=0, help="override the budget: iterations per network (0: the "
+                                                         "budget's)")
     p.add_argument('--data', default='', choices=('',) + tuple(VARIETIES),
                    help='override the budget: the training data\'s settings (data.demo.VARIETIES)')
-    p.add_argument('--n_train', type=int, default=0, help='override the budget: training scenes')
+    p.add_argument('--n_train', type=int, default=0, help="override the budget: training scenes (0: the budget's)")
     p.add_argument('--network', default='AHDRNet', choices=NAMES)
     p.add_argument('--work', default='', help='data, checkpoints (default ./study/<budget>_<network>)')
     p.add_argument('--out', default='', help='results folder (default <work>/results)')
@@ -916,6 +939,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         logger.error('study: %s', exc)
         return 1
+    except KeyboardInterrupt:
+        logger.error('study: interrupted; the same command resumes it (finished networks and scores are kept)')
+        return 130
     print(Path(args.out or '.') / 'results.md' if args.out else 'done')
     for name, row in results['methods'].items():
         print(f"{name:<22}{row['psnr_mu']:8.2f}{row['psnr_l']:8.2f}{row.get('psnr_mu_permuted', float('nan')):8.2f}")
