@@ -206,6 +206,18 @@ def test_missing_or_empty_source_folder(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+@pytest.mark.parametrize('extra, message', [(['--size', '4x4'], 'at least 8x8'), (['--seed', '-1'], '--seed -1'),
+                                            (['--out', 'FILE'], 'FILE')])
+def test_cli_mistakes_are_one_line_errors(src_dir, tmp_path, capsys, extra, message):
+    """A size under 8x8, a negative seed, an --out that is a file: exit 2 with a message (tracebacks before)."""
+    a_file = tmp_path / 'FILE'
+    a_file.write_text('x')
+    extra = [str(a_file) if e == 'FILE' else e for e in extra]
+    argv = ['--src', str(src_dir), '--out', str(tmp_path / 'out'), '--train', '1', '--test', '1', '--size', '16x24']
+    assert make_synthetic_main(argv + extra) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_cli_writes_dataset(src_dir, tmp_path):
     out = tmp_path / 'syn'
     rc = make_synthetic_main(['--src', str(src_dir), '--out', str(out), '--train', '1', '--test', '1',

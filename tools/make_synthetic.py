@@ -49,14 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    cfg = SynthConfig(size=args.size, noise=not args.no_noise, colour_aug=not args.no_colour_aug)
     start = time.time()
     try:
+        if args.seed < 0:
+            raise ValueError(f'--seed {args.seed}: must be 0 or more')
+        cfg = SynthConfig(size=args.size, noise=not args.no_noise, colour_aug=not args.no_colour_aug)
         written = make_synthetic_dataset(args.src, args.out, args.train, args.test, args.size, args.seed,
                                          holdout=args.holdout, config=cfg, overwrite=args.overwrite,
                                          extra_train_sources=load_photo_sources(args.photos),
                                          colour_aug_test=args.colour_aug_test)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a missing source, an --out that exists or is a file, a bad size
         print(f'make_synthetic: error: {exc}', file=sys.stderr)
         return 2
     print(f'make_synthetic: wrote {len(written["Training"])} training and {len(written["Test"])} test scenes '
