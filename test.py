@@ -163,7 +163,8 @@ def main(argv=None):
         target = exc.filename or os.path.join(opt.checkpoints_dir, opt.name)
         print(f'error: cannot write to {target}: {write_failure_cause(exc, target)}', file=sys.stderr)
         return 1
-    unavailable = [why for why in map(metrics.metric_unavailable, opt.extra_metrics) if why]
+    unavailable = [why for why in map(metrics.metric_unavailable, opt.extra_metrics if opt.calc_metrics else ())
+                   if why]
     if unavailable:
         logger.error('%s', '; '.join(unavailable))
         return 2

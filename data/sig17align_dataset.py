@@ -101,8 +101,11 @@ class Sig17AlignDataset(BaseDataset):
         """Every scene of `shot_root` (Test, Training) must have its aligned copy in `aligned_root`: scoring or
         labelling a subset of the split as if it were all of it is a silent substitute. --lenient_data skips the
         missing ones with a warning."""
-        shot = {p.name for p in shot_root.iterdir() if p.is_dir() and not p.name.startswith('.')}
-        missing = sorted(shot - {p.name for p in aligned_root.iterdir() if p.is_dir()})
+        shot = sorted(p.name for p in shot_root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+        cap = getattr(self.opt, 'max_dataset_size', float('inf'))
+        if cap is not None and cap != float('inf'):
+            shot = shot[:int(cap)]  # the scenes --max_dataset_size would take from the folder as shot
+        missing = sorted(set(shot) - {p.name for p in aligned_root.iterdir() if p.is_dir()})
         if not missing:
             return
         listed = ', '.join(missing[:5]) + (f' ... ({len(missing)} in all)' if len(missing) > 5 else '')

@@ -407,7 +407,12 @@ class BaseModel(ABC):
             load_iter, with_optimizers = self.latest_complete_epoch(start=opt.load_path)
             opt.load_optimizers = with_optimizers
             from_run = load_iter > 0
-        elif self.isTrain and load_iter <= 0 and self.is_main_process:
+        elif self.isTrain and load_iter > 0:  # an explicit epoch to continue after is this run's own
+            from_run = True
+            if opt.load_path:
+                logger.info('--load_iter %d: continuing this run after that epoch; --load_path %s (its starting '
+                            'weights) is not loaded again', load_iter, opt.load_path)
+        elif self.isTrain and self.is_main_process:
             self.warn_if_the_run_exists()
         if load_iter > 0 or opt.load_path:
             self.load_networks(load_iter, from_run=from_run)

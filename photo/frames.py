@@ -90,7 +90,8 @@ def _how_to_give_times(exposures_from: str) -> str:
     """Where a bracket without exposure metadata takes its times: the flag, or a batch folder's exposure file."""
     if exposures_from == '--exposures':
         return 'give the times with --exposures (seconds, e.g. 1/200 1/50 1/12, or stops with --exposures_in stops)'
-    return f'write them to {exposures_from}: one value in stops per frame, in file-name order (e.g. 0, 2, 4)'
+    return (f'write them to {exposures_from}: one value in stops per frame, in file-name order, one per line (e.g. '
+            '0, 2 and 4)')
 
 
 # The networks were trained with 2 or 3 stops between neighbouring frames.

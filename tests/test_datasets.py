@@ -402,6 +402,10 @@ def test_a_scene_without_its_aligned_copy_is_named(sig17_root, tmp_path, caplog,
         ds = data.create_dataset('sig17align', 'test', make_opt(root, network=network, stage0_inference=stage0,
                                                                 lenient_data=True))
     assert len(ds) == len(SCENES) - 1 and f'skipped: {SCENES[1]}' in caplog.text
+    # --max_dataset_size 1 takes the first scene only, which has its aligned copy: nothing is missing
+    ds = data.create_dataset('sig17align', 'test', make_opt(root, network=network, stage0_inference=stage0,
+                                                            max_dataset_size=1))
+    assert ds.scenes == [SCENES[0]]
 
 
 def test_size_mismatch(sig17_root, tmp_path):

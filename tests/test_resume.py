@@ -78,6 +78,12 @@ def test_continue_train_with_load_path_resumes_the_run(tiny, tiny_dataroot, tmp_
     log = (run / 'train.log').read_text()
     assert 'resuming after epoch 2 (networks and optimizer state)' in log and 'is not loaded again' in log
     assert (run / 'SelfHDR_model_2.pth').read_bytes() == epoch2 and _optimizer_epoch(run) == 3
+    # --load_iter N with --load_path: this run's epoch N too (it loaded --load_path's weights at epoch N)
+    assert train.main(train_args(tiny_dataroot, tmp_path, 'run', niter=4, load_path=start, load_iter=3,
+                                 load_optimizers=True)) == 0
+    log = (run / 'train.log').read_text()
+    assert '--load_iter 3: continuing this run after that epoch' in log
+    assert f'loaded SelfHDR from {run / "SelfHDR_model_3.pth"}' in log
     # the same without checkpoints in the run: it starts from --load_path
     assert train.main(train_args(tiny_dataroot, tmp_path, 'fresh', niter=1, load_path=start,
                                  continue_train=True)) == 0

@@ -145,6 +145,11 @@ def test_a_rerun_with_other_settings_is_refused(tiny_study):
         study.run_study(args)  # main() logs it and exits 1
     assert sorted(p.name for p in (tiny_study / 'ckpt').iterdir()) == before
     assert json.loads((tiny_study / study.SETTINGS_FILE).read_text()) == settings
+    # before any network is trained, other settings simply replace the recorded ones
+    fresh = tiny_study.parent / 'fresh_study'
+    study.check_work_settings(fresh, dict(settings, n_train=3))
+    study.check_work_settings(fresh, dict(settings, n_train=5))
+    assert json.loads((fresh / study.SETTINGS_FILE).read_text())['n_train'] == 5
 
 
 def test_stage0_labels_written_for_every_training_scene(tiny_study):

@@ -696,7 +696,8 @@ def check_work_settings(work: Path, settings: dict) -> None:
     report the new ones, so it is refused, naming what differs."""
     settings = json.loads(json.dumps(settings))  # as they read back (tuples become lists)
     path = work / SETTINGS_FILE
-    if path.is_file():
+    trained = any((work / 'ckpt').glob('*/SelfHDR_model_*.pth'))  # before any network, a changed mind is free
+    if path.is_file() and trained:
         recorded = json.loads(path.read_text())
         changed = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
         if changed:

@@ -83,6 +83,7 @@ def check_number_flags(args, ranges: dict) -> None:
 
 
 TRUE_WORDS = ('yes', 'y', 'true', 't', '1')
+_WARNED = set()  # non-boolean words str2bool has warned about
 FALSE_WORDS = ('no', 'n', 'false', 'f', '0', '')
 
 
@@ -93,7 +94,8 @@ def str2bool(value):
     if isinstance(value, bool):
         return value
     word = str(value).strip().lower()
-    if word not in TRUE_WORDS + FALSE_WORDS:
+    if word not in TRUE_WORDS + FALSE_WORDS and word not in _WARNED:
+        _WARNED.add(word)  # once per value: the options are parsed several times over
         logging.getLogger(__name__).warning('%r is not a yes/no value; taken as False (the release\'s reading: '
                                             'anything but yes, y, true, t, 1)', value)
     return word in TRUE_WORDS

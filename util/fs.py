@@ -45,7 +45,7 @@ def write_failure_cause(exc: BaseException | None, path) -> str:
     code = getattr(exc, 'errno', None)
     if code in _CAUSES:
         return _CAUSES[code]
-    free = free_bytes(path) if code is None else None  # an error without errno (torch's writer) may be a full disk
+    free = free_bytes(path)  # an error without a known errno (torch's writer, EIO on some mounts) may be a full disk
     if free is not None and free < LOW_SPACE_BYTES:
         return f'no space left on the device ({free // 1024} KiB free)'
     folder = os.path.dirname(os.path.abspath(os.fspath(path)))
