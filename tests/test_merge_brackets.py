@@ -228,10 +228,8 @@ def test_an_unwritable_output_folder_is_refused_before_the_merge(bracket, tmp_pa
     monkeypatch.setattr(cli, 'load_network', lambda *a, **k: pytest.fail('loaded the network first'))
     out = tmp_path / 'out'
     if batch:
-        (tmp_path / 'in' / 'a').mkdir(parents=True)
-        for f in bracket['jpg']:
-            (tmp_path / 'in' / 'a' / f.name).write_bytes(f.read_bytes())
-        args = ['--input_dir', tmp_path / 'in', '--network', 'AHDRNet', '--checkpoint', bracket['ckpt']]
+        _one_bracket_batch(tmp_path / 'in', bracket['jpg'])
+        args = _batch_args(bracket, tmp_path / 'in')
     else:
         args = _args(bracket, bracket['jpg'])
     rc, cap = _run(capsys, args + ['--output_dir', out])
@@ -434,6 +432,21 @@ def _args(bracket, inputs, *extra):
     return ['--inputs', *inputs, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'], *extra]
 
 
+def _batch_args(bracket, src, *extra):
+    return ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'], *extra]
+
+
+def _one_bracket_batch(root, files):
+    """A batch folder `root` holding one bracket, sub-folder 'a', with copies of `files`; returns that sub-folder."""
+    import shutil
+
+    folder = root / 'a'
+    folder.mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 def test_error_missing_file(bracket, tmp_path, capsys):
     missing = tmp_path / 'nope.jpg'
     rc, cap = _run(capsys, _args(bracket, [bracket['jpg'][0], missing, bracket['jpg'][2]], '--output_dir', tmp_path))
@@ -502,14 +515,11 @@ def test_batch_warns_about_images_it_does_not_merge(bracket, tmp_path, capsys, c
     import shutil
 
     src = tmp_path / 'in'
-    (src / 'a').mkdir(parents=True)
+    _one_bracket_batch(src, bracket['jpg'])
     (src / 'notes').mkdir()
-    for f in bracket['jpg']:
-        shutil.copy(f, src / 'a' / f.name)
     shutil.copy(bracket['jpg'][0], src / 'stray.jpg')
     with caplog.at_level(logging.WARNING):
-        rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
-                                '--output_dir', tmp_path / 'out', '-q'])
+        rc, cap = _run(capsys, _batch_args(bracket, src, '--output_dir', tmp_path / 'out', '-q'))
     assert rc == 0, cap.err
     assert 'stray.jpg); not merged' in caplog.text and f'{src / "notes"}: no image files' in caplog.text
 
@@ -753,15 +763,9 @@ def _write_batch(root, bracket):
 def test_batch_exposure_file_errors_name_the_file(bracket, tmp_path, capsys, stops, expected):
     """An exposure.txt that does not fit its bracket is named in the error (they named --exposures, a flag the
     user never gave)."""
-    import shutil
-
     src = tmp_path / 'in'
-    (src / 'a').mkdir(parents=True)
-    for f in bracket['jpg']:
-        shutil.copy(f, src / 'a' / f.name)
-    (src / 'a' / 'exposure.txt').write_text(stops)
-    rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
-                            '--output_dir', tmp_path / 'out', '-q'])
+    (_one_bracket_batch(src, bracket['jpg']) / 'exposure.txt').write_text(stops)
+    rc, cap = _run(capsys, _batch_args(bracket, src, '--output_dir', tmp_path / 'out', '-q'))
     assert rc == 2 and expected.format(file=src / 'a' / 'exposure.txt') in cap.err
     assert '--exposures' not in cap.err.replace('--exposures_in', '')
 
@@ -769,14 +773,9 @@ def test_batch_exposure_file_errors_name_the_file(bracket, tmp_path, capsys, sto
 def test_batch_bracket_without_exif_points_to_its_exposure_file(bracket, tmp_path, capsys):
     """--exposures is not allowed with --input_dir: a batch bracket without EXIF times is told to use its folder's
     exposure.txt."""
-    import shutil
-
     src = tmp_path / 'in'
-    (src / 'a').mkdir(parents=True)
-    for f in bracket['tif']:
-        shutil.copy(f, src / 'a' / f.name)
-    rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
-                            '--output_dir', tmp_path / 'out', '-q'])
+    _one_bracket_batch(src, bracket['tif'])
+    rc, cap = _run(capsys, _batch_args(bracket, src, '--output_dir', tmp_path / 'out', '-q'))
     assert rc == 2 and f'no EXIF ExposureTime; write them to {src / "a" / "exposure.txt"}' in cap.err
 
 
@@ -922,14 +921,9 @@ def test_batch_contact_sheet_renders_in_headless_chromium(bracket, tmp_path, cap
 
 
 def test_batch_all_good_exits_0(bracket, tmp_path, capsys):
-    import shutil
-
     src = tmp_path / 'in'
-    (src / 'a').mkdir(parents=True)
-    for f in bracket['jpg']:
-        shutil.copy(f, src / 'a' / f.name)
-    rc, cap = _run(capsys, ['--input_dir', src, '--network', 'AHDRNet', '--checkpoint', bracket['ckpt'],
-                            '--output_dir', tmp_path / 'out', '-q'])
+    _one_bracket_batch(src, bracket['jpg'])
+    rc, cap = _run(capsys, _batch_args(bracket, src, '--output_dir', tmp_path / 'out', '-q'))
     assert rc == 0, cap.err
     assert '1 of 1 brackets merged' in cap.out
 
